@@ -1,0 +1,170 @@
+"""The status line under a ``%%bgjob`` cell, and the ticker that keeps it current.
+
+Updates go through a display handle (``update_display_data``), never through printing
+from a thread. While jobs run, the ticker's updates also count as kernel activity, so
+jupyter_server's idle culler leaves the notebook's kernel alone.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._jobs import Job
+
+_ICONS = {
+    "pending": "…",
+    "starting": "⏳",
+    "running": "▶",
+    "succeeded": "✔",
+    "failed": "✖",
+    "cancelled": "■",
+    "timed_out": "⏱",
+    "died": "☠",
+}
+_COLOURS = {
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "died": "#c62828",
+    "cancelled": "#6d6d6d",
+    "timed_out": "#ef6c00",
+}
+KEEPALIVE_ID = "jupyter-bgjobs-keepalive"
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+        if s >= 3600
+        else f"{s // 60:02d}:{s % 60:02d}"
+    )
+
+
+def status_text(job: Job) -> str:
+    done, total = job.progress
+    parts = [f"{_ICONS.get(job.state, '')} {job.name}", job.state.replace("_", " ")]
+    if total:
+        parts.append(f"{done}/{total}")
+    if job.section and not job.done:
+        parts.append(f"[{job.section}]")
+    parts.append(_clock(job.elapsed))
+    line = "  ".join(parts)
+    if job.report:
+        line += "  ·  " + job.report.split(": ", 1)[-1]
+    elif job.done and not job._merged:
+        line += "  ·  results merge before the next cell runs (or in job.wait())"
+    return line
+
+
+def live_frontend() -> bool:
+    """True inside a kernel that has a front end (ZMQ), where display updates work."""
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    except ImportError:
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+class StatusLine:
+    """A one-line, in-place status display for one job."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.handle: Any = None
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self.live = live_frontend()
+
+    def _bundle(self) -> dict[str, str]:
+        text = status_text(self.job)
+        colour = _COLOURS.get(self.job.state, "#1565c0")
+        return {
+            "text/plain": text,
+            "text/html": f'<div style="font-family:monospace;color:{colour}">'
+            f"{html.escape(text)}</div>",
+        }
+
+    def show(self) -> None:
+        from IPython.display import display
+
+        if self.live:
+            self.handle = display(self._bundle(), raw=True, display_id=True)
+        else:
+            print(status_text(self.job))
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last < 0.2:
+                return
+            self._last = now
+        if self.handle is not None:
+            self.handle.update(self._bundle(), raw=True)
+
+
+class Ticker:
+    """One thread that refreshes every live status line about once a second."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.lines: list[StatusLine] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def add(self, line: StatusLine | None) -> None:
+        """Keep ``line`` current; with None, just make sure the ticker runs."""
+        with self._lock:
+            if line is not None:
+                self.lines.append(line)
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="bgjobs-ticker", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        from ._jobs import manager
+
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                lines = list(self.lines)
+                self.lines = [ln for ln in lines if not (ln.job.done and ln.job._merged)]
+            for line in lines:
+                try:
+                    line.refresh(force=True)
+                except Exception:
+                    pass
+            active = any(not j.done for j in manager.jobs())
+            if active and not any(ln.handle for ln in lines):
+                keepalive()
+            if not active and not self.lines:
+                with self._lock:
+                    if not self.lines:
+                        self._thread = None
+                        return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+def keepalive() -> None:
+    """Publish an update for a display nobody shows: kernel activity without any output."""
+    if not live_frontend():
+        return
+    from IPython.display import update_display
+
+    try:
+        update_display({"text/plain": ""}, raw=True, display_id=KEEPALIVE_ID)
+    except Exception:
+        pass
+
+
+ticker = Ticker()

@@ -1,0 +1,920 @@
+"""Jobs: their state machine, the process-wide manager, and the public job functions."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import datetime as dt
+import json
+import os
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from . import _snapshot
+from ._config import settings
+from ._errors import (
+    BgJobError,
+    JobCancelledError,
+    JobError,
+    JobFailedError,
+    JobSpecError,
+    JobStateError,
+    JobTimeoutError,
+    KernelDiedError,
+)
+from ._kernels import KernelPool, LocalKernel
+from ._runner import EVENT_MIME
+
+PENDING, STARTING, RUNNING = "pending", "starting", "running"
+SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED = (
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "died",
+)
+STATES = (PENDING, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED)
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED})
+RESULT_MODES = ("globals", "object", "none")
+CONFLICT_MODES = ("keep", "overwrite")
+
+
+class ErrorInfo(NamedTuple):
+    """The exception a job's code raised, as its kernel reported it."""
+
+    ename: str
+    evalue: str
+    traceback: list[str]
+
+
+class WaitTimeout(JobStateError, TimeoutError):
+    """``Job.wait(timeout)`` returned before the job ended."""
+
+
+@dataclass
+class JobSpec:
+    """Everything needed to run one job; built by ``run_cell``/``run_script`` and the magics."""
+
+    code: str
+    name: str
+    kind: str = "cell"
+    kernel: str | None = None
+    timeout: float | None = None
+    env: str = "none"
+    results: str = "globals"
+    on_conflict: str = "keep"
+    workdir: str = ""
+    script_path: str | None = None
+    results_name: str = ""
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now().astimezone()
+
+
+class Job:
+    """One piece of code running, or done running, in its own kernel.
+
+    Read ``state``, ``progress``, ``section``, ``output`` and, once it has ended,
+    ``results``, ``error`` and ``report``. ``wait()`` blocks until it ends (and merges its
+    results), ``cancel()`` stops it.
+    """
+
+    def __init__(self, spec: JobSpec, manager: JobManager) -> None:
+        self.id = uuid.uuid4().hex[:8]
+        self.spec = spec
+        self.name = spec.name
+        self._manager = manager
+        self._cond = threading.Condition()
+        self._state = PENDING
+        self._done = 0
+        self._total = 0
+        self.section = ""
+        self.submitted = _now()
+        self.started: dt.datetime | None = None
+        self.finished: dt.datetime | None = None
+        self._t_started: float | None = None
+        self._t_finished: float | None = None
+        self.first_statement_at: float | None = None
+        self.error: ErrorInfo | None = None
+        self.exit_code: int | None = None
+        self.reason = ""
+        self.skipped: list[dict[str, str]] = []
+        self.shipped: list[str] = []
+        self.report = ""
+        self._outputs: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=max(1, settings.output_tail)
+        )
+        self._values: dict[str, Any] | None = None
+        self._merged = False
+        self._ns_ids: dict[str, int] = {}
+        self._cancel = threading.Event()
+        self._callbacks: list[Callable[[Job], Any]] = []
+        self._listeners: list[Callable[[Job], Any]] = []
+        self.folder = settings.job_root() / self.id
+        self.folder.mkdir(mode=0o700)
+        self.log_path = self.folder / "output.log"
+        self._kernel: LocalKernel | None = None
+
+    # -- reading -------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """One of pending, starting, running, succeeded, failed, cancelled, timed_out, died."""
+        return self._state
+
+    @property
+    def done(self) -> bool:
+        """True once the job has reached a final state."""
+        return self._state in FINAL_STATES
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(statements done, statements in all)."""
+        return (self._done, self._total)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds the job has been running (0 before it starts)."""
+        if self._t_started is None:
+            return 0.0
+        end = self._t_finished if self._t_finished is not None else time.monotonic()
+        return end - self._t_started
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """The tail of the job's outputs as nbformat output dicts, in order."""
+        with self._cond:
+            return list(self._outputs)
+
+    @property
+    def output(self) -> str:
+        """The tail of the job's output as text (streams, and rich outputs' text form)."""
+        return "".join(_output_text(o) for o in self.outputs)
+
+    @property
+    def results(self) -> types.SimpleNamespace | None:
+        """The names the job created or rebound, once it has ended (None before)."""
+        if not self.done or self._values is None:
+            return None
+        return types.SimpleNamespace(**self._values)
+
+    @property
+    def kernel_pid(self) -> int | None:
+        """The pid of the job's kernel process while it has one."""
+        return self._kernel.pid if self._kernel is not None else None
+
+    def exception(self) -> JobError | None:
+        """The error matching how the job ended, or None if it succeeded or still runs."""
+        cls = {
+            FAILED: JobFailedError,
+            CANCELLED: JobCancelledError,
+            TIMED_OUT: JobTimeoutError,
+            DIED: KernelDiedError,
+        }.get(self._state)
+        if cls is None:
+            return None
+        err = self.error or ErrorInfo("", "", [])
+        message = f"job {self.name!r} {self._state.replace('_', ' ')}"
+        if self.reason:
+            message += f": {self.reason}"
+        elif err.ename:
+            message += f": {err.ename}: {err.evalue}"
+        return cls(
+            message,
+            job_name=self.name,
+            state=self._state,
+            ename=err.ename,
+            evalue=err.evalue,
+            traceback=err.traceback,
+            output=self.output[-5000:],
+        )
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        return (
+            f"<Job {self.name!r} id={self.id} {self._state} {done}/{total}"
+            f"{' [' + self.section + ']' if self.section else ''} {self.elapsed:.1f}s>"
+        )
+
+    # -- acting ----------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> Job:
+        """Block until the job ends, merge its results as configured, and return the job.
+
+        Raises ``WaitTimeout`` if ``timeout`` seconds pass first (the job goes on).
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.done, timeout=timeout):
+                raise WaitTimeout(
+                    f"job {self.name!r} is still {self._state} after {timeout} s; "
+                    "call .wait() again or .cancel() it"
+                )
+        self._manager.join_worker(self)
+        if threading.current_thread() is threading.main_thread():
+            report = self._manager.merge(self)
+            if report:
+                print(report)
+        return self
+
+    def cancel(self) -> bool:
+        """Stop the job: interrupt, then kill after a short grace. False if already ended."""
+        if self.done:
+            return False
+        self._cancel.set()
+        return True
+
+    def add_done_callback(self, fn: Callable[[Job], Any]) -> None:
+        """Call ``fn(job)`` when the job ends (at once if it has), from a manager thread."""
+        with self._cond:
+            if not self.done:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # -- driven by the manager ---------------------------------------------------------
+    def _set(self, **changes: Any) -> None:
+        with self._cond:
+            for key, value in changes.items():
+                setattr(self, key, value)
+            self._cond.notify_all()
+        for listener in list(self._listeners):
+            try:
+                listener(self)
+            except Exception:
+                pass
+
+    def _add_output(self, out: dict[str, Any], log: Any) -> None:
+        with self._cond:
+            last = self._outputs[-1] if self._outputs else None
+            if (
+                out["output_type"] == "stream"
+                and last is not None
+                and last["output_type"] == "stream"
+                and last["name"] == out["name"]
+                and len(last["text"]) < 65536
+            ):
+                last["text"] += out["text"]
+            else:
+                self._outputs.append(out)
+        log.write(_output_text(out))
+
+
+def _output_text(out: dict[str, Any]) -> str:
+    kind = out.get("output_type")
+    if kind == "stream":
+        return str(out.get("text", ""))
+    if kind == "error":
+        return f"{out.get('ename')}: {out.get('evalue')}\n"
+    data = out.get("data", {})
+    text = data.get("text/plain", "")
+    others = [m for m in data if m != "text/plain"]
+    if others and not text:
+        text = f"[{', '.join(others)}]"
+    return str(text) + "\n" if text else ""
+
+
+class JobManager:
+    """The process-wide registry of jobs and the threads that drive them."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.RLock()
+        self._slots = threading.Condition(self._lock)
+        self._running = 0
+        self._threads: dict[str, threading.Thread] = {}
+        self._pool: KernelPool | None = None
+        self._unmerged: list[Job] = []
+        self._listeners: list[Callable[[Job], Any]] = []
+        self.submit_hooks: list[Callable[[Job], Any]] = []
+
+    # -- pool -------------------------------------------------------------------------
+    def pool(self) -> KernelPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = KernelPool(settings.pool_size, settings.kernel)
+                self._pool.refill()
+            return self._pool
+
+    def resize_pool(self) -> None:
+        with self._lock:
+            pool = self._pool
+            self._pool = None
+        if pool is not None:
+            pool.close()
+        self.pool()
+
+    # -- registry -------------------------------------------------------------------------
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def get(self, name_or_id: str) -> Job:
+        with self._lock:
+            if name_or_id in self._jobs:
+                return self._jobs[name_or_id]
+            named = [j for j in self._jobs.values() if j.name == name_or_id]
+        if not named:
+            raise JobSpecError(
+                f"no job named {name_or_id!r}; jupyter_bgjobs.jobs() lists the jobs there are"
+            )
+        return named[-1]
+
+    def unique_name(self, name: str) -> str:
+        with self._lock:
+            busy = {j.name for j in self._jobs.values() if not j.done}
+        if name not in busy:
+            return name
+        n = 2
+        while f"{name}-{n}" in busy:
+            n += 1
+        return f"{name}-{n}"
+
+    def add_listener(self, fn: Callable[[Job], Any]) -> None:
+        self._listeners.append(fn)
+
+    # -- submitting -------------------------------------------------------------------------
+    def submit(self, spec: JobSpec, ns: dict[str, Any] | None = None) -> Job:
+        job = Job(spec, self)
+        job._listeners.extend(self._listeners)
+        if ns is not None:
+            job._ns_ids = {k: id(v) for k, v in ns.items()}
+        seed: _snapshot.Snapshot | None = None
+        if ns is not None and spec.env != "none":
+            names = _snapshot.select_names(ns, spec.env, _transformed(spec.code))
+            seed = _snapshot.write_snapshot(ns, names, str(job.folder / "seed.pkl"))
+            job.shipped = seed.shipped
+            job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
+        runner_spec = {
+            "job_id": job.id,
+            "name": job.name,
+            "code": spec.code,
+            "filename": spec.script_path,
+            "script_file": spec.script_path,
+            "workdir": spec.workdir,
+            "seed_path": seed.path if seed else None,
+            "imports": seed.imports if seed else {},
+            "results_path": str(job.folder / "results.pkl"),
+            "env_vars": spec.env_vars,
+        }
+        (job.folder / "spec.json").write_text(
+            json.dumps(
+                {
+                    "name": job.name,
+                    "id": job.id,
+                    "kind": spec.kind,
+                    "kernel": spec.kernel,
+                    "timeout": spec.timeout,
+                    "workdir": spec.workdir,
+                    "script": spec.script_path,
+                    "submitted": job.submitted.isoformat(),
+                    "shipped": job.shipped,
+                },
+                indent=1,
+            )
+        )
+        with self._lock:
+            self._jobs[job.id] = job
+            thread = threading.Thread(
+                target=self._drive, args=(job, runner_spec), name=f"bgjob-{job.name}", daemon=True
+            )
+            self._threads[job.id] = thread
+        self.pool()
+        thread.start()
+        for hook in list(self.submit_hooks):
+            hook(job)
+        return job
+
+    def join_worker(self, job: Job, timeout: float = 30) -> None:
+        thread = self._threads.get(job.id)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- driving one job -------------------------------------------------------------------------
+    def _drive(self, job: Job, runner_spec: dict[str, Any]) -> None:
+        with open(job.log_path, "a", encoding="utf-8", errors="replace") as log:
+            try:
+                self._drive_inner(job, runner_spec, log)
+            except BaseException as exc:  # a driver fault ends the job, visibly
+                job._set(reason=f"internal error in jupyter_bgjobs: {type(exc).__name__}: {exc}")
+                self._finish(job, FAILED)
+            finally:
+                kernel = job._kernel
+                if kernel is not None:
+                    kernel.shutdown(now=job.state != SUCCEEDED)
+
+    def _drive_inner(self, job: Job, runner_spec: dict[str, Any], log: Any) -> None:
+        with self._slots:
+            while self._running >= max(1, settings.max_concurrent) and not job._cancel.is_set():
+                self._slots.wait(0.5)
+            if job._cancel.is_set():
+                job._set(reason="cancelled while pending")
+                self._finish(job, CANCELLED)
+                return
+            self._running += 1
+        try:
+            self._run_in_kernel(job, runner_spec, log)
+        finally:
+            with self._slots:
+                self._running -= 1
+                self._slots.notify_all()
+
+    def _run_in_kernel(self, job: Job, runner_spec: dict[str, Any], log: Any) -> None:
+        job._set(_state=STARTING, started=_now(), _t_started=time.monotonic())
+        kernel = self.pool().acquire(job.spec.kernel)
+        job._kernel = kernel
+        if job._cancel.is_set():
+            job._set(reason="cancelled while starting")
+            self._finish(job, CANCELLED)
+            return
+        call = f"__import__('_bgjobs_runner').run({json.dumps(runner_spec)!r})"
+        msg_id = kernel.execute(call)
+        job._set(_state=RUNNING)
+        deadline = (time.monotonic() + job.spec.timeout) if job.spec.timeout else None
+        stop_reason = ""
+        kill_at: float | None = None
+        end: dict[str, Any] | None = None
+        last_alive_check = time.monotonic()
+        while True:
+            msg = kernel.iopub(timeout=0.1)
+            if msg is not None and msg["parent_header"].get("msg_id") == msg_id:
+                kind = msg["msg_type"]
+                content = msg["content"]
+                if kind == "status" and content.get("execution_state") == "idle":
+                    break
+                if kind in ("display_data", "update_display_data") and EVENT_MIME in content.get(
+                    "data", {}
+                ):
+                    event = content["data"][EVENT_MIME]
+                    if event.get("type") == "end":
+                        end = event
+                    self._on_event(job, event)
+                elif kind == "stream":
+                    job._add_output(
+                        {"output_type": "stream", "name": content["name"], "text": content["text"]},
+                        log,
+                    )
+                elif kind in ("display_data", "execute_result"):
+                    out = {
+                        "output_type": kind,
+                        "data": content.get("data", {}),
+                        "metadata": content.get("metadata", {}),
+                    }
+                    job._add_output(out, log)
+                elif kind == "error":
+                    job._add_output(
+                        {
+                            "output_type": "error",
+                            "ename": content["ename"],
+                            "evalue": content["evalue"],
+                            "traceback": content["traceback"],
+                        },
+                        log,
+                    )
+            now = time.monotonic()
+            if msg is None or now - last_alive_check > 0.25:
+                last_alive_check = now
+                if not kernel.alive():
+                    code = kernel.exit_code()
+                    self._drain(job, kernel, msg_id, log)
+                    if stop_reason:
+                        # We killed it after the grace period: the user's intent wins.
+                        job._set(exit_code=code)
+                        self._finish(job, CANCELLED if stop_reason == "cancel" else TIMED_OUT)
+                    else:
+                        reason = _death_reason(code)
+                        tail = kernel.stderr_tail(600)
+                        if tail:
+                            job._add_output(
+                                {"output_type": "stream", "name": "stderr", "text": tail + "\n"},
+                                log,
+                            )
+                            last = tail.strip().splitlines()[0]
+                            reason += f" ({last.strip()})" if "Fatal Python error" in last else ""
+                        job._set(exit_code=code, reason=reason)
+                        self._finish(job, DIED)
+                    return
+            if not stop_reason:
+                if job._cancel.is_set():
+                    stop_reason = "cancel"
+                elif deadline is not None and now > deadline:
+                    stop_reason = "timeout"
+                    job._set(reason=f"ran past its timeout of {job.spec.timeout:g} s")
+                if stop_reason:
+                    kernel.interrupt()
+                    kill_at = now + settings.cancel_grace
+            elif kill_at is not None and now > kill_at:
+                log.write(
+                    f"\n[jupyter_bgjobs: no response to interrupt in "
+                    f"{settings.cancel_grace:g} s; kernel killed]\n"
+                )
+                kernel.kill()
+                kill_at = None
+        self._load_results(job, end)
+        if stop_reason == "cancel":
+            self._finish(job, CANCELLED)
+        elif stop_reason == "timeout":
+            self._finish(job, TIMED_OUT)
+        elif end is None:
+            job._set(reason="the job's kernel returned without reporting an outcome")
+            self._finish(job, FAILED)
+        elif end["status"] == "ok":
+            self._finish(job, SUCCEEDED)
+        elif end["status"] == "interrupted":
+            job._set(reason="interrupted inside its kernel")
+            self._finish(job, CANCELLED)
+        else:
+            self._finish(job, FAILED)
+
+    def _drain(self, job: Job, kernel: LocalKernel, msg_id: str, log: Any) -> None:
+        """Keep what a dying kernel managed to send before it went."""
+        while True:
+            msg = kernel.iopub(timeout=0.05)
+            if msg is None:
+                return
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                job._add_output(
+                    {
+                        "output_type": "stream",
+                        "name": msg["content"]["name"],
+                        "text": msg["content"]["text"],
+                    },
+                    log,
+                )
+
+    def _on_event(self, job: Job, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "plan":
+            job.skipped.extend(dict(s, direction="in") for s in event.get("skipped", []))
+            job._set(_total=event["total"])
+        elif kind == "stmt":
+            changes: dict[str, Any] = {"_done": event["index"], "section": event["section"]}
+            if job.first_statement_at is None:
+                changes["first_statement_at"] = event["t"]
+            job._set(**changes)
+        elif kind == "end":
+            err = event.get("error")
+            changes = {"_done": event["done"]}
+            if err:
+                changes["error"] = ErrorInfo(err["ename"], err["evalue"], err["traceback"])
+            job._set(**changes)
+
+    def _load_results(self, job: Job, end: dict[str, Any] | None) -> None:
+        if end is None:
+            return
+        info = end.get("results") or {}
+        job.skipped.extend(dict(s, direction="out") for s in info.get("skipped", []))
+        values: dict[str, Any] = {}
+        path = job.folder / "results.pkl"
+        if info.get("names") and path.exists():
+            import dill
+
+            try:
+                with open(path, "rb") as fh:
+                    values.update(dill.load(fh))
+            except Exception as exc:  # reported, not raised
+                for name in info["names"]:
+                    job.skipped.append(
+                        {
+                            "name": name,
+                            "type": "?",
+                            "direction": "out",
+                            "reason": f"could not be loaded here: {exc}",
+                        }
+                    )
+        for name, module in (info.get("modules") or {}).items():
+            import importlib
+
+            try:
+                values[name] = importlib.import_module(module)
+            except Exception as exc:
+                job.skipped.append(
+                    {
+                        "name": name,
+                        "type": "module",
+                        "direction": "out",
+                        "reason": f"import {module} failed here: {exc}",
+                    }
+                )
+        job._values = values
+        if path.exists():
+            path.unlink()
+
+    def _finish(self, job: Job, state: str) -> None:
+        if job.spec.results == "none" or job._values is None or state != SUCCEEDED:
+            job._merged = True
+            job.report = _outcome_line(job, state)
+        with self._lock:
+            if not job._merged:
+                self._unmerged.append(job)
+        job._set(_state=state, finished=_now(), _t_finished=time.monotonic())
+        with job._cond:
+            callbacks, job._callbacks = job._callbacks, []
+        for fn in callbacks:
+            try:
+                fn(job)
+            except Exception as exc:  # a user callback must not kill the driver
+                with open(job.log_path, "a", encoding="utf-8") as log:
+                    log.write(f"\n[jupyter_bgjobs: done callback {fn!r} raised {exc!r}]\n")
+
+    # -- merging -------------------------------------------------------------------------
+    def merge(self, job: Job, ns: dict[str, Any] | None = None) -> str:
+        """Merge one finished job's results into ``ns`` (the notebook's namespace)."""
+        from ._merge import merge_results, target_namespace
+
+        with self._lock:
+            if job._merged or not job.done:
+                return ""
+            job._merged = True
+            if job in self._unmerged:
+                self._unmerged.remove(job)
+        report = merge_results(job, ns if ns is not None else target_namespace())
+        job._set(report=report)
+        return report
+
+    def merge_ready(self, ns: dict[str, Any] | None = None) -> list[str]:
+        """Merge every finished job not merged yet, in the order they finished."""
+        with self._lock:
+            ready = [j for j in self._unmerged if j.done]
+        return [r for r in (self.merge(j, ns) for j in ready) if r]
+
+    # -- ending -------------------------------------------------------------------------
+    def shutdown(self, announce: bool = False) -> list[Job]:
+        """Cancel running jobs, end the pool, and join every driver thread."""
+        active = [j for j in self.jobs() if not j.done]
+        if announce and active:
+            names = ", ".join(
+                f"{j.name} ({j.state} {j.progress[0]}/{j.progress[1]})" for j in active
+            )
+            print(f"jupyter_bgjobs: ending {len(active)} running job(s): {names}", flush=True)
+        for job in active:
+            job._cancel.set()
+        saved_grace = settings.cancel_grace
+        for job in active:
+            self.join_worker(job, timeout=saved_grace + 15)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        for thread in list(self._threads.values()):
+            thread.join(30)
+        return active
+
+    def forget_finished(self) -> None:
+        with self._lock:
+            for key in [k for k, j in self._jobs.items() if j.done]:
+                del self._jobs[key]
+                self._threads.pop(key, None)
+
+
+def _death_reason(code: int | None) -> str:
+    if code is None:
+        return "its kernel process ended"
+    if code < 0:
+        import signal
+
+        try:
+            sig = signal.Signals(-code).name
+        except ValueError:
+            sig = f"signal {-code}"
+        return f"its kernel was killed by {sig} (exit code {code})"
+    return f"its kernel exited with code {code}"
+
+
+def _outcome_line(job: Job, state: str) -> str:
+    done, total = job._done, job._total
+    if state == SUCCEEDED:
+        line = f"{job.name}: succeeded ({total} statements)"
+    else:
+        at = min(done + 1, total) if total else 0
+        line = f"{job.name}: {state.replace('_', ' ')} at statement {at}/{total}"
+        if job.reason:
+            line += f"; {job.reason}"
+        elif job.error:
+            line += f"; {job.error.ename}: {job.error.evalue}"
+        if job._values:
+            line += f"; partial results kept in get_job({job.name!r}).results"
+    return line
+
+
+def _transformed(code: str) -> str:
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        return str(TransformerManager().transform_cell(code))
+    except Exception:
+        return code
+
+
+manager = JobManager()
+
+
+@atexit.register
+def _at_exit() -> None:
+    manager.shutdown(announce=True)
+
+
+# -- the public functions ---------------------------------------------------------------------
+def _check_name(name: str) -> str:
+    if not name.isidentifier():
+        raise JobSpecError(
+            f"job name {name!r} is not a Python identifier; use letters, digits and _ "
+            "(for example 'fit_model')"
+        )
+    return name
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise JobSpecError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        raise JobSpecError(f"timeout must be a number of seconds, not {timeout!r}") from None
+    if not value > 0:
+        raise JobSpecError(f"timeout must be more than 0 seconds, not {timeout!r}")
+    return value
+
+
+def _check_env(env: str) -> str:
+    if env in ("auto", "all", "none"):
+        return env
+    names = [n.strip() for n in env.split(",") if n.strip()]
+    bad = [n for n in names if not n.isidentifier()]
+    if not names or bad:
+        raise JobSpecError(
+            f"env must be auto, all, none or a comma-separated list of names, not {env!r}"
+        )
+    return ",".join(names)
+
+
+_counter = 0
+_counter_lock = threading.Lock()
+
+
+def _default_name() -> str:
+    global _counter
+    with _counter_lock:
+        _counter += 1
+        return f"job{_counter}"
+
+
+def make_spec(
+    code: str,
+    *,
+    name: str | None,
+    kind: str,
+    kernel: str | None,
+    timeout: float | None,
+    env: str,
+    results: str,
+    on_conflict: str,
+    workdir: str | None,
+    script_path: str | None = None,
+) -> JobSpec:
+    """Check every option and build a spec; raises JobSpecError naming the fix."""
+    base = _check_name(name) if name is not None else _default_name()
+    wd = workdir or os.getcwd()
+    if not os.path.isdir(wd):
+        raise JobSpecError(f"working directory {wd!r} does not exist")
+    spec = JobSpec(
+        code=code,
+        name=base,
+        kind=kind,
+        kernel=kernel,
+        timeout=_check_timeout(timeout),
+        env=_check_env(env),
+        results=_check_choice("results", results, RESULT_MODES),
+        on_conflict=_check_choice("on_conflict", on_conflict, CONFLICT_MODES),
+        workdir=os.path.abspath(wd),
+        script_path=script_path,
+    )
+    unique = manager.unique_name(base)
+    if unique != base:
+        print(f"jupyter_bgjobs: a job named {base!r} is still running; this one is {unique!r}")
+    spec.name = unique
+    spec.results_name = unique.replace("-", "_") + "_results"
+    return spec
+
+
+def run_cell(
+    code: str,
+    name: str | None = None,
+    *,
+    kernel: str | None = None,
+    timeout: float | None = None,
+    env: str = "auto",
+    results: str = "globals",
+    on_conflict: str = "keep",
+    workdir: str | None = None,
+) -> Job:
+    """Run ``code`` (IPython syntax allowed) as a background job and return the Job at once.
+
+    ``env``: ``auto`` ships the notebook names the code reads, ``all`` the whole namespace,
+    ``none`` nothing, or ``"a,b,c"`` exactly those. ``results``: ``globals`` merges the names
+    the job created or rebound into the notebook, ``object`` puts them in ``<name>_results``,
+    ``none`` keeps them only in ``job.results``.
+    """
+    from ._merge import target_namespace
+
+    spec = make_spec(
+        code,
+        name=name,
+        kind="cell",
+        kernel=kernel,
+        timeout=timeout,
+        env=env,
+        results=results,
+        on_conflict=on_conflict,
+        workdir=workdir,
+    )
+    return manager.submit(spec, target_namespace())
+
+
+def run_script(
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    encoding: str = "utf-8",
+    workdir: str | None = None,
+    import_env: bool = False,
+    export_env: str = "",
+    *,
+    kernel: str | None = None,
+    timeout: float | None = None,
+) -> Job:
+    """Run a script as a background job (rstudioapi's jobRunScript) and return the Job.
+
+    ``workdir`` defaults to the script's folder. ``import_env=True`` ships the notebook's
+    whole namespace. ``export_env``: ``""`` keeps results in ``job.results`` only,
+    ``"globals"`` merges them into the notebook, any other name makes a namespace of that
+    name.
+    """
+    from ._merge import target_namespace
+
+    script = Path(path).expanduser()
+    if not script.is_file():
+        raise JobSpecError(f"no script at {str(script)!r}; check the path")
+    try:
+        code = script.read_text(encoding=encoding)
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise JobSpecError(
+            f"cannot read {str(script)!r} as {encoding}: {exc}; pass encoding=..."
+        ) from None
+    if export_env not in ("", "globals") and not export_env.isidentifier():
+        raise JobSpecError(f"export_env must be '', 'globals' or an identifier, not {export_env!r}")
+    results = {"": "none", "globals": "globals"}.get(export_env, "object")
+    spec = make_spec(
+        code,
+        name=name if name is not None else _script_name(script),
+        kind="script",
+        kernel=kernel,
+        timeout=timeout,
+        env="all" if import_env else "none",
+        results=results,
+        on_conflict="keep",
+        workdir=workdir or str(script.resolve().parent),
+        script_path=str(script.resolve()),
+    )
+    if results == "object" and export_env:
+        spec.results_name = export_env
+    return manager.submit(spec, target_namespace())
+
+
+def _script_name(script: Path) -> str:
+    stem = "".join(c if c.isalnum() or c == "_" else "_" for c in script.stem)
+    return stem if stem.isidentifier() else f"script_{stem}"
+
+
+def get_job(name_or_id: str) -> Job:
+    """The job with this id, or the latest job with this name."""
+    return manager.get(name_or_id)
+
+
+def jobs() -> list[Job]:
+    """Every job of this process, oldest first."""
+    return manager.jobs()
+
+
+__all__ = [
+    "BgJobError",
+    "ErrorInfo",
+    "Job",
+    "JobSpec",
+    "WaitTimeout",
+    "get_job",
+    "jobs",
+    "manager",
+    "run_cell",
+    "run_script",
+]

@@ -1,0 +1,271 @@
+"""Starting, pooling and ending the kernels jobs run in."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ._errors import BgJobError
+
+_RUNNER_FILE = "<bgjobs-runner>"
+
+
+def _runner_boot_code() -> str:
+    source = (Path(__file__).with_name("_runner.py")).read_text(encoding="utf-8")
+    mod = "__import__('sys').modules['_bgjobs_runner']"
+    return (
+        "__import__('sys').modules['_bgjobs_runner'] = "
+        "__import__('types').ModuleType('_bgjobs_runner')\n"
+        f"{mod}.__dict__['__file__'] = {_RUNNER_FILE!r}\n"
+        f"exec(compile({source!r}, {_RUNNER_FILE!r}, 'exec'), {mod}.__dict__)\n"
+    )
+
+
+class KernelStartError(BgJobError):
+    """A kernel could not be started; the message says which and why."""
+
+
+class LocalKernel:
+    """One ipykernel process started through jupyter_client, with the runner loaded."""
+
+    def __init__(self, kernel_name: str = "python3", cwd: str | None = None) -> None:
+        self.kernel_name = kernel_name
+        self.cwd = cwd
+        self.km: Any = None
+        self.kc: Any = None
+        self._ended = False
+
+    def start(self, timeout: float = 60.0) -> LocalKernel:
+        from jupyter_client import KernelManager
+        from jupyter_client.kernelspec import NoSuchKernel
+
+        km = KernelManager(kernel_name=self.kernel_name)
+        self.km = km
+        # The kernel process's own stderr (faulthandler's report of a segfault, a failed
+        # import at start) goes to a file, so a dead kernel can say why it died.
+        from ._config import settings
+
+        logs = settings.job_root().parent / "kernels"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        fd, self.stderr_path = tempfile.mkstemp(prefix="kernel-", suffix=".log", dir=logs)
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                km.start_kernel(cwd=self.cwd or os.getcwd(), stdout=sink, stderr=sink)
+        except NoSuchKernel:
+            raise KernelStartError(
+                f"no kernel named {self.kernel_name!r}; `jupyter kernelspec list` shows the "
+                "installed ones"
+            ) from None
+        except Exception as exc:
+            raise KernelStartError(f"kernel {self.kernel_name!r} failed to start: {exc}") from exc
+        kc = km.blocking_client()
+        kc.start_channels()
+        self.kc = kc
+        try:
+            kc.wait_for_ready(timeout=timeout)
+            self._boot(timeout)
+        except BaseException as exc:
+            self.shutdown(now=True)
+            if isinstance(exc, BgJobError):
+                raise
+            raise KernelStartError(
+                f"kernel {self.kernel_name!r} did not become ready: {exc}"
+            ) from exc
+        return self
+
+    def _boot(self, timeout: float) -> None:
+        msg_id = self.kc.execute(_runner_boot_code(), silent=True, store_history=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+        if reply["content"]["status"] != "ok":
+            raise KernelStartError(
+                f"kernel {self.kernel_name!r} could not load the job runner: "
+                f"{reply['content'].get('ename')}: {reply['content'].get('evalue')} "
+                "(a job's kernel must be an IPython kernel for Python 3.10 or newer)"
+            )
+        # The boot request's own iopub messages are not a job's output.
+        while True:
+            try:
+                self.kc.get_iopub_msg(timeout=0.2)
+            except queue.Empty:
+                break
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        """The end of what the kernel process wrote to its stderr, minus startup noise."""
+        try:
+            text = Path(self.stderr_path).read_text(encoding="utf-8", errors="replace")
+        except (OSError, AttributeError):
+            return ""
+        lines = [ln for ln in text.splitlines() if "WARNING | Kernel is running over TCP" not in ln]
+        return "\n".join(lines)[-limit:].strip()
+
+    @property
+    def pid(self) -> int | None:
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return getattr(proc, "pid", None)
+
+    def exit_code(self) -> int | None:
+        """The process's exit code once it has ended, else None."""
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        if proc is None:
+            return None
+        return proc.poll()  # type: ignore[no-any-return]
+
+    def alive(self) -> bool:
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return proc is not None and proc.poll() is None
+
+    def execute(self, code: str) -> str:
+        return str(self.kc.execute(code, silent=False, store_history=False))
+
+    def iopub(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self.kc.get_iopub_msg(timeout=timeout)  # type: ignore[no-any-return]
+        except queue.Empty:
+            return None
+
+    def _signal(self, signum: int) -> None:
+        # Kernels run in their own process group: signalling the group also reaches the
+        # job's own subprocesses (`!cmd`, multiprocessing), as jupyter_client does.
+        provisioner = getattr(self.km, "provisioner", None)
+        proc = getattr(provisioner, "process", None)
+        if proc is None or proc.poll() is not None:
+            return
+        pgid = getattr(provisioner, "pgid", None)
+        try:
+            if pgid:
+                os.killpg(pgid, signum)
+            else:
+                proc.send_signal(signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def interrupt(self) -> None:
+        self._signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        if proc is not None:
+            try:
+                proc.wait(5)
+            except Exception:
+                pass
+
+    def shutdown(self, now: bool = False) -> None:
+        """End the kernel; tolerant of a kernel that is already gone."""
+        if self._ended:
+            return
+        self._ended = True
+        if self.kc is not None:
+            try:
+                self.kc.stop_channels()
+            except Exception:
+                pass
+        km = self.km
+        if km is None:
+            return
+        try:
+            if now or not self.alive():
+                self.kill()
+                km.cleanup_resources()
+            else:
+                km.shutdown_wait_time = 2.0
+                km.shutdown_kernel(now=False)
+        except Exception:
+            self.kill()
+        finally:
+            stderr_path = getattr(self, "stderr_path", None)
+            if stderr_path:
+                try:
+                    os.unlink(stderr_path)
+                except OSError:
+                    pass
+
+
+class KernelPool:
+    """Pre-started kernels of the default kernelspec, refilled in the background."""
+
+    def __init__(self, size: int = 1, kernel_name: str = "python3") -> None:
+        self.size = size
+        self.kernel_name = kernel_name
+        self._idle: list[LocalKernel] = []
+        self._starting = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+
+    def acquire(self, kernel_name: str | None = None) -> LocalKernel:
+        """A ready kernel: a warm one when there is one for this kernelspec, else a new one."""
+        name = kernel_name or self.kernel_name
+        kernel = None
+        if name == self.kernel_name:
+            with self._lock:
+                while self._idle and kernel is None:
+                    candidate = self._idle.pop(0)
+                    if candidate.alive():
+                        kernel = candidate
+                    else:
+                        candidate.shutdown(now=True)
+        self.refill()
+        if kernel is not None:
+            return kernel
+        return LocalKernel(name).start()
+
+    def refill(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            missing = self.size - len(self._idle) - self._starting
+            if missing <= 0:
+                return
+            self._starting += missing
+            self._threads = [t for t in self._threads if t.is_alive()]
+            for _ in range(missing):
+                t = threading.Thread(target=self._start_one, name="bgjobs-pool", daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _start_one(self) -> None:
+        kernel: LocalKernel | None = None
+        try:
+            kernel = LocalKernel(self.kernel_name).start()
+        except Exception:
+            kernel = None
+        with self._lock:
+            self._starting -= 1
+            if kernel is not None and not self._closed:
+                self._idle.append(kernel)
+                kernel = None
+        if kernel is not None:
+            kernel.shutdown(now=True)
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+    def wait_warm(self, timeout: float = 60.0) -> bool:
+        """Block until the pool holds ``size`` ready kernels (benchmarks and tests use it)."""
+        deadline = time.monotonic() + timeout
+        for t in list(self._threads):
+            t.join(max(0.0, deadline - time.monotonic()))
+        return self.idle_count() >= self.size
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            threads = list(self._threads)
+        for kernel in idle:
+            kernel.shutdown(now=True)
+        for t in threads:
+            t.join(30)

@@ -1,0 +1,184 @@
+"""``%%bgjob``, ``%bgjob_script`` and ``%bgjobs``, and the extension's hooks into IPython."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from . import _display
+from ._errors import BgJobError
+from ._jobs import Job, manager, run_cell, run_script
+
+
+def _show(job: Job) -> None:
+    line = _display.StatusLine(job)
+    job._listeners.append(lambda j: line.refresh(force=j.done))
+    line.show()
+    _display.ticker.add(line)
+
+
+def _shared_options(fn: Any) -> Any:
+    for arg in reversed(
+        [
+            argument("--timeout", default=None, help="end the job as timed_out after SECONDS"),
+            argument(
+                "--kernel", default=None, help="kernelspec to run the job in (default python3)"
+            ),
+            argument("--workdir", default=None, help="working directory of the job"),
+        ]
+    ):
+        fn = arg(fn)
+    return fn
+
+
+@magics_class
+class BgJobMagics(Magics):
+    """The magics of jupyter_bgjobs."""
+
+    @magic_arguments()
+    @argument("name", nargs="?", default=None, help="the job's name (an identifier)")
+    @_shared_options
+    @argument(
+        "--env",
+        default="auto",
+        help="what the job gets from the notebook: auto (the names the cell reads), "
+        "all, none, or a,b,c",
+    )
+    @argument("--results", default="globals", help="globals, object (<name>_results) or none")
+    @argument(
+        "--on-conflict",
+        dest="on_conflict",
+        default="keep",
+        help="keep or overwrite a name the notebook changed while the job ran",
+    )
+    @cell_magic
+    def bgjob(self, line: str, cell: str) -> None:
+        """Run the cell in a separate kernel; its results come back when it ends."""
+        args = _parse(self.bgjob, line)
+        try:
+            job = run_cell(
+                cell,
+                args.name,
+                kernel=args.kernel,
+                timeout=args.timeout,
+                env=args.env,
+                results=args.results,
+                on_conflict=args.on_conflict,
+                workdir=args.workdir,
+            )
+        except BgJobError as exc:
+            raise UsageError(str(exc)) from None
+        _show(job)
+
+    @magic_arguments()
+    @argument("path", help="the script to run")
+    @argument("--name", default=None, help="the job's name (default: the script's name)")
+    @_shared_options
+    @argument(
+        "--env",
+        default="none",
+        choices=["none", "all"],
+        help="none (a clean kernel) or all (a copy of the notebook's namespace)",
+    )
+    @argument(
+        "--results", default="object", help="object (<name>_results, the default), globals or none"
+    )
+    @argument("--encoding", default="utf-8", help="the script's encoding")
+    @line_magic
+    def bgjob_script(self, line: str) -> None:
+        """Run a script as a background job, like RStudio's "Source as Background Job"."""
+        args = _parse(self.bgjob_script, line)
+        if args.results not in ("object", "globals", "none"):
+            raise UsageError(f"--results must be object, globals or none, not {args.results!r}")
+        export = {"object": "", "globals": "globals", "none": ""}[args.results]
+        try:
+            job = run_script(
+                args.path,
+                name=args.name,
+                encoding=args.encoding,
+                workdir=args.workdir,
+                import_env=args.env == "all",
+                export_env=export,
+                kernel=args.kernel,
+                timeout=args.timeout,
+            )
+        except BgJobError as exc:
+            raise UsageError(str(exc)) from None
+        if args.results == "object":
+            job.spec.results = "object"
+        _show(job)
+
+    @line_magic
+    def bgjobs(self, line: str) -> None:
+        """List the jobs of this notebook with their state, progress and elapsed time."""
+        rows = manager.jobs()
+        if not rows:
+            print("no jobs")
+            return
+        print(jobs_table(rows))
+
+
+def jobs_table(rows: list[Job]) -> str:
+    header = ("name", "id", "state", "progress", "section", "elapsed")
+    body = [
+        (
+            j.name,
+            j.id,
+            j.state,
+            f"{j.progress[0]}/{j.progress[1]}",
+            j.section,
+            _display._clock(j.elapsed),
+        )
+        for j in rows
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *body]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _parse(magic: Any, line: str) -> Any:
+    try:
+        shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse the options {line!r}: {exc}") from None
+    return parse_argstring(magic, line)
+
+
+def _pre_run_cell(*_: Any) -> None:
+    """Merge finished jobs' results at the cell boundary, never under a running cell."""
+    for report in manager.merge_ready():
+        print(report)
+
+
+def _ensure_ticker(job: Job) -> None:
+    if _display.live_frontend():
+        _display.ticker.add(None)
+
+
+def load(ip: Any) -> None:
+    ip.register_magics(BgJobMagics)
+    ip.events.register("pre_run_cell", _pre_run_cell)
+    if _ensure_ticker not in manager.submit_hooks:
+        manager.submit_hooks.append(_ensure_ticker)
+    manager.pool()
+
+
+def unload(ip: Any) -> None:
+    try:
+        ip.events.unregister("pre_run_cell", _pre_run_cell)
+    except ValueError:
+        pass
+    if _ensure_ticker in manager.submit_hooks:
+        manager.submit_hooks.remove(_ensure_ticker)
+    magics = ip.magics_manager.magics
+    for kind, names in (("cell", ["bgjob"]), ("line", ["bgjob_script", "bgjobs"])):
+        for name in names:
+            magics[kind].pop(name, None)
+    manager.shutdown(announce=True)
+    _display.ticker.stop()

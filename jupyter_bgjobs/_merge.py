@@ -1,0 +1,82 @@
+"""Putting a finished job's results into the notebook, and saying what happened."""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._jobs import Job
+
+
+def target_namespace() -> dict[str, Any]:
+    """The notebook's user namespace, or ``__main__`` outside IPython."""
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    except ImportError:
+        ip = None
+    if ip is not None:
+        user_ns: dict[str, Any] = ip.user_ns
+        return user_ns
+    import __main__
+
+    ns: dict[str, Any] = __main__.__dict__
+    return ns
+
+
+def _names(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def merge_results(job: Job, ns: dict[str, Any]) -> str:
+    """Merge ``job``'s results into ``ns`` per its ``results`` and ``on_conflict`` modes."""
+    values = dict(job._values or {})
+    spec = job.spec
+    merged: list[str] = []
+    overwrote: list[str] = []
+    conflicts: list[str] = []
+    where = ""
+    if spec.results == "object":
+        ns[spec.results_name] = types.SimpleNamespace(**values)
+        merged = sorted(values)
+        where = f" into {spec.results_name}"
+    elif spec.results == "globals":
+        aside: dict[str, Any] = {}
+        for key in sorted(values):
+            if key in ns:
+                rebound = job._ns_ids.get(key) != id(ns[key])
+                if rebound and spec.on_conflict == "keep":
+                    conflicts.append(key)
+                    aside[key] = values[key]
+                    continue
+                if ns[key] is not values[key]:
+                    overwrote.append(key)
+            ns[key] = values[key]
+            merged.append(key)
+        if aside:
+            ns[spec.results_name] = types.SimpleNamespace(**aside)
+        where = " into globals"
+    parts = [f"{job.name}: {job.state.replace('_', ' ')} in {job.elapsed:.1f} s"]
+    if merged:
+        parts.append(f"merged {_names(merged)}{where}")
+    elif spec.results != "none":
+        parts.append("no new names")
+    if overwrote:
+        parts.append(f"overwrote {_names(overwrote)}")
+    if conflicts:
+        parts.append(
+            f"kept the notebook's {_names(conflicts)} (changed here since the job started; "
+            f"the job's values are in {spec.results_name}; --on-conflict overwrite replaces them)"
+        )
+    for direction, label in (("in", "not shipped"), ("out", "not returned")):
+        skipped = [s for s in job.skipped if s.get("direction") == direction]
+        if skipped:
+            parts.append(
+                f"{label}: "
+                + "; ".join(f"{s['name']} ({s['type']}: {s['reason']})" for s in skipped[:6])
+                + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
+            )
+    return "; ".join(parts)
