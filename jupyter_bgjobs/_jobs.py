@@ -215,7 +215,6 @@ class Job:
                     f"job {self.name!r} is still {self._state} after {timeout} s; "
                     "call .wait() again or .cancel() it"
                 )
-        self._manager.join_worker(self)
         if threading.current_thread() is threading.main_thread():
             report = self._manager.merge(self)
             if report:
@@ -262,7 +261,9 @@ class Job:
                 last["text"] += out["text"]
             else:
                 self._outputs.append(out)
+            self._cond.notify_all()
         log.write(_output_text(out))
+        log.flush()
 
 
 def _output_text(out: dict[str, Any]) -> str:
@@ -359,6 +360,7 @@ class JobManager:
             "workdir": spec.workdir,
             "seed_path": seed.path if seed else None,
             "imports": seed.imports if seed else {},
+            "not_shipped": seed.skipped if seed else [],
             "results_path": str(job.folder / "results.pkl"),
             "env_vars": spec.env_vars,
         }
@@ -513,6 +515,7 @@ class JobManager:
                     f"\n[jupyter_bgjobs: no response to interrupt in "
                     f"{settings.cancel_grace:g} s; kernel killed]\n"
                 )
+                log.flush()
                 kernel.kill()
                 kill_at = None
         self._load_results(job, end)
@@ -608,11 +611,16 @@ class JobManager:
     def _finish(self, job: Job, state: str) -> None:
         if job.spec.results == "none" or job._values is None or state != SUCCEEDED:
             job._merged = True
-            job.report = _outcome_line(job, state)
         with self._lock:
             if not job._merged:
                 self._unmerged.append(job)
-        job._set(_state=state, finished=_now(), _t_finished=time.monotonic())
+        job._set(_t_finished=time.monotonic())
+        report = ""
+        if job._merged:
+            from ._merge import report_line
+
+            report = report_line(job, state=state)
+        job._set(_state=state, finished=_now(), report=report)
         with job._cond:
             callbacks, job._callbacks = job._callbacks, []
         for fn in callbacks:
@@ -684,22 +692,6 @@ def _death_reason(code: int | None) -> str:
             sig = f"signal {-code}"
         return f"its kernel was killed by {sig} (exit code {code})"
     return f"its kernel exited with code {code}"
-
-
-def _outcome_line(job: Job, state: str) -> str:
-    done, total = job._done, job._total
-    if state == SUCCEEDED:
-        line = f"{job.name}: succeeded ({total} statements)"
-    else:
-        at = min(done + 1, total) if total else 0
-        line = f"{job.name}: {state.replace('_', ' ')} at statement {at}/{total}"
-        if job.reason:
-            line += f"; {job.reason}"
-        elif job.error:
-            line += f"; {job.error.ename}: {job.error.evalue}"
-        if job._values:
-            line += f"; partial results kept in get_job({job.name!r}).results"
-    return line
 
 
 def _transformed(code: str) -> str:

@@ -59,11 +59,44 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
         if aside:
             ns[spec.results_name] = types.SimpleNamespace(**aside)
         where = " into globals"
-    parts = [f"{job.name}: {job.state.replace('_', ' ')} in {job.elapsed:.1f} s"]
+    return report_line(job, merged, where, overwrote, conflicts)
+
+
+def outcome(job: Job, state: str = "") -> str:
+    """How the job ended, in words: ``fit: failed at statement 3/5; ZeroDivisionError: ...``."""
+    state = state or job.state
+    done, total = job.progress
+    if state == "succeeded":
+        return f"{job.name}: succeeded in {job.elapsed:.1f} s"
+    at = min(done + 1, total) if total else 0
+    line = f"{job.name}: {state.replace('_', ' ')} at statement {at}/{total}"
+    if job.reason:
+        line += f"; {job.reason}"
+    elif job.error:
+        line += f"; {job.error.ename}: {job.error.evalue}"
+    if job._values:
+        line += f"; partial results kept in get_job({job.name!r}).results"
+    return line
+
+
+def report_line(
+    job: Job,
+    merged: list[str] | None = None,
+    where: str = "",
+    overwrote: list[str] | None = None,
+    conflicts: list[str] | None = None,
+    state: str = "",
+) -> str:
+    """One line: the outcome, what was merged and overwritten, what did not travel."""
+    spec = job.spec
+    state = state or job.state
+    parts = [outcome(job, state)]
     if merged:
         parts.append(f"merged {_names(merged)}{where}")
-    elif spec.results != "none":
+    elif spec.results != "none" and state == "succeeded":
         parts.append("no new names")
+    elif state == "succeeded" and job._values:
+        parts.append(f"results in get_job({job.name!r}).results: {_names(sorted(job._values))}")
     if overwrote:
         parts.append(f"overwrote {_names(overwrote)}")
     if conflicts:
@@ -74,9 +107,7 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
     for direction, label in (("in", "not shipped"), ("out", "not returned")):
         skipped = [s for s in job.skipped if s.get("direction") == direction]
         if skipped:
-            parts.append(
-                f"{label}: "
-                + "; ".join(f"{s['name']} ({s['type']}: {s['reason']})" for s in skipped[:6])
-                + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
-            )
+            parts.append(f"{label}: " + "; ".join(
+                f"{s['name']} ({s['type']}: {s['reason']})" for s in skipped[:6])
+                + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""))
     return "; ".join(parts)

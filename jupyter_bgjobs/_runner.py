@@ -137,6 +137,13 @@ class _Runner:
 
     def _show_exception(self) -> dict[str, Any]:
         etype, value, tb = sys.exc_info()
+        if isinstance(value, NameError) and value.name:
+            why = {s["name"]: s for s in self.spec.get("not_shipped") or []}.get(value.name)
+            if why is not None:
+                value.args = (
+                    f"{value.args[0] if value.args else value.name}: {value.name!r} was not "
+                    f"shipped to this job ({why['type']}: {why['reason']})",
+                )
         # Drop the runner's own frames: the user sees their code only.
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
             tb = tb.tb_next
