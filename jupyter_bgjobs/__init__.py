@@ -23,6 +23,12 @@ from ._jobs import Job, WaitTimeout, get_job, jobs, run_cell, run_script
 
 __version__ = "0.1.0"
 
+# Jobs started from the API (no magic, no status line) keep their kernel active too.
+from ._display import ensure_ticker as _ensure_ticker
+from ._jobs import manager as _manager
+
+_manager.submit_hooks.append(_ensure_ticker)
+
 __all__ = [
     "BgJobError",
     "Job",

@@ -134,7 +134,9 @@ class Ticker:
         while not self._stop.wait(self.interval):
             with self._lock:
                 lines = list(self.lines)
-                self.lines = [ln for ln in lines if not (ln.job.done and ln.job._merged)]
+                # A finished job's line gets one last refresh here; its merge report later
+                # arrives through the job's listener, from the cell that merges it.
+                self.lines = [ln for ln in lines if not ln.job.done]
             for line in lines:
                 try:
                     line.refresh(force=True)
@@ -168,3 +170,9 @@ def keepalive() -> None:
 
 
 ticker = Ticker()
+
+
+def ensure_ticker(job: Job) -> None:
+    """Submit hook: in a kernel with a front end, keep it active while jobs run."""
+    if live_frontend():
+        ticker.add(None)

@@ -7,6 +7,7 @@ import collections
 import datetime as dt
 import json
 import os
+import sys
 import threading
 import time
 import types
@@ -652,14 +653,15 @@ class JobManager:
         return [r for r in (self.merge(j, ns) for j in ready) if r]
 
     # -- ending -------------------------------------------------------------------------
-    def shutdown(self, announce: bool = False) -> list[Job]:
+    def shutdown(self, announce: bool = False, stream: Any = None) -> list[Job]:
         """Cancel running jobs, end the pool, and join every driver thread."""
         active = [j for j in self.jobs() if not j.done]
         if announce and active:
             names = ", ".join(
                 f"{j.name} ({j.state} {j.progress[0]}/{j.progress[1]})" for j in active
             )
-            print(f"jupyter_bgjobs: ending {len(active)} running job(s): {names}", flush=True)
+            print(f"jupyter_bgjobs: ending {len(active)} running job(s): {names}", flush=True,
+                  file=stream or sys.stdout)
         for job in active:
             job._cancel.set()
         saved_grace = settings.cancel_grace
@@ -708,7 +710,9 @@ manager = JobManager()
 
 @atexit.register
 def _at_exit() -> None:
-    manager.shutdown(announce=True)
+    # At interpreter exit a kernel's sys.stdout may no longer reach anyone: say it on the
+    # process's own stderr, which the notebook server's log keeps.
+    manager.shutdown(announce=True, stream=sys.__stderr__)
 
 
 # -- the public functions ---------------------------------------------------------------------

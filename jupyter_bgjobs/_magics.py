@@ -156,16 +156,9 @@ def _pre_run_cell(*_: Any) -> None:
         print(report)
 
 
-def _ensure_ticker(job: Job) -> None:
-    if _display.live_frontend():
-        _display.ticker.add(None)
-
-
 def load(ip: Any) -> None:
     ip.register_magics(BgJobMagics)
     ip.events.register("pre_run_cell", _pre_run_cell)
-    if _ensure_ticker not in manager.submit_hooks:
-        manager.submit_hooks.append(_ensure_ticker)
     manager.pool()
 
 
@@ -174,8 +167,6 @@ def unload(ip: Any) -> None:
         ip.events.unregister("pre_run_cell", _pre_run_cell)
     except ValueError:
         pass
-    if _ensure_ticker in manager.submit_hooks:
-        manager.submit_hooks.remove(_ensure_ticker)
     magics = ip.magics_manager.magics
     for kind, names in (("cell", ["bgjob"]), ("line", ["bgjob_script", "bgjobs"])):
         for name in names:

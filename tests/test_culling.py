@@ -1,0 +1,112 @@
+"""A notebook kernel with running jobs is not culled by a real jupyter_server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client import BlockingKernelClient
+
+TOKEN = "bgjobs-test-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, url: str, runtime: Path, proc: subprocess.Popen[bytes]) -> None:
+        self.url, self.runtime, self.proc = url, runtime, proc
+
+    def request(self, method: str, path: str) -> Any:
+        req = urllib.request.Request(
+            self.url + path, method=method, data=b"{}" if method == "POST" else None,
+            headers={"Authorization": f"token {TOKEN}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def kernel_ids(self) -> set[str]:
+        return {k["id"] for k in self.request("GET", "/api/kernels")}
+
+    def client(self, kernel_id: str) -> BlockingKernelClient:
+        kc = BlockingKernelClient()
+        kc.load_connection_file(str(self.runtime / f"kernel-{kernel_id}.json"))
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        return kc
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    port = _free_port()
+    runtime = tmp_path / "runtime"
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
+         f"--ServerApp.root_dir={tmp_path}",
+         "--MappingKernelManager.cull_idle_timeout=3",
+         "--MappingKernelManager.cull_interval=1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    srv = Server(f"http://127.0.0.1:{port}", runtime, proc)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            srv.request("GET", "/api/status")
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+    yield srv
+    proc.terminate()
+    proc.wait(30)
+
+
+def _execute(kc: BlockingKernelClient, code: str) -> None:
+    reply = kc.execute_interactive(code, timeout=60, output_hook=lambda msg: None)
+    assert reply["content"]["status"] == "ok", reply["content"]
+
+
+def test_kernels_with_running_jobs_are_not_culled(server: Server) -> None:
+    with_magic = server.request("POST", "/api/kernels")["id"]
+    with_api = server.request("POST", "/api/kernels")["id"]
+    idle = server.request("POST", "/api/kernels")["id"]
+    clients = [server.client(k) for k in (with_magic, with_api)]
+    try:
+        _execute(clients[0], "%load_ext jupyter_bgjobs")
+        _execute(clients[0], "%%bgjob long\nimport time\ntime.sleep(9)")
+        _execute(clients[1], "import jupyter_bgjobs\njob = jupyter_bgjobs.run_cell('import time\\ntime.sleep(9)')")
+        started = time.monotonic()
+        # While the jobs run (9 s, three times the idle timeout), watch the server.
+        culled_idle_at = None
+        while time.monotonic() - started < 8:
+            ids = server.kernel_ids()
+            assert with_magic in ids and with_api in ids, "a kernel with a running job was culled"
+            if culled_idle_at is None and idle not in ids:
+                culled_idle_at = time.monotonic() - started
+            time.sleep(0.25)
+        # The culler was active all along: the kernel without jobs went.
+        assert culled_idle_at is not None
+        # Once the jobs are over, the protection ends and the culler takes them too.
+        deadline = time.monotonic() + 30
+        while server.kernel_ids() & {with_magic, with_api}:
+            assert time.monotonic() < deadline, "kernels were kept after their jobs ended"
+            time.sleep(0.25)
+    finally:
+        for kc in clients:
+            kc.stop_channels()
