@@ -660,8 +660,11 @@ class JobManager:
             names = ", ".join(
                 f"{j.name} ({j.state} {j.progress[0]}/{j.progress[1]})" for j in active
             )
-            print(f"jupyter_bgjobs: ending {len(active)} running job(s): {names}", flush=True,
-                  file=stream or sys.stdout)
+            print(
+                f"jupyter_bgjobs: ending {len(active)} running job(s): {names}",
+                flush=True,
+                file=stream or sys.stdout,
+            )
         for job in active:
             job._cancel.set()
         saved_grace = settings.cancel_grace

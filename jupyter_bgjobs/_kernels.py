@@ -92,11 +92,14 @@ class LocalKernel:
                 f"{reply['content'].get('ename')}: {reply['content'].get('evalue')} "
                 "(a job's kernel must be an IPython kernel for Python 3.10 or newer)"
             )
-        # The boot request's own iopub messages are not a job's output.
+        # The boot request's own iopub messages are not a job's output: read up to its idle.
         while True:
-            try:
-                self.kc.get_iopub_msg(timeout=0.2)
-            except queue.Empty:
+            msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "status"
+                and msg["content"].get("execution_state") == "idle"
+            ):
                 break
 
     def stderr_tail(self, limit: int = 2000) -> str:

@@ -107,7 +107,9 @@ def report_line(
     for direction, label in (("in", "not shipped"), ("out", "not returned")):
         skipped = [s for s in job.skipped if s.get("direction") == direction]
         if skipped:
-            parts.append(f"{label}: " + "; ".join(
-                f"{s['name']} ({s['type']}: {s['reason']})" for s in skipped[:6])
-                + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""))
+            parts.append(
+                f"{label}: "
+                + "; ".join(f"{s['name']} ({s['type']}: {s['reason']})" for s in skipped[:6])
+                + (f" and {len(skipped) - 6} more" if len(skipped) > 6 else "")
+            )
     return "; ".join(parts)

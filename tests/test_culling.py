@@ -32,7 +32,9 @@ class Server:
 
     def request(self, method: str, path: str) -> Any:
         req = urllib.request.Request(
-            self.url + path, method=method, data=b"{}" if method == "POST" else None,
+            self.url + path,
+            method=method,
+            data=b"{}" if method == "POST" else None,
             headers={"Authorization": f"token {TOKEN}"},
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -56,12 +58,22 @@ def server(tmp_path: Path) -> Iterator[Server]:
     runtime = tmp_path / "runtime"
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={port}",
-         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
-         f"--ServerApp.root_dir={tmp_path}",
-         "--MappingKernelManager.cull_idle_timeout=3",
-         "--MappingKernelManager.cull_interval=1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={TOKEN}",
+            f"--ServerApp.root_dir={tmp_path}",
+            "--MappingKernelManager.cull_idle_timeout=3",
+            "--MappingKernelManager.cull_interval=1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     srv = Server(f"http://127.0.0.1:{port}", runtime, proc)
     deadline = time.monotonic() + 60
@@ -90,7 +102,10 @@ def test_kernels_with_running_jobs_are_not_culled(server: Server) -> None:
     try:
         _execute(clients[0], "%load_ext jupyter_bgjobs")
         _execute(clients[0], "%%bgjob long\nimport time\ntime.sleep(9)")
-        _execute(clients[1], "import jupyter_bgjobs\njob = jupyter_bgjobs.run_cell('import time\\ntime.sleep(9)')")
+        _execute(
+            clients[1],
+            "import jupyter_bgjobs\njob = jupyter_bgjobs.run_cell('import time\\ntime.sleep(9)')",
+        )
         started = time.monotonic()
         # While the jobs run (9 s, three times the idle timeout), watch the server.
         culled_idle_at = None

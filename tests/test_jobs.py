@@ -283,8 +283,14 @@ def test_env_all_ships_the_namespace_and_skips_unpicklables() -> None:
     ns["b"] = ns["a"]
     spec = bj._jobs.make_spec(
         "same = a is b\nc = len(a) + len(os.sep)\nhas_gen = 'gen' in globals()",
-        name=None, kind="cell", kernel=None, timeout=None, env="all", results="none",
-        on_conflict="keep", workdir=None,
+        name=None,
+        kind="cell",
+        kernel=None,
+        timeout=None,
+        env="all",
+        results="none",
+        on_conflict="keep",
+        workdir=None,
     )
     job = manager.submit(spec, ns).wait(60)
     assert job.state == "succeeded", job.output
@@ -330,7 +336,10 @@ def test_a_jobs_kernel_ends_with_the_job() -> None:
     job = run("import os\npid = os.getpid()").wait(60)
     manager.join_worker(job)
     assert job.results is not None
-    assert not psutil.pid_exists(job.results.pid) or psutil.Process(job.results.pid).status() == psutil.STATUS_ZOMBIE
+    assert (
+        not psutil.pid_exists(job.results.pid)
+        or psutil.Process(job.results.pid).status() == psutil.STATUS_ZOMBIE
+    )
 
 
 def until(job: bj.Job, cond: Callable[[], bool], timeout: float = 30) -> None:

@@ -19,8 +19,10 @@ def test_cell_magic_returns_at_once_and_merges_at_the_next_cell(
     ip.user_ns.pop("total", None)
     t0 = time.perf_counter()
     ip.run_cell_magic(
-        "bgjob", "mfit --timeout 600",
-        "# Load ----\ndata = list(range(10))\n# Fit ----\nimport time\ntime.sleep(1)\ntotal = sum(data)\n",
+        "bgjob",
+        "mfit --timeout 600",
+        "# Load ----\ndata = list(range(10))\n"
+        "# Fit ----\nimport time\ntime.sleep(1)\ntotal = sum(data)\n",
     )
     returned_after = time.perf_counter() - t0
     job = bj.get_job("mfit")
@@ -68,7 +70,9 @@ def test_conflicting_rebind_is_kept_and_reported(ip: Any) -> None:
     assert ip.user_ns["shared"] == "notebook-2"
     assert ip.user_ns["conflict_results"].shared == "job"
     assert "kept the notebook's shared" in bj.get_job("conflict").report
-    ip.run_cell_magic("bgjob", "over --on-conflict overwrite", "import time\ntime.sleep(0.5)\nshared = 'job'")
+    ip.run_cell_magic(
+        "bgjob", "over --on-conflict overwrite", "import time\ntime.sleep(0.5)\nshared = 'job'"
+    )
     ip.run_cell("shared = 'notebook-3'")
     bj.get_job("over").wait(60)
     assert ip.user_ns["shared"] == "job"
@@ -114,7 +118,14 @@ def test_bad_magic_input_is_one_line_and_no_job(
 def test_jobs_listing(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
     ip.run_line_magic("bgjobs", "")
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["name", "id", "state", "progress", "section", "elapsed"]
+    assert table.splitlines()[0].split() == [
+        "name",
+        "id",
+        "state",
+        "progress",
+        "section",
+        "elapsed",
+    ]
     assert "mfit" in table
 
 
@@ -124,7 +135,9 @@ def test_unload_ends_running_jobs_and_pooled_kernels(capsys: pytest.CaptureFixtu
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "jupyter_bgjobs")
     assert manager.pool().wait_warm(60)
-    shell.run_cell_magic("bgjob", "endless", "import time\nprint('go', flush=True)\nwhile True: time.sleep(0.05)")
+    shell.run_cell_magic(
+        "bgjob", "endless", "import time\nprint('go', flush=True)\nwhile True: time.sleep(0.05)"
+    )
     job = bj.get_job("endless")
     with job._cond:
         job._cond.wait_for(lambda: "go" in job.output, 60)
@@ -134,7 +147,10 @@ def test_unload_ends_running_jobs_and_pooled_kernels(capsys: pytest.CaptureFixtu
     assert "ending 1 running job(s): endless" in capsys.readouterr().out
     import psutil
 
-    assert not [p for p in pids if p and psutil.pid_exists(p)
-                and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p
+        for p in pids
+        if p and psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert "bgjob" not in shell.magics_manager.magics["cell"]
     shell.run_line_magic("load_ext", "jupyter_bgjobs")

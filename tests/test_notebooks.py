@@ -13,8 +13,9 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
 def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int = 240) -> nbformat.NotebookNode:
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd)}})
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    )
     client.execute()
     return nb
 
@@ -41,7 +42,9 @@ def cell(src: str) -> nbformat.NotebookNode:
     return nbformat.v4.new_code_cell(textwrap.dedent(src).strip())
 
 
-def test_jobs_of_every_outcome_in_a_real_notebook(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_jobs_of_every_outcome_in_a_real_notebook(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "train.py").write_text("# %% Train\nscore = 0.75\n")
     go = tmp_path / "go"
     nb = nbformat.v4.new_notebook()
