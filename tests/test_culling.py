@@ -120,7 +120,9 @@ def test_kernels_with_running_jobs_are_not_culled(server: Server) -> None:
         # Once the jobs are over, the protection ends and the culler takes them too.
         deadline = time.monotonic() + 30
         while server.kernel_ids() & {with_magic, with_api}:
-            assert time.monotonic() < deadline, "kernels were kept after their jobs ended"
+            assert time.monotonic() < deadline, (
+                f"kernels were kept after their jobs ended: {server.request('GET', '/api/kernels')}"
+            )
             time.sleep(0.25)
     finally:
         for kc in clients:
