@@ -409,7 +409,11 @@ class JobManager:
             finally:
                 kernel = job._kernel
                 if kernel is not None:
-                    kernel.shutdown(now=job.state != SUCCEEDED)
+                    # The runner has written everything before its end event. A graceful
+                    # shutdown request can leave ipykernel hung in zmq's context teardown,
+                    # an orphan if this process dies meanwhile; killing the process group
+                    # cannot hang, and it also ends whatever the job left running.
+                    kernel.shutdown(now=True)
 
     def _drive_inner(self, job: Job, runner_spec: dict[str, Any], log: Any) -> None:
         with self._slots:

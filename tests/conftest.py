@@ -22,20 +22,39 @@ def _children() -> list[psutil.Process]:
         return []
 
 
+def _ours() -> list[psutil.Process]:
+    """Every process started by this test run, orphans included: they inherit our job root."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("JUPYTER_BGJOBS_DIR") == _ROOT:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
 @pytest.fixture(autouse=True, scope="module")
 def no_leaked_processes() -> Iterator[None]:
-    """After each test module: end what the manager owns, then no child may be left."""
+    """After each test module: end what the manager owns; then no process we started may be
+    left, neither a child nor an orphan whose parent died."""
     yield
     from jupyter_bgjobs._jobs import manager
 
     manager.shutdown()
     manager.forget_finished()
     # Processes that are exiting get a bounded time to be reaped; survivors are leaks.
-    _, alive = psutil.wait_procs(_children(), timeout=10)
-    leaked = [f"{p.pid} {' '.join(p.cmdline()[:4])}" for p in alive if p.is_running()]
+    _, alive = psutil.wait_procs(
+        list({p.pid: p for p in _children() + _ours()}.values()), timeout=10
+    )
+    leaked = []
     for p in alive:
-        p.kill()
-    assert not leaked, f"child processes outlived their test module: {leaked}"
+        try:
+            leaked.append(f"{p.pid} {' '.join(p.cmdline()[:4])}")
+            p.kill()
+        except psutil.Error:
+            continue
+    assert not leaked, f"processes outlived their test module: {leaked}"
 
 
 @pytest.fixture(scope="module")

@@ -346,3 +346,28 @@ def until(job: bj.Job, cond: Callable[[], bool], timeout: float = 30) -> None:
     """Block on the job's own condition variable until ``cond()`` holds."""
     with job._cond:
         assert job._cond.wait_for(cond, timeout), "condition not met in time"
+
+
+def test_job_kernels_end_when_their_parent_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import jupyter_bgjobs as bj\n"
+        "job = bj.run_cell('import time\\ntime.sleep(600)', name='orphan')\n"
+        "with job._cond:\n"
+        "    job._cond.wait_for(lambda: job.state == 'running', 60)\n"
+        "print(job.kernel_pid, flush=True)\n"
+        "import time\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        kernel_pid = int(parent.stdout.readline())
+        kernels = [psutil.Process(kernel_pid)]
+        kernels += [p for p in psutil.Process(parent.pid).children() if p.pid != kernel_pid]
+    finally:
+        parent.kill()
+        parent.wait(10)
+    # ipykernel's parent watch ends each kernel within about a second of its parent's death.
+    _, alive = psutil.wait_procs(kernels, timeout=10)
+    assert not alive
