@@ -21,6 +21,7 @@ class Settings:
     output_tail: int = 1000
     status_interval: float = 1.0
     root: str = ""
+    transport: str = "auto"
 
     def job_root(self) -> Path:
         """The per-user folder that holds one folder per job (created 0700)."""
@@ -44,7 +45,9 @@ settings = Settings()
 
 def configure(**changes: Any) -> Settings:
     """Change settings: ``pool_size``, ``max_concurrent``, ``kernel``, ``cancel_grace``,
-    ``output_tail``, ``status_interval``, ``root``. Returns the settings in force."""
+    ``output_tail``, ``status_interval``, ``root``, ``transport`` (``auto``/``file``: snapshot
+    files, in shared memory when there is room; ``stream``: over the kernel protocol).
+    Returns the settings in force."""
     known = {f.name: f.type for f in fields(Settings)}
     for key, value in changes.items():
         if key not in known:
@@ -56,6 +59,8 @@ def configure(**changes: Any) -> Settings:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise JobSpecError(f"setting {key!r} must be a number >= 0, not {value!r}")
             value = type(current)(value)
+        if key == "transport" and value not in ("auto", "file", "stream"):
+            raise JobSpecError(f"transport must be auto, file or stream, not {value!r}")
         setattr(settings, key, value)
     if "pool_size" in changes:
         from ._jobs import manager

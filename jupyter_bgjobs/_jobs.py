@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import base64
 import collections
 import datetime as dt
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -30,7 +32,7 @@ from ._errors import (
     KernelDiedError,
 )
 from ._kernels import KernelPool, LocalKernel
-from ._runner import EVENT_MIME
+from ._runner import EVENT_MIME, SnapshotError, decode, load_file, take_stream
 
 PENDING, STARTING, RUNNING = "pending", "starting", "running"
 SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED = (
@@ -109,6 +111,7 @@ class Job:
         self.reason = ""
         self.skipped: list[dict[str, str]] = []
         self.shipped: list[str] = []
+        self.mutated: list[str] = []
         self.report = ""
         self._outputs: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=max(1, settings.output_tail)
@@ -123,6 +126,11 @@ class Job:
         self.folder.mkdir(mode=0o700)
         self.log_path = self.folder / "output.log"
         self._kernel: LocalKernel | None = None
+        # A job loads only what its parent wrote for it: snapshots carry this token.
+        self._token = secrets.token_hex(16)
+        self._files: list[str] = []
+        self._seed_chunks: list[str] = []
+        self._stream = bytearray()
 
     # -- reading -------------------------------------------------------------------
     @property
@@ -346,12 +354,26 @@ class JobManager:
         job._listeners.extend(self._listeners)
         if ns is not None:
             job._ns_ids = {k: id(v) for k, v in ns.items()}
+        transport = "stream" if settings.transport == "stream" else "file"
         seed: _snapshot.Snapshot | None = None
         if ns is not None and spec.env != "none":
             names = _snapshot.select_names(ns, spec.env, _transformed(spec.code))
-            seed = _snapshot.write_snapshot(ns, names, str(job.folder / "seed.pkl"))
+            paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
+            seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport)
             job.shipped = seed.shipped
             job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
+            job._files.extend(paths)
+            job._seed_chunks = seed.chunks
+        seed_spec: dict[str, Any] | None = None
+        if seed is not None and (seed.path or seed.chunks):
+            seed_spec = {
+                "transport": transport,
+                "path": seed.path,
+                "sha256": seed.sha256,
+                "nbytes": seed.nbytes,
+            }
+        result_paths = _snapshot.snapshot_paths(str(job.folder), job.id, "results")
+        job._files.extend(result_paths)
         runner_spec = {
             "job_id": job.id,
             "name": job.name,
@@ -359,10 +381,11 @@ class JobManager:
             "filename": spec.script_path,
             "script_file": spec.script_path,
             "workdir": spec.workdir,
-            "seed_path": seed.path if seed else None,
+            "token": job._token,
+            "seed": seed_spec,
             "imports": seed.imports if seed else {},
             "not_shipped": seed.skipped if seed else [],
-            "results_path": str(job.folder / "results.pkl"),
+            "results": {"transport": transport, "paths": result_paths},
             "env_vars": spec.env_vars,
         }
         (job.folder / "spec.json").write_text(
@@ -407,6 +430,8 @@ class JobManager:
                 job._set(reason=f"internal error in jupyter_bgjobs: {type(exc).__name__}: {exc}")
                 self._finish(job, FAILED)
             finally:
+                for path in job._files:
+                    _remove(path)
                 kernel = job._kernel
                 if kernel is not None:
                     # The runner has written everything before its end event. A graceful
@@ -439,6 +464,13 @@ class JobManager:
             job._set(reason="cancelled while starting")
             self._finish(job, CANCELLED)
             return
+        for seq, chunk in enumerate(job._seed_chunks):
+            # Requests run in order: every chunk is in before the run call starts.
+            kernel.execute(
+                f"__import__('_bgjobs_runner').receive({job._token!r}, {seq}, {chunk!r})",
+                silent=True,
+            )
+        job._seed_chunks = []
         call = f"__import__('_bgjobs_runner').run({json.dumps(runner_spec)!r})"
         msg_id = kernel.execute(call)
         job._set(_state=RUNNING)
@@ -565,6 +597,10 @@ class JobManager:
             if job.first_statement_at is None:
                 changes["first_statement_at"] = event["t"]
             job._set(**changes)
+        elif kind == "chunk":
+            if event["seq"] == 0:
+                job._stream = bytearray()
+            job._stream += base64.b64decode(event["data"])
         elif kind == "end":
             err = event.get("error")
             changes = {"_done": event["done"]}
@@ -578,13 +614,16 @@ class JobManager:
         info = end.get("results") or {}
         job.skipped.extend(dict(s, direction="out") for s in info.get("skipped", []))
         values: dict[str, Any] = {}
-        path = job.folder / "results.pkl"
-        if info.get("names") and path.exists():
-            import dill
-
+        job.mutated = list(info.get("mutated", []))
+        if info.get("names"):
             try:
-                with open(path, "rb") as fh:
-                    values.update(dill.load(fh))
+                if info.get("transport") == "stream":
+                    data = take_stream(job._stream, info["sha256"], info["nbytes"])
+                    values.update(decode(data, job._token))
+                elif info.get("path") in job._files:
+                    values.update(load_file(info["path"], job._token))
+                else:
+                    raise SnapshotError(f"results path {info.get('path')!r} is not this job's")
             except Exception as exc:  # reported, not raised
                 for name in info["names"]:
                     job.skipped.append(
@@ -610,8 +649,9 @@ class JobManager:
                     }
                 )
         job._values = values
-        if path.exists():
-            path.unlink()
+        job._stream = bytearray()
+        for path in job._files:
+            _remove(path)
 
     def _finish(self, job: Job, state: str) -> None:
         if job.spec.results == "none" or job._values is None or state != SUCCEEDED:
@@ -687,6 +727,13 @@ class JobManager:
             for key in [k for k, j in self._jobs.items() if j.done]:
                 del self._jobs[key]
                 self._threads.pop(key, None)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _death_reason(code: int | None) -> str:

@@ -127,8 +127,8 @@ class LocalKernel:
         proc = getattr(getattr(self.km, "provisioner", None), "process", None)
         return proc is not None and proc.poll() is None
 
-    def execute(self, code: str) -> str:
-        return str(self.kc.execute(code, silent=False, store_history=False))
+    def execute(self, code: str, silent: bool = False) -> str:
+        return str(self.kc.execute(code, silent=silent, store_history=False))
 
     def iopub(self, timeout: float) -> dict[str, Any] | None:
         try:

@@ -52,7 +52,7 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
                     conflicts.append(key)
                     aside[key] = values[key]
                     continue
-                if ns[key] is not values[key]:
+                if ns[key] is not values[key] and key not in job.mutated:
                     overwrote.append(key)
             ns[key] = values[key]
             merged.append(key)
@@ -99,6 +99,8 @@ def report_line(
         parts.append(f"results in get_job({job.name!r}).results: {_names(sorted(job._values))}")
     if overwrote:
         parts.append(f"overwrote {_names(overwrote)}")
+    if job.mutated and merged:
+        parts.append(f"{_names(job.mutated)} changed in place by the job")
     if conflicts:
         parts.append(
             f"kept the notebook's {_names(conflicts)} (changed here since the job started; "

@@ -1,22 +1,34 @@
-"""Code that runs inside a job's kernel.
+"""Code that runs inside a job's kernel, and the wire format both sides share.
 
 This module is sent to the job kernel as source text and executed there, so it imports
-nothing from jupyter_bgjobs and only the standard library at import time (dill is imported
-when a snapshot or results need it). The parent talks to it through one call,
-``run(spec_json)``; the runner reports back through display_data messages of a private
-MIME type on the kernel's iopub channel, in order with the job's own output.
+nothing from jupyter_bgjobs and only the standard library at import time (cloudpickle and
+dill are imported when a snapshot or results need them). The parent talks to it through
+``run(spec_json)`` (and ``receive`` for snapshot bytes sent over the kernel protocol); the
+runner reports back through display_data messages of a private MIME type on the kernel's
+iopub channel, in order with the job's own output.
+
+The snapshot format: ``MAGIC``, a length-prefixed JSON header (the job's token, the sizes),
+the main pickle (cloudpickle, protocol 5), a fallback pickle (dill, for what cloudpickle
+cannot do), then each out-of-band buffer, 64-byte aligned. Large array and DataFrame
+buffers never pass through a pickler: they are written once and, locally, mapped back
+copy-on-write without a copy.
 """
 
 from __future__ import annotations
 
 import ast
+import base64
+import hashlib
 import json
+import mmap
 import os
 import re
+import struct
 import sys
 import time
 import traceback
 import types
+import zlib
 from typing import Any
 
 EVENT_MIME = "application/vnd.jupyter-bgjobs.event+json"
@@ -64,11 +76,331 @@ def plan(source: str) -> list[tuple[ast.stmt, str]]:
     return out
 
 
+MAGIC = b"BGJOBS\x01\n"
+_ALIGN = 64
+_CHUNK = 4 << 20
+_INBOX: dict[str, bytearray] = {}
+
+
+class SnapshotError(Exception):
+    """A snapshot stream that is not for this job, or damaged."""
+
+
+def _pad(n: int) -> int:
+    return (-n) % _ALIGN
+
+
+def encode(
+    values: dict[str, Any], token: str
+) -> tuple[list[Any], list[dict[str, str]], dict[str, Any]]:
+    """Serialize ``values``: (parts to write in order, skipped, what travelled how).
+
+    Everything pickles in one cloudpickle stream, so names that alias one object still do
+    after loading. What cloudpickle cannot do goes to dill; what neither can is skipped.
+    """
+    import pickle
+
+    import cloudpickle
+
+    skipped: list[dict[str, str]] = []
+    main = {}
+    for key, value in values.items():
+        why = _not_portable(value)
+        if why:
+            skipped.append({"name": key, "type": type(value).__name__, "reason": why})
+        else:
+            main[key] = value
+    fallback: dict[str, Any] = {}
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        meta = cloudpickle.dumps(main, protocol=5, buffer_callback=buffers.append)
+    except Exception:
+        for key in list(main):
+            try:
+                cloudpickle.dumps(main[key], protocol=5, buffer_callback=lambda b: None)
+                continue
+            except Exception as exc:
+                first = exc
+            value = main.pop(key)
+            try:
+                import dill
+
+                dill.dumps(value, protocol=5, recurse=True)
+                fallback[key] = value
+            except Exception:
+                skipped.append(
+                    {
+                        "name": key,
+                        "type": type(value).__name__,
+                        "reason": f"{type(first).__name__}: {first}",
+                    }
+                )
+        buffers = []
+        meta = cloudpickle.dumps(main, protocol=5, buffer_callback=buffers.append)
+    extra = b""
+    if fallback:
+        import dill
+
+        extra = dill.dumps(fallback, protocol=5, recurse=True)
+    raws = [b.raw() for b in buffers]
+    header = json.dumps(
+        {
+            "token": token,
+            "meta": len(meta),
+            "fallback": len(extra),
+            "buffers": [r.nbytes for r in raws],
+        }
+    ).encode()
+    parts: list[Any] = [MAGIC, struct.pack("<Q", len(header)), header, meta, extra]
+    offset = len(MAGIC) + 8 + len(header) + len(meta) + len(extra)
+    for raw in raws:
+        parts.append(b"\0" * _pad(offset))
+        offset += _pad(offset)
+        parts.append(raw)
+        offset += raw.nbytes
+    info = {
+        "pickled": sorted(main),
+        "dill": sorted(fallback),
+        "nbytes": offset,
+        "out_of_band": sum(r.nbytes for r in raws),
+    }
+    return parts, skipped, info
+
+
+def _not_portable(value: Any) -> str:
+    """Why ``value`` must not be copied into another process, or "" when it may.
+
+    dill could recreate some of these (it reopens a file by name, in its old mode: a file
+    open for writing would be truncated), so they are refused before any pickler runs.
+    """
+    import io
+    import socket
+    import threading
+
+    if isinstance(value, io.IOBase):
+        return "an open file belongs to this process; pass its path and open it in the job"
+    if isinstance(value, socket.socket):
+        return "a socket belongs to this process; connect again in the job"
+    if isinstance(value, (type(threading.Lock()), type(threading.RLock()))):
+        return "a lock guards this process's threads; the job has its own"
+    if isinstance(value, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
+        return "a running generator or coroutine cannot be copied; recreate it in the job"
+    module = type(value).__module__ or ""
+    if module.split(".")[0] in ("sqlite3", "psycopg2", "psycopg", "pymysql", "sqlalchemy") and (
+        "Connection" in type(value).__name__
+        or "Cursor" in type(value).__name__
+        or "Engine" in type(value).__name__
+    ):
+        return "a database connection belongs to this process; connect again in the job"
+    return ""
+
+
+def write_parts(path: str, parts: list[Any]) -> None:
+    """Write a snapshot file readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb", buffering=0) as fh:
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view.nbytes:
+                n = fh.write(view)
+                view = view[n:]
+
+
+def decode(data: Any, token: str) -> dict[str, Any]:
+    """Load a snapshot from a buffer (an mmap or bytes); buffers are not copied."""
+    import pickle
+
+    view = memoryview(data)
+    if view[: len(MAGIC)] != MAGIC:
+        raise SnapshotError("not a jupyter_bgjobs snapshot")
+    (hlen,) = struct.unpack("<Q", view[len(MAGIC) : len(MAGIC) + 8])
+    pos = len(MAGIC) + 8
+    header = json.loads(bytes(view[pos : pos + hlen]))
+    if header.get("token") != token:
+        raise SnapshotError("this snapshot was not written for this job")
+    pos += hlen
+    meta = view[pos : pos + header["meta"]]
+    pos += header["meta"]
+    extra = view[pos : pos + header["fallback"]]
+    pos += header["fallback"]
+    bufs = []
+    for size in header["buffers"]:
+        pos += _pad(pos)
+        bufs.append(view[pos : pos + size])
+        pos += size
+    if pos > view.nbytes:
+        raise SnapshotError("the snapshot is truncated")
+    values: dict[str, Any] = pickle.loads(meta, buffers=bufs)
+    if header["fallback"]:
+        import dill
+
+        values.update(dill.loads(bytes(extra)))
+    return values
+
+
+def load_file(path: str, token: str) -> dict[str, Any]:
+    """Map a snapshot file copy-on-write and load it; the file may be removed afterwards."""
+    with open(path, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    return decode(mm, token)
+
+
+def pick_path(candidates: list[str], nbytes: int) -> str:
+    """The first candidate folder with room for ``nbytes`` (shared memory first)."""
+    for path in candidates[:-1]:
+        try:
+            st = os.statvfs(os.path.dirname(path))
+        except OSError:
+            continue
+        if st.f_bavail * st.f_frsize > nbytes * 1.2 + (64 << 20):
+            return path
+    return candidates[-1]
+
+
+def receive(token: str, seq: int, chunk: str) -> None:
+    """Take one base64 chunk of a snapshot sent over the kernel protocol."""
+    box = _INBOX.setdefault(token, bytearray())
+    if seq == 0:
+        box.clear()
+    box += base64.b64decode(chunk)
+
+
+def stream_chunks(parts: list[Any]) -> tuple[list[str], str, int]:
+    """A snapshot as base64 chunks for the kernel protocol, with its sha256 and size."""
+    digest = hashlib.sha256()
+    pending = bytearray()
+    chunks: list[str] = []
+    size = 0
+    for part in parts:
+        view = memoryview(part).cast("B")
+        digest.update(view)
+        size += view.nbytes
+        pending += view
+        while len(pending) >= _CHUNK:
+            chunks.append(base64.b64encode(pending[:_CHUNK]).decode())
+            del pending[:_CHUNK]
+    if pending or not chunks:
+        chunks.append(base64.b64encode(pending).decode())
+    return chunks, digest.hexdigest(), size
+
+
+def take_stream(data: bytearray, sha256: str, nbytes: int) -> bytearray:
+    """Check a snapshot that arrived in chunks: size and sha256 must match."""
+    if len(data) != nbytes:
+        raise SnapshotError(f"snapshot stream is {len(data)} bytes, expected {nbytes}")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise SnapshotError("snapshot stream failed its sha256 check")
+    return data
+
+
+class _Fingerprints:
+    """Tell, cheaply, whether a seeded object was changed in place.
+
+    An object's in-band pickle is hashed; its out-of-band buffers, when they live in the
+    copy-on-write mapping of the snapshot, are checked page by page in /proc/self/pagemap
+    (a written page stops being a file page), which costs milliseconds for gigabytes.
+    Elsewhere the buffers are hashed.
+    """
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.pagemap = os.access("/proc/self/pagemap", os.R_OK)
+
+    def take(self, value: Any) -> tuple[Any, ...] | None:
+        import io
+
+        bufs: list[Any] = []
+        sink = io.BytesIO()
+        try:
+            _fingerprint_pickler()(sink, protocol=5, buffer_callback=bufs.append).dump(value)
+        except Exception:
+            return None
+        meta = sink.getbuffer()
+        spans: list[tuple[int | None, int, int | None]] = []
+        for b in bufs:
+            raw = b.raw()
+            addr = _address(raw)
+            if addr is not None and self.pagemap:
+                spans.append((addr, raw.nbytes, None))
+            else:
+                spans.append((addr, raw.nbytes, zlib.crc32(raw)))
+        return (zlib.crc32(meta), tuple(spans))
+
+    def changed(self, before: tuple[Any, ...] | None, value: Any) -> bool:
+        if before is None:
+            return True
+        after = self.take(value)
+        if after is None or after[0] != before[0] or len(after[1]) != len(before[1]):
+            return True
+        for (a0, n0, c0), (a1, n1, c1) in zip(before[1], after[1], strict=True):
+            if (a0, n0) != (a1, n1) or c0 != c1:
+                return True
+            if c0 is None and self._written(a0, n0):
+                return True
+        return False
+
+    def _written(self, addr: int, length: int) -> bool:
+        if length == 0:
+            return False
+        first, last = addr // self.page, (addr + length - 1) // self.page
+        try:
+            with open("/proc/self/pagemap", "rb") as pm:
+                pm.seek(first * 8)
+                data = pm.read((last - first + 1) * 8)
+        except OSError:
+            return True
+        for (entry,) in struct.iter_unpack("<Q", data):
+            present, swapped, filepage = entry >> 63 & 1, entry >> 62 & 1, entry >> 61 & 1
+            if swapped or (present and not filepage):
+                return True
+        return False
+
+
+_FP_PICKLER: Any = None
+
+
+def _fingerprint_pickler() -> Any:
+    """A pickler for fingerprints only: code (classes, functions, modules) counts by
+    identity, so a fingerprint follows the data. Pickling a class by value is not stable
+    enough to compare (cloudpickle's output for one unchanged class has been seen to vary).
+    """
+    global _FP_PICKLER
+    if _FP_PICKLER is None:
+        import cloudpickle
+
+        class FingerprintPickler(cloudpickle.Pickler):  # type: ignore[misc]
+            def reducer_override(self, obj: Any) -> Any:
+                if isinstance(obj, (type, types.FunctionType)):
+                    qualname = getattr(obj, "__qualname__", "")
+                    if obj.__module__ == "__main__" or "<" in qualname:
+                        return (str, (f"{qualname}@{id(obj)}",))
+                return super().reducer_override(obj)
+
+        _FP_PICKLER = FingerprintPickler
+    return _FP_PICKLER
+
+
+def _address(raw: memoryview) -> int | None:
+    try:
+        import ctypes
+
+        if raw.readonly:
+            import numpy
+
+            return int(numpy.frombuffer(raw, dtype=numpy.uint8).ctypes.data)
+        return ctypes.addressof(ctypes.c_char.from_buffer(raw))
+    except Exception:
+        return None
+
+
 class _Runner:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.ip = _get_ipython()
         self.ns: dict[str, Any] = self.ip.user_ns if self.ip is not None else _main_ns()
+        self.fingerprints: dict[str, Any] = {}
+        self.seeded_ids: dict[str, int] = {}
+        self.prints = _Fingerprints()
 
     def emit(self, kind: str, **fields: Any) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -90,7 +422,7 @@ class _Runner:
         error: dict[str, Any] | None = None
         done = 0
         total = 0
-        before: dict[str, int] = {}
+        before: dict[str, int] | None = None
         try:
             if spec.get("workdir"):
                 os.chdir(spec["workdir"])
@@ -120,7 +452,7 @@ class _Runner:
                     status = "interrupted"
                     self._show_exception()
                     break
-                except BaseException as exc:  # the job's exception is the result
+                except BaseException as exc:  # the job's exception is its result
                     status = "error"
                     error = self._show_exception()
                     if isinstance(exc, SystemExit) and not exc.code:
@@ -132,7 +464,18 @@ class _Runner:
         except BaseException:  # a runner fault is reported, never raised
             status = "error"
             error = self._show_exception()
-        results = self._save_results(before) if before or total else {}
+        results: dict[str, Any] = {}
+        if before is not None:
+            try:
+                results = self._save_results(before)
+            except BaseException as exc:
+                results = {
+                    "names": [],
+                    "modules": {},
+                    "skipped": [
+                        {"name": "*", "type": "results", "reason": f"{type(exc).__name__}: {exc}"}
+                    ],
+                }
         self.emit("end", status=status, done=done, total=total, error=error, results=results)
 
     def _show_exception(self) -> dict[str, Any]:
@@ -172,13 +515,13 @@ class _Runner:
         return name
 
     def _seed(self) -> list[dict[str, str]]:
-        skipped: list[dict[str, str]] = []
         import importlib
 
+        skipped: list[dict[str, str]] = []
         for name, (module, qualname) in (self.spec.get("imports") or {}).items():
             try:
                 value: Any = importlib.import_module(module)
-                for part in (qualname or "").split(".") if qualname else ():
+                for part in qualname.split(".") if qualname else ():
                     value = getattr(value, part)
                 self.ns[name] = value
             except Exception as exc:  # reported to the parent, the job goes on
@@ -186,76 +529,79 @@ class _Runner:
                 skipped.append(
                     {"name": name, "type": "import", "reason": f"import of {what} failed: {exc}"}
                 )
-        path = self.spec.get("seed_path")
-        if path:
-            import dill
-
-            with open(path, "rb") as fh:
-                values = dill.load(fh)
+        seed = self.spec.get("seed")
+        if seed:
+            token = self.spec["token"]
+            if seed["transport"] == "stream":
+                data = take_stream(_INBOX.pop(token, bytearray()), seed["sha256"], seed["nbytes"])
+                values = decode(data, token)
+            else:
+                try:
+                    values = load_file(seed["path"], token)
+                finally:
+                    _unlink(seed["path"])
             self.ns.update(values)
+            for key, value in values.items():
+                self.seeded_ids[key] = id(value)
+                self.fingerprints[key] = self.prints.take(value)
         if self.spec.get("script_file"):
             self.ns["__file__"] = self.spec["script_file"]
         return skipped
 
     def _save_results(self, before: dict[str, int]) -> dict[str, Any]:
-        path = self.spec.get("results_path")
-        if not path:
+        out = self.spec.get("results")
+        if not out:
             return {"names": [], "modules": {}, "skipped": []}
         changed = [
             k
             for k, v in list(self.ns.items())
             if not is_internal_name(k) and before.get(k) != id(v)
         ]
+        mutated = (
+            [
+                k
+                for k, v in list(self.ns.items())
+                if k in self.seeded_ids
+                and self.seeded_ids[k] == id(v)
+                and before.get(k) == id(v)
+                and self.prints.changed(self.fingerprints.get(k), v)
+            ]
+            if self.seeded_ids
+            else []
+        )
+        names = changed + mutated
         modules = {
-            k: self.ns[k].__name__ for k in changed if isinstance(self.ns[k], types.ModuleType)
+            k: self.ns[k].__name__ for k in names if isinstance(self.ns[k], types.ModuleType)
         }
-        values = {k: self.ns[k] for k in changed if k not in modules}
-        skipped: list[dict[str, str]] = []
-        try:
-            import dill
-        except ImportError as exc:
-            return {
-                "names": [],
-                "modules": modules,
-                "skipped": [
-                    {
-                        "name": k,
-                        "type": type(v).__name__,
-                        "reason": f"dill is not installed in the job's kernel: {exc}",
-                    }
-                    for k, v in values.items()
-                ],
-            }
-        blob = _dumps_isolating(dill, values, skipped)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        return {
-            "names": sorted(k for k in values if k not in {s["name"] for s in skipped}),
+        values = {k: self.ns[k] for k in names if k not in modules}
+        parts, skipped, info = encode(values, self.spec["token"])
+        travelled = sorted(set(info["pickled"]) | set(info["dill"]))
+        result: dict[str, Any] = {
+            "names": travelled,
+            "mutated": sorted(set(mutated) & set(travelled)),
             "modules": modules,
             "skipped": skipped,
+            "nbytes": info["nbytes"],
         }
+        if not travelled:
+            return result
+        if out.get("transport") == "stream":
+            chunks, digest, size = stream_chunks(parts)
+            for seq, chunk in enumerate(chunks):
+                self.emit("chunk", seq=seq, data=chunk)
+            result.update(transport="stream", sha256=digest, nbytes=size)
+        else:
+            path = pick_path(out["paths"], info["nbytes"])
+            write_parts(path, parts)
+            result.update(transport="file", path=path)
+        return result
 
 
-def _dumps_isolating(dill: Any, values: dict[str, Any], skipped: list[dict[str, str]]) -> bytes:
-    """Pickle ``values`` in one go (aliases stay aliases); drop whatever cannot pickle."""
+def _unlink(path: str) -> None:
     try:
-        return bytes(dill.dumps(values, protocol=5, recurse=True))
-    except Exception:
+        os.unlink(path)
+    except OSError:
         pass
-    for key in list(values):
-        try:
-            dill.dumps(values[key], protocol=5, recurse=True)
-        except Exception as exc:
-            skipped.append(
-                {
-                    "name": key,
-                    "type": type(values[key]).__name__,
-                    "reason": f"{type(exc).__name__}: {exc}",
-                }
-            )
-            del values[key]
-    return bytes(dill.dumps(values, protocol=5, recurse=True))
 
 
 def _get_ipython() -> Any:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ast
 import os
+import stat
 import sys
 import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._runner import is_internal_name
+from ._runner import encode, is_internal_name, pick_path, stream_chunks, write_parts
 
 
 @dataclass
@@ -21,6 +22,8 @@ class Snapshot:
     skipped: list[dict[str, str]] = field(default_factory=list)
     path: str | None = None
     nbytes: int = 0
+    chunks: list[str] = field(default_factory=list)
+    sha256: str = ""
 
 
 def free_names(source: str) -> set[str]:
@@ -101,10 +104,42 @@ def _import_ref(value: Any) -> list[str | None] | None:
     return [module, qualname] if target is value else None
 
 
-def write_snapshot(ns: dict[str, Any], names: list[str], path: str) -> Snapshot:
-    """Pickle ``names`` of ``ns`` into ``path`` (0600); unpicklables are skipped and listed."""
-    import dill
+def shm_dir() -> str | None:
+    """A private folder in shared memory for snapshot files, or None where there is none."""
+    base = "/dev/shm"
+    if not os.path.isdir(base):
+        return None
+    path = os.path.join(base, f"jupyter-bgjobs-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    st = os.lstat(path)
+    # Someone else's folder, or one others can write to, is not ours to use.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return path
 
+
+def snapshot_paths(folder: str, job_id: str, what: str) -> list[str]:
+    """Where a snapshot file may go: shared memory first, the job's own folder last."""
+    paths = [os.path.join(folder, f"{what}.snap")]
+    shm = shm_dir()
+    if shm:
+        paths.insert(0, os.path.join(shm, f"{job_id}-{what}.snap"))
+    return paths
+
+
+def write_snapshot(
+    ns: dict[str, Any], names: list[str], token: str, paths: list[str], transport: str
+) -> Snapshot:
+    """Serialize ``names`` of ``ns`` for a job; unpicklables are skipped and listed.
+
+    ``transport`` "file" writes one file (shared memory when it has room); "stream" keeps
+    base64 chunks to send over the kernel protocol.
+    """
     snap = Snapshot()
     values: dict[str, Any] = {}
     for name in names:
@@ -114,26 +149,14 @@ def write_snapshot(ns: dict[str, Any], names: list[str], path: str) -> Snapshot:
         else:
             values[name] = ns[name]
     if values:
-        try:
-            blob = dill.dumps(values, protocol=5, recurse=True)
-        except Exception:
-            for name in list(values):
-                try:
-                    dill.dumps(values[name], protocol=5, recurse=True)
-                except Exception as exc:  # any pickling failure means "skip it"
-                    snap.skipped.append(
-                        {
-                            "name": name,
-                            "type": type(values[name]).__name__,
-                            "reason": f"{type(exc).__name__}: {exc}",
-                        }
-                    )
-                    del values[name]
-            blob = dill.dumps(values, protocol=5, recurse=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        snap.path = path
-        snap.nbytes = len(blob)
+        parts, skipped, info = encode(values, token)
+        snap.skipped = skipped
+        snap.nbytes = info["nbytes"]
+        values = {k: v for k, v in values.items() if k in set(info["pickled"]) | set(info["dill"])}
+        if transport == "stream":
+            snap.chunks, snap.sha256, snap.nbytes = stream_chunks(parts)
+        else:
+            snap.path = pick_path(paths, info["nbytes"])
+            write_parts(snap.path, parts)
     snap.shipped = sorted(values) + sorted(snap.imports)
     return snap

@@ -1,0 +1,278 @@
+"""Namespace in, results out: what arrives in a job and what comes back, for every kind of
+object a notebook holds."""
+
+from __future__ import annotations
+
+import os
+import stat
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jupyter_bgjobs as bj
+from jupyter_bgjobs import _snapshot
+from jupyter_bgjobs._runner import SnapshotError, decode, encode, stream_chunks, take_stream
+
+TORTURE = textwrap.dedent(
+    """
+    import socket, threading, tempfile
+    import numpy as np
+    import pandas as pd
+    from dataclasses import dataclass
+    from os.path import join
+
+    a = [1, 2]
+    b = a
+    square = lambda x: x * x
+    def make_adder(k):
+        def add(x):
+            return x + k
+        return add
+    add5 = make_adder(5)
+    class Point:
+        def __init__(self, x):
+            self.x = x
+        def norm(self):
+            return abs(self.x)
+    p = Point(-3)
+    @dataclass
+    class Cfg:
+        lr: float = 0.1
+        name: str = "base"
+    cfg = Cfg()
+    df = pd.DataFrame(
+        {"c": pd.Categorical(["a", "b", "a"], categories=["b", "a", "z"], ordered=True),
+         "v": [1.5, 2.5, 3.5],
+         "t": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"])},
+        index=pd.Index([10, 20, 30], name="id"),
+    )
+    arr = np.arange(12, dtype=np.int16).reshape(3, 4)
+    big = np.ones(100 * 2**20 // 8)
+    gen = (i for i in range(3))
+    lock = threading.Lock()
+    fh = tempfile.TemporaryFile()
+    sock = socket.socket()
+    """
+)
+
+JOB = textwrap.dedent(
+    """
+    alias_kept = b is a
+    a.append(3)
+    r_square = square(4)
+    r_add = add5(1)
+    r_norm = p.norm()
+    r_point = isinstance(p, Point)
+    cfg2 = Cfg(lr=0.5)
+    r_cfg = (cfg.lr, cfg.name)
+    df2 = df.copy()
+    df2["v"] = df2["v"] * 2
+    r_dtypes = str(arr.dtype) + str(arr.shape)
+    big_sum = float(big.sum())
+    r_np = np.__name__
+    r_join = join("x", "y")
+    missing = [n for n in ("gen", "lock", "fh", "sock") if n in globals()]
+    """
+)
+
+
+@pytest.fixture
+def torture(ip: Any) -> Any:
+    ip.run_cell(TORTURE)
+    yield ip
+    ip.run_cell("fh.close(); sock.close()")
+
+
+def test_torture_namespace_in_and_out(torture: Any) -> None:
+    ip = torture
+    ip.run_cell_magic("bgjob", "torture --env all", JOB)
+    job = bj.get_job("torture").wait(120)
+    assert job.state == "succeeded", job.output
+    ns = ip.user_ns
+    # What arrived: everything that can travel, aliases intact, re-imports for modules.
+    assert ns["alias_kept"] is True
+    assert (ns["r_square"], ns["r_add"], ns["r_norm"], ns["r_point"]) == (16, 6, 3, True)
+    assert ns["r_cfg"] == (0.1, "base")
+    assert ns["r_dtypes"] == "int16(3, 4)"
+    assert ns["big_sum"] == float(100 * 2**20 // 8)
+    assert (ns["r_np"], ns["r_join"]) == ("numpy", "x/y")
+    assert ns["missing"] == []
+    assert {"np", "pd", "join", "dataclass", "socket", "threading", "tempfile"} <= set(job.shipped)
+    # What was skipped, with type and reason.
+    skipped = {s["name"]: (s["type"], s["reason"]) for s in job.skipped}
+    assert skipped == {
+        "gen": (
+            "generator",
+            "a running generator or coroutine cannot be copied; recreate it in the job",
+        ),
+        "lock": ("lock", "a lock guards this process's threads; the job has its own"),
+        "fh": (
+            "BufferedRandom",
+            "an open file belongs to this process; pass its path and open it in the job",
+        ),
+        "sock": ("socket", "a socket belongs to this process; connect again in the job"),
+    }
+    # What came back: created, rebound, or changed in place; nothing else.
+    assert job.results is not None
+    assert sorted(vars(job.results)) == sorted(
+        [
+            "a",
+            "b",
+            "alias_kept",
+            "r_square",
+            "r_add",
+            "r_norm",
+            "r_point",
+            "cfg2",
+            "r_cfg",
+            "df2",
+            "r_dtypes",
+            "big_sum",
+            "r_np",
+            "r_join",
+            "missing",
+        ]
+    )
+    assert job.mutated == ["a", "b"]
+    assert ns["a"] == [1, 2, 3] and ns["a"] is ns["b"]
+    assert type(ns["cfg2"]).__name__ == "Cfg" and ns["cfg2"].lr == 0.5
+    df2 = ns["df2"]
+    assert list(df2["c"].cat.categories) == ["b", "a", "z"] and df2["c"].cat.ordered
+    assert df2.index.name == "id" and list(df2.index) == [10, 20, 30]
+    assert df2["t"].dtype == ns["df"]["t"].dtype and df2["t"].dtype.kind == "M"
+    assert list(df2["v"]) == [3.0, 5.0, 7.0]
+    assert "overwrote" not in job.report and "a, b changed in place by the job" in job.report
+    assert "not shipped: fh (BufferedRandom: an open file belongs" in job.report
+
+
+def test_unchanged_seeded_objects_stay_home_changed_ones_come_back(ip: Any) -> None:
+    ip.run_cell(
+        "import numpy as np\nbig = np.zeros(4 * 2**20)\nsmall = {'k': 1}\nuntouched = np.ones(10)"
+    )
+    before = ip.user_ns["big"]
+    ip.run_cell_magic(
+        "bgjob", "inplace", "big[123] = 7.0\nsmall['k'] = 2\ntotal = float(untouched.sum())"
+    )
+    job = bj.get_job("inplace").wait(120)
+    assert job.state == "succeeded", job.output
+    assert job.results is not None
+    assert sorted(vars(job.results)) == ["big", "small", "total"]
+    assert job.mutated == ["big", "small"]
+    assert ip.user_ns["big"][123] == 7.0 and ip.user_ns["big"] is not before
+    assert ip.user_ns["small"] == {"k": 2}
+
+
+def test_a_touched_unshipped_name_says_why(ip: Any) -> None:
+    ip.run_cell("import threading\nguard = threading.Lock()")
+    ip.run_cell_magic("bgjob", "usesguard", "with guard:\n    pass")
+    job = bj.get_job("usesguard").wait(60)
+    assert job.state == "failed" and job.error is not None
+    assert job.error.evalue == (
+        "name 'guard' is not defined: 'guard' was not shipped to this job "
+        "(lock: a lock guards this process's threads; the job has its own)"
+    )
+
+
+def test_partial_failure_of_results_is_reported_and_the_rest_merges(ip: Any) -> None:
+    ip.run_cell_magic("bgjob", "halfback", "ok = 41 + 1\nstream = (i for i in range(3))")
+    job = bj.get_job("halfback").wait(60)
+    assert ip.user_ns["ok"] == 42 and "stream" not in ip.user_ns
+    tail = job.report.split("; ", 1)[1]
+    assert tail == (
+        "merged ok into globals; not returned: stream (generator: a running generator or "
+        "coroutine cannot be copied; recreate it in the job)"
+    )
+
+
+def test_conflict_report_word_for_word(ip: Any) -> None:
+    ip.run_cell("level = 1")
+    ip.run_cell_magic("bgjob", "clash", "__import__('time').sleep(0.5)\nlevel = 2\nother = 3")
+    ip.run_cell("level = 10")
+    job = bj.get_job("clash").wait(60)
+    tail = job.report.split("; ", 1)[1]
+    assert tail == (
+        "merged other into globals; kept the notebook's level (changed here since the "
+        "job started; the job's values are in clash_results; --on-conflict overwrite "
+        "replaces them)"
+    )
+    assert ip.user_ns["level"] == 10 and ip.user_ns["clash_results"].level == 2
+
+
+def test_stream_transport_over_the_kernel_protocol(ip: Any) -> None:
+    bj.configure(transport="stream")
+    try:
+        ip.run_cell("import numpy as np\nseeded = np.arange(3 * 2**20, dtype=np.float32)")
+        ip.run_cell_magic("bgjob", "streamed", "doubled = seeded * 2\nn = len(seeded)")
+        job = bj.get_job("streamed").wait(120)
+    finally:
+        bj.configure(transport="auto")
+    assert job.state == "succeeded", job.output
+    assert ip.user_ns["n"] == 3 * 2**20
+    np.testing.assert_array_equal(ip.user_ns["doubled"], np.arange(3 * 2**20, dtype=np.float32) * 2)
+    assert ip.user_ns["doubled"].dtype == np.float32
+    assert not any(p.exists() for p in job.folder.glob("*.snap"))
+
+
+def test_stream_integrity_and_token_checks() -> None:
+    parts, _, _ = encode({"x": np.arange(1000)}, "tok-a")
+    chunks, digest, size = stream_chunks(parts)
+    import base64
+
+    data = bytearray(b"".join(base64.b64decode(c) for c in chunks))
+    assert decode(take_stream(data, digest, size), "tok-a")["x"].sum() == 499500
+    with pytest.raises(SnapshotError, match="not written for this job"):
+        decode(data, "tok-b")
+    data[-1] ^= 0xFF
+    with pytest.raises(SnapshotError, match="sha256"):
+        take_stream(data, digest, size)
+    with pytest.raises(SnapshotError, match="expected"):
+        take_stream(data[:-10], digest, size)
+
+
+def test_snapshot_files_are_private_and_removed(ip: Any, tmp_path: Path) -> None:
+    paths = _snapshot.snapshot_paths(str(tmp_path), "jobx", "seed")
+    snap = _snapshot.write_snapshot({"v": np.ones(10)}, ["v"], "t0k", paths, "file")
+    assert snap.path is not None
+    assert stat.S_IMODE(os.stat(snap.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(snap.path)).st_mode) == 0o700
+    os.unlink(snap.path)
+    ip.run_cell("import numpy as np\nshipme = np.ones(1000)")
+    ip.run_cell_magic("bgjob", "tidy", "back = shipme + 1")
+    job = bj.get_job("tidy").wait(60)
+    assert job.state == "succeeded"
+    assert not [p for p in job._files if os.path.exists(p)]
+
+
+def test_a_job_refuses_a_snapshot_not_written_for_it(ip: Any, tmp_path: Path) -> None:
+    from jupyter_bgjobs._runner import load_file, write_parts
+
+    parts, _, _ = encode({"secret": 1}, "someone-else")
+    path = str(tmp_path / "foreign.snap")
+    write_parts(path, parts)
+    with pytest.raises(SnapshotError):
+        load_file(path, "my-token")
+
+
+def test_dataframe_and_array_round_trip_exactly(ip: Any) -> None:
+    frame = pd.DataFrame(
+        {
+            "cat": pd.Categorical(["x", "y", None], categories=["y", "x"]),
+            "i": pd.array([1, None, 3], dtype="Int64"),
+            "f": np.array([0.1, np.nan, 2.5], dtype=np.float32),
+            "s": ["a", "b", "c"],
+        },
+        index=pd.MultiIndex.from_tuples([("a", 1), ("a", 2), ("b", 1)], names=["k", "n"]),
+    )
+    fortran = np.asfortranarray(np.arange(20.0).reshape(4, 5))
+    ip.user_ns.update(frame_in=frame, fortran_in=fortran)
+    ip.run_cell_magic(
+        "bgjob", "exact", "frame_out = frame_in.copy()\nfortran_out = fortran_in.copy(order='F')"
+    )
+    bj.get_job("exact").wait(60)
+    pd.testing.assert_frame_equal(ip.user_ns["frame_out"], frame)
+    np.testing.assert_array_equal(ip.user_ns["fortran_out"], fortran)
+    assert ip.user_ns["fortran_out"].flags.f_contiguous
