@@ -112,6 +112,8 @@ class Job:
         self.skipped: list[dict[str, str]] = []
         self.shipped: list[str] = []
         self.mutated: list[str] = []
+        # Wall-clock stamps (time.time()) of the job's milestones, for benchmarks and logs.
+        self.timings: dict[str, float] = {"submitted": time.time()}
         self.report = ""
         self._outputs: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=max(1, settings.output_tail)
@@ -364,6 +366,7 @@ class JobManager:
             job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
             job._files.extend(paths)
             job._seed_chunks = seed.chunks
+            job.timings["snapshot_written"] = time.time()
         seed_spec: dict[str, Any] | None = None
         if seed is not None and (seed.path or seed.chunks):
             seed_spec = {
@@ -590,12 +593,16 @@ class JobManager:
     def _on_event(self, job: Job, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "plan":
+            job.timings["seeded"] = event["t"]
+            if "t_start" in event:
+                job.timings["runner_started"] = event["t_start"]
             job.skipped.extend(dict(s, direction="in") for s in event.get("skipped", []))
             job._set(_total=event["total"])
         elif kind == "stmt":
             changes: dict[str, Any] = {"_done": event["index"], "section": event["section"]}
             if job.first_statement_at is None:
                 changes["first_statement_at"] = event["t"]
+                job.timings["first_statement"] = event["t"]
             job._set(**changes)
         elif kind == "chunk":
             if event["seq"] == 0:
@@ -622,6 +629,7 @@ class JobManager:
                     values.update(decode(data, job._token))
                 elif info.get("path") in job._files:
                     values.update(load_file(info["path"], job._token))
+                    job.timings["results_mapped"] = time.time()
                 else:
                     raise SnapshotError(f"results path {info.get('path')!r} is not this job's")
             except Exception as exc:  # reported, not raised
@@ -649,6 +657,12 @@ class JobManager:
                     }
                 )
         job._values = values
+        job.timings["code_done"] = end.get("code_done", 0.0)
+        for key in ("t_compared", "t_encoded", "t_written"):
+            if key in info:
+                job.timings["results_" + key[2:]] = info[key]
+        job.timings["end_received"] = time.time()
+        job.timings["results_loaded"] = time.time()
         job._stream = bytearray()
         for path in job._files:
             _remove(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +26,15 @@ def _runner_boot_code() -> str:
         f"{mod}.__dict__['__file__'] = {_RUNNER_FILE!r}\n"
         f"exec(compile({source!r}, {_RUNNER_FILE!r}, 'exec'), {mod}.__dict__)\n"
     )
+
+
+# Libraries slow to import that a job is likely to need when the notebook has them.
+_HEAVY = ("numpy", "pandas", "scipy", "sklearn", "matplotlib", "polars", "pyarrow", "torch")
+
+
+def heavy_imports() -> list[str]:
+    """The slow-to-import libraries this process has imported: warm kernels import them too."""
+    return [m for m in _HEAVY if m in sys.modules]
 
 
 class KernelStartError(BgJobError):
@@ -110,6 +120,24 @@ class LocalKernel:
             return ""
         lines = [ln for ln in text.splitlines() if "WARNING | Kernel is running over TCP" not in ln]
         return "\n".join(lines)[-limit:].strip()
+
+    def preimport(self, modules: list[str], timeout: float = 60.0) -> None:
+        """Import ``modules`` in the kernel ahead of any job, so a job seeded with a
+        DataFrame does not wait for pandas to import. No names appear in the namespace."""
+        if not modules:
+            return
+        code = "".join(f"try: __import__({m!r})\nexcept Exception: pass\n" for m in modules)
+        msg_id = self.kc.execute(code, silent=True, store_history=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "status"
+                and msg["content"].get("execution_state") == "idle"
+            ):
+                break
+        self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
 
     @property
     def pid(self) -> int | None:
@@ -242,6 +270,7 @@ class KernelPool:
         kernel: LocalKernel | None = None
         try:
             kernel = LocalKernel(self.kernel_name).start()
+            kernel.preimport(heavy_imports())
         except Exception:
             kernel = None
         with self._lock:

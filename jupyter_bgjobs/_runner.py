@@ -349,6 +349,16 @@ class _Fingerprints:
                 data = pm.read((last - first + 1) * 8)
         except OSError:
             return True
+        try:
+            import numpy
+
+            entries = numpy.frombuffer(data, dtype="<u8")
+            present = (entries >> 63) & 1
+            swapped = (entries >> 62) & 1
+            filepage = (entries >> 61) & 1
+            return bool(((present == 1) & (filepage == 0)).any() or swapped.any())
+        except ImportError:
+            pass
         for (entry,) in struct.iter_unpack("<Q", data):
             present, swapped, filepage = entry >> 63 & 1, entry >> 62 & 1, entry >> 61 & 1
             if swapped or (present and not filepage):
@@ -401,6 +411,7 @@ class _Runner:
         self.fingerprints: dict[str, Any] = {}
         self.seeded_ids: dict[str, int] = {}
         self.prints = _Fingerprints()
+        self.t_start = time.time()
 
     def emit(self, kind: str, **fields: Any) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -438,7 +449,13 @@ class _Runner:
             steps = plan(source)
             total = len(steps)
             filename = self._register_source(source)
-            self.emit("plan", total=total, sections=[s for _, s in steps], skipped=skipped_in)
+            self.emit(
+                "plan",
+                total=total,
+                sections=[s for _, s in steps],
+                skipped=skipped_in,
+                t_start=self.t_start,
+            )
             for i, (node, section) in enumerate(steps):
                 self.emit("stmt", index=i, total=total, section=section, line=node.lineno)
                 interactive = i == total - 1 and isinstance(node, ast.Expr)
@@ -464,6 +481,7 @@ class _Runner:
         except BaseException:  # a runner fault is reported, never raised
             status = "error"
             error = self._show_exception()
+        code_done = time.time()
         results: dict[str, Any] = {}
         if before is not None:
             try:
@@ -476,7 +494,15 @@ class _Runner:
                         {"name": "*", "type": "results", "reason": f"{type(exc).__name__}: {exc}"}
                     ],
                 }
-        self.emit("end", status=status, done=done, total=total, error=error, results=results)
+        self.emit(
+            "end",
+            status=status,
+            done=done,
+            total=total,
+            error=error,
+            results=results,
+            code_done=code_done,
+        )
 
     def _show_exception(self) -> dict[str, Any]:
         etype, value, tb = sys.exc_info()
@@ -574,6 +600,7 @@ class _Runner:
             k: self.ns[k].__name__ for k in names if isinstance(self.ns[k], types.ModuleType)
         }
         values = {k: self.ns[k] for k in names if k not in modules}
+        result_t0 = time.time()
         parts, skipped, info = encode(values, self.spec["token"])
         travelled = sorted(set(info["pickled"]) | set(info["dill"]))
         result: dict[str, Any] = {
@@ -582,6 +609,7 @@ class _Runner:
             "modules": modules,
             "skipped": skipped,
             "nbytes": info["nbytes"],
+            "t_compared": result_t0,
         }
         if not travelled:
             return result
@@ -592,8 +620,9 @@ class _Runner:
             result.update(transport="stream", sha256=digest, nbytes=size)
         else:
             path = pick_path(out["paths"], info["nbytes"])
+            result["t_encoded"] = time.time()
             write_parts(path, parts)
-            result.update(transport="file", path=path)
+            result.update(transport="file", path=path, t_written=time.time())
         return result
 
 
