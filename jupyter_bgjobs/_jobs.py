@@ -558,7 +558,7 @@ class JobManager:
                 log.flush()
                 kernel.kill()
                 kill_at = None
-        self._load_results(job, end)
+        self._load_results(job, end, kernel)
         if stop_reason == "cancel":
             self._finish(job, CANCELLED)
         elif stop_reason == "timeout":
@@ -615,7 +615,52 @@ class JobManager:
                 changes["error"] = ErrorInfo(err["ename"], err["evalue"], err["traceback"])
             job._set(**changes)
 
-    def _load_results(self, job: Job, end: dict[str, Any] | None) -> None:
+    def _load_one_by_one(
+        self, job: Job, kernel: LocalKernel | None, names: list[str], first: Exception
+    ) -> dict[str, Any]:
+        """Ask the job's kernel, still alive, to send each result on its own, and load
+        what can be loaded; each name that cannot says why."""
+        values: dict[str, Any] = {}
+        reasons = {name: f"could not be loaded here: {first}" for name in names}
+        if kernel is not None and kernel.alive():
+            paths = {
+                n: _snapshot.snapshot_paths(str(job.folder), job.id, f"result-{i}")
+                for i, n in enumerate(names)
+            }
+            for candidates in paths.values():
+                job._files.extend(candidates)
+            request = {"token": job._token, "paths": paths}
+            msg_id = kernel.execute(
+                f"__import__('_bgjobs_runner').resend({json.dumps(request)!r})", silent=True
+            )
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                msg = kernel.iopub(timeout=0.5)
+                if msg is None or msg["parent_header"].get("msg_id") != msg_id:
+                    if not kernel.alive():
+                        break
+                    continue
+                content = msg["content"]
+                if msg["msg_type"] == "status" and content.get("execution_state") == "idle":
+                    break
+                event = content.get("data", {}).get(EVENT_MIME) if "data" in content else None
+                if not event or event.get("type") != "resent":
+                    continue
+                name = event["name"]
+                try:
+                    if event.get("error"):
+                        raise SnapshotError(event["error"])
+                    values.update(load_file(event["path"], job._token))
+                    reasons.pop(name, None)
+                except Exception as exc:
+                    reasons[name] = f"could not be loaded here: {type(exc).__name__}: {exc}"
+        for name, reason in reasons.items():
+            job.skipped.append({"name": name, "type": "?", "direction": "out", "reason": reason})
+        return values
+
+    def _load_results(
+        self, job: Job, end: dict[str, Any] | None, kernel: LocalKernel | None = None
+    ) -> None:
         if end is None:
             return
         info = end.get("results") or {}
@@ -632,16 +677,8 @@ class JobManager:
                     job.timings["results_mapped"] = time.time()
                 else:
                     raise SnapshotError(f"results path {info.get('path')!r} is not this job's")
-            except Exception as exc:  # reported, not raised
-                for name in info["names"]:
-                    job.skipped.append(
-                        {
-                            "name": name,
-                            "type": "?",
-                            "direction": "out",
-                            "reason": f"could not be loaded here: {exc}",
-                        }
-                    )
+            except Exception as exc:  # one name that cannot load here must not sink the rest
+                values.update(self._load_one_by_one(job, kernel, info["names"], exc))
         for name, module in (info.get("modules") or {}).items():
             import importlib
 

@@ -79,7 +79,27 @@ def select_names(ns: dict[str, Any], mode: str, source: str) -> list[str]:
                     todo.append(name)
     else:
         wanted = {n.strip() for n in mode.split(",") if n.strip()}
-    return sorted(n for n in wanted if n in ns and not is_internal_name(n) and not _is_ours(ns[n]))
+    hidden = _ipython_hidden()
+    return sorted(
+        n
+        for n in wanted
+        if n in ns
+        and not is_internal_name(n)
+        and not _is_ours(ns[n])
+        and not (n in hidden and hidden[n] is ns[n])
+    )
+
+
+def _ipython_hidden() -> dict[str, Any]:
+    """What IPython itself put into the user namespace (``open``, ``In``, ...)."""
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    except ImportError:
+        return {}
+    hidden: dict[str, Any] = getattr(ip, "user_ns_hidden", None) or {}
+    return hidden
 
 
 def _is_ours(value: Any) -> bool:

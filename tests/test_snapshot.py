@@ -276,3 +276,20 @@ def test_dataframe_and_array_round_trip_exactly(ip: Any) -> None:
     pd.testing.assert_frame_equal(ip.user_ns["frame_out"], frame)
     np.testing.assert_array_equal(ip.user_ns["fortran_out"], fortran)
     assert ip.user_ns["fortran_out"].flags.f_contiguous
+
+
+def test_a_result_the_notebook_cannot_load_does_not_sink_the_others(ip: Any) -> None:
+    # The job's kernel has a module the notebook cannot import: values from it stay behind,
+    # named, and everything else still comes back.
+    ip.run_cell_magic(
+        "bgjob",
+        "jobonly",
+        "import sys, types\nmod = types.ModuleType('only_in_job')\n"
+        "exec('class Thing:\\n    pass', mod.__dict__)\nsys.modules['only_in_job'] = mod\n"
+        "thing = mod.Thing()\nkept = [1, 2, 3]\ndel mod",
+    )
+    job = bj.get_job("jobonly").wait(60)
+    assert job.state == "succeeded", job.output
+    assert ip.user_ns["kept"] == [1, 2, 3] and "thing" not in ip.user_ns
+    assert [s["name"] for s in job.skipped if s["direction"] == "out"] == ["thing"]
+    assert "No module named 'only_in_job'" in job.report
