@@ -20,14 +20,60 @@ from ._errors import (
     KernelDiedError,
 )
 from ._jobs import Job, WaitTimeout, get_job, jobs, run_cell, run_script
+from ._progress import add_job, set_progress, set_status
 
 __version__ = "0.1.0"
 
 # Jobs started from the API (no magic, no status line) keep their kernel active too.
+from . import _progress
 from ._display import ensure_ticker as _ensure_ticker
 from ._jobs import manager as _manager
 
 _manager.submit_hooks.append(_ensure_ticker)
+
+
+def _panel_hook(job: Any) -> None:
+    from ._display import live_frontend
+
+    if live_frontend():
+        from ._panel import on_submit
+
+        on_submit(job)
+
+
+def _handle_hook(handle: Any) -> None:
+    from ._display import live_frontend
+
+    if live_frontend():
+        from ._panel import on_new_handle
+
+        on_new_handle(handle)
+
+
+_manager.submit_hooks.append(_panel_hook)
+_progress.new_handle_hooks.append(_handle_hook)
+
+
+def panel() -> Any:
+    """The Jobs panel widget: every job, its progress and output, Stop and Remove.
+
+    ``%bgjobs`` displays it; ``%bgjobs --sidebar`` opens it in JupyterLab's side area.
+    """
+    from ._panel import panel as make
+
+    return make()
+
+
+def __getattr__(name: str) -> Any:
+    # tqdm is imported only when asked for.
+    if name == "tqdm":
+        from ._progress import _make_tqdm
+
+        cls = _make_tqdm()
+        globals()["tqdm"] = cls
+        return cls
+    raise AttributeError(f"module 'jupyter_bgjobs' has no attribute {name!r}")
+
 
 __all__ = [
     "BgJobError",
@@ -40,12 +86,17 @@ __all__ = [
     "JobTimeoutError",
     "KernelDiedError",
     "WaitTimeout",
+    "add_job",
     "configure",
     "get_job",
     "jobs",
     "load_ipython_extension",
+    "panel",
     "run_cell",
     "run_script",
+    "set_progress",
+    "set_status",
+    "tqdm",
     "unload_ipython_extension",
 ]
 

@@ -22,6 +22,7 @@ class Settings:
     status_interval: float = 1.0
     root: str = ""
     transport: str = "auto"
+    notify: bool = False
 
     def job_root(self) -> Path:
         """The per-user folder that holds one folder per job (created 0700)."""
@@ -46,7 +47,8 @@ settings = Settings()
 def configure(**changes: Any) -> Settings:
     """Change settings: ``pool_size``, ``max_concurrent``, ``kernel``, ``cancel_grace``,
     ``output_tail``, ``status_interval``, ``root``, ``transport`` (``auto``/``file``: snapshot
-    files, in shared memory when there is room; ``stream``: over the kernel protocol).
+    files, in shared memory when there is room; ``stream``: over the kernel protocol),
+    ``notify`` (a browser notification when a job ends).
     Returns the settings in force."""
     known = {f.name: f.type for f in fields(Settings)}
     for key, value in changes.items():
@@ -55,7 +57,10 @@ def configure(**changes: Any) -> Settings:
                 f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}"
             )
         current = getattr(settings, key)
-        if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(current, bool):
+            if not isinstance(value, bool):
+                raise JobSpecError(f"setting {key!r} must be True or False, not {value!r}")
+        elif isinstance(current, (int, float)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise JobSpecError(f"setting {key!r} must be a number >= 0, not {value!r}")
             value = type(current)(value)

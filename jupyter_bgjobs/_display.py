@@ -105,7 +105,8 @@ class StatusLine:
                 return
             self._last = now
         if self.handle is not None:
-            self.handle.update(self._bundle(), raw=True)
+            with self._lock:
+                self.handle.update(self._bundle(), raw=True)
 
 
 class Ticker:

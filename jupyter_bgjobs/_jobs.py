@@ -8,6 +8,7 @@ import collections
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import sys
 import threading
@@ -99,7 +100,10 @@ class Job:
         self._state = PENDING
         self._done = 0
         self._total = 0
+        self._custom_progress = False
+        self._tqdm_progress = False
         self.section = ""
+        self.status = ""
         self.submitted = _now()
         self.started: dt.datetime | None = None
         self.finished: dt.datetime | None = None
@@ -501,6 +505,8 @@ class JobManager:
                         {"output_type": "stream", "name": content["name"], "text": content["text"]},
                         log,
                     )
+                    if content["name"] == "stderr" and "%|" in content["text"]:
+                        _tqdm_progress(job, content["text"])
                 elif kind in ("display_data", "execute_result"):
                     out = {
                         "output_type": kind,
@@ -598,8 +604,20 @@ class JobManager:
                 job.timings["runner_started"] = event["t_start"]
             job.skipped.extend(dict(s, direction="in") for s in event.get("skipped", []))
             job._set(_total=event["total"])
+        elif kind == "progress":
+            total = event.get("total")
+            job._set(
+                _custom_progress=True,
+                _tqdm_progress=False,
+                _done=int(event["units"]),
+                _total=int(total) if total is not None else job._total,
+            )
+        elif kind == "status":
+            job._set(status=str(event["text"]))
         elif kind == "stmt":
-            changes: dict[str, Any] = {"_done": event["index"], "section": event["section"]}
+            changes: dict[str, Any] = {"section": event["section"]}
+            if not job._custom_progress:
+                changes["_done"] = event["index"]
             if job.first_statement_at is None:
                 changes["first_statement_at"] = event["t"]
                 job.timings["first_statement"] = event["t"]
@@ -610,7 +628,7 @@ class JobManager:
             job._stream += base64.b64decode(event["data"])
         elif kind == "end":
             err = event.get("error")
-            changes = {"_done": event["done"]}
+            changes = {} if job._custom_progress else {"_done": event["done"]}
             if err:
                 changes["error"] = ErrorInfo(err["ename"], err["evalue"], err["traceback"])
             job._set(**changes)
@@ -773,11 +791,38 @@ class JobManager:
             thread.join(30)
         return active
 
+    def remove(self, job: Job) -> None:
+        """Forget a finished job (its log stays on disk); a running job stays."""
+        if not job.done:
+            raise JobStateError(
+                f"job {job.name!r} is still {job.state}; cancel() it before removing it"
+            )
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            if job in self._unmerged:
+                self._unmerged.remove(job)
+        for path in job._files:
+            _remove(path)
+
     def forget_finished(self) -> None:
         with self._lock:
             for key in [k for k, j in self._jobs.items() if j.done]:
                 del self._jobs[key]
                 self._threads.pop(key, None)
+
+
+_TQDM = re.compile(r"(\d+)/(\d+) \[")
+
+
+def _tqdm_progress(job: Job, text: str) -> None:
+    """A plain tqdm bar in a job (it redraws on stderr with \\r) drives the job's row,
+    unless the job reports progress through the API."""
+    if job._custom_progress and not job._tqdm_progress:
+        return
+    found = _TQDM.findall(text.rsplit("\r", 1)[-1]) or _TQDM.findall(text)
+    if found:
+        done, total = found[-1]
+        job._set(_custom_progress=True, _tqdm_progress=True, _done=int(done), _total=int(total))
 
 
 def _remove(path: str) -> None:

@@ -10,11 +10,24 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import _display
+from ._config import settings
 from ._errors import BgJobError
 from ._jobs import Job, manager, run_cell, run_script
 
 
-def _show(job: Job) -> None:
+def _show(job: Job, notify: bool = False) -> None:
+    """The job's live row under the cell: a widget where there is a front end, else a
+    status line."""
+    notify = notify or settings.notify
+    if _display.live_frontend():
+        try:
+            from ._panel import show_row
+        except ImportError:
+            pass
+        else:
+            show_row(job, notify=notify)
+            _display.ticker.add(None)
+            return
     line = _display.StatusLine(job)
     job._listeners.append(lambda j: line.refresh(force=j.done))
     line.show()
@@ -55,6 +68,7 @@ class BgJobMagics(Magics):
         default="keep",
         help="keep or overwrite a name the notebook changed while the job ran",
     )
+    @argument("--notify", action="store_true", help="a browser notification when it ends")
     @cell_magic
     def bgjob(self, line: str, cell: str) -> None:
         """Run the cell in a separate kernel; its results come back when it ends."""
@@ -72,7 +86,7 @@ class BgJobMagics(Magics):
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
-        _show(job)
+        _show(job, notify=args.notify)
 
     @magic_arguments()
     @argument("path", help="the script to run")
@@ -112,14 +126,33 @@ class BgJobMagics(Magics):
             job.spec.results = "object"
         _show(job)
 
+    @magic_arguments()
+    @argument("--sidebar", action="store_true", help="open the panel in JupyterLab's side area")
     @line_magic
     def bgjobs(self, line: str) -> None:
-        """List the jobs of this notebook with their state, progress and elapsed time."""
-        rows = manager.jobs()
-        if not rows:
-            print("no jobs")
+        """The Jobs panel: every job with its state, progress, section, elapsed time, Stop,
+        and its output. A plain-text table where there are no widgets."""
+        args = _parse(self.bgjobs, line)
+        if not _display.live_frontend():
+            rows = manager.jobs()
+            print(jobs_table(rows) if rows else "no jobs")
             return
-        print(jobs_table(rows))
+        from IPython.display import display
+
+        from ._panel import panel
+
+        widget = panel()
+        if args.sidebar:
+            try:
+                from sidecar import Sidecar
+            except ImportError:
+                raise UsageError(
+                    "--sidebar needs the sidecar package: pip install sidecar"
+                ) from None
+            with Sidecar(title="Jobs"):
+                display(widget)
+            return
+        display(widget)
 
 
 def jobs_table(rows: list[Job]) -> str:

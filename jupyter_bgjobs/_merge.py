@@ -46,6 +46,8 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
     elif spec.results == "globals":
         aside: dict[str, Any] = {}
         for key in sorted(values):
+            if key in ns and ns[key] is values[key]:
+                continue  # the same object (a module both sides imported): nothing to do
             if key in ns:
                 rebound = job._ns_ids.get(key) != id(ns[key])
                 if rebound and spec.on_conflict == "keep":

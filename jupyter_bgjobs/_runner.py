@@ -645,6 +645,31 @@ def resend(request_json: str) -> None:
             runner.emit("resent", name=name, error=f"{type(exc).__name__}: {exc}")
 
 
+CURRENT: _Runner | None = None
+_last_progress = 0.0
+
+
+def report_progress(units: int, total: int | None = None) -> None:
+    """Inside a job: set the job's progress to ``units`` (of ``total``) for its row."""
+    global _last_progress
+    if CURRENT is None:
+        raise RuntimeError("not inside a job")
+    now = time.monotonic()
+    # Tight loops call this often; the row needs at most ~20 updates a second.
+    if total is None or units < total:
+        if now - _last_progress < 0.05:
+            return
+    _last_progress = now
+    CURRENT.emit("progress", units=units, total=total)
+
+
+def report_status(text: str) -> None:
+    """Inside a job: set the job's status text."""
+    if CURRENT is None:
+        raise RuntimeError("not inside a job")
+    CURRENT.emit("status", text=text)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -670,4 +695,9 @@ def _main_ns() -> dict[str, Any]:
 
 def run(spec_json: str) -> None:
     """Run one job described by ``spec_json``; never raises."""
-    _Runner(json.loads(spec_json)).run()
+    global CURRENT
+    CURRENT = _Runner(json.loads(spec_json))
+    try:
+        CURRENT.run()
+    finally:
+        CURRENT = None

@@ -15,12 +15,17 @@ def test_all_is_locked() -> None:
         "JobTimeoutError",
         "KernelDiedError",
         "WaitTimeout",
+        "add_job",
         "configure",
         "get_job",
         "jobs",
         "load_ipython_extension",
+        "panel",
         "run_cell",
         "run_script",
+        "set_progress",
+        "set_status",
+        "tqdm",
         "unload_ipython_extension",
     ]
     for name in jupyter_bgjobs.__all__:

@@ -1,0 +1,416 @@
+"""The Jobs panel: a row per job (state, progress, section, elapsed, Stop/Remove, output),
+a summary bar across running jobs, in ipywidgets for JupyterLab, Notebook 7 and VS Code.
+
+Rows change through widget state, coalesced: a listener marks a row dirty and one updater
+thread refreshes dirty rows at most ten times a second, and ticks elapsed times once a
+second. Nothing is printed from a thread. Each widget also carries a plain-text form, so a
+front end without widgets (nbconvert, ``jupyter execute``) shows the status as text.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import Any
+
+import ipywidgets as W
+
+from ._display import _clock, live_frontend, status_text
+from ._merge import _names
+
+_ICONS = {
+    "pending": "…",
+    "starting": "⏳",
+    "running": "▶",
+    "idle": "○",
+    "succeeded": "✔",
+    "failed": "✖",
+    "cancelled": "■",
+    "timed_out": "⏱",
+    "died": "☠",
+}
+_COLOURS = {
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "died": "#c62828",
+    "cancelled": "#616161",
+    "timed_out": "#ef6c00",
+    "idle": "#616161",
+}
+_BAR = {
+    "succeeded": "success",
+    "failed": "danger",
+    "died": "danger",
+    "timed_out": "warning",
+    "cancelled": "warning",
+}
+_LOG_LIMIT = 20 << 20
+
+
+def widgets_available() -> bool:
+    """Widgets are worth making: a kernel with a front end (ZMQ), not a terminal."""
+    return live_frontend()
+
+
+class JobRow(W.VBox):  # type: ignore[misc]
+    """One job's live row; the same widget shows under its cell and in the panel."""
+
+    def __init__(self, job: Any, notify: bool = False) -> None:
+        self.job = job
+        self.notify = notify
+        self._lock = threading.Lock()
+        self._last: tuple[Any, ...] = ()
+        self._shown_outputs = -1
+        self._notified = False
+        self.icon = W.HTML(layout=W.Layout(width="7.5em"))
+        self.title = W.HTML(f"<b>{html.escape(job.name)}</b>", layout=W.Layout(width="10em"))
+        self.bar = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(width="14em"))
+        self.count = W.HTML(layout=W.Layout(width="5.5em"))
+        self.text = W.HTML(layout=W.Layout(flex="1 1 auto"))
+        self.clock = W.HTML(layout=W.Layout(width="4.5em"))
+        self.stop = W.Button(
+            description="Stop", button_style="danger", icon="stop", layout=W.Layout(width="6em")
+        )
+        self.drop = W.Button(description="Remove", icon="times", layout=W.Layout(width="7em"))
+        self.toggle = W.ToggleButton(
+            description="Output", icon="list", layout=W.Layout(width="7em")
+        )
+        self.stop.on_click(lambda _: self.job.cancel())
+        self.drop.on_click(lambda _: remove_row(self))
+        self.toggle.observe(lambda _: self.refresh(force=True), "value")
+        self.report = W.HTML()
+        self.log_button = W.Button(
+            description="Full log", icon="file-text", layout=W.Layout(width="8em")
+        )
+        self.log_button.on_click(lambda _: self.open_log())
+        self.out = W.Output(layout=W.Layout(max_height="24em", overflow="auto"))
+        self.notice = W.Output(layout=W.Layout(display="none"))
+        self.detail = W.VBox(
+            [self.report, self.out, self.log_button],
+            layout=W.Layout(display="none", padding="0 0 0 2em"),
+        )
+        header = W.HBox(
+            [
+                self.icon,
+                self.title,
+                self.bar,
+                self.count,
+                self.text,
+                self.clock,
+                self.stop,
+                self.drop,
+                self.toggle,
+            ],
+            layout=W.Layout(align_items="center"),
+        )
+        super().__init__([header, self.detail, self.notice])
+        self.add_class("bgjobs-row")
+        self.refresh(force=True)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):
+            bundle["text/plain"] = status_text(self.job)
+        return bundle
+
+    def refresh(self, force: bool = False) -> None:
+        """Bring the widgets in line with the job (only what changed is sent)."""
+        job = self.job
+        done, total = job.progress
+        state = job.state
+        key = (
+            state,
+            done,
+            total,
+            job.section,
+            getattr(job, "status", ""),
+            job.report,
+            int(job.elapsed),
+            self.toggle.value,
+            len(job.outputs),
+        )
+        with self._lock:
+            if key == self._last and not force:
+                return
+            self._last = key
+        colour = _COLOURS.get(state, "#1565c0")
+        label = state.replace("_", " ")
+        self.icon.value = f'<span style="color:{colour}">{_ICONS.get(state, "")} {label}</span>'
+        self.bar.max = max(total, 1)
+        self.bar.value = min(done, max(total, 1)) if total else (1 if job.done else 0)
+        self.bar.bar_style = _BAR.get(state, "info")
+        self.count.value = f"{done}/{total}" if total else ""
+        words = [w for w in (job.section, getattr(job, "status", "")) if w]
+        if job.done and job.report:
+            words = [job.report.split(": ", 1)[-1]]
+        self.text.value = html.escape(" · ".join(words))
+        self.clock.value = _clock(job.elapsed)
+        stoppable = not job.done and getattr(job, "can_stop", True)
+        self.stop.layout.display = "" if stoppable else "none"
+        self.drop.layout.display = "" if job.done else "none"
+        self.detail.layout.display = "" if self.toggle.value else "none"
+        if self.toggle.value:
+            self._show_output()
+        if job.done and self.notify and not self._notified:
+            self._notified = True
+            self._browser_notice()
+
+    def _show_output(self) -> None:
+        outputs = self.job.outputs
+        if len(outputs) != self._shown_outputs:
+            self._shown_outputs = len(outputs)
+            self.out.outputs = tuple(outputs)
+        self.report.value = html.escape(self.job.report) if self.job.report else ""
+
+    def open_log(self) -> None:
+        """Show the whole log from disk (its last 20 MiB when it is larger)."""
+        path = getattr(self.job, "log_path", None)
+        if path is None:
+            return
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            if size > _LOG_LIMIT:
+                fh.seek(size - _LOG_LIMIT)
+            text = fh.read().decode("utf-8", errors="replace")
+        head = f"[{path}: {size} bytes" + (", last 20 MiB]\n" if size > _LOG_LIMIT else "]\n")
+        self.out.outputs = ({"output_type": "stream", "name": "stdout", "text": head + text},)
+        self._shown_outputs = -1
+
+    def _browser_notice(self) -> None:
+        from IPython.display import Javascript
+
+        title = f"{self.job.name}: {self.job.state.replace('_', ' ')}"
+        body = (self.job.report or "").split(": ", 1)[-1][:200]
+        script = (
+            "(function(t,b){if(!('Notification' in window))return;"
+            "var go=function(){new Notification(t,{body:b});};"
+            "if(Notification.permission==='granted'){go();}"
+            "else if(Notification.permission!=='denied'){"
+            "Notification.requestPermission().then(function(p){if(p==='granted')go();});}"
+            f"}})({_js(title)},{_js(body)});"
+        )
+        self.notice.append_display_data(Javascript(script))
+
+
+def _js(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+class JobsPanel(W.VBox):  # type: ignore[misc]
+    """Every job of this notebook, with a summary bar across the running ones."""
+
+    def __init__(self) -> None:
+        self.summary = W.HTML()
+        self.overall = W.IntProgress(
+            min=0, max=1, value=0, bar_style="info", layout=W.Layout(width="20em")
+        )
+        self.rows = W.VBox()
+        super().__init__(
+            [W.HBox([self.summary, self.overall], layout=W.Layout(align_items="center")), self.rows]
+        )
+        self.add_class("bgjobs-panel")
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):
+            bundle["text/plain"] = text_table([r.job for r in self.rows.children])
+        return bundle
+
+    def refresh(self) -> None:
+        jobs = [r.job for r in self.rows.children]
+        running = [j for j in jobs if not j.done]
+        finished = [j for j in jobs if j.done]
+        failed = [j for j in finished if j.state in ("failed", "died", "timed_out")]
+        done_units = sum(j.progress[0] for j in running)
+        total_units = sum(max(j.progress[1], 1) for j in running)
+        self.overall.max = max(total_units, 1)
+        self.overall.value = min(done_units, self.overall.max)
+        self.overall.layout.display = "" if running else "none"
+        parts = [f"<b>Jobs</b>: {len(running)} running", f"{len(finished)} done"]
+        if failed:
+            parts.append(f'<span style="color:#c62828">{len(failed)} failed</span>')
+        if running:
+            parts.append("running: " + html.escape(_names([j.name for j in running], 5)))
+        self.summary.value = " · ".join(parts)
+
+
+def text_table(rows: list[Any]) -> str:
+    """The panel as plain text, for front ends without widgets and terminals."""
+    if not rows:
+        return "no jobs"
+    header = ("name", "state", "progress", "section", "elapsed")
+    body = [
+        (
+            j.name,
+            j.state,
+            f"{j.progress[0]}/{j.progress[1]}",
+            j.section or getattr(j, "status", ""),
+            _clock(j.elapsed),
+        )
+        for j in rows
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *body]
+    ]
+    return "\n".join(lines)
+
+
+class _Updater:
+    """The one thread that refreshes rows: dirty rows at most every 0.1 s, all running
+    rows once a second (elapsed), then the summary."""
+
+    def __init__(self) -> None:
+        self.panel: JobsPanel | None = None
+        self.rows: dict[str, JobRow] = {}
+        self.dirty: set[str] = set()
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.stopped = False
+
+    def ensure_panel(self) -> JobsPanel:
+        with self.cond:
+            if self.panel is None:
+                self.panel = JobsPanel()
+            return self.panel
+
+    def add(self, row: JobRow) -> None:
+        panel = self.ensure_panel()
+        with self.cond:
+            self.rows[row.job.id] = row
+            row.job._listeners.append(lambda job: self.mark(job.id))
+            self.stopped = False
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="bgjobs-panel", daemon=True)
+                self.thread.start()
+        panel.rows.children = (*panel.rows.children, row)
+        self.mark(row.job.id)
+
+    def mark(self, job_id: str) -> None:
+        with self.cond:
+            self.dirty.add(job_id)
+            self.cond.notify()
+
+    def _run(self) -> None:
+        last_tick = 0.0
+        while True:
+            with self.cond:
+                if self.stopped:
+                    return
+                self.cond.wait(0.1)
+                dirty, self.dirty = self.dirty, set()
+                rows = dict(self.rows)
+            now = time.monotonic()
+            tick = now - last_tick >= 1.0
+            if tick:
+                last_tick = now
+                dirty |= {k for k, r in rows.items() if not r.job.done}
+            for key in dirty:
+                row = rows.get(key)
+                if row is None:
+                    continue
+                try:
+                    row.refresh()
+                    job = row.job
+                    if getattr(job, "removed", False) or (
+                        job.done and getattr(job, "auto_remove", False)
+                    ):
+                        remove_row(row)
+                except Exception:
+                    pass
+            if dirty and self.panel is not None:
+                try:
+                    self.panel.refresh()
+                except Exception:
+                    pass
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+        if self.thread is not None:
+            self.thread.join(5)
+
+
+updater = _Updater()
+
+
+def row_for(job: Any, notify: bool = False) -> JobRow:
+    """The live row of ``job``, made on first use and added to the panel."""
+    row = updater.rows.get(job.id)
+    if row is None:
+        row = JobRow(job, notify=notify)
+        updater.add(row)
+    return row
+
+
+def remove_row(row: JobRow) -> None:
+    """Take a finished job's row out of the panel (and a finished job out of the list)."""
+    if not row.job.done and not getattr(row.job, "removed", False):
+        return
+    with updater.cond:
+        updater.rows.pop(row.job.id, None)
+    panel = updater.panel
+    if panel is not None:
+        panel.rows.children = tuple(r for r in panel.rows.children if r is not row)
+        panel.refresh()
+    forget = getattr(getattr(row.job, "_manager", None), "remove", None)
+    if forget is not None:
+        forget(row.job)
+
+
+def panel() -> JobsPanel:
+    """The Jobs panel widget (every job of this notebook)."""
+    from ._jobs import manager
+
+    for job in manager.jobs():
+        row_for(job)
+    p = updater.ensure_panel()
+    p.refresh()
+    return p
+
+
+def show_row(obj: Any, notify: bool = False) -> JobRow:
+    """Display ``obj``'s live row under the current cell.
+
+    The widget updates itself; its plain-text form is refreshed at each change of state,
+    so front ends without widgets still end on the outcome and the merge report.
+    """
+    from IPython.display import display
+
+    row = row_for(obj, notify=notify)
+    handle = display(row, display_id=True)
+    last: list[tuple[str, str]] = [(obj.state, obj.report)]
+    lock = threading.Lock()
+
+    def on_change(o: Any) -> None:
+        # Two threads can report one change (the driver ends the job, the notebook merges
+        # it): the text is rendered under the lock, so the last update sent is the latest.
+        with lock:
+            key = (o.state, o.report)
+            if key != last[0]:
+                last[0] = key
+                handle.update(row)
+
+    obj._listeners.append(on_change)
+    return row
+
+
+def on_submit(job: Any) -> None:
+    """Submit hook: once a panel exists, every new job gets a row in it."""
+    if updater.panel is not None:
+        row_for(job)
+
+
+def on_new_handle(handle: Any) -> None:
+    """A new ``add_job`` row: in the panel, and under the current cell if ``show``."""
+    if not widgets_available():
+        return
+    if handle.show:
+        show_row(handle)
+    else:
+        row_for(handle)

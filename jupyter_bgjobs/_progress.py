@@ -1,0 +1,297 @@
+"""Progress rows for any long task (rstudioapi's jobAdd family), and a tqdm that drives one.
+
+In the notebook, ``add_job`` makes a row in the Jobs panel. Inside a ``%%bgjob`` it drives
+the job's own row in the notebook instead, through the runner's events.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from ._errors import JobSpecError, JobStateError
+
+PROGRESS_STATES = ("idle", "running", "succeeded", "cancelled", "failed")
+
+
+def _runner() -> Any:
+    """The job runner module when this code runs inside a job, else None."""
+    mod = sys.modules.get("_bgjobs_runner")
+    return mod if mod is not None and getattr(mod, "CURRENT", None) is not None else None
+
+
+class ProgressJob:
+    """A row for a task you drive yourself: ``add_output``, ``add_progress``,
+    ``set_progress``, ``set_status``, ``set_state``, ``remove``. As a context manager it
+    starts running on entry and ends ``succeeded``, or ``failed`` on an exception."""
+
+    def __init__(
+        self,
+        name: str,
+        status: str = "",
+        progress_units: int = 0,
+        actions: dict[str, Callable[[], Any]] | None = None,
+        running: bool = False,
+        auto_remove: bool = True,
+        show: bool = True,
+    ) -> None:
+        if not name:
+            raise JobSpecError("add_job needs a name for its row")
+        if progress_units < 0:
+            raise JobSpecError(f"progress_units must be 0 or more, not {progress_units!r}")
+        unknown = set(actions or {}) - {"stop"}
+        if unknown:
+            raise JobSpecError(f"unknown action(s) {sorted(unknown)}; the one action is 'stop'")
+        self.id = uuid.uuid4().hex[:8]
+        self.name = name
+        self.status = status
+        self.section = ""
+        self.report = ""
+        self.actions = dict(actions or {})
+        self.auto_remove = auto_remove
+        self.show = show
+        self._total = int(progress_units)
+        self._done = 0
+        self._state = "idle"
+        self._t_started: float | None = None
+        self._t_finished: float | None = None
+        self._outputs: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self._listeners: list[Callable[[Any], Any]] = []
+        self._lock = threading.Lock()
+        self.removed = False
+        self.in_job = _runner() is not None
+        if running:
+            self.set_state("running")
+        if self.in_job:
+            self._forward()
+
+    # -- what a row reads ---------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """idle, running, succeeded, cancelled or failed."""
+        return self._state
+
+    @property
+    def done(self) -> bool:
+        return self._state in ("succeeded", "cancelled", "failed")
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        return (self._done, self._total)
+
+    @property
+    def elapsed(self) -> float:
+        if self._t_started is None:
+            return 0.0
+        end = self._t_finished if self._t_finished is not None else time.monotonic()
+        return end - self._t_started
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._outputs)
+
+    @property
+    def output(self) -> str:
+        return "".join(o.get("text", "") for o in self.outputs)
+
+    @property
+    def can_stop(self) -> bool:
+        return "stop" in self.actions
+
+    def cancel(self) -> bool:
+        """The row's Stop button: calls the ``stop`` action."""
+        if self.done or "stop" not in self.actions:
+            return False
+        self.actions["stop"]()
+        return True
+
+    # -- what the task calls ------------------------------------------------------------
+    def add_output(self, text: str, error: bool = False) -> None:
+        """Append text to the row's output."""
+        with self._lock:
+            self._outputs.append(
+                {"output_type": "stream", "name": "stderr" if error else "stdout", "text": text}
+            )
+        self._changed()
+
+    def add_progress(self, units: int) -> None:
+        """Add ``units`` to the progress done."""
+        self.set_progress(self._done + units)
+
+    def set_progress(self, units: int) -> None:
+        """Set the progress done to ``units`` (of ``progress_units``)."""
+        if units < 0:
+            raise JobSpecError(f"progress must be 0 or more, not {units!r}")
+        if self._state == "idle":
+            self.set_state("running")
+        self._done = int(units)
+        self._changed()
+
+    def set_status(self, text: str) -> None:
+        """Set the row's status text."""
+        self.status = text
+        self._changed()
+
+    def set_state(self, state: str) -> None:
+        """Set the state: idle, running, succeeded, cancelled or failed."""
+        if state not in PROGRESS_STATES:
+            raise JobSpecError(f"state must be one of {', '.join(PROGRESS_STATES)}, not {state!r}")
+        if state == "running" and self._t_started is None:
+            self._t_started = time.monotonic()
+        if state in ("succeeded", "cancelled", "failed"):
+            if self._t_started is None:
+                self._t_started = time.monotonic()
+            self._t_finished = time.monotonic()
+            if state == "succeeded" and self._total:
+                self._done = self._total
+        self._state = state
+        self._changed()
+
+    def remove(self) -> None:
+        """Take the row out of the panel."""
+        self.removed = True
+        self._changed()
+
+    def __enter__(self) -> ProgressJob:
+        if self._state == "idle":
+            self.set_state("running")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.set_state("succeeded")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.set_state("cancelled")
+        else:
+            self.add_output(f"{exc_type.__name__}: {exc}\n", error=True)
+            self.set_state("failed")
+
+    def __repr__(self) -> str:
+        return f"<ProgressJob {self.name!r} {self._state} {self._done}/{self._total}>"
+
+    def _changed(self) -> None:
+        if self.in_job:
+            self._forward()
+            return
+        for fn in list(self._listeners):
+            try:
+                fn(self)
+            except Exception:
+                pass
+
+    def _forward(self) -> None:
+        runner = _runner()
+        if runner is None:
+            return
+        runner.report_progress(self._done, self._total or None)
+        text = self.status or self.name
+        if text != getattr(self, "_sent_status", None):
+            self._sent_status = text
+            runner.report_status(text)
+
+
+_handles: list[ProgressJob] = []
+new_handle_hooks: list[Callable[[ProgressJob], Any]] = []
+
+
+def add_job(
+    name: str,
+    status: str = "",
+    progress_units: int = 0,
+    actions: dict[str, Callable[[], Any]] | None = None,
+    running: bool = False,
+    auto_remove: bool = True,
+    show: bool = True,
+) -> ProgressJob:
+    """Add a progress row for any long task (rstudioapi's ``jobAdd``) and return its handle.
+
+    Drive it with ``set_progress``/``add_progress``, ``set_status``, ``add_output`` and
+    ``set_state``; or use it as a context manager. ``actions={"stop": fn}`` adds a Stop
+    button that calls ``fn``. Inside a ``%%bgjob`` the handle drives the job's own row.
+    """
+    handle = ProgressJob(name, status, progress_units, actions, running, auto_remove, show)
+    if not handle.in_job:
+        _handles.append(handle)
+        for hook in list(new_handle_hooks):
+            hook(handle)
+    return handle
+
+
+def set_progress(units: int, total: int | None = None) -> None:
+    """Inside a ``%%bgjob``: report the job's progress as ``units`` of ``total``, in place
+    of statement counts."""
+    runner = _runner()
+    if runner is None:
+        raise JobStateError(
+            "set_progress reports progress from inside a %%bgjob; in the notebook, "
+            "use jupyter_bgjobs.add_job(...) and its set_progress"
+        )
+    runner.report_progress(int(units), None if total is None else int(total))
+
+
+def set_status(text: str) -> None:
+    """Inside a ``%%bgjob``: set the status text of the job's row."""
+    runner = _runner()
+    if runner is None:
+        raise JobStateError(
+            "set_status reports from inside a %%bgjob; in the notebook, use "
+            "jupyter_bgjobs.add_job(...) and its set_status"
+        )
+    runner.report_status(str(text))
+
+
+def _make_tqdm() -> type:
+    from tqdm import tqdm as std_tqdm
+
+    class tqdm(std_tqdm):  # type: ignore[misc]
+        """A tqdm bar that drives a Jobs panel row (or, inside a job, the job's row)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._row: ProgressJob | None = None
+            kwargs.setdefault("file", _Discard())
+            super().__init__(*args, **kwargs)
+            self._row = add_job(
+                self.desc or "tqdm", progress_units=int(self.total or 0), running=True
+            )
+            self.display()
+
+        def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            row = getattr(self, "_row", None)
+            if row is not None:
+                row._total = int(self.total or 0)
+                row.status = str(self).strip()
+                row.set_progress(int(self.n))
+            return True
+
+        def close(self) -> None:
+            row = getattr(self, "_row", None)
+            if row is not None and not row.done and not self.disable:
+                self.display()
+                row.set_state(
+                    "succeeded" if not self.total or self.n >= self.total else "cancelled"
+                )
+            super().close()
+
+    return tqdm
+
+
+class _Discard:
+    """tqdm's text goes nowhere: the row shows the bar."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
