@@ -55,7 +55,7 @@ def status_text(job: Job) -> str:
     line = "  ".join(parts)
     if job.report:
         line += "  ·  " + job.report.split(": ", 1)[-1]
-    elif job.done and not job._merged:
+    elif job.done and not getattr(job, "_merged", True):
         line += "  ·  results merge before the next cell runs (or in job.wait())"
     return line
 

@@ -260,6 +260,10 @@ def text_table(rows: list[Any]) -> str:
     return "\n".join(lines)
 
 
+# Seconds between two batches of widget updates: at most ~10 per second per row.
+_PERIOD = 0.1
+
+
 class _Updater:
     """The one thread that refreshes rows: dirty rows at most every 0.1 s, all running
     rows once a second (elapsed), then the summary."""
@@ -297,14 +301,24 @@ class _Updater:
 
     def _run(self) -> None:
         last_tick = 0.0
+        last_batch = 0.0
         while True:
             with self.cond:
+                # However fast events arrive, a row is sent at most once per period:
+                # notifications during the pause only add to the dirty set.
+                deadline = last_batch + _PERIOD
+                while not self.stopped and (now := time.monotonic()) < deadline:
+                    self.cond.wait(deadline - now)
+                while not self.stopped and not self.dirty:
+                    left = 1.0 - (time.monotonic() - last_tick)
+                    if left <= 0:
+                        break
+                    self.cond.wait(left)
                 if self.stopped:
                     return
-                self.cond.wait(0.1)
                 dirty, self.dirty = self.dirty, set()
                 rows = dict(self.rows)
-            now = time.monotonic()
+            now = last_batch = time.monotonic()
             tick = now - last_tick >= 1.0
             if tick:
                 last_tick = now

@@ -1,0 +1,182 @@
+"""The Jobs panel's widgets, checked in a real kernel through their comm messages."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from jupyter_client import KernelManager
+
+
+class Kernel:
+    """A notebook kernel driven like a front end: it sees every iopub message."""
+
+    def __init__(self) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel()
+        self.kc = self.km.blocking_client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        self.models: dict[str, dict[str, Any]] = {}
+        self.updates: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self.displays: list[dict[str, Any]] = []
+
+    def _record(self, msg: dict[str, Any]) -> None:
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "comm_open" and content.get("target_name") == "jupyter.widget":
+            self.models[content["comm_id"]] = dict(content["data"]["state"])
+        elif kind == "comm_msg" and content["data"].get("method") == "update":
+            state = content["data"]["state"]
+            self.models.setdefault(content["comm_id"], {}).update(state)
+            self.updates.setdefault(content["comm_id"], []).append((time.monotonic(), state))
+        elif kind in ("display_data", "update_display_data"):
+            self.displays.append(content)
+
+    def run(self, code: str, timeout: float = 120) -> str:
+        """Execute ``code``; record every message until its idle; return its stdout."""
+        msg_id = self.kc.execute(code)
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            self._record(msg)
+            kind, content = msg["msg_type"], msg["content"]
+            mine = msg["parent_header"].get("msg_id") == msg_id
+            if mine and kind == "stream" and content["name"] == "stdout":
+                out.append(content["text"])
+            if mine and kind == "error":
+                raise AssertionError("\n".join(content["traceback"]))
+            if mine and kind == "status" and content["execution_state"] == "idle":
+                return "".join(out)
+
+    def until(self, check: Callable[[], bool], timeout: float = 30) -> None:
+        """Read what the kernel sends on its own (widget updates from its threads) until
+        ``check()`` holds, as a front end would see them arrive."""
+        deadline = time.monotonic() + timeout
+        while not check():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("the widgets never reached the expected state")
+            try:
+                self._record(self.kc.get_iopub_msg(timeout=left))
+            except queue.Empty:
+                continue
+
+    def row_models(self, job: str) -> dict[str, str]:
+        """The comm ids of one job's row: its title, state, bar and buttons."""
+        title = next(
+            k
+            for k, s in self.models.items()
+            if s.get("_model_name") == "HTMLModel" and s.get("value") == f"<b>{job}</b>"
+        )
+        header = next(
+            k
+            for k, s in self.models.items()
+            if s.get("_model_name") == "HBoxModel" and f"IPY_MODEL_{title}" in s.get("children", [])
+        )
+        children = [c.removeprefix("IPY_MODEL_") for c in self.models[header]["children"]]
+        found = {"title": title}
+        for cid in children:
+            s = self.models[cid]
+            if s.get("_model_name") == "IntProgressModel":
+                found["bar"] = cid
+            elif s.get("_model_name") == "ButtonModel":
+                found[s["description"].lower()] = cid
+        found["state"] = children[0]
+        return found
+
+    def shown(self, comm_id: str) -> bool:
+        """Whether a widget is visible: its Layout model's ``display`` is not ``none``."""
+        layout = self.models[comm_id]["layout"].removeprefix("IPY_MODEL_")
+        return self.models[layout].get("display") != "none"
+
+    def click(self, comm_id: str) -> None:
+        """What a browser sends when a button is clicked."""
+        content = {"comm_id": comm_id, "data": {"method": "custom", "content": {"event": "click"}}}
+        msg = self.kc.session.msg("comm_msg", content)
+        self.kc.shell_channel.send(msg)
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[Kernel]:
+    k = Kernel()
+    k.run("%load_ext jupyter_bgjobs")
+    yield k
+    k.close()
+
+
+def test_a_row_advances_to_succeeded_through_widget_state(kernel: Kernel) -> None:
+    code = "\n".join(["%%bgjob many"] + ["__import__('time').sleep(0.005)"] * 300)
+    kernel.run(code)
+    kernel.run("from jupyter_bgjobs import get_job\nget_job('many').wait(120)")
+    ids = kernel.row_models("many")
+    bar = kernel.models[ids["bar"]]
+    # A row is refreshed field by field; the bar's style is sent after its value.
+    kernel.until(lambda: bar.get("bar_style") == "success")
+    assert (bar["value"], bar["max"]) == (300, 300)
+    assert "succeeded" in kernel.models[ids["state"]]["value"]
+    # Coalesced: far fewer updates than the 300 statements, and at most ~10 a second.
+    stamps = [t for t, s in kernel.updates[ids["bar"]] if "value" in s]
+    assert len(stamps) < 100
+    span = max(stamps[-1] - stamps[0], 0.1)
+    assert len(stamps) <= 10 * span + 3
+    # The row under the cell carries a plain-text form for front ends without widgets.
+    texts = [
+        d["data"].get("text/plain", "")
+        for d in kernel.displays
+        if "application/vnd.jupyter.widget-view+json" in d.get("data", {})
+    ]
+    assert any(t.startswith("✔ many  succeeded  300/300") for t in texts)
+
+
+def test_stop_button_cancels_and_remove_appears(kernel: Kernel) -> None:
+    kernel.run("%%bgjob endless\nimport time\nwhile True: time.sleep(0.05)")
+    kernel.run(
+        "job = get_job('endless')\n"
+        "with job._cond:\n    job._cond.wait_for(lambda: job.state == 'running', 60)"
+    )
+    ids = kernel.row_models("endless")
+    kernel.until(lambda: kernel.shown(ids["stop"]))
+    assert not kernel.shown(ids["remove"])
+    kernel.click(ids["stop"])
+    state = kernel.run("print(get_job('endless').wait(60).state)")
+    assert state.strip() == "cancelled"
+    kernel.until(lambda: "cancelled" in kernel.models[ids["state"]]["value"])
+    kernel.until(lambda: kernel.shown(ids["remove"]))
+    assert not kernel.shown(ids["stop"])
+
+
+def test_panel_lists_every_job_with_a_summary(kernel: Kernel) -> None:
+    kernel.run("%bgjobs")
+    summary = [
+        s["value"]
+        for s in kernel.models.values()
+        if s.get("_model_name") == "HTMLModel" and "<b>Jobs</b>" in s.get("value", "")
+    ]
+    assert summary and "0 running" in summary[-1] and "2 done" in summary[-1]
+    texts = [
+        d["data"]["text/plain"]
+        for d in kernel.displays
+        if d.get("data", {}).get("text/plain", "").startswith("name")
+    ]
+    assert texts and "many" in texts[-1] and "endless" in texts[-1]
+
+
+def test_progress_rows_and_tqdm_in_the_notebook(kernel: Kernel) -> None:
+    kernel.run(
+        "import jupyter_bgjobs as bj\n"
+        "with bj.add_job('manual', progress_units=5, auto_remove=False) as p:\n"
+        "    p.set_progress(5)\n"
+        "for _ in bj.tqdm(range(4), desc='loop', mininterval=0): pass"
+    )
+    kernel.until(lambda: any(s.get("value") == "<b>manual</b>" for s in kernel.models.values()))
+    ids = kernel.row_models("manual")
+    kernel.until(lambda: "succeeded" in kernel.models[ids["state"]]["value"])
+    assert kernel.models[ids["bar"]]["value"] == 5
