@@ -53,6 +53,11 @@ def widgets_available() -> bool:
     return live_frontend()
 
 
+def _fit() -> W.Layout:
+    """A button as wide as its label: fixed widths cut labels off in some front ends."""
+    return W.Layout(width="auto", flex="0 0 auto")
+
+
 class JobRow(W.VBox):  # type: ignore[misc]
     """One job's live row; the same widget shows under its cell and in the panel."""
 
@@ -63,25 +68,27 @@ class JobRow(W.VBox):  # type: ignore[misc]
         self._last: tuple[Any, ...] = ()
         self._shown_outputs = -1
         self._notified = False
-        self.icon = W.HTML(layout=W.Layout(width="7.5em"))
-        self.title = W.HTML(f"<b>{html.escape(job.name)}</b>", layout=W.Layout(width="10em"))
-        self.bar = W.IntProgress(min=0, max=1, value=0, layout=W.Layout(width="14em"))
-        self.count = W.HTML(layout=W.Layout(width="5.5em"))
+        self.icon = W.HTML(layout=W.Layout(width="8.5em", flex="0 0 auto"))
+        self.title = W.HTML(
+            f"<b>{html.escape(job.name)}</b>", layout=W.Layout(width="10em", flex="0 0 auto")
+        )
+        self.bar = W.IntProgress(
+            min=0, max=1, value=0, layout=W.Layout(width="14em", flex="0 0 auto")
+        )
+        self.count = W.HTML(layout=W.Layout(width="5.5em", flex="0 0 auto"))
         self.text = W.HTML(layout=W.Layout(flex="1 1 auto"))
-        self.clock = W.HTML(layout=W.Layout(width="4.5em"))
-        self.stop = W.Button(
-            description="Stop", button_style="danger", icon="stop", layout=W.Layout(width="6em")
-        )
-        self.drop = W.Button(description="Remove", icon="times", layout=W.Layout(width="7em"))
-        self.toggle = W.ToggleButton(
-            description="Output", icon="list", layout=W.Layout(width="7em")
-        )
+        self.clock = W.HTML(layout=W.Layout(width="4.5em", flex="0 0 auto"))
+        self.stop = W.Button(description="Stop", button_style="danger", icon="stop", layout=_fit())
+        self.drop = W.Button(description="Remove", icon="times", layout=_fit())
+        self.toggle = W.ToggleButton(description="Output", icon="list", layout=_fit())
         self.stop.on_click(lambda _: self.job.cancel())
         self.drop.on_click(lambda _: remove_row(self))
         self.toggle.observe(lambda _: self.refresh(force=True), "value")
         self.report = W.HTML()
         self.log_button = W.Button(
-            description="Full log", icon="file-text", layout=W.Layout(width="8em")
+            description="Full log",
+            icon="file-text",
+            layout=W.Layout(width="auto", align_self="flex-start"),
         )
         self.log_button.on_click(lambda _: self.open_log())
         self.out = W.Output(layout=W.Layout(max_height="24em", overflow="auto"))
@@ -136,14 +143,17 @@ class JobRow(W.VBox):  # type: ignore[misc]
             self._last = key
         colour = _COLOURS.get(state, "#1565c0")
         label = state.replace("_", " ")
-        self.icon.value = f'<span style="color:{colour}">{_ICONS.get(state, "")} {label}</span>'
+        self.icon.value = f'<span style="color:{colour};white-space:nowrap">{_ICONS.get(state, "")} {label}</span>'
         self.bar.max = max(total, 1)
         self.bar.value = min(done, max(total, 1)) if total else (1 if job.done else 0)
         self.bar.bar_style = _BAR.get(state, "info")
         self.count.value = f"{done}/{total}" if total else ""
         words = [w for w in (job.section, getattr(job, "status", "")) if w]
-        if job.done and job.report:
-            words = [job.report.split(": ", 1)[-1]]
+        if job.done:
+            if job.report:
+                words = [job.report.split(": ", 1)[-1]]
+            elif not getattr(job, "_merged", True):
+                words = ["results merge before the next cell runs"]
         self.text.value = html.escape(" · ".join(words))
         self.clock.value = _clock(job.elapsed)
         stoppable = not job.done and getattr(job, "can_stop", True)

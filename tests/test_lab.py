@@ -1,0 +1,199 @@
+"""End to end: the Jobs panel in a real JupyterLab, driven by Playwright in headless Chromium.
+
+A user's view: run a ``%%bgjob`` cell, watch its row advance and succeed, press Stop on a
+second job and see it cancelled. A screenshot of the panel is saved under
+``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "bgjobs-lab-token"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+if not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true":
+    # On CI the browser is installed by the test command; a missing one there is a failure.
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+CELLS = [
+    "%load_ext jupyter_bgjobs",
+    "%%bgjob first\n# Warm up ----\nimport time\n"
+    + "\n".join("time.sleep(0.4)" for _ in range(4))
+    + "\n# Finish ----\n"
+    + "\n".join("time.sleep(0.4)" for _ in range(4))
+    + "\nanswer = 42",
+    "%%bgjob endless\nimport time\nwhile True:\n    time.sleep(0.05)",
+    "%bgjobs",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A JupyterLab server on 127.0.0.1 serving one notebook; yields its URL."""
+    root = tmp_path_factory.mktemp("lab")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "jobs.ipynb")
+    # No news or update toasts over the panel in the screenshot.
+    settings = root / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}'
+    )
+    port = _free_port()
+    log = open(root / "lab.log", "wb")  # noqa: SIM115 - closed after the server ends
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={TOKEN}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.expose_app_in_browser=True",
+            f"--LabApp.user_settings_dir={root / 'settings'}",
+            f"--LabApp.workspaces_dir={root / 'workspaces'}",
+        ],
+        env=dict(os.environ, JUPYTER_RUNTIME_DIR=str(root / "runtime")),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=5):
+                break
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                log.close()
+                pytest.fail("JupyterLab did not start:\n" + (root / "lab.log").read_text()[-3000:])
+            time.sleep(0.2)  # polling a port that is not open yet; no event to wait on
+    yield url
+    proc.terminate()
+    proc.wait(60)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab: str) -> Iterator[Any]:
+    with playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        pg.goto(f"{lab}/lab/tree/jobs.ipynb?token={TOKEN}")
+        pg.wait_for_function(
+            "() => window.jupyterapp?.shell?.currentWidget?.sessionContext?.session?.kernel"
+            "?.status === 'idle'",
+            timeout=120_000,
+        )
+        yield pg
+        # Shutting the kernel down from the page ends its jobs' kernels with it.
+        pg.evaluate(
+            "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.shutdown()"
+        )
+        context.close()
+        browser.close()
+
+
+def _panel(page: Any) -> Any:
+    """The output of the notebook's ``%bgjobs`` cell: the Jobs panel."""
+    return page.locator(".jp-Cell").nth(len(CELLS) - 1).locator(".jp-Cell-outputArea")
+
+
+def _row(page: Any, name: str) -> Any:
+    """The row of job ``name`` in the Jobs panel."""
+    return _panel(page).locator(".widget-hbox", has=page.locator(f"b:text-is('{name}')")).first
+
+
+def _run_new_cell(page: Any, code: str) -> None:
+    """Add a cell at the end of the notebook, type ``code`` and press Shift+Enter."""
+    page.evaluate(
+        """() => {
+        const nb = window.jupyterapp.shell.currentWidget;
+        nb.content.activeCellIndex = nb.content.widgets.length - 1;
+        return window.jupyterapp.commands.execute('notebook:insert-cell-below');
+    }"""
+    )
+    page.locator(".jp-Cell").last.locator(".cm-content").click()
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+
+
+def test_rows_advance_succeed_and_stop_cancels(page: Any) -> None:
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    first = _row(page, "first")
+    first.wait_for()
+    counts = set()
+    # Record the k/N counter as the browser renders it until the row says succeeded.
+    deadline = time.monotonic() + 120
+    while "succeeded" not in first.inner_text():
+        assert time.monotonic() < deadline, first.inner_text()
+        counts.add(first.locator(".widget-html").nth(2).inner_text().strip())
+        page.wait_for_timeout(50)  # the browser's own pacing between two reads of the DOM
+    assert "10/10" in first.inner_text()
+    assert "results merge before the next cell runs" in first.inner_text()
+    advancing = {c for c in counts if c and c not in ("0/10", "10/10")}
+    assert advancing, f"the row never showed progress between start and end: {counts}"
+
+    endless = _row(page, "endless")
+    state = endless.locator(".widget-html").first
+    playwright_sync.expect(state).to_contain_text("running", timeout=60_000)
+    endless.get_by_role("button", name="Stop").click()
+    playwright_sync.expect(state).to_contain_text("cancelled", timeout=30_000)
+    assert endless.get_by_role("button", name="Remove").is_visible()
+    assert not endless.get_by_role("button", name="Stop").is_visible()
+
+    # The results reached the notebook: a new cell sees them.
+    _run_new_cell(page, "print('answer is', answer)")
+    page.get_by_text("answer is 42").wait_for()
+    # Selecting a job shows its merge report under its row.
+    first.get_by_role("button", name="Output").click()
+    panel = _panel(page)
+    playwright_sync.expect(panel).to_contain_text("merged answer", timeout=30_000)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "jobs-panel.png"
+    panel.screenshot(path=str(shot))
+    assert shot.stat().st_size > 1000
+    if os.environ.get("BGJOBS_UPDATE_SCREENSHOT"):
+        shutil.copy(shot, Path(__file__).resolve().parent.parent / "docs" / "jobs-panel.png")
+
+    # The same live panel in JupyterLab's right-hand side area.
+    _run_new_cell(page, "%bgjobs --sidebar")
+    side = page.locator("#jp-right-stack")
+    playwright_sync.expect(side).to_contain_text("endless", timeout=30_000)
+    playwright_sync.expect(side).to_contain_text("cancelled")
