@@ -271,7 +271,7 @@ class Job:
                 and last is not None
                 and last["output_type"] == "stream"
                 and last["name"] == out["name"]
-                and len(last["text"]) < 65536
+                and len(last["text"]) < _MERGE_LIMIT
             ):
                 last["text"] += out["text"]
             else:
@@ -279,6 +279,11 @@ class Job:
             self._cond.notify_all()
         log.write(_output_text(out))
         log.flush()
+
+
+# Consecutive stream outputs merge up to this many characters; with ``output_tail`` outputs
+# kept, the tail in memory stays within output_tail x 16 KiB of text.
+_MERGE_LIMIT = 16384
 
 
 def _output_text(out: dict[str, Any]) -> str:

@@ -53,6 +53,25 @@ def widgets_available() -> bool:
     return live_frontend()
 
 
+# How much of a job's output the row's Output view sends to the browser; "Full log" has it all.
+_VIEW_LIMIT = 256 * 1024
+
+
+def _recent(outputs: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The newest outputs that fit in the view's budget: a flood of output must not be
+    sent to the browser again on every refresh."""
+    kept: list[dict[str, Any]] = []
+    size = 0
+    for out in reversed(outputs):
+        size += len(str(out.get("text", ""))) + sum(
+            len(str(v)) for v in out.get("data", {}).values()
+        )
+        if kept and size > _VIEW_LIMIT:
+            break
+        kept.append(out)
+    return tuple(reversed(kept))
+
+
 def _fit() -> W.Layout:
     """A button as wide as its label: fixed widths cut labels off in some front ends."""
     return W.Layout(width="auto", flex="0 0 auto")
@@ -143,7 +162,8 @@ class JobRow(W.VBox):  # type: ignore[misc]
             self._last = key
         colour = _COLOURS.get(state, "#1565c0")
         label = state.replace("_", " ")
-        self.icon.value = f'<span style="color:{colour};white-space:nowrap">{_ICONS.get(state, "")} {label}</span>'
+        style = f"color:{colour};white-space:nowrap"
+        self.icon.value = f'<span style="{style}">{_ICONS.get(state, "")} {label}</span>'
         self.bar.max = max(total, 1)
         self.bar.value = min(done, max(total, 1)) if total else (1 if job.done else 0)
         self.bar.bar_style = _BAR.get(state, "info")
@@ -170,7 +190,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
         outputs = self.job.outputs
         if len(outputs) != self._shown_outputs:
             self._shown_outputs = len(outputs)
-            self.out.outputs = tuple(outputs)
+            self.out.outputs = _recent(outputs)
         self.report.value = html.escape(self.job.report) if self.job.report else ""
 
     def open_log(self) -> None:

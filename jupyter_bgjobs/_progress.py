@@ -284,6 +284,8 @@ def _make_tqdm() -> type:
                 )
             super().close()
 
+    # Its public name, so a job that imports it sends it back as an import, not a pickle.
+    tqdm.__module__, tqdm.__qualname__ = "jupyter_bgjobs", "tqdm"
     return tqdm
 
 

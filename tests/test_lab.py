@@ -28,7 +28,9 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 if not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true":
     # On CI the browser is installed by the test command; a missing one there is a failure.
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -56,7 +58,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("lab")
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, root / "jobs.ipynb")
     # No news or update toasts over the panel in the screenshot.
     settings = root / "settings" / "@jupyterlab" / "apputils-extension"

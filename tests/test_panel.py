@@ -85,8 +85,27 @@ class Kernel:
                 found["bar"] = cid
             elif s.get("_model_name") == "ButtonModel":
                 found[s["description"].lower()] = cid
+            elif s.get("_model_name") == "ToggleButtonModel":
+                found["output"] = cid
         found["state"] = children[0]
+        row = next(
+            k
+            for k, s in self.models.items()
+            if s.get("_model_name") == "VBoxModel"
+            and s.get("children", [None])[0] == f"IPY_MODEL_{header}"
+        )
+        detail = self.models[row]["children"][1].removeprefix("IPY_MODEL_")
+        report, out, log = (c.removeprefix("IPY_MODEL_") for c in self.models[detail]["children"])
+        found.update(report=report, view=out, log=log)
         return found
+
+    def set(self, comm_id: str, **state: Any) -> None:
+        """What a browser sends when the user changes a widget's value."""
+        content = {
+            "comm_id": comm_id,
+            "data": {"method": "update", "state": state, "buffer_paths": []},
+        }
+        self.kc.shell_channel.send(self.kc.session.msg("comm_msg", content))
 
     def shown(self, comm_id: str) -> bool:
         """Whether a widget is visible: its Layout model's ``display`` is not ``none``."""
@@ -180,3 +199,24 @@ def test_progress_rows_and_tqdm_in_the_notebook(kernel: Kernel) -> None:
     ids = kernel.row_models("manual")
     kernel.until(lambda: "succeeded" in kernel.models[ids["state"]]["value"])
     assert kernel.models[ids["bar"]]["value"] == 5
+
+
+def test_a_flood_of_output_stays_bounded_and_the_full_log_opens(kernel: Kernel) -> None:
+    kernel.run("%%bgjob flood\nfor i in range(50_000):\n    print('line', i)")
+    kernel.run("get_job('flood').wait(120)")
+    ids = kernel.row_models("flood")
+    kernel.set(ids["output"], value=True)
+
+    def view_text() -> str:
+        return "".join(o.get("text", "") for o in kernel.models[ids["view"]].get("outputs", []))
+
+    # The view shows the newest output, not all of it: the browser gets a bounded tail.
+    kernel.until(lambda: "line 49999\n" in view_text())
+    assert "line 0\n" not in view_text()
+    assert len(view_text()) <= 300_000
+    # "Full log" reads the whole log from disk, first line to last.
+    kernel.click(ids["log"])
+    kernel.until(lambda: view_text().startswith("["))
+    text = view_text()
+    assert "line 0\n" in text and "line 49999\n" in text
+    assert text.split("\n", 1)[0].endswith("bytes]")

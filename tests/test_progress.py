@@ -107,3 +107,11 @@ def test_our_tqdm_drives_a_row_in_the_notebook_and_in_a_job() -> None:
     job = bj.run_cell(code, results="none", env="none").wait(60)
     assert job.state == "succeeded", job.output
     assert job.progress == (9, 9)
+
+
+def test_a_job_that_imports_our_tqdm_sends_it_back_as_the_same_class() -> None:
+    code = "from jupyter_bgjobs import tqdm\nfor _ in tqdm(range(3), mininterval=0):\n    pass"
+    job = bj.run_cell(code, results="object", env="none").wait(60)
+    assert job.state == "succeeded", job.output
+    assert not job.skipped, job.skipped
+    assert job.results.tqdm is bj.tqdm
