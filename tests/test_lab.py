@@ -71,7 +71,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         '{"fetchNews": "false", "checkForUpdates": false}'
     )
     port = _free_port()
-    log = open(root / "lab.log", "wb")  # noqa: SIM115 - closed after the server ends
+    log = open(root / "lab.log", "wb")  # closed after the server ends
     proc = subprocess.Popen(
         [
             sys.executable,

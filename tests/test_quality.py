@@ -16,7 +16,7 @@ ROOT = Path(__file__).parent.parent
     "command",
     [
         ["ruff", "check", "jupyter_bgjobs", "tests", "benchmarks"],
-        ["ruff", "format", "--check", "jupyter_bgjobs"],
+        ["ruff", "format", "--check", "jupyter_bgjobs", "tests", "benchmarks"],
         [sys.executable, "-m", "mypy"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],
