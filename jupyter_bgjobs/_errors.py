@@ -107,3 +107,22 @@ def _strip_ansi(text: str) -> str:
     import re
 
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+class TaskError(BgJobError):
+    """A queue task did not succeed for a reason other than its own exception: it ran past
+    its time limit, its worker died, or what it takes or returns cannot be pickled. A task
+    whose function raised keeps that exception instead, its remote traceback as
+    ``__cause__``."""
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """The task ran longer than the queue's ``timelimit``; its worker was ended."""
+
+
+class WorkerDiedError(TaskError):
+    """The worker process running the task ended (crash, ``os._exit``, killed)."""
+
+
+class TaskPickleError(TaskError):
+    """The task's function, arguments or result cannot be sent between processes."""
