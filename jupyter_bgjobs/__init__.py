@@ -18,9 +18,14 @@ from ._errors import (
     JobStateError,
     JobTimeoutError,
     KernelDiedError,
+    TaskError,
+    TaskPickleError,
+    TaskTimeoutError,
+    WorkerDiedError,
 )
 from ._jobs import Job, WaitTimeout, get_job, jobs, run_cell, run_script
 from ._progress import add_job, set_progress, set_status
+from ._queue import Queue, Task, TaskList, WorkerPool
 
 __version__ = "0.1.0"
 
@@ -85,7 +90,15 @@ __all__ = [
     "JobStateError",
     "JobTimeoutError",
     "KernelDiedError",
+    "Queue",
+    "Task",
+    "TaskError",
+    "TaskList",
+    "TaskPickleError",
+    "TaskTimeoutError",
     "WaitTimeout",
+    "WorkerDiedError",
+    "WorkerPool",
     "add_job",
     "configure",
     "get_job",

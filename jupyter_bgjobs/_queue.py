@@ -2,7 +2,7 @@
 
 R's ``queue`` package in Python. One controller loop owns all state: it sends tasks to
 workers in the order they were added (a few at a time once tasks prove fast), reads results
-as they arrive (``multiprocessing.connection.wait`` over the workers' sockets), ends a
+as they arrive (one selector over the workers' sockets), ends a
 worker whose task overruns the time limit, replaces workers that die, and keeps the
 counts shown while it runs. ``run()`` drives that loop in the caller's thread, so Ctrl-C
 lands there; ``start()`` drives it in a thread of its own.
@@ -216,9 +216,7 @@ class TaskList:
                 "worker_id": pd.array([t.worker_id for t in tasks], dtype="Int64"),
                 "state": pd.Series([t.state for t in tasks], dtype=object),
                 "result": pd.Series([t.result for t in tasks], dtype=object),
-                "runtime": pd.to_timedelta(
-                    [t.runtime if t.runtime is not None else pd.NaT for t in tasks]
-                ),
+                "runtime": None,
                 "fun": pd.Series([t.fun for t in tasks], dtype=object),
                 "args": pd.Series([t.args for t in tasks], dtype=object),
                 "created": stamp([t.created for t in tasks]),
@@ -234,6 +232,8 @@ class TaskList:
             },
             columns=list(COLUMNS),
         )
+        # From the same timestamps as the columns beside it, so the two always agree.
+        frame["runtime"] = frame["finished"] - frame["started"]
         return frame
 
     def __len__(self) -> int:
@@ -253,7 +253,10 @@ class TaskList:
 class Worker:
     """One worker process of a pool."""
 
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, reserve: bool = False) -> None:
+        # A reserve worker starts ahead of need and waits, "spare", to replace one that is
+        # ended for overrunning the time limit or dies, without a process start's delay.
+        self.reserve = reserve
         parent, child = socket.socketpair()
         self._slot_file = tempfile.TemporaryFile()
         self._slot_file.truncate(_SLOT_SIZE)
@@ -324,23 +327,9 @@ class Worker:
             pass
         self._reap()
 
-    def stop(self, grace: float) -> None:
-        """Ask the worker to finish; kill it when it does not within ``grace`` seconds."""
-        try:
-            self.send(None)
-        except OSError:
-            pass
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
-
     def _reap(self) -> None:
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        # After SIGKILL the wait is short; waitpid without a timeout does not poll.
+        self.proc.wait()
         self.state = "finished"
         for closer in (self.sock.close, self._slot.close, self._slot_file.close):
             try:
@@ -385,13 +374,28 @@ class WorkerPool:
         self._lock = threading.Lock()
         _live_pools.add(self)
 
-    def refill(self) -> list[Worker]:
-        """Start workers until the pool has ``size`` live ones; returns the new ones."""
+    def refill(self, reserve: bool = False) -> list[Worker]:
+        """Start workers until the pool has ``size`` live ones (and, with ``reserve``, one
+        spare besides); returns the new ones."""
         with self._lock:
             self.workers = [w for w in self.workers if w.state != "finished"]
-            new = [Worker(self) for _ in range(self.size - len(self.workers))]
+            regular = [w for w in self.workers if not w.reserve]
+            new = [Worker(self) for _ in range(self.size - len(regular))]
+            if reserve and not any(w.reserve for w in self.workers):
+                new.append(Worker(self, reserve=True))
             self.workers.extend(new)
             return new
+
+    def promote_spare(self) -> bool:
+        """Turn the spare worker, if there is one, into a regular one."""
+        with self._lock:
+            for w in self.workers:
+                if w.reserve and w.state != "finished":
+                    w.reserve = False
+                    if w.state == "spare":
+                        w.state = "idle"
+                    return True
+        return False
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Block until every started worker has said it is ready."""
@@ -412,22 +416,38 @@ class WorkerPool:
                         _ready(w, frames[0])
 
     def state(self) -> list[dict[str, Any]]:
-        """Each worker: its pid, state (starting, idle, busy, finished) and task id."""
+        """Each worker: its pid, state (starting, idle, busy, spare, finished) and task id."""
+        import selectors
+
+        for w in list(self.workers):
+            if w.state != "starting":
+                continue
+            with selectors.DefaultSelector() as sel:
+                sel.register(w.sock, selectors.EVENT_READ)
+                if sel.select(0):
+                    frames = w.read_frames()
+                    if frames:
+                        _ready(w, frames[0])
         return [
             {"worker_id": w.pid, "state": w.state, "task": w.task.id if w.task else None}
             for w in self.workers
         ]
 
-    def shutdown(self, grace: float = 1.0) -> None:
-        """End every worker: it finishes its current task within ``grace`` seconds or is
-        killed."""
+    def shutdown(self) -> None:
+        """End every worker (and anything its task started) at once. A worker holds no
+        state between tasks, so ending an idle one loses nothing."""
         with self._lock:
             workers, self.workers = self.workers, []
         for w in workers:
-            if w.state in ("starting", "busy"):
+            w.kill()
+
+    def __del__(self) -> None:
+        # A pool dropped without shutdown() still takes its processes with it.
+        for w in list(getattr(self, "workers", [])):
+            try:
                 w.kill()
-            else:
-                w.stop(grace)
+            except Exception:
+                pass
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -460,7 +480,11 @@ def _failed_start(w: Worker) -> None:
 def _ready(w: Worker, frame: bytes) -> None:
     if frame != b"ready":
         raise TaskError(f"a queue worker sent {frame[:40]!r} before saying it was ready")
-    w.state = "idle"
+    w.state = "spare" if w.reserve else "idle"
+
+
+# Keys of functions cached in workers: unique in this process, since a worker outlives runs.
+_FUN_KEYS = itertools.count()
 
 
 class _Run:
@@ -496,8 +520,8 @@ class _Run:
         if key is None:
             import cloudpickle
 
-            key = len(self.fun_keys)
-            self.fun_bytes[key] = cloudpickle.dumps(fun, protocol=5)
+            key = next(_FUN_KEYS)
+            self.fun_bytes[key] = cloudpickle.dumps((fun, _cell_sources(fun)), protocol=5)
             self.fun_keys[id(fun)] = key
             self.keep_alive.append(fun)
         return key
@@ -544,9 +568,7 @@ class _Run:
                     )
                     continue
                 index = self.index[id(task)]
-                batch.append(
-                    (index, key, None if key in w.funs else self.fun_bytes[key], args)
-                )
+                batch.append((index, key, None if key in w.funs else self.fun_bytes[key], args))
                 w.funs.add(key)
                 task.state = "assigned"
                 task.assigned = time.time()
@@ -592,10 +614,12 @@ class _Run:
             else:
                 self._done(task, CODE_OK, "done", None)
         elif code == CODE_ERROR:
-            exc, text = _load_error(payload)
-            self._done(task, CODE_ERROR, f"error: {type(exc).__name__}: {exc}", exc)
+            error, _ = _load_error(payload)
+            self._done(task, CODE_ERROR, f"error: {type(error).__name__}: {error}", error)
         else:
-            self._done(task, CODE_PICKLE, str(payload), TaskPickleError(f"task {task.id}: {payload}"))
+            self._done(
+                task, CODE_PICKLE, str(payload), TaskPickleError(f"task {task.id}: {payload}")
+            )
         if not w.ahead:
             w.state = "idle"
             w.task = None
@@ -617,7 +641,7 @@ class _Run:
             self.waiting.appendleft(task)
         w.ahead.clear()
         w.task = None
-        self.pool.refill()
+        self.pool.promote_spare()
 
     def _died(self, w: Worker) -> None:
         if w.state == "starting":
@@ -640,7 +664,7 @@ class _Run:
                 self._result(w, raw)
 
     # -- the loop -----------------------------------------------------------------------
-    def _check_running(self) -> float:
+    def _check_running(self, enforce: bool = True) -> float:
         """Mark running tasks, end overrunning ones; return seconds to the next deadline."""
         now = time.monotonic()
         wake = self.interval
@@ -655,7 +679,7 @@ class _Run:
                 task.state = "running"
                 task.started = time.time() - (now - start)
                 w.task = task
-            if self.timelimit is None or task.state != "running":
+            if self.timelimit is None or task.state != "running" or not enforce:
                 continue
             over = now - start - self.timelimit
             if over >= 0:
@@ -673,14 +697,25 @@ class _Run:
     def loop(self) -> None:
         import selectors
 
+        try:
+            self._loop(selectors)
+        except BaseException:
+            # Interrupted: the states read afterwards say which tasks were running.
+            self._check_running(enforce=False)
+            raise
+
+    def _loop(self, selectors: Any) -> None:
         self.pool.refill()
         with selectors.DefaultSelector() as sel:
             watched: dict[Worker, Any] = {}
             while self.left > 0:
                 if self.stop.is_set():
                     raise _Stopped
-                self.dispatch()
+                # Overruns first: a spare that replaces an ended worker gets work at once.
                 wake = self._check_running()
+                self.dispatch()
+                # Replacements and the spare start after the tasks are out, not before.
+                self.pool.refill(reserve=self.timelimit is not None)
                 self.on_progress(self)
                 live = [w for w in self.pool.workers if w.state != "finished"]
                 for w in [w for w in watched if w not in live]:
@@ -702,6 +737,20 @@ class _Run:
 
 class _Stopped(Exception):
     """The queue was cancelled while it ran."""
+
+
+def _cell_sources(fun: Any) -> tuple[str, Any] | None:
+    """Where a function typed into a notebook cell came from, and the cell's lines: they
+    exist only in this process's linecache, and cloudpickle renames the file of the code it
+    sends, so the worker needs both to show the code in a traceback."""
+    import linecache
+
+    code = getattr(fun, "__code__", None)
+    filename = getattr(code, "co_filename", None)
+    entry = linecache.cache.get(filename) if filename else None
+    if entry is None or os.path.exists(str(filename)):
+        return None
+    return (str(filename), entry)
 
 
 def _seconds(value: float) -> str:
@@ -885,9 +934,7 @@ class Queue:
                 f"timelimit must be a positive number of seconds or None, got {timelimit!r}"
             )
         if message not in ("none", "minimal", "verbose"):
-            raise JobSpecError(
-                f"message must be 'none', 'minimal' or 'verbose', got {message!r}"
-            )
+            raise JobSpecError(f"message must be 'none', 'minimal' or 'verbose', got {message!r}")
         if not isinstance(interval, (int, float)) or not interval > 0:
             raise JobSpecError(f"interval must be a positive number of seconds, got {interval!r}")
 
@@ -978,17 +1025,25 @@ class _Messages:
         line = f"{task.id}: {task.message} ({runtime:.3g} s, worker {task.worker_id})"
         if self.row is not None:
             self.row.add_output(line + "\n", error=task.code != CODE_OK)
-        if self.blocking and self.row is None:
-            print(("\r" if self.terminal else "") + line + " " * 20, file=sys.stderr, flush=True)
+        if not self.blocking:
+            return
+        if self.terminal:
+            print("\r" + line + " " * 20, file=sys.stderr, flush=True)
+        else:
+            # run() holds the notebook's own thread: printing here lands under its cell.
+            print(line, flush=True)
 
     def close(self, interrupted: bool = False) -> None:
         elapsed = time.monotonic() - self.t0
         failed = sum(1 for t in self.queue._tasks if t.state == "done" and t.code != CODE_OK)
-        summary = f"Queue {'stopped' if interrupted else 'complete'}: {self.done} of {self.total} tasks done"
-        summary += f" in {elapsed:.2f} s" + (f", {failed} failed" if failed else "")
+        word = "stopped" if interrupted else "complete"
+        summary = f"Queue {word}: {self.done} of {self.total} tasks done in {elapsed:.2f} s"
+        summary += f", {failed} failed" if failed else ""
         if self.row is not None:
             self.row.set_progress(self.done)
             self.row.set_status(summary)
-            self.row.set_state("cancelled" if interrupted else ("failed" if failed else "succeeded"))
+            self.row.set_state(
+                "cancelled" if interrupted else ("failed" if failed else "succeeded")
+            )
         elif self.terminal:
             print("\r" + summary + " " * 20, file=sys.stderr, flush=True)

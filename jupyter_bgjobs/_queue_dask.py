@@ -96,7 +96,9 @@ def _call(fun: Any, args: Any, kwargs: Any, timelimit: float | None) -> dict[str
         record["code"] = 0
     except Exception as exc:
         record["code"] = 2
-        record["payload"] = f"the result ({type(box.get('value')).__name__}) cannot be pickled: {exc}"
+        record["payload"] = (
+            f"the result ({type(box.get('value')).__name__}) cannot be pickled: {exc}"
+        )
     return record
 
 
@@ -107,12 +109,10 @@ class DaskBackend:
         self.client = client
 
     def run(self, tasks: list[Any], timelimit: float | None, display: Any, stop: Any) -> None:
-        import pickle
-
         import cloudpickle
         from distributed import wait
 
-        from ._queue import CODE_PICKLE, CODE_TIMEOUT, _load_error, _Stopped
+        from ._queue import CODE_PICKLE, _Stopped
 
         futures: dict[Any, Any] = {}
         tag = uuid.uuid4().hex[:8]
@@ -146,7 +146,9 @@ class DaskBackend:
                     raise _Stopped
                 display.progress(None)
                 try:
-                    done, _ = wait(list(pending), timeout=0.1, return_when="FIRST_COMPLETED")
+                    done, _ = wait(  # type: ignore[no-untyped-call]
+                        list(pending), timeout=0.1, return_when="FIRST_COMPLETED"
+                    )
                 except TimeoutError:
                     continue
                 for future in done:
@@ -166,6 +168,9 @@ class DaskBackend:
 
         try:
             record = future.result()
+            # Let the cluster forget it now: a worker restarted for an overrun would
+            # otherwise recompute every finished result it still held.
+            future.release()
         except Exception as exc:  # the worker died under the task (KilledWorker), or similar
             task._finish(
                 255,
@@ -189,8 +194,8 @@ class DaskBackend:
                     TaskPickleError(f"task {task.id}: the result cannot be loaded here: {exc}"),
                 )
         elif code == CODE_ERROR:
-            exc, _ = _load_error(record["payload"])
-            task._finish(CODE_ERROR, f"error: {type(exc).__name__}: {exc}", exc)
+            error, _ = _load_error(record["payload"])
+            task._finish(CODE_ERROR, f"error: {type(error).__name__}: {error}", error)
         elif code == CODE_TIMEOUT:
             limit = f"{task.finished - task.started:.3g} s"
             task._finish(
@@ -203,6 +208,8 @@ class DaskBackend:
                 self.client.restart_workers([record["address"]])
         else:
             task._finish(
-                CODE_PICKLE, str(record["payload"]), TaskPickleError(f"task {task.id}: {record['payload']}")
+                CODE_PICKLE,
+                str(record["payload"]),
+                TaskPickleError(f"task {task.id}: {record['payload']}"),
             )
         display.finished(task)

@@ -16,6 +16,7 @@ monotonic clock, so the parent sees starts and overruns without a message per ta
 from __future__ import annotations
 
 import io
+import linecache
 import os
 import pickle
 import socket
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from typing import Any
 
 SLOT = struct.Struct("<qd")
@@ -48,13 +50,29 @@ class _Capture(io.StringIO):
         return False
 
 
+def _refile(fun: Any, filename: str, entry: Any) -> None:
+    """Give a notebook function back its cell's name and lines, for tracebacks."""
+
+    def refile(code: types.CodeType) -> types.CodeType:
+        consts = tuple(refile(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename=filename, co_consts=consts)
+
+    try:
+        fun.__code__ = refile(fun.__code__)
+        linecache.cache[filename] = entry
+    except (AttributeError, TypeError, ValueError):
+        pass
+
+
 def _run_one(fun: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, Any]:
     import cloudpickle
 
     try:
         value = fun(*args, **kwargs)
     except BaseException as exc:  # the task's exception is its result
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        # From the task's own frame down: this module's frame is no part of the story.
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
         try:
             payload = cloudpickle.dumps((exc, text), protocol=5)
         except Exception:
@@ -125,7 +143,9 @@ def main() -> None:
             sys.stdout, sys.stderr = out, err
             try:
                 if fun_bytes is not None:
-                    funs[key] = pickle.loads(fun_bytes)
+                    funs[key], source = pickle.loads(fun_bytes)
+                    if source is not None:
+                        _refile(funs[key], *source)
                 args, kwargs = pickle.loads(args_bytes)
                 code, payload = _run_one(funs[key], args, kwargs)
             except BaseException as exc:  # arguments that do not unpickle here

@@ -107,6 +107,17 @@ class Kernel:
         }
         self.kc.shell_channel.send(self.kc.session.msg("comm_msg", content))
 
+    def row_text(self, ids: dict[str, str]) -> str:
+        """Every HTML text of a row's header, as the browser shows them side by side."""
+        header = next(
+            s
+            for s in self.models.values()
+            if s.get("_model_name") == "HBoxModel"
+            and f"IPY_MODEL_{ids['title']}" in s.get("children", [])
+        )
+        parts = [self.models[c.removeprefix("IPY_MODEL_")] for c in header["children"]]
+        return " ".join(p.get("value", "") for p in parts if p.get("_model_name") == "HTMLModel")
+
     def shown(self, comm_id: str) -> bool:
         """Whether a widget is visible: its Layout model's ``display`` is not ``none``."""
         layout = self.models[comm_id]["layout"].removeprefix("IPY_MODEL_")
@@ -220,3 +231,21 @@ def test_a_flood_of_output_stays_bounded_and_the_full_log_opens(kernel: Kernel) 
     text = view_text()
     assert "line 0\n" in text and "line 49999\n" in text
     assert text.split("\n", 1)[0].endswith("bytes]")
+
+
+def test_a_started_queue_is_one_row_with_done_over_total(kernel: Kernel) -> None:
+    kernel.run(
+        "from jupyter_bgjobs import Queue\n"
+        "q = Queue(workers=2)\n"
+        "for i in range(40):\n    q.add(abs, args=(-i,))\n"
+        "q.start()\n"
+        "None"
+    )
+    kernel.until(lambda: any(s.get("value") == "<b>queue</b>" for s in kernel.models.values()))
+    ids = kernel.row_models("queue")
+    bar = kernel.models[ids["bar"]]
+    # The status text is the last field of a row's refresh.
+    kernel.until(lambda: "Queue complete: 40 of 40 tasks done" in kernel.row_text(ids))
+    assert (bar["value"], bar["max"], bar["bar_style"]) == (40, 40, "success")
+    assert "40/40" in kernel.row_text(ids)
+    assert kernel.run("print(q.wait()['result'].sum())").strip() == str(sum(range(40)))
