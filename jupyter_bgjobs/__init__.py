@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._calls import BgCall, bg, bg_call, bg_calls
 from ._config import configure
 from ._errors import (
     BgJobError,
@@ -26,6 +27,7 @@ from ._errors import (
 from ._jobs import Job, WaitTimeout, get_job, jobs, run_cell, run_script
 from ._progress import add_job, set_progress, set_status
 from ._queue import Queue, Task, TaskList, WorkerPool
+from ._store import prune
 
 __version__ = "0.1.0"
 
@@ -81,6 +83,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BgCall",
     "BgJobError",
     "Job",
     "JobCancelledError",
@@ -100,11 +103,15 @@ __all__ = [
     "WorkerDiedError",
     "WorkerPool",
     "add_job",
+    "bg",
+    "bg_call",
+    "bg_calls",
     "configure",
     "get_job",
     "jobs",
     "load_ipython_extension",
     "panel",
+    "prune",
     "run_cell",
     "run_script",
     "set_progress",

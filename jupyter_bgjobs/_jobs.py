@@ -837,9 +837,9 @@ def _remove(path: str) -> None:
         pass
 
 
-def _death_reason(code: int | None) -> str:
+def _death_reason(code: int | None, what: str = "its kernel") -> str:
     if code is None:
-        return "its kernel process ended"
+        return f"{what} process ended"
     if code < 0:
         import signal
 
@@ -847,8 +847,8 @@ def _death_reason(code: int | None) -> str:
             sig = signal.Signals(-code).name
         except ValueError:
             sig = f"signal {-code}"
-        return f"its kernel was killed by {sig} (exit code {code})"
-    return f"its kernel exited with code {code}"
+        return f"{what} was killed by {sig} (exit code {code})"
+    return f"{what} exited with code {code}"
 
 
 def _transformed(code: str) -> str:
@@ -969,13 +969,16 @@ def run_cell(
     results: str = "globals",
     on_conflict: str = "keep",
     workdir: str | None = None,
-) -> Job:
+    detach: bool = False,
+) -> Any:
     """Run ``code`` (IPython syntax allowed) as a background job and return the Job at once.
 
     ``env``: ``auto`` ships the notebook names the code reads, ``all`` the whole namespace,
     ``none`` nothing, or ``"a,b,c"`` exactly those. ``results``: ``globals`` merges the names
     the job created or rebound into the notebook, ``object`` puts them in ``<name>_results``,
-    ``none`` keeps them only in ``job.results``.
+    ``none`` keeps them only in ``job.results``. ``detach=True`` runs it apart from this
+    process: it outlives this kernel, and its results wait in the store for
+    ``%bgjob_attach`` (a DetachedJob is returned).
     """
     from ._merge import target_namespace
 
@@ -990,6 +993,10 @@ def run_cell(
         on_conflict=on_conflict,
         workdir=workdir,
     )
+    if detach:
+        from ._detached import start
+
+        return start(spec, target_namespace())
     return manager.submit(spec, target_namespace())
 
 
@@ -1003,13 +1010,14 @@ def run_script(
     *,
     kernel: str | None = None,
     timeout: float | None = None,
-) -> Job:
+    detach: bool = False,
+) -> Any:
     """Run a script as a background job (rstudioapi's jobRunScript) and return the Job.
 
     ``workdir`` defaults to the script's folder. ``import_env=True`` ships the notebook's
     whole namespace. ``export_env``: ``""`` keeps results in ``job.results`` only,
     ``"globals"`` merges them into the notebook, any other name makes a namespace of that
-    name.
+    name. ``detach=True`` runs it apart from this process (see ``run_cell``).
     """
     from ._merge import target_namespace
 
@@ -1039,6 +1047,10 @@ def run_script(
     )
     if results == "object" and export_env:
         spec.results_name = export_env
+    if detach:
+        from ._detached import start
+
+        return start(spec, target_namespace())
     return manager.submit(spec, target_namespace())
 
 
@@ -1047,9 +1059,21 @@ def _script_name(script: Path) -> str:
     return stem if stem.isidentifier() else f"script_{stem}"
 
 
-def get_job(name_or_id: str) -> Job:
-    """The job with this id, or the latest job with this name."""
-    return manager.get(name_or_id)
+def get_job(name_or_id: str) -> Any:
+    """The job with this id, or the latest job with this name: one of this process, else
+    a detached one from the store (started here before a restart, or elsewhere)."""
+    try:
+        return manager.get(name_or_id)
+    except JobSpecError:
+        from ._detached import find
+
+        found = find(name_or_id)
+        if found is None:
+            raise JobSpecError(
+                f"no job named {name_or_id!r}, here or among the detached ones; "
+                "jupyter_bgjobs.jobs() and %bgjobs list the jobs there are"
+            ) from None
+        return found
 
 
 def jobs() -> list[Job]:

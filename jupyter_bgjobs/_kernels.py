@@ -41,6 +41,21 @@ class KernelStartError(BgJobError):
     """A kernel could not be started; the message says which and why."""
 
 
+def _ipc_prefix() -> str:
+    """A private, short path prefix for one kernel's sockets (a Unix socket path is
+    limited to about 100 bytes, so not under the data directory)."""
+    import uuid
+
+    base = Path(tempfile.gettempdir()) / f"jupyter-bgjobs-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    st = base.lstat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not base.is_dir() or base.is_symlink():
+        raise KernelStartError(
+            f"{base} is not a private folder of this user; remove it and try again"
+        )
+    return str(base / f"k{uuid.uuid4().hex[:8]}")
+
+
 class LocalKernel:
     """One ipykernel process started through jupyter_client, with the runner loaded."""
 
@@ -55,7 +70,9 @@ class LocalKernel:
         from jupyter_client import KernelManager
         from jupyter_client.kernelspec import NoSuchKernel
 
-        km = KernelManager(kernel_name=self.kernel_name)
+        # Unix sockets, not TCP ports: jupyter_client picks free ports and the kernel binds
+        # them later, a race that kills kernels at start when many start at once.
+        km = KernelManager(kernel_name=self.kernel_name, transport="ipc", ip=_ipc_prefix())
         self.km = km
         # The kernel process's own stderr (faulthandler's report of a segfault, a failed
         # import at start) goes to a file, so a dead kernel can say why it died.
@@ -215,6 +232,13 @@ class LocalKernel:
         except Exception:
             self.kill()
         finally:
+            ip = getattr(km, "ip", "")
+            if getattr(km, "transport", "") == "ipc" and ip:
+                for sock in Path(ip).parent.glob(Path(ip).name + "-*"):
+                    try:
+                        sock.unlink()
+                    except OSError:
+                        pass
             stderr_path = getattr(self, "stderr_path", None)
             if stderr_path:
                 try:

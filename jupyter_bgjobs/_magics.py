@@ -69,6 +69,11 @@ class BgJobMagics(Magics):
         help="keep or overwrite a name the notebook changed while the job ran",
     )
     @argument("--notify", action="store_true", help="a browser notification when it ends")
+    @argument(
+        "--detach",
+        action="store_true",
+        help="run apart from this kernel: the job outlives it; %%bgjob_attach NAME merges",
+    )
     @cell_magic
     def bgjob(self, line: str, cell: str) -> None:
         """Run the cell in a separate kernel; its results come back when it ends."""
@@ -83,9 +88,13 @@ class BgJobMagics(Magics):
                 results=args.results,
                 on_conflict=args.on_conflict,
                 workdir=args.workdir,
+                detach=args.detach,
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
+        if args.detach:
+            _announce_detached(job)
+            return
         _show(job, notify=args.notify)
 
     @magic_arguments()
@@ -102,6 +111,7 @@ class BgJobMagics(Magics):
         "--results", default="object", help="object (<name>_results, the default), globals or none"
     )
     @argument("--encoding", default="utf-8", help="the script's encoding")
+    @argument("--detach", action="store_true", help="run apart from this kernel")
     @line_magic
     def bgjob_script(self, line: str) -> None:
         """Run a script as a background job, like RStudio's "Source as Background Job"."""
@@ -119,12 +129,35 @@ class BgJobMagics(Magics):
                 export_env=export,
                 kernel=args.kernel,
                 timeout=args.timeout,
+                detach=args.detach,
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
+        if args.detach:
+            _announce_detached(job)
+            return
         if args.results == "object":
             job.spec.results = "object"
         _show(job)
+
+    @magic_arguments()
+    @argument("name", help="the detached job's name or id")
+    @argument(
+        "--results",
+        default="globals",
+        choices=["globals", "object"],
+        help="globals (the default) or object (<name>_results)",
+    )
+    @line_magic
+    def bgjob_attach(self, line: str) -> None:
+        """Merge a detached job's saved results into the notebook, after a restart too."""
+        args = _parse(self.bgjob_attach, line)
+        from ._detached import attach
+
+        try:
+            print(attach(args.name, args.results, self.shell.user_ns if self.shell else None))
+        except BgJobError as exc:
+            raise UsageError(str(exc)) from None
 
     @magic_arguments()
     @argument("--sidebar", action="store_true", help="open the panel in JupyterLab's side area")
@@ -133,10 +166,17 @@ class BgJobMagics(Magics):
         """The Jobs panel: every job with its state, progress, section, elapsed time, Stop,
         and its output. A plain-text table where there are no widgets."""
         args = _parse(self.bgjobs, line)
+        from . import _detached, _store
+
+        detached = bool(_store.entries())
         if not _display.live_frontend():
             rows = manager.jobs()
             print(jobs_table(rows) if rows else "no jobs")
+            if detached:
+                print("\ndetached (they outlive this kernel):\n" + _detached.table())
             return
+        if detached:
+            print("detached (they outlive this kernel):\n" + _detached.table())
         from IPython.display import display
 
         from ._panel import panel
@@ -153,6 +193,13 @@ class BgJobMagics(Magics):
                 display(widget)
             return
         display(widget)
+
+
+def _announce_detached(job: Any) -> None:
+    print(
+        f"{job.name}: detached job started (id {job.id}); it outlives this kernel. "
+        f"%bgjobs shows it; %bgjob_attach {job.name} merges its results once it has ended."
+    )
 
 
 def jobs_table(rows: list[Job]) -> str:

@@ -747,10 +747,12 @@ def _cell_sources(fun: Any) -> tuple[str, Any] | None:
 
     code = getattr(fun, "__code__", None)
     filename = getattr(code, "co_filename", None)
-    entry = linecache.cache.get(filename) if filename else None
-    if entry is None or os.path.exists(str(filename)):
+    if not filename:
         return None
-    return (str(filename), entry)
+    if os.path.exists(filename):
+        return (str(filename), None)  # the other process reads the file itself
+    entry = linecache.cache.get(filename)
+    return None if entry is None else (str(filename), entry)
 
 
 def _seconds(value: float) -> str:

@@ -59,7 +59,8 @@ def _refile(fun: Any, filename: str, entry: Any) -> None:
 
     try:
         fun.__code__ = refile(fun.__code__)
-        linecache.cache[filename] = entry
+        if entry is not None:
+            linecache.cache[filename] = entry
     except (AttributeError, TypeError, ValueError):
         pass
 

@@ -5,6 +5,7 @@ import jupyter_bgjobs
 
 def test_all_is_locked() -> None:
     assert sorted(jupyter_bgjobs.__all__) == [
+        "BgCall",
         "BgJobError",
         "Job",
         "JobCancelledError",
@@ -24,11 +25,15 @@ def test_all_is_locked() -> None:
         "WorkerDiedError",
         "WorkerPool",
         "add_job",
+        "bg",
+        "bg_call",
+        "bg_calls",
         "configure",
         "get_job",
         "jobs",
         "load_ipython_extension",
         "panel",
+        "prune",
         "run_cell",
         "run_script",
         "set_progress",

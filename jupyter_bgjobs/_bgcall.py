@@ -1,0 +1,152 @@
+"""The process side of ``bg()``: run one pickled call, or supervise one that is detached.
+
+Started as a script, not as ``-m jupyter_bgjobs...``, so a call starts without importing
+the package and IPython:
+
+- ``python _bgcall.py run FOLDER PARENT`` loads ``FOLDER/call.pkl``, calls it and writes
+  ``FOLDER/result.pkl``; its stdout and stderr are files in FOLDER, so it never blocks on a
+  full pipe. With PARENT > 0 it ends itself when that process is gone.
+- ``python _bgcall.py supervise FOLDER TIMEOUT`` (a detached call, in its own session) runs
+  the call as a child, enforces the timeout, and records how the child ended in
+  ``FOLDER/status.json``, which nobody else can do once the caller is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import types
+from typing import Any
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _refile(fun: Any, source: Any) -> None:
+    """Give a notebook function back its cell's name and lines, for tracebacks."""
+    if source is None:
+        return
+    import linecache
+
+    filename, entry = source
+
+    def refile(code: types.CodeType) -> types.CodeType:
+        consts = tuple(refile(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename=filename, co_consts=consts)
+
+    try:
+        fun.__code__ = refile(fun.__code__)
+        if entry is not None:
+            linecache.cache[filename] = entry
+    except (AttributeError, TypeError, ValueError):
+        pass
+
+
+def run(folder: str, parent: int) -> None:
+    if parent > 0:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    import cloudpickle
+
+    with open(os.path.join(folder, "call.pkl"), "rb") as fh:
+        call = pickle.load(fh)
+    fun, args, kwargs, source = call["fun"], call["args"], call["kwargs"], call.get("source")
+    for entry in reversed(call.get("sys_path", [])):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    _refile(fun, source)
+    started = time.time()
+    try:
+        value = fun(*args, **kwargs)
+    except BaseException as exc:  # the call's exception is its result
+        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        try:
+            payload = cloudpickle.dumps(("error", exc, text), protocol=5)
+        except Exception:
+            payload = pickle.dumps(("error", None, text), protocol=5)
+    else:
+        try:
+            payload = cloudpickle.dumps(("ok", value, ""), protocol=5)
+        except Exception as exc:
+            what = f"the result ({type(value).__name__}) cannot be pickled: {exc}"
+            payload = pickle.dumps(("unpicklable", None, what), protocol=5)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _write_atomic(os.path.join(folder, "result.pkl"), payload)
+    _write_atomic(
+        os.path.join(folder, "times.json"),
+        json.dumps({"started": started, "finished": time.time()}).encode(),
+    )
+
+
+def supervise(folder: str, timeout: float) -> None:
+    out = open(os.path.join(folder, "stdout"), "ab")
+    err = open(os.path.join(folder, "stderr"), "ab")
+    child = subprocess.Popen(
+        [sys.executable, __file__, "run", folder, "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=err,
+        start_new_session=True,
+        cwd=os.getcwd(),
+    )
+    _write_atomic(
+        os.path.join(folder, "pid.json"),
+        json.dumps({"pid": child.pid, "supervisor": os.getpid()}).encode(),
+    )
+    ended_by = ""
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal ended_by
+        if signum == signal.SIGTERM:
+            ended_by = "cancelled"
+            _kill(child.pid, signal.SIGKILL)
+        else:
+            ended_by = "interrupted"
+            _kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        code = child.wait(timeout if timeout > 0 else None)
+    except subprocess.TimeoutExpired:
+        ended_by = "timed_out"
+        _kill(child.pid, signal.SIGKILL)
+        code = child.wait()
+    status = {"returncode": code, "ended_by": ended_by, "ended": time.time()}
+    _write_atomic(os.path.join(folder, "status.json"), json.dumps(status).encode())
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+if __name__ == "__main__":
+    mode, where = sys.argv[1], sys.argv[2]
+    if mode == "run":
+        run(where, int(sys.argv[3]))
+    else:
+        supervise(where, float(sys.argv[3]))

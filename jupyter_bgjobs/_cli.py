@@ -1,0 +1,173 @@
+"""``bgjobs``: the store of detached jobs and calls, from a terminal.
+
+bgjobs list
+bgjobs logs NAME [-f]
+bgjobs cancel NAME
+bgjobs run SCRIPT.py [--name N] [--timeout S] [--kernel K]
+bgjobs results NAME
+bgjobs prune [--older-than 7d]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import _detached, _store
+from ._errors import BgJobError
+
+
+def _entry(name: str) -> tuple[Path, dict[str, Any]]:
+    folder = _store.find(name)
+    if folder is None:
+        raise BgJobError(f"no detached job or call named {name!r}; `bgjobs list` shows them")
+    return folder, _store.read_json(folder / "spec.json") or {}
+
+
+def _handle(folder: Path, spec: dict[str, Any]) -> Any:
+    if spec.get("kind") == "call":
+        from ._calls import BgCall
+
+        return BgCall(folder, spec.get("name", folder.name), detached=True)
+    return _detached.DetachedJob(folder)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print(_detached.table())
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    folder, spec = _entry(args.name)
+    handle = _handle(folder, spec)
+    paths = (
+        [folder / "stdout", folder / "stderr"]
+        if spec.get("kind") == "call"
+        else [None]  # a job's log path is known once its host has started
+    )
+    offsets: dict[Path, int] = {}
+    while True:
+        if spec.get("kind") != "call":
+            paths = [handle.log_path] if handle.log_path is not None else []
+        for path in paths:
+            if path is None or not path.exists():
+                continue
+            with open(path, "rb") as fh:
+                fh.seek(offsets.get(path, 0))
+                data = fh.read()
+            offsets[path] = offsets.get(path, 0) + len(data)
+            sys.stdout.write(data.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+        if not args.follow or handle.state in _store.DONE_STATES:
+            return 0
+        time.sleep(0.2)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    folder, spec = _entry(args.name)
+    handle = _handle(folder, spec)
+    if handle.state in _store.DONE_STATES:
+        print(f"{args.name} has already ended: {handle.state}")
+        return 1
+    if spec.get("kind") == "call":
+        handle.kill()
+    else:
+        handle.cancel()
+    print(f"{args.name}: cancel requested")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ._jobs import run_script
+
+    job = run_script(
+        args.script,
+        name=args.name,
+        timeout=args.timeout,
+        kernel=args.kernel,
+        detach=True,
+    )
+    print(f"{job.name}: detached job started (id {job.id}); `bgjobs logs {job.name} -f`")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    folder, spec = _entry(args.name)
+    handle = _handle(folder, spec)
+    print(f"{handle.name} ({spec.get('id')}): {handle.state}")
+    if spec.get("kind") == "call":
+        if handle.state == "succeeded":
+            print(f"  result: {_short(handle.result())}")
+        else:
+            print(f"  {handle.reason}")
+        return 0
+    info = _store.read_json(folder / "results.json")
+    if info is None:
+        print("  no results saved yet" if not handle.done else "  no results were saved")
+        return 0
+    values = vars(handle.results) if handle.results is not None else {}
+    for name in info.get("names", []):
+        value = values.get(name)
+        print(f"  {name}: {type(value).__name__} = {_short(value)}")
+    for miss in info.get("not_saved", []):
+        print(f"  {miss['name']}: not saved ({miss['type']}: {miss['reason']})")
+    if handle.error:
+        print(f"  the job raised {handle.error.ename}: {handle.error.evalue}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    report = _store.prune(args.older_than)
+    print(
+        f"removed {len(report['removed'])} finished job(s), freed "
+        f"{report['bytes'] / 2**20:.1f} MiB"
+        + (": " + ", ".join(report["removed"]) if report["removed"] else "")
+    )
+    return 0
+
+
+def _short(value: Any, limit: int = 70) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bgjobs`` command."""
+    parser = argparse.ArgumentParser(prog="bgjobs", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="detached jobs and calls with their live state")
+    p = sub.add_parser("logs", help="a job's output log")
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true", help="follow until it ends")
+    p = sub.add_parser("cancel", help="cancel a running detached job or call")
+    p.add_argument("name")
+    p = sub.add_parser("run", help="run a script as a detached job")
+    p.add_argument("script")
+    p.add_argument("--name", default=None)
+    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--kernel", default=None)
+    p = sub.add_parser("results", help="what a job saved")
+    p.add_argument("name")
+    p = sub.add_parser("prune", help="remove finished jobs older than --older-than")
+    p.add_argument("--older-than", default="7d", help="seconds or 30m, 12h, 7d (default 7d)")
+    args = parser.parse_args(argv)
+    commands = {
+        "list": cmd_list,
+        "logs": cmd_logs,
+        "cancel": cmd_cancel,
+        "run": cmd_run,
+        "results": cmd_results,
+        "prune": cmd_prune,
+    }
+    try:
+        return commands[args.command](args)
+    except BgJobError as exc:
+        print(f"bgjobs: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Detached jobs: started from a notebook, run by a host process of their own, read back
+from the store by any notebook or terminal, before or after a kernel restart."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import _store
+from ._errors import JobSpecError, JobStateError
+from ._jobs import FINAL_STATES as DONE_STATES
+from ._jobs import ErrorInfo, JobSpec, WaitTimeout
+
+
+class DetachedJob:
+    """A job whose host runs apart from this process; its record is in the store.
+
+    It reads like a Job: ``name``, ``id``, ``state``, ``progress``, ``section``,
+    ``output``, ``log_path``, ``error``, ``results`` (loaded from the store once it has
+    ended), ``wait()``, ``cancel()``.
+    """
+
+    detached = True
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        spec = _store.read_json(folder / "spec.json") or {}
+        self.id: str = spec.get("id", folder.name)
+        self.name: str = spec.get("name", self.id)
+        self.kind: str = spec.get("job_kind", "cell")
+        self.submitted = spec.get("submitted", "")
+        self._results: types.SimpleNamespace | None = None
+        self._merged = False
+
+    def _record(self) -> dict[str, Any]:
+        return _store.read_json(self.folder / "state.json") or {}
+
+    @property
+    def state(self) -> str:
+        """The job's state; ``died`` when its host ended without finishing it."""
+        record = self._record()
+        state = str(record.get("state", "pending"))
+        if state in DONE_STATES:
+            return state
+        host = record.get("host_pid") or (_store.read_json(self.folder / "host.json") or {}).get(
+            "pid"
+        )
+        if host and not _store.pid_alive(host):
+            return "died"
+        return state
+
+    @property
+    def done(self) -> bool:
+        return self.state in DONE_STATES
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        done, total = self._record().get("progress", [0, 0])
+        return int(done), int(total)
+
+    @property
+    def section(self) -> str:
+        return str(self._record().get("section", ""))
+
+    @property
+    def status(self) -> str:
+        return str(self._record().get("status", ""))
+
+    @property
+    def elapsed(self) -> float:
+        record = self._record()
+        started = record.get("started")
+        if not started:
+            return 0.0
+        if record.get("finished"):
+            return float(record.get("elapsed", 0.0))
+        return time.time() - dt.datetime.fromisoformat(started).timestamp()
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        err = self._record().get("error")
+        return ErrorInfo(*err) if err else None
+
+    @property
+    def reason(self) -> str:
+        if self.state == "died" and self._record().get("state") not in DONE_STATES:
+            return "its host process ended before the job did"
+        return str(self._record().get("reason", ""))
+
+    @property
+    def log_path(self) -> Path | None:
+        path = self._record().get("log_path")
+        return Path(path) if path else None
+
+    @property
+    def output(self) -> str:
+        """The last 64 KiB of the job's output log."""
+        path = self.log_path
+        if path is None or not path.exists():
+            return ""
+        with open(path, "rb") as fh:
+            size = path.stat().st_size
+            fh.seek(max(0, size - 65536))
+            return fh.read().decode("utf-8", errors="replace")
+
+    @property
+    def results(self) -> types.SimpleNamespace | None:
+        """The names the job created or rebound, loaded from the store once it has ended."""
+        if self._results is None and (self.folder / "results.pkl").exists():
+            import cloudpickle
+
+            with open(self.folder / "results.pkl", "rb") as fh:
+                self._results = types.SimpleNamespace(**cloudpickle.load(fh))
+        return self._results
+
+    @property
+    def report(self) -> str:
+        info = _store.read_json(self.folder / "results.json") or {}
+        names = ", ".join(info.get("names", [])) or "no names"
+        missing = info.get("not_saved") or []
+        text = f"{self.name}: {self.state}; saved {names}"
+        if missing:
+            text += "; not saved: " + ", ".join(
+                f"{m['name']} ({m['type']}: {m['reason']})" for m in missing
+            )
+        return text
+
+    def wait(self, timeout: float | None = None) -> DetachedJob:
+        """Block until the job ends (polling its record); returns the job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {self.name!r} is still {self.state} after {timeout} s")
+            time.sleep(0.1)
+        return self
+
+    def cancel(self) -> bool:
+        """Ask the job's host to cancel it; returns False when it has already ended."""
+        if self.done:
+            return False
+        host = self._record().get("host_pid") or (
+            _store.read_json(self.folder / "host.json") or {}
+        ).get("pid")
+        if not host:
+            return False
+        try:
+            os.kill(host, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def add_done_callback(self, fn: Callable[[DetachedJob], Any]) -> None:
+        """Call ``fn(job)`` from a helper thread once the job has ended."""
+
+        def watch() -> None:
+            self.wait()
+            fn(self)
+
+        threading.Thread(target=watch, name=f"bgjob-watch-{self.name}", daemon=True).start()
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        return f"<DetachedJob {self.name} ({self.id}) {self.state} {done}/{total}>"
+
+
+def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
+    """Write the job into the store and start its host, in a session of its own."""
+    import cloudpickle
+
+    from ._snapshot import select_names
+
+    job_id = uuid.uuid4().hex[:8]
+    folder = _store.store_root() / job_id
+    folder.mkdir(mode=0o700)
+    skipped: list[dict[str, str]] = []
+    if ns is not None and spec.env != "none":
+        names = select_names(ns, spec.env, spec.code)
+        seed: dict[str, Any] = {}
+        for name in names:
+            try:
+                cloudpickle.dumps(ns[name])
+            except Exception as exc:
+                skipped.append({"name": name, "type": type(ns[name]).__name__, "reason": str(exc)})
+                continue
+            seed[name] = ns[name]
+        if seed:
+            with open(folder / "seed.pkl", "wb") as fh:
+                cloudpickle.dump(seed, fh)
+    _store.write_json(
+        folder / "spec.json",
+        {
+            "kind": "job",
+            "job_kind": spec.kind,
+            "name": spec.name,
+            "id": job_id,
+            "detached": True,
+            "code": spec.code,
+            "kernel": spec.kernel,
+            "timeout": spec.timeout,
+            "workdir": spec.workdir,
+            "script": spec.script_path,
+            "results_name": spec.results_name,
+            "submitted": dt.datetime.now().astimezone().isoformat(),
+            "not_shipped": skipped,
+        },
+    )
+    _store.write_json(folder / "state.json", {"state": "pending", "progress": [0, 0]})
+    with open(folder / "host.log", "wb") as log:
+        host = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_bgjobs._host", str(folder)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=spec.workdir or os.getcwd(),
+        )
+    _store.write_json(folder / "host.json", {"pid": host.pid})
+    _hosts.append(host)
+    return DetachedJob(folder)
+
+
+# Hosts started here are reaped when they end; they are never waited for or killed.
+_hosts: list[subprocess.Popen[bytes]] = []
+
+
+def find(name_or_id: str) -> DetachedJob | None:
+    folder = _store.find(name_or_id)
+    if folder is None:
+        return None
+    spec = _store.read_json(folder / "spec.json") or {}
+    return DetachedJob(folder) if spec.get("kind") == "job" else None
+
+
+def describe(folder: Path) -> dict[str, Any]:
+    """One line's worth of facts about a store entry, job or call."""
+    spec = _store.read_json(folder / "spec.json") or {}
+    info: dict[str, Any] = {
+        "name": spec.get("name", folder.name),
+        "id": spec.get("id", folder.name),
+        "kind": spec.get("kind", "?"),
+        "submitted": spec.get("submitted", ""),
+    }
+    if spec.get("kind") == "call":
+        from ._calls import BgCall
+
+        call = BgCall(folder, info["name"], detached=True)
+        status = _store.read_json(folder / "status.json") or {}
+        info.update(
+            state=call.state,
+            progress="",
+            section="",
+            elapsed=0.0,
+            finished_ts=status.get("ended"),
+            log_path=str(folder / "stdout"),
+        )
+        return info
+    job = DetachedJob(folder)
+    record = job._record()
+    done, total = job.progress
+    info.update(
+        state=job.state,
+        progress=f"{done}/{total}",
+        section=job.section,
+        elapsed=job.elapsed,
+        finished_ts=record.get("finished_ts")
+        or ((folder / "state.json").stat().st_mtime if job.state == "died" else None),
+        log_path=str(job.log_path or ""),
+    )
+    return info
+
+
+def table() -> str:
+    """The store as a plain-text table (``%bgjobs`` and ``bgjobs list``)."""
+    from ._display import _clock
+
+    rows = [describe(f) for f in _store.entries()]
+    if not rows:
+        return "no detached jobs"
+    header = ("name", "id", "kind", "state", "progress", "section", "elapsed")
+    body = [
+        (
+            r["name"],
+            r["id"],
+            r["kind"],
+            r["state"],
+            r["progress"],
+            r["section"],
+            _clock(r["elapsed"]) if r["elapsed"] else "",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *body]
+    )
+
+
+def attach(name_or_id: str, results: str = "globals", ns: dict[str, Any] | None = None) -> str:
+    """Merge a detached job's saved results into ``ns`` (the notebook's globals); returns
+    the one-line report."""
+    from ._merge import target_namespace
+
+    job = find(name_or_id)
+    if job is None:
+        raise JobSpecError(
+            f"no detached job named {name_or_id!r}; `%bgjobs` lists the ones in the store"
+        )
+    if not job.done:
+        raise JobStateError(
+            f"job {job.name!r} is still {job.state} ({job.progress[0]}/{job.progress[1]}); "
+            "attach once it has ended, or job.wait()"
+        )
+    values = vars(job.results) if job.results is not None else {}
+    target = ns if ns is not None else target_namespace()
+    if results == "object":
+        spec = _store.read_json(job.folder / "spec.json") or {}
+        where = spec.get("results_name") or f"{job.name}_results"
+        target[where] = types.SimpleNamespace(**values)
+        text = f"{job.name}: {job.state}; results in {where}: {', '.join(sorted(values)) or 'none'}"
+    elif results == "globals":
+        overwrote = sorted(k for k in values if k in target and target[k] is not values[k])
+        target.update(values)
+        text = f"{job.name}: {job.state}; merged {', '.join(sorted(values)) or 'no names'}"
+        text += " into globals"
+        if overwrote:
+            text += f"; overwrote {', '.join(overwrote)}"
+    else:
+        raise JobSpecError(f"--results must be globals or object, not {results!r}")
+    if job.error:
+        text += f"; the job raised {job.error.ename}: {job.error.evalue}"
+    return text
