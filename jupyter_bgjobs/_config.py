@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ class Settings:
     root: str = ""
     transport: str = "auto"
     notify: bool = False
+    gateway: str = ""
+    # Never shown: not in repr, logs, reports or job folders.
+    gateway_token: str = field(default="", repr=False)
 
     def job_root(self) -> Path:
         """The per-user folder that holds one folder per job (created 0700)."""
@@ -48,7 +51,9 @@ def configure(**changes: Any) -> Settings:
     """Change settings: ``pool_size``, ``max_concurrent``, ``kernel``, ``cancel_grace``,
     ``output_tail``, ``status_interval``, ``root``, ``transport`` (``auto``/``file``: snapshot
     files, in shared memory when there is room; ``stream``: over the kernel protocol),
-    ``notify`` (a browser notification when a job ends).
+    ``notify`` (a browser notification when a job ends), ``gateway`` (a Kernel or
+    Enterprise Gateway URL for every job; default ``$JUPYTER_GATEWAY_URL`` when a job asks
+    for a gateway) and ``gateway_token`` (default ``$JUPYTER_GATEWAY_AUTH_TOKEN``).
     Returns the settings in force."""
     known = {f.name: f.type for f in fields(Settings)}
     for key, value in changes.items():

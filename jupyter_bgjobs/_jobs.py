@@ -77,6 +77,8 @@ class JobSpec:
     script_path: str | None = None
     results_name: str = ""
     env_vars: dict[str, str] = field(default_factory=dict)
+    gateway: str = ""
+    kernel_env: dict[str, str] = field(default_factory=dict)
 
 
 def _now() -> dt.datetime:
@@ -365,7 +367,9 @@ class JobManager:
         job._listeners.extend(self._listeners)
         if ns is not None:
             job._ns_ids = {k: id(v) for k, v in ns.items()}
-        transport = "stream" if settings.transport == "stream" else "file"
+        # A gateway's kernel shares no files with us: everything travels over its protocol.
+        remote = bool(spec.gateway)
+        transport = "stream" if settings.transport == "stream" or remote else "file"
         seed: _snapshot.Snapshot | None = None
         if ns is not None and spec.env != "none":
             names = _snapshot.select_names(ns, spec.env, _transformed(spec.code))
@@ -410,6 +414,8 @@ class JobManager:
                     "timeout": spec.timeout,
                     "workdir": spec.workdir,
                     "script": spec.script_path,
+                    "gateway": spec.gateway,
+                    "kernel_env": spec.kernel_env,
                     "submitted": job.submitted.isoformat(),
                     "shipped": job.shipped,
                 },
@@ -470,17 +476,24 @@ class JobManager:
 
     def _run_in_kernel(self, job: Job, runner_spec: dict[str, Any], log: Any) -> None:
         job._set(_state=STARTING, started=_now(), _t_started=time.monotonic())
-        kernel = self.pool().acquire(job.spec.kernel)
+        try:
+            kernel = self._kernel_for(job)
+        except BgJobError as exc:
+            job._set(reason=str(exc))
+            self._finish(job, FAILED)
+            return
         job._kernel = kernel
         if job._cancel.is_set():
             job._set(reason="cancelled while starting")
             self._finish(job, CANCELLED)
             return
         for seq, chunk in enumerate(job._seed_chunks):
-            # Requests run in order: every chunk is in before the run call starts.
+            # Requests run in order: every chunk is in before the run call starts. The data
+            # rides in the request's metadata; the code stays one short line.
             kernel.execute(
-                f"__import__('_bgjobs_runner').receive({job._token!r}, {seq}, {chunk!r})",
+                f"__import__('_bgjobs_runner').receive({job._token!r}, {seq})",
                 silent=True,
+                metadata={"bgjobs_chunk": chunk},
             )
         job._seed_chunks = []
         call = f"__import__('_bgjobs_runner').run({json.dumps(runner_spec)!r})"
@@ -540,7 +553,8 @@ class JobManager:
                         job._set(exit_code=code)
                         self._finish(job, CANCELLED if stop_reason == "cancel" else TIMED_OUT)
                     else:
-                        reason = _death_reason(code)
+                        remote_reason = getattr(kernel, "death_reason", None)
+                        reason = remote_reason() if remote_reason else _death_reason(code)
                         tail = kernel.stderr_tail(600)
                         if tail:
                             job._add_output(
@@ -584,6 +598,16 @@ class JobManager:
             self._finish(job, CANCELLED)
         else:
             self._finish(job, FAILED)
+
+    def _kernel_for(self, job: Job) -> Any:
+        """A warm local kernel, a new one, or one on the job's gateway."""
+        if not job.spec.gateway:
+            return self.pool().acquire(job.spec.kernel)
+        from ._gateway import GatewayKernel, gateway_settings
+
+        url, token = gateway_settings(job.spec.gateway)
+        name = job.spec.kernel or settings.kernel
+        return GatewayKernel(url, token, name, job.spec.kernel_env).start()
 
     def _drain(self, job: Job, kernel: LocalKernel, msg_id: str, log: Any) -> None:
         """Keep what a dying kernel managed to send before it went."""
@@ -871,6 +895,49 @@ def _at_exit() -> None:
 
 
 # -- the public functions ---------------------------------------------------------------------
+def _check_gateway(gateway: str | None) -> str:
+    from ._config import settings
+
+    url = gateway or settings.gateway
+    if not url:
+        return ""
+    if url in ("env", "default"):
+        url = os.environ.get("JUPYTER_GATEWAY_URL", "")
+        if not url:
+            raise JobSpecError(
+                "--gateway env asks for $JUPYTER_GATEWAY_URL, which is not set; "
+                "pass the gateway's URL instead"
+            )
+    if not url.startswith(("http://", "https://")):
+        raise JobSpecError(
+            f"gateway {url!r} is not an http(s) URL; for example http://gateway.example.org:8888"
+        )
+    return url.rstrip("/")
+
+
+def _check_kernel_env(env: dict[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (env or {}).items():
+        if not key.startswith("KERNEL_") or not key.replace("_", "").isalnum():
+            raise JobSpecError(
+                f"kernel variable {key!r}: gateways pass only KERNEL_* variables to the "
+                "kernels they start (KERNEL_NAMESPACE, KERNEL_CPUS, ...); name it KERNEL_..."
+            )
+        out[key] = str(value)
+    return out
+
+
+def _parse_kernel_env(items: list[str] | None) -> dict[str, str]:
+    """``KEY=VALUE`` strings from the magics' ``--kernel-env``."""
+    env: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise JobSpecError(f"--kernel-env needs KEY=VALUE, got {item!r}")
+        env[key.strip()] = value
+    return env
+
+
 def _check_name(name: str) -> str:
     if not name.isidentifier():
         raise JobSpecError(
@@ -933,12 +1000,20 @@ def make_spec(
     on_conflict: str,
     workdir: str | None,
     script_path: str | None = None,
+    gateway: str | None = None,
+    kernel_env: dict[str, str] | None = None,
 ) -> JobSpec:
     """Check every option and build a spec; raises JobSpecError naming the fix."""
     base = _check_name(name) if name is not None else _default_name()
-    wd = workdir or os.getcwd()
-    if not os.path.isdir(wd):
-        raise JobSpecError(f"working directory {wd!r} does not exist")
+    url = _check_gateway(gateway)
+    env_vars = _check_kernel_env(kernel_env)
+    if url:
+        # The remote kernel's folders are not ours: only an explicit workdir is used there.
+        wd = workdir or ""
+    else:
+        wd = workdir or os.getcwd()
+        if not os.path.isdir(wd):
+            raise JobSpecError(f"working directory {wd!r} does not exist")
     spec = JobSpec(
         code=code,
         name=base,
@@ -948,8 +1023,10 @@ def make_spec(
         env=_check_env(env),
         results=_check_choice("results", results, RESULT_MODES),
         on_conflict=_check_choice("on_conflict", on_conflict, CONFLICT_MODES),
-        workdir=os.path.abspath(wd),
+        workdir=(wd if url else os.path.abspath(wd)),
         script_path=script_path,
+        gateway=url,
+        kernel_env=env_vars,
     )
     unique = manager.unique_name(base)
     if unique != base:
@@ -970,6 +1047,8 @@ def run_cell(
     on_conflict: str = "keep",
     workdir: str | None = None,
     detach: bool = False,
+    gateway: str | None = None,
+    kernel_env: dict[str, str] | None = None,
 ) -> Any:
     """Run ``code`` (IPython syntax allowed) as a background job and return the Job at once.
 
@@ -978,7 +1057,9 @@ def run_cell(
     the job created or rebound into the notebook, ``object`` puts them in ``<name>_results``,
     ``none`` keeps them only in ``job.results``. ``detach=True`` runs it apart from this
     process: it outlives this kernel, and its results wait in the store for
-    ``%bgjob_attach`` (a DetachedJob is returned).
+    ``%bgjob_attach`` (a DetachedJob is returned). ``gateway``: run it on a Kernel or
+    Enterprise Gateway (a URL; ``configure(gateway=...)`` sets a default), with
+    ``kernel_env`` (``KERNEL_*`` variables) passed to the kernel it starts.
     """
     from ._merge import target_namespace
 
@@ -992,6 +1073,8 @@ def run_cell(
         results=results,
         on_conflict=on_conflict,
         workdir=workdir,
+        gateway=gateway,
+        kernel_env=kernel_env,
     )
     if detach:
         from ._detached import start
@@ -1011,13 +1094,15 @@ def run_script(
     kernel: str | None = None,
     timeout: float | None = None,
     detach: bool = False,
+    gateway: str | None = None,
+    kernel_env: dict[str, str] | None = None,
 ) -> Any:
     """Run a script as a background job (rstudioapi's jobRunScript) and return the Job.
 
     ``workdir`` defaults to the script's folder. ``import_env=True`` ships the notebook's
     whole namespace. ``export_env``: ``""`` keeps results in ``job.results`` only,
     ``"globals"`` merges them into the notebook, any other name makes a namespace of that
-    name. ``detach=True`` runs it apart from this process (see ``run_cell``).
+    name. ``detach``, ``gateway`` and ``kernel_env`` as for ``run_cell``.
     """
     from ._merge import target_namespace
 
@@ -1042,8 +1127,10 @@ def run_script(
         env="all" if import_env else "none",
         results=results,
         on_conflict="keep",
-        workdir=workdir or str(script.resolve().parent),
+        workdir=workdir or ("" if (gateway or settings.gateway) else str(script.resolve().parent)),
         script_path=str(script.resolve()),
+        gateway=gateway,
+        kernel_env=kernel_env,
     )
     if results == "object" and export_env:
         spec.results_name = export_env

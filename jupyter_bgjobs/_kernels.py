@@ -172,8 +172,22 @@ class LocalKernel:
         proc = getattr(getattr(self.km, "provisioner", None), "process", None)
         return proc is not None and proc.poll() is None
 
-    def execute(self, code: str, silent: bool = False) -> str:
-        return str(self.kc.execute(code, silent=silent, store_history=False))
+    def execute(
+        self, code: str, silent: bool = False, metadata: dict[str, Any] | None = None
+    ) -> str:
+        if not metadata:
+            return str(self.kc.execute(code, silent=silent, store_history=False))
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        msg = self.kc.session.msg("execute_request", content, metadata=metadata)
+        self.kc.shell_channel.send(msg)
+        return str(msg["header"]["msg_id"])
 
     def iopub(self, timeout: float) -> dict[str, Any] | None:
         try:

@@ -12,7 +12,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from . import _display
 from ._config import settings
 from ._errors import BgJobError
-from ._jobs import Job, manager, run_cell, run_script
+from ._jobs import Job, _parse_kernel_env, manager, run_cell, run_script
 
 
 def _show(job: Job, notify: bool = False) -> None:
@@ -42,6 +42,19 @@ def _shared_options(fn: Any) -> Any:
                 "--kernel", default=None, help="kernelspec to run the job in (default python3)"
             ),
             argument("--workdir", default=None, help="working directory of the job"),
+            argument(
+                "--gateway",
+                default=None,
+                help="run on a Kernel/Enterprise Gateway: its URL, or 'env' for "
+                "$JUPYTER_GATEWAY_URL",
+            ),
+            argument(
+                "--kernel-env",
+                dest="kernel_env",
+                action="append",
+                default=None,
+                help="KERNEL_*=VALUE passed to the gateway's kernel (repeatable)",
+            ),
         ]
     ):
         fn = arg(fn)
@@ -89,6 +102,8 @@ class BgJobMagics(Magics):
                 on_conflict=args.on_conflict,
                 workdir=args.workdir,
                 detach=args.detach,
+                gateway=args.gateway,
+                kernel_env=_parse_kernel_env(args.kernel_env),
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
@@ -130,6 +145,8 @@ class BgJobMagics(Magics):
                 kernel=args.kernel,
                 timeout=args.timeout,
                 detach=args.detach,
+                gateway=args.gateway,
+                kernel_env=_parse_kernel_env(args.kernel_env),
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None

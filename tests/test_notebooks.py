@@ -33,9 +33,22 @@ def text_of(cell: nbformat.NotebookNode) -> str:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_every_shipped_notebook_runs(path: Path, tmp_path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
-    execute(nb, tmp_path)
+    client = NotebookClient(
+        nb,
+        timeout=240,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    client.execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
-    assert not errors
+    # On failure, the whole notebook as it ran: the cell before the error says why.
+    transcript = "\n".join(
+        f"[{c.get('execution_count')}] {c.source}\n{text_of(c)}"
+        for c in nb.cells
+        if c.cell_type == "code"
+    )
+    assert not errors, f"{errors[0]['ename']}: {errors[0]['evalue']}\n{transcript}"
 
 
 def cell(src: str) -> nbformat.NotebookNode:

@@ -65,6 +65,14 @@ class Kernel:
             except queue.Empty:
                 continue
 
+    def has_row(self, job: str) -> bool:
+        """Whether every widget of a job's row has arrived (they come one comm at a time)."""
+        try:
+            self.row_models(job)
+        except (StopIteration, KeyError, ValueError):
+            return False
+        return True
+
     def row_models(self, job: str) -> dict[str, str]:
         """The comm ids of one job's row: its title, state, bar and buttons."""
         title = next(
@@ -206,7 +214,7 @@ def test_progress_rows_and_tqdm_in_the_notebook(kernel: Kernel) -> None:
         "    p.set_progress(5)\n"
         "for _ in bj.tqdm(range(4), desc='loop', mininterval=0): pass"
     )
-    kernel.until(lambda: any(s.get("value") == "<b>manual</b>" for s in kernel.models.values()))
+    kernel.until(lambda: kernel.has_row("manual"))
     ids = kernel.row_models("manual")
     kernel.until(lambda: "succeeded" in kernel.models[ids["state"]]["value"])
     assert kernel.models[ids["bar"]]["value"] == 5
@@ -241,7 +249,7 @@ def test_a_started_queue_is_one_row_with_done_over_total(kernel: Kernel) -> None
         "q.start()\n"
         "None"
     )
-    kernel.until(lambda: any(s.get("value") == "<b>queue</b>" for s in kernel.models.values()))
+    kernel.until(lambda: kernel.has_row("queue"))
     ids = kernel.row_models("queue")
     bar = kernel.models[ids["bar"]]
     # The status text is the last field of a row's refresh.
