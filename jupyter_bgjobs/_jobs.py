@@ -1096,6 +1096,7 @@ def run_script(
     detach: bool = False,
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
+    _results: str | None = None,
 ) -> Any:
     """Run a script as a background job (rstudioapi's jobRunScript) and return the Job.
 
@@ -1118,6 +1119,8 @@ def run_script(
     if export_env not in ("", "globals") and not export_env.isidentifier():
         raise JobSpecError(f"export_env must be '', 'globals' or an identifier, not {export_env!r}")
     results = {"": "none", "globals": "globals"}.get(export_env, "object")
+    # %bgjob_script's default, <script>_results, is decided here, before the job can end.
+    results = _results or results
     spec = make_spec(
         code,
         name=name if name is not None else _script_name(script),

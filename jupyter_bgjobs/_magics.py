@@ -147,14 +147,13 @@ class BgJobMagics(Magics):
                 detach=args.detach,
                 gateway=args.gateway,
                 kernel_env=_parse_kernel_env(args.kernel_env),
+                _results=args.results,
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
         if args.detach:
             _announce_detached(job)
             return
-        if args.results == "object":
-            job.spec.results = "object"
         _show(job)
 
     @magic_arguments()

@@ -155,6 +155,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
             int(job.elapsed),
             self.toggle.value,
             len(job.outputs),
+            self.notify,
         )
         with self._lock:
             if key == self._last and not force:
@@ -211,7 +212,9 @@ class JobRow(W.VBox):  # type: ignore[misc]
         from IPython.display import Javascript
 
         title = f"{self.job.name}: {self.job.state.replace('_', ' ')}"
-        body = (self.job.report or "").split(": ", 1)[-1][:200]
+        body = (self.job.report or "").split(": ", 1)[-1][:200] or (
+            f"{self.job.state.replace('_', ' ')} after {_clock(self.job.elapsed)}"
+        )
         script = (
             "(function(t,b){if(!('Notification' in window))return;"
             "var go=function(){new Notification(t,{body:b});};"
@@ -389,6 +392,10 @@ def row_for(job: Any, notify: bool = False) -> JobRow:
     if row is None:
         row = JobRow(job, notify=notify)
         updater.add(row)
+    elif notify and not row.notify:
+        # The panel may have made the row first (at submit); --notify still holds.
+        row.notify = True
+        updater.mark(job.id)
     return row
 
 

@@ -74,6 +74,8 @@ def ip() -> Iterator[Any]:
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance()
+    # One shell serves every module: each starts from an empty namespace.
+    shell.reset(new_session=False)
     shell.run_line_magic("load_ext", "jupyter_bgjobs")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_bgjobs")

@@ -118,6 +118,19 @@ def page(lab: str) -> Iterator[Any]:
             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
         )
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        # Record browser notifications instead of showing them (a headless browser has no
+        # desktop to show them on); permission is granted as a user would.
+        context.grant_permissions(["notifications"])
+        context.add_init_script(
+            """
+            window.__notes = [];
+            window.Notification = class {
+                constructor(title, options) { window.__notes.push([title, options.body]); }
+                static get permission() { return 'granted'; }
+                static requestPermission() { return Promise.resolve('granted'); }
+            };
+            """
+        )
         pg = context.new_page()
         pg.set_default_timeout(60_000)
         pg.goto(f"{lab}/lab/tree/jobs.ipynb?token={TOKEN}")
@@ -197,6 +210,18 @@ def test_rows_advance_succeed_and_stop_cancels(page: Any) -> None:
     assert shot.stat().st_size > 1000
     if os.environ.get("BGJOBS_UPDATE_SCREENSHOT"):
         shutil.copy(shot, Path(__file__).resolve().parent.parent / "docs" / "jobs-panel.png")
+
+    # --notify: the browser is told when the job ends.
+    _run_new_cell(page, "%%bgjob ping --notify\nx = 1")
+    try:
+        page.wait_for_function("() => window.__notes.length > 0", timeout=60_000)
+    except Exception:
+        cells = page.evaluate(
+            "() => Array.from(document.querySelectorAll('.jp-Cell')).map(c => c.innerText)"
+        )
+        raise AssertionError(f"no notification; the notebook shows: {cells}") from None
+    title, body = page.evaluate("() => window.__notes[0]")
+    assert title == "ping: succeeded" and "succeeded" in body
 
     # The same live panel in JupyterLab's right-hand side area.
     _run_new_cell(page, "%bgjobs --sidebar")

@@ -216,8 +216,11 @@ def test_progress_rows_and_tqdm_in_the_notebook(kernel: Kernel) -> None:
     )
     kernel.until(lambda: kernel.has_row("manual"))
     ids = kernel.row_models("manual")
-    kernel.until(lambda: "succeeded" in kernel.models[ids["state"]]["value"])
-    assert kernel.models[ids["bar"]]["value"] == 5
+    bar = kernel.models[ids["bar"]]
+    # The bar's style is sent after its value within one refresh.
+    kernel.until(lambda: bar.get("bar_style") == "success")
+    assert (bar["value"], bar["max"]) == (5, 5)
+    assert "succeeded" in kernel.models[ids["state"]]["value"]
 
 
 def test_a_flood_of_output_stays_bounded_and_the_full_log_opens(kernel: Kernel) -> None:
