@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import traceback
-import types
 from typing import Any
 
 
@@ -46,20 +45,11 @@ def _refile(fun: Any, source: Any) -> None:
     """Give a notebook function back its cell's name and lines, for tracebacks."""
     if source is None:
         return
-    import linecache
+    # This file runs as a script: its folder, the package's, is first on sys.path, so the
+    # queue worker's helper loads without importing the package (and IPython).
+    from _worker import _refile as refile
 
-    filename, entry = source
-
-    def refile(code: types.CodeType) -> types.CodeType:
-        consts = tuple(refile(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
-        return code.replace(co_filename=filename, co_consts=consts)
-
-    try:
-        fun.__code__ = refile(fun.__code__)
-        if entry is not None:
-            linecache.cache[filename] = entry
-    except (AttributeError, TypeError, ValueError):
-        pass
+    refile(fun, *source)
 
 
 def run(folder: str, parent: int) -> None:

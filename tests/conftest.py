@@ -74,8 +74,11 @@ def ip() -> Iterator[Any]:
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance()
-    # One shell serves every module: each starts from an empty namespace.
-    shell.reset(new_session=False)
+    # One shell serves every module: each starts without the names earlier ones made.
+    # (Not shell.reset(): that also drops __main__'s __spec__, which multiprocessing needs.)
+    for name in [n for n in shell.user_ns if not n.startswith("_")]:
+        if name not in shell.user_ns_hidden:
+            del shell.user_ns[name]
     shell.run_line_magic("load_ext", "jupyter_bgjobs")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_bgjobs")
