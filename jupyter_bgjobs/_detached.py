@@ -281,7 +281,7 @@ def describe(folder: Path) -> dict[str, Any]:
 
 def table() -> str:
     """The store as a plain-text table (``%bgjobs`` and ``bgjobs list``)."""
-    from ._display import _clock
+    from ._display import _clock, text_table
 
     rows = [describe(f) for f in _store.entries()]
     if not rows:
@@ -299,11 +299,7 @@ def table() -> str:
         )
         for r in rows
     ]
-    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *body]
-    )
+    return text_table(header, body)
 
 
 def attach(name_or_id: str, results: str = "globals", ns: dict[str, Any] | None = None) -> str:

@@ -19,6 +19,7 @@ _ICONS = {
     "pending": "…",
     "starting": "⏳",
     "running": "▶",
+    "idle": "○",
     "succeeded": "✔",
     "failed": "✖",
     "cancelled": "■",
@@ -29,8 +30,9 @@ _COLOURS = {
     "succeeded": "#2e7d32",
     "failed": "#c62828",
     "died": "#c62828",
-    "cancelled": "#6d6d6d",
+    "cancelled": "#616161",
     "timed_out": "#ef6c00",
+    "idle": "#616161",
 }
 KEEPALIVE_ID = "jupyter-bgjobs-keepalive"
 
@@ -41,6 +43,38 @@ def _clock(seconds: float) -> str:
         f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
         if s >= 3600
         else f"{s // 60:02d}:{s % 60:02d}"
+    )
+
+
+class RowClock:
+    """What every row reads the same way, from ``_done``/``_total`` and the monotonic
+    start and end stamps: a job's and a progress handle's."""
+
+    _done: int
+    _total: int
+    _t_started: float | None
+    _t_finished: float | None
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(units done, units in all): statements for a job."""
+        return (self._done, self._total)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds it has been running (0 before it starts)."""
+        if self._t_started is None:
+            return 0.0
+        end = self._t_finished if self._t_finished is not None else time.monotonic()
+        return end - self._t_started
+
+
+def text_table(header: tuple[str, ...], body: list[tuple[Any, ...]]) -> str:
+    """Rows as aligned plain text: the form of every table shown without widgets."""
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *body]
     )
 
 

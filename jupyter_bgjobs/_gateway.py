@@ -250,6 +250,8 @@ class GatewayKernel:
     def execute(
         self, code: str, silent: bool = False, metadata: dict[str, Any] | None = None
     ) -> str:
+        from ._kernels import execute_content
+
         msg_id = uuid.uuid4().hex
         msg = {
             "header": {
@@ -262,14 +264,7 @@ class GatewayKernel:
             },
             "parent_header": {},
             "metadata": metadata or {},
-            "content": {
-                "code": code,
-                "silent": silent,
-                "store_history": False,
-                "user_expressions": {},
-                "allow_stdin": False,
-                "stop_on_error": True,
-            },
+            "content": execute_content(code, silent),
             "channel": "shell",
             "buffers": [],
         }

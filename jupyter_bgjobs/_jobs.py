@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from . import _snapshot
 from ._config import settings
+from ._display import RowClock
 from ._errors import (
     BgJobError,
     JobCancelledError,
@@ -85,7 +86,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now().astimezone()
 
 
-class Job:
+class Job(RowClock):
     """One piece of code running, or done running, in its own kernel.
 
     Read ``state``, ``progress``, ``section``, ``output`` and, once it has ended,
@@ -150,19 +151,6 @@ class Job:
     def done(self) -> bool:
         """True once the job has reached a final state."""
         return self._state in FINAL_STATES
-
-    @property
-    def progress(self) -> tuple[int, int]:
-        """(statements done, statements in all)."""
-        return (self._done, self._total)
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds the job has been running (0 before it starts)."""
-        if self._t_started is None:
-            return 0.0
-        end = self._t_finished if self._t_finished is not None else time.monotonic()
-        return end - self._t_started
 
     @property
     def outputs(self) -> list[dict[str, Any]]:

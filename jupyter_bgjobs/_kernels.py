@@ -41,6 +41,18 @@ class KernelStartError(BgJobError):
     """A kernel could not be started; the message says which and why."""
 
 
+def execute_content(code: str, silent: bool) -> dict[str, Any]:
+    """The content of a job's execute request: no history, no stdin, stop on error."""
+    return {
+        "code": code,
+        "silent": silent,
+        "store_history": False,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+
+
 def _ipc_prefix() -> str:
     """A private, short path prefix for one kernel's sockets (a Unix socket path is
     limited to about 100 bytes, so not under the data directory)."""
@@ -120,6 +132,10 @@ class LocalKernel:
                 "(a job's kernel must be an IPython kernel for Python 3.10 or newer)"
             )
         # The boot request's own iopub messages are not a job's output: read up to its idle.
+        self._skip_to_idle(msg_id, deadline)
+
+    def _skip_to_idle(self, msg_id: str, deadline: float) -> None:
+        """Read iopub up to the idle status of request ``msg_id``."""
         while True:
             msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
             if (
@@ -146,14 +162,7 @@ class LocalKernel:
         code = "".join(f"try: __import__({m!r})\nexcept Exception: pass\n" for m in modules)
         msg_id = self.kc.execute(code, silent=True, store_history=False)
         deadline = time.monotonic() + timeout
-        while True:
-            msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
-            if (
-                msg["parent_header"].get("msg_id") == msg_id
-                and msg["msg_type"] == "status"
-                and msg["content"].get("execution_state") == "idle"
-            ):
-                break
+        self._skip_to_idle(msg_id, deadline)
         self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
 
     @property
@@ -177,15 +186,9 @@ class LocalKernel:
     ) -> str:
         if not metadata:
             return str(self.kc.execute(code, silent=silent, store_history=False))
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": False,
-            "user_expressions": {},
-            "allow_stdin": False,
-            "stop_on_error": True,
-        }
-        msg = self.kc.session.msg("execute_request", content, metadata=metadata)
+        msg = self.kc.session.msg(
+            "execute_request", execute_content(code, silent), metadata=metadata
+        )
         self.kc.shell_channel.send(msg)
         return str(msg["header"]["msg_id"])
 

@@ -231,11 +231,7 @@ def jobs_table(rows: list[Job]) -> str:
         )
         for j in rows
     ]
-    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *body]
-    ]
-    return "\n".join(line.rstrip() for line in lines)
+    return _display.text_table(header, body)
 
 
 def _parse(magic: Any, line: str) -> Any:

@@ -16,28 +16,10 @@ from typing import Any
 
 import ipywidgets as W
 
-from ._display import _clock, live_frontend, status_text
+from ._display import _COLOURS, _ICONS, _clock, live_frontend, status_text
+from ._display import text_table as _aligned
 from ._merge import _names
 
-_ICONS = {
-    "pending": "…",
-    "starting": "⏳",
-    "running": "▶",
-    "idle": "○",
-    "succeeded": "✔",
-    "failed": "✖",
-    "cancelled": "■",
-    "timed_out": "⏱",
-    "died": "☠",
-}
-_COLOURS = {
-    "succeeded": "#2e7d32",
-    "failed": "#c62828",
-    "died": "#c62828",
-    "cancelled": "#616161",
-    "timed_out": "#ef6c00",
-    "idle": "#616161",
-}
 _BAR = {
     "succeeded": "success",
     "failed": "danger",
@@ -285,12 +267,7 @@ def text_table(rows: list[Any]) -> str:
         )
         for j in rows
     ]
-    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *body]
-    ]
-    return "\n".join(lines)
+    return _aligned(header, body)
 
 
 # Seconds between two batches of widget updates: at most ~10 per second per row.

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from ._display import RowClock
 from ._errors import JobSpecError, JobStateError
 
 PROGRESS_STATES = ("idle", "running", "succeeded", "cancelled", "failed")
@@ -26,7 +27,7 @@ def _runner() -> Any:
     return mod if mod is not None and getattr(mod, "CURRENT", None) is not None else None
 
 
-class ProgressJob:
+class ProgressJob(RowClock):
     """A row for a task you drive yourself: ``add_output``, ``add_progress``,
     ``set_progress``, ``set_status``, ``set_state``, ``remove``. As a context manager it
     starts running on entry and ends ``succeeded``, or ``failed`` on an exception."""
@@ -80,17 +81,6 @@ class ProgressJob:
     @property
     def done(self) -> bool:
         return self._state in ("succeeded", "cancelled", "failed")
-
-    @property
-    def progress(self) -> tuple[int, int]:
-        return (self._done, self._total)
-
-    @property
-    def elapsed(self) -> float:
-        if self._t_started is None:
-            return 0.0
-        end = self._t_finished if self._t_finished is not None else time.monotonic()
-        return end - self._t_started
 
     @property
     def outputs(self) -> list[dict[str, Any]]:

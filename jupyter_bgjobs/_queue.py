@@ -253,7 +253,7 @@ class TaskList:
 class Worker:
     """One worker process of a pool."""
 
-    def __init__(self, pool: WorkerPool, reserve: bool = False) -> None:
+    def __init__(self, reserve: bool = False) -> None:
         # A reserve worker starts ahead of need and waits, "spare", to replace one that is
         # ended for overrunning the time limit or dies, without a process start's delay.
         self.reserve = reserve
@@ -282,7 +282,6 @@ class Worker:
         self.task: Task | None = None
         self.ahead: collections.deque[Task] = collections.deque()
         self.funs: set[int] = set()
-        self.done_count = 0
         hello = {"sys_path": [p for p in sys.path if p], "cwd": os.getcwd()}
         self._send(pickle.dumps(hello))
 
@@ -380,9 +379,9 @@ class WorkerPool:
         with self._lock:
             self.workers = [w for w in self.workers if w.state != "finished"]
             regular = [w for w in self.workers if not w.reserve]
-            new = [Worker(self) for _ in range(self.size - len(regular))]
+            new = [Worker() for _ in range(self.size - len(regular))]
             if reserve and not any(w.reserve for w in self.workers):
-                new.append(Worker(self, reserve=True))
+                new.append(Worker(reserve=True))
             self.workers.extend(new)
             return new
 
@@ -596,7 +595,6 @@ class _Run:
             w.ahead.remove(task)
         task.stdout, task.stderr = out, err
         task.started, task.finished = started, finished
-        w.done_count += 1
         runtime = finished - started
         self.mean_runtime = (
             runtime if self.mean_runtime is None else 0.8 * self.mean_runtime + 0.2 * runtime
@@ -797,7 +795,6 @@ class Queue:
         self._thread: threading.Thread | None = None
         self._run: _Run | None = None
         self._error: BaseException | None = None
-        self._row: Any = None
         self._stop = threading.Event()
 
     def add(

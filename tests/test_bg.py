@@ -11,22 +11,11 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cells import notebook
 
 import jupyter_bgjobs as bj
-
-
-def notebook(source: str) -> dict[str, Any]:
-    import linecache
-
-    source = textwrap.dedent(source)
-    filename = f"<cell-bg-{len(linecache.cache)}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    ns: dict[str, Any] = {"__name__": "__main__"}
-    exec(compile(source, filename, "exec"), ns)
-    return ns
 
 
 def test_a_call_returns_its_value_and_its_output_in_pieces(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import psutil
 import pytest
+from cells import notebook
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import Queue, TaskPickleError, TaskTimeoutError, WorkerDiedError, WorkerPool
@@ -42,22 +43,6 @@ COLUMNS = [
     "stderr",
     "error",
 ]
-
-
-def notebook(source: str) -> dict[str, Any]:
-    """Run ``source`` as a notebook cell would: its functions and classes live in __main__."""
-    import linecache
-
-    source = textwrap.dedent(source)
-    filename = f"<cell-{next(_CELLS)}>"
-    # As IPython does: the cell's lines live only in this process's linecache.
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    ns: dict[str, Any] = {"__name__": "__main__"}
-    exec(compile(source, filename, "exec"), ns)
-    return ns
-
-
-_CELLS = __import__("itertools").count(1)
 
 
 def gone(pid: int) -> bool:

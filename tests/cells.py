@@ -1,0 +1,22 @@
+"""Code made the way a notebook makes it, for tests of what travels to other processes."""
+
+from __future__ import annotations
+
+import itertools
+import linecache
+import textwrap
+from typing import Any
+
+_CELLS = itertools.count(1)
+
+
+def notebook(source: str) -> dict[str, Any]:
+    """Run ``source`` as a notebook cell would: its functions and classes live in
+    ``__main__`` (so they travel by value), and the cell's lines live only in this process's
+    linecache, as IPython keeps them."""
+    source = textwrap.dedent(source)
+    filename = f"<cell-{next(_CELLS)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(source, filename, "exec"), ns)
+    return ns
