@@ -72,12 +72,14 @@ def main(folder: Path) -> None:
     while True:
         with job._cond:
             job._cond.wait(0.25)
+        if job.done:
+            # A reader that sees a final state must find the results too, so the final
+            # state is written only after results.pkl and results.json.
+            break
         state = _state_of(job, pid)
         if state != last:
             _store.write_json(folder / "state.json", state)
             last = state
-        if job.done:
-            break
     manager.join_worker(job, 60)
     _save_results(folder, job, cloudpickle)
     _store.write_json(folder / "state.json", _state_of(job, pid))
