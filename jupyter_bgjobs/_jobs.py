@@ -34,7 +34,15 @@ from ._errors import (
     KernelDiedError,
 )
 from ._kernels import KernelPool, LocalKernel
-from ._runner import EVENT_MIME, SnapshotError, decode, load_file, take_stream
+from ._runner import (
+    EVENT_MIME,
+    MAX_PIECES,
+    SnapshotError,
+    decode,
+    load_file,
+    piece_paths,
+    take_stream,
+)
 
 PENDING, STARTING, RUNNING = "pending", "starting", "running"
 SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED = (
@@ -373,6 +381,7 @@ class JobManager:
             seed_spec = {
                 "transport": transport,
                 "path": seed.path,
+                "pieces": seed.pieces,
                 "sha256": seed.sha256,
                 "nbytes": seed.nbytes,
             }
@@ -685,7 +694,7 @@ class JobManager:
                 try:
                     if event.get("error"):
                         raise SnapshotError(event["error"])
-                    values.update(load_file(event["path"], job._token))
+                    values.update(load_file(event["path"], job._token, event.get("pieces", 1)))
                     reasons.pop(name, None)
                 except Exception as exc:
                     reasons[name] = f"could not be loaded here: {type(exc).__name__}: {exc}"
@@ -708,7 +717,7 @@ class JobManager:
                     data = take_stream(job._stream, info["sha256"], info["nbytes"])
                     values.update(decode(data, job._token))
                 elif info.get("path") in job._files:
-                    values.update(load_file(info["path"], job._token))
+                    values.update(load_file(info["path"], job._token, info.get("pieces", 1)))
                     job.timings["results_mapped"] = time.time()
                 else:
                     raise SnapshotError(f"results path {info.get('path')!r} is not this job's")
@@ -843,10 +852,11 @@ def _tqdm_progress(job: Job, text: str) -> None:
 
 
 def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    for piece in piece_paths(path, MAX_PIECES):
+        try:
+            os.unlink(piece)
+        except OSError:
+            pass
 
 
 def _death_reason(code: int | None, what: str = "its kernel") -> str:

@@ -21,6 +21,7 @@ class Snapshot:
     imports: dict[str, list[str | None]] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     path: str | None = None
+    pieces: int = 1
     nbytes: int = 0
     chunks: list[str] = field(default_factory=list)
     sha256: str = ""
@@ -177,6 +178,6 @@ def write_snapshot(
             snap.chunks, snap.sha256, snap.nbytes = stream_chunks(parts)
         else:
             snap.path = pick_path(paths, info["nbytes"])
-            write_parts(snap.path, parts)
+            snap.pieces = write_parts(snap.path, parts)
     snap.shipped = sorted(values) + sorted(snap.imports)
     return snap

@@ -3,6 +3,7 @@ object a notebook holds."""
 
 from __future__ import annotations
 
+import glob
 import os
 import stat
 import textwrap
@@ -15,7 +16,15 @@ import pytest
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _snapshot
-from jupyter_bgjobs._runner import SnapshotError, decode, encode, stream_chunks, take_stream
+from jupyter_bgjobs._runner import (
+    SnapshotError,
+    decode,
+    encode,
+    load_file,
+    piece_paths,
+    stream_chunks,
+    take_stream,
+)
 
 TORTURE = textwrap.dedent(
     """
@@ -235,16 +244,24 @@ def test_stream_integrity_and_token_checks() -> None:
 
 def test_snapshot_files_are_private_and_removed(ip: Any, tmp_path: Path) -> None:
     paths = _snapshot.snapshot_paths(str(tmp_path), "jobx", "seed")
-    snap = _snapshot.write_snapshot({"v": np.ones(10)}, ["v"], "t0k", paths, "file")
+    # 40 MB: large enough to be written in pieces, one writer thread each, on two cores.
+    snap = _snapshot.write_snapshot({"v": np.ones(5 * 2**20)}, ["v"], "t0k", paths, "file")
     assert snap.path is not None
-    assert stat.S_IMODE(os.stat(snap.path).st_mode) == 0o600
+    if (os.cpu_count() or 1) > 1:
+        assert snap.pieces > 1
+    files = piece_paths(snap.path, snap.pieces)
+    for path in files:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(snap.path)).st_mode) == 0o700
-    os.unlink(snap.path)
-    ip.run_cell("import numpy as np\nshipme = np.ones(1000)")
-    ip.run_cell_magic("bgjob", "tidy", "back = shipme + 1")
+    assert np.array_equal(load_file(snap.path, "t0k", snap.pieces)["v"], np.ones(5 * 2**20))
+    for path in files:
+        os.unlink(path)
+    ip.run_cell("import numpy as np\nshipme = np.ones(5 * 2**20)")
+    ip.run_cell_magic("bgjob", "tidy", "shipme[-1] = 2.0\nback = shipme + 1")
     job = bj.get_job("tidy").wait(60)
     assert job.state == "succeeded"
-    assert not [p for p in job._files if os.path.exists(p)]
+    assert ip.user_ns["shipme"][-1] == 2.0 and ip.user_ns["back"][-1] == 3.0
+    assert not [p for p in job._files for p in glob.glob(glob.escape(p) + "*")]
 
 
 def test_a_job_refuses_a_snapshot_not_written_for_it(ip: Any, tmp_path: Path) -> None:
