@@ -81,7 +81,18 @@ def main(folder: Path) -> None:
             _store.write_json(folder / "state.json", state)
             last = state
     manager.join_worker(job, 60)
-    _save_results(folder, job, cloudpickle)
+    try:
+        _save_results(folder, job, cloudpickle)
+    except Exception as exc:  # the job's end must still be recorded, with the reason
+        _store.write_json(
+            folder / "results.json",
+            {
+                "names": [],
+                "not_saved": [
+                    {"name": "results", "type": "all", "reason": f"{type(exc).__name__}: {exc}"}
+                ],
+            },
+        )
     _store.write_json(folder / "state.json", _state_of(job, pid))
     manager.shutdown()
 

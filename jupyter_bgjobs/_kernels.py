@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import sys
 import tempfile
@@ -65,7 +66,40 @@ def _ipc_prefix() -> str:
         raise KernelStartError(
             f"{base} is not a private folder of this user; remove it and try again"
         )
-    return str(base / f"k{uuid.uuid4().hex[:8]}")
+    global _swept
+    if not _swept:
+        _swept = True
+        _sweep_sockets(base)
+    # The owner's pid in the name: a kernel ends with its owner, so once the owner is gone
+    # its socket files are litter (a killed kernel cannot remove them itself).
+    return str(base / f"k{os.getpid()}x{uuid.uuid4().hex[:6]}")
+
+
+_swept = False
+_SOCKET_NAME = re.compile(r"^k(?P<pid>\d+)x[0-9a-f]+-\d+$")
+
+
+def _sweep_sockets(base: Path) -> None:
+    """Remove the socket files of kernels whose owner process has ended."""
+    alive: dict[int, bool] = {}
+    for entry in base.iterdir():
+        m = _SOCKET_NAME.match(entry.name)
+        if not m:
+            continue
+        pid = int(m["pid"])
+        if pid not in alive:
+            try:
+                os.kill(pid, 0)
+                alive[pid] = True
+            except ProcessLookupError:
+                alive[pid] = False
+            except PermissionError:
+                alive[pid] = True
+        if not alive[pid]:
+            try:
+                entry.unlink()
+            except OSError:
+                pass
 
 
 class LocalKernel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -16,6 +17,7 @@ import psutil
 import pytest
 
 import jupyter_bgjobs as bj
+from jupyter_bgjobs import _kernels
 from jupyter_bgjobs._jobs import manager
 
 
@@ -379,3 +381,10 @@ def test_job_kernels_end_when_their_parent_is_killed(tmp_path: Path) -> None:
     # ipykernel's parent watch ends each kernel within about a second of its parent's death.
     _, alive = psutil.wait_procs(kernels, timeout=10)
     assert not alive
+    # Killed kernels leave their socket files; the next kernel started here removes them.
+    base = Path(tempfile.gettempdir()) / f"jupyter-bgjobs-{os.getuid()}"
+    litter = f"k{parent.pid}x*"
+    _kernels._swept = False
+    assert list(base.glob(litter))
+    _kernels._ipc_prefix()
+    assert not list(base.glob(litter))
