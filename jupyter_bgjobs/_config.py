@@ -22,6 +22,7 @@ class Settings:
     status_interval: float = 1.0
     root: str = ""
     transport: str = "auto"
+    results_arena: bool = True
     notify: bool = False
     gateway: str = ""
     # Never shown: not in repr, logs, reports or job folders.
@@ -51,6 +52,7 @@ def configure(**changes: Any) -> Settings:
     """Change settings: ``pool_size``, ``max_concurrent``, ``kernel``, ``cancel_grace``,
     ``output_tail``, ``status_interval``, ``root``, ``transport`` (``auto``/``file``: snapshot
     files, in shared memory when there is room; ``stream``: over the kernel protocol),
+    ``results_arena`` (while a job runs, make shared memory ready for its results),
     ``notify`` (a browser notification when a job ends), ``gateway`` (a Kernel or
     Enterprise Gateway URL for every job; default ``$JUPYTER_GATEWAY_URL`` when a job asks
     for a gateway) and ``gateway_token`` (default ``$JUPYTER_GATEWAY_AUTH_TOKEN``).

@@ -398,7 +398,11 @@ class JobManager:
             "seed": seed_spec,
             "imports": seed.imports if seed else {},
             "not_shipped": seed.skipped if seed else [],
-            "results": {"transport": transport, "paths": result_paths},
+            "results": {
+                "transport": transport,
+                "paths": result_paths,
+                "arena": settings.results_arena,
+            },
             "env_vars": spec.env_vars,
         }
         (job.folder / "spec.json").write_text(

@@ -212,22 +212,26 @@ def _pieces_for(nbytes: int) -> int:
     return int(max(1, min(os.cpu_count() or 1, MAX_PIECES, nbytes // _PIECE_MIN)))
 
 
-def write_parts(path: str, parts: list[Any]) -> int:
+def write_parts(path: str, parts: list[Any], prepared: int = 0) -> int:
     """Write a snapshot, as files readable by their owner only; returns how many pieces.
 
     Piece boundaries fall on page boundaries, so the reader can map the pieces back to
-    back into one run of addresses (see ``load_file``).
+    back into one run of addresses (see ``load_file``). The first ``prepared`` pieces may
+    already exist, made by this process (see ``_Arena``): they are overwritten and cut to
+    size, and prepared pieces beyond those needed are removed.
     """
     views = [memoryview(p).cast("B") for p in parts]
     total = sum(v.nbytes for v in views)
     pieces = _pieces_for(total)
+    for extra in piece_paths(path, prepared)[pieces:]:
+        _unlink(extra)
     page = mmap.ALLOCATIONGRANULARITY
     step = -(-total // pieces)
     step += (-step) % page
     bounds = [(lo, min(total, lo + step)) for lo in range(0, total, step)] or [(0, 0)]
     paths = piece_paths(path, len(bounds))
     if len(bounds) == 1:
-        _write_range(paths[0], views, 0, total)
+        _write_range(paths[0], views, 0, total, prepared > 0)
         return 1
     import threading
 
@@ -235,7 +239,7 @@ def write_parts(path: str, parts: list[Any]) -> int:
 
     def work(i: int) -> None:
         try:
-            _write_range(paths[i], views, *bounds[i])
+            _write_range(paths[i], views, *bounds[i], i < prepared)
         except BaseException as exc:  # re-raised below, in the caller's thread
             errors.append(exc)
 
@@ -252,9 +256,15 @@ def write_parts(path: str, parts: list[Any]) -> int:
     return len(bounds)
 
 
-def _write_range(path: str, views: list[memoryview], lo: int, hi: int) -> None:
-    """Write bytes ``lo:hi`` of the concatenated ``views`` to a new file at ``path``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_range(
+    path: str, views: list[memoryview], lo: int, hi: int, prepared: bool = False
+) -> None:
+    """Write bytes ``lo:hi`` of the concatenated ``views`` to a new file at ``path`` (or
+    over a prepared one, cut to size)."""
+    flags = os.O_WRONLY if prepared else os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    if prepared and os.fstat(fd).st_size > hi - lo:
+        os.ftruncate(fd, hi - lo)
     with os.fdopen(fd, "wb", buffering=0) as fh:
         start = 0
         for v in views:
@@ -604,6 +614,96 @@ def _address(raw: memoryview) -> int | None:
         return None
 
 
+class _Arena:
+    """Shared memory made ready for the results while the job's code runs.
+
+    Most of the cost of writing results into shared memory is the system finding fresh
+    pages, not the copy (on a VM, pages not used for a few seconds cost several times
+    more). A thread allocates, on the other core, about as much as the job's own memory
+    has grown, in the files the results will be written to, so at the end only the copy
+    is left. It never takes the machine below half its memory free, gives memory back when
+    it gets short, and gives back what the results do not use.
+    """
+
+    STEP = 32 << 20
+
+    def __init__(self, path: str) -> None:
+        import threading
+
+        self.paths = piece_paths(path, _pieces_for(1 << 62))
+        self.sizes = [0] * len(self.paths)
+        self._stop = threading.Event()
+        self._base = _anon_bytes()
+        self._thread = threading.Thread(target=self._grow, name="bgjobs-arena", daemon=True)
+        self._thread.start()
+
+    def _grow(self) -> None:
+        fds: list[int] = []
+        zeros = bytes(1 << 22)
+        try:
+            for path in self.paths:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                fds.append(os.open(path, flags, 0o600))
+            while not self._stop.wait(0.05):
+                want = _anon_bytes() - self._base
+                while want > sum(self.sizes) + self.STEP and not self._stop.is_set():
+                    if not _room_for(self.STEP, self.paths[0]):
+                        break
+                    i = self.sizes.index(min(self.sizes))
+                    # Written, not fallocate()d: tmpfs would leave the pages untouched,
+                    # and a VM backs a page only when it is first touched.
+                    for offset in range(0, self.STEP, len(zeros)):
+                        os.pwrite(fds[i], zeros, self.sizes[i] + offset)
+                    self.sizes[i] += self.STEP
+                # The job itself needs the memory more: give it back.
+                while sum(self.sizes) and not _room_for(0, self.paths[0]):
+                    i = self.sizes.index(max(self.sizes))
+                    self.sizes[i] = max(0, self.sizes[i] - self.STEP)
+                    os.ftruncate(fds[i], self.sizes[i])
+        except OSError:
+            pass  # no arena, or a smaller one: the results are written all the same
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def stop(self) -> int:
+        """Stop growing; how many of ``paths`` exist (all of them, or none)."""
+        self._stop.set()
+        self._thread.join()
+        return len(self.paths) if all(os.path.exists(p) for p in self.paths) else 0
+
+    def discard(self) -> None:
+        self.stop()
+        for path in self.paths:
+            _unlink(path)
+
+
+def _anon_bytes() -> int:
+    """This process's resident anonymous memory (the job's own data), in bytes."""
+    try:
+        with open("/proc/self/statm") as fh:
+            _, resident, shared = (int(x) for x in fh.read().split()[:3])
+        return (resident - shared) * mmap.PAGESIZE
+    except (OSError, ValueError):
+        return 0
+
+
+def _room_for(nbytes: int, path: str) -> bool:
+    """Whether ``nbytes`` more of shared memory leaves half of the machine's memory free."""
+    try:
+        st = os.statvfs(os.path.dirname(path))
+        if st.f_bavail * st.f_frsize < nbytes + (256 << 20):
+            return False
+        info: dict[str, int] = {}
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                info[key] = int(rest.split()[0]) * 1024
+        return info["MemAvailable"] - nbytes > info["MemTotal"] // 2
+    except (OSError, KeyError, ValueError):
+        return False
+
+
 class _Runner:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
@@ -613,6 +713,7 @@ class _Runner:
         self.seeded_ids: dict[str, int] = {}
         self.prints = _Fingerprints()
         self.t_start = time.time()
+        self.arena: _Arena | None = None
 
     def emit(self, kind: str, **fields: Any) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -644,6 +745,7 @@ class _Runner:
                 sys.path.insert(0, spec["workdir"])
             skipped_in = self._seed()
             before = {k: id(v) for k, v in self.ns.items()}
+            self.arena = self._start_arena()
             source = self.spec["code"]
             if self.ip is not None:
                 source = self.ip.transform_cell(source)
@@ -688,6 +790,8 @@ class _Runner:
             try:
                 results = self._save_results(before)
             except BaseException as exc:
+                if self.arena is not None:
+                    self.arena.discard()
                 results = {
                     "names": [],
                     "modules": {},
@@ -777,6 +881,20 @@ class _Runner:
             self.ns["__file__"] = self.spec["script_file"]
         return skipped
 
+    def _start_arena(self) -> _Arena | None:
+        out = self.spec.get("results") or {}
+        paths = out.get("paths") or []
+        # Only for shared memory (the last candidate is the job's folder on disk), and
+        # only where the pieces can be mapped back.
+        if (
+            out.get("transport") != "file"
+            or not out.get("arena")
+            or len(paths) < 2
+            or _map_fixed() is None
+        ):
+            return None
+        return _Arena(paths[0])
+
     def _save_results(self, before: dict[str, int]) -> dict[str, Any]:
         out = self.spec.get("results")
         if not out:
@@ -814,6 +932,11 @@ class _Runner:
             "nbytes": info["nbytes"],
             "t_compared": result_t0,
         }
+        arena, self.arena = self.arena, None
+        prepared = arena.stop() if arena is not None else 0
+        if not travelled or out.get("transport") == "stream":
+            if arena is not None:
+                arena.discard()
         if not travelled:
             return result
         if out.get("transport") == "stream":
@@ -823,8 +946,11 @@ class _Runner:
             result.update(transport="stream", sha256=digest, nbytes=size)
         else:
             path = pick_path(out["paths"], info["nbytes"])
+            if arena is not None and (not prepared or path != out["paths"][0]):
+                arena.discard()
+                prepared = 0
             result["t_encoded"] = time.time()
-            pieces = write_parts(path, parts)
+            pieces = write_parts(path, parts, prepared)
             result.update(transport="file", path=path, pieces=pieces, t_written=time.time())
         return result
 

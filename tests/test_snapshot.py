@@ -281,18 +281,53 @@ def test_dataframe_and_array_round_trip_exactly(ip: Any) -> None:
             "i": pd.array([1, None, 3], dtype="Int64"),
             "f": np.array([0.1, np.nan, 2.5], dtype=np.float32),
             "s": ["a", "b", "c"],
+            "t": pd.date_range("2024-03-31", periods=3, freq="h", tz="Europe/Paris"),
+            "d": pd.to_timedelta([1.5, None, 3], unit="s"),
         },
         index=pd.MultiIndex.from_tuples([("a", 1), ("a", 2), ("b", 1)], names=["k", "n"]),
     )
     fortran = np.asfortranarray(np.arange(20.0).reshape(4, 5))
-    ip.user_ns.update(frame_in=frame, fortran_in=fortran)
+    stamps = np.array(["2024-01-01T00:00:00.123456789", "NaT"], dtype="M8[ns]").reshape(2, 1)
+    ip.user_ns.update(frame_in=frame, fortran_in=fortran, stamps_in=stamps)
     ip.run_cell_magic(
-        "bgjob", "exact", "frame_out = frame_in.copy()\nfortran_out = fortran_in.copy(order='F')"
+        "bgjob",
+        "exact",
+        "frame_out = frame_in.copy()\nfortran_out = fortran_in.copy(order='F')\n"
+        "stamps_out = stamps_in.T.copy()",
     )
     bj.get_job("exact").wait(60)
     pd.testing.assert_frame_equal(ip.user_ns["frame_out"], frame)
     np.testing.assert_array_equal(ip.user_ns["fortran_out"], fortran)
     assert ip.user_ns["fortran_out"].flags.f_contiguous
+    np.testing.assert_array_equal(ip.user_ns["stamps_out"], stamps.T)
+    assert ip.user_ns["stamps_out"].dtype == np.dtype("M8[ns]")
+
+
+def test_results_written_into_memory_made_ready_while_the_job_ran(ip: Any) -> None:
+    # The job waits (polling, not sleeping blind) until shared memory has been made ready
+    # for its results, then returns less than was made ready, or more.
+    ready = textwrap.dedent(
+        """
+        import sys, time
+        import numpy as np
+        arena = sys.modules["_bgjobs_runner"].CURRENT.arena
+        scratch = np.ones(160 * 2**20 // 8)
+        deadline = time.monotonic() + 60
+        while sum(arena.sizes) < 96 * 2**20:
+            assert time.monotonic() < deadline, f"no memory made ready: {arena.sizes}"
+            time.sleep(0.01)
+        del scratch
+        """
+    )
+    ip.run_cell_magic("bgjob", "less", ready + "small = np.arange(10)\nlabel = 'done'")
+    ip.run_cell_magic("bgjob", "more", ready + "large = np.arange(40 * 2**20)")
+    for name in ("less", "more"):
+        job = bj.get_job(name).wait(120)
+        assert job.state == "succeeded", job.output
+        assert not [p for p in job._files for p in glob.glob(glob.escape(p) + "*")]
+    np.testing.assert_array_equal(ip.user_ns["small"], np.arange(10))
+    assert ip.user_ns["label"] == "done"
+    np.testing.assert_array_equal(ip.user_ns["large"], np.arange(40 * 2**20))
 
 
 def test_a_result_the_notebook_cannot_load_does_not_sink_the_others(ip: Any) -> None:
