@@ -81,6 +81,8 @@ _SOCKET_NAME = re.compile(r"^k(?P<pid>\d+)x[0-9a-f]+-\d+$")
 
 def _sweep_sockets(base: Path) -> None:
     """Remove the socket files of kernels whose owner process has ended."""
+    from ._store import pid_alive
+
     alive: dict[int, bool] = {}
     for entry in base.iterdir():
         m = _SOCKET_NAME.match(entry.name)
@@ -88,13 +90,7 @@ def _sweep_sockets(base: Path) -> None:
             continue
         pid = int(m["pid"])
         if pid not in alive:
-            try:
-                os.kill(pid, 0)
-                alive[pid] = True
-            except ProcessLookupError:
-                alive[pid] = False
-            except PermissionError:
-                alive[pid] = True
+            alive[pid] = pid_alive(pid)
         if not alive[pid]:
             try:
                 entry.unlink()

@@ -640,15 +640,17 @@ class _Arena:
     def _grow(self) -> None:
         fds: list[int] = []
         zeros = bytes(1 << 22)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
-            for path in self.paths:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                fds.append(os.open(path, flags, 0o600))
             while not self._stop.wait(0.05):
                 want = _anon_bytes() - self._base
                 while want > sum(self.sizes) + self.STEP and not self._stop.is_set():
                     if not _room_for(self.STEP, self.paths[0]):
                         break
+                    # Created only once there is something to prepare: a job that does
+                    # not grow leaves no files, even if its kernel is killed.
+                    while len(fds) < len(self.paths):
+                        fds.append(os.open(self.paths[len(fds)], flags, 0o600))
                     i = self.sizes.index(min(self.sizes))
                     # Written, not fallocate()d: tmpfs would leave the pages untouched,
                     # and a VM backs a page only when it is first touched.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import stat
 import sys
 import types
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._runner import encode, is_internal_name, pick_path, stream_chunks, write_parts
+from ._store import pid_alive
 
 
 @dataclass
@@ -141,7 +143,27 @@ def shm_dir() -> str | None:
     # Someone else's folder, or one others can write to, is not ours to use.
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         return None
+    global _swept
+    if not _swept:
+        _swept = True
+        _sweep(path)
     return path
+
+
+_swept = False
+_OWNED = re.compile(r"^p(?P<pid>\d+)-")
+
+
+def _sweep(folder: str) -> None:
+    """Remove snapshot files whose owner process has ended: a notebook kernel killed
+    mid-job cannot remove its own, and shared memory is not given back until someone does."""
+    for name in os.listdir(folder):
+        m = _OWNED.match(name)
+        if m and not pid_alive(int(m["pid"])):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
 
 
 def snapshot_paths(folder: str, job_id: str, what: str) -> list[str]:
@@ -149,7 +171,8 @@ def snapshot_paths(folder: str, job_id: str, what: str) -> list[str]:
     paths = [os.path.join(folder, f"{what}.snap")]
     shm = shm_dir()
     if shm:
-        paths.insert(0, os.path.join(shm, f"{job_id}-{what}.snap"))
+        # The owner's pid first, so a later process can tell litter from live files.
+        paths.insert(0, os.path.join(shm, f"p{os.getpid()}-{job_id}-{what}.snap"))
     return paths
 
 

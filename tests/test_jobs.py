@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _kernels
+from jupyter_bgjobs import _kernels, _snapshot
 from jupyter_bgjobs._jobs import manager
 
 
@@ -362,11 +362,16 @@ def test_job_kernels_end_when_their_parent_is_killed(tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
         "import jupyter_bgjobs as bj\n"
-        "job = bj.run_cell('import time\\ntime.sleep(600)', name='orphan')\n"
+        "job = bj.run_cell('import time, numpy\\nbig = numpy.ones(2**24)\\ntime.sleep(600)', "
+        "name='orphan')\n"
         "with job._cond:\n"
-        "    job._cond.wait_for(lambda: job.state == 'running', 60)\n"
+        "    job._cond.wait_for(lambda: job.progress[0] >= 2, 60)\n"
+        "import glob, os, time\n"
+        "from jupyter_bgjobs._snapshot import shm_dir\n"
+        "deadline = time.monotonic() + 30\n"
+        "while not glob.glob(f'{shm_dir()}/p{os.getpid()}-*') and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
         "print(job.kernel_pid, flush=True)\n"
-        "import time\n"
         "time.sleep(600)\n"
     )
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
@@ -381,6 +386,16 @@ def test_job_kernels_end_when_their_parent_is_killed(tmp_path: Path) -> None:
     # ipykernel's parent watch ends each kernel within about a second of its parent's death.
     _, alive = psutil.wait_procs(kernels, timeout=10)
     assert not alive
+    # The job had grown (128 MB), so shared memory was being made ready for its results;
+    # its owner is gone, and the next process to use shared memory frees it.
+    _snapshot._swept = True  # finding the folder must not sweep it yet
+    shm = _snapshot.shm_dir()
+    assert shm is not None
+    prepared = f"p{parent.pid}-*"
+    assert list(Path(shm).glob(prepared))
+    _snapshot._swept = False
+    _snapshot.shm_dir()
+    assert not list(Path(shm).glob(prepared))
     # Killed kernels leave their socket files; the next kernel started here removes them.
     base = Path(tempfile.gettempdir()) / f"jupyter-bgjobs-{os.getuid()}"
     litter = f"k{parent.pid}x*"
