@@ -37,9 +37,11 @@ def test_a_call_returns_its_value_and_its_output_in_pieces(tmp_path: Path) -> No
     assert call.pid and call.is_alive() and call.state == "running"
     deadline = time.monotonic() + 30
     first = ""
-    while "first" not in first:
+    # print() may write its text and its newline apart: wait for the whole line.
+    while "first\n" not in first:
         assert time.monotonic() < deadline
         first += call.read_output()
+    assert first == "first\n"
     gate.touch()
     assert call.result(30) == 42
     assert call.state == "succeeded" and not call.is_alive()
