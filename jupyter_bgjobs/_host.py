@@ -84,15 +84,24 @@ def main(folder: Path) -> None:
     try:
         _save_results(folder, job, cloudpickle)
     except Exception as exc:  # the job's end must still be recorded, with the reason
-        _store.write_json(
-            folder / "results.json",
-            {
-                "names": [],
-                "not_saved": [
-                    {"name": "results", "type": "all", "reason": f"{type(exc).__name__}: {exc}"}
-                ],
-            },
-        )
+        for tmp in folder.glob(".results.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        try:
+            _store.write_json(
+                folder / "results.json",
+                {
+                    "names": [],
+                    "not_saved": [
+                        {
+                            "name": "results",
+                            "type": "all",
+                            "reason": f"{type(exc).__name__}: {exc}",
+                        }
+                    ],
+                },
+            )
+        except OSError:
+            pass
     _store.write_json(folder / "state.json", _state_of(job, pid))
     manager.shutdown()
 

@@ -370,10 +370,10 @@ class JobManager:
         if ns is not None and spec.env != "none":
             names = _snapshot.select_names(ns, spec.env, _transformed(spec.code))
             paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
+            job._files.extend(paths)  # before writing: an interrupted write is cleaned too
             seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport)
             job.shipped = seed.shipped
             job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
-            job._files.extend(paths)
             job._seed_chunks = seed.chunks
             job.timings["snapshot_written"] = time.time()
         seed_spec: dict[str, Any] | None = None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import BgJobError
+from ._store import owner_tag, sweep_litter
 
 _RUNNER_FILE = "<bgjobs-runner>"
 
@@ -69,33 +70,14 @@ def _ipc_prefix() -> str:
     global _swept
     if not _swept:
         _swept = True
-        _sweep_sockets(base)
-    # The owner's pid in the name: a kernel ends with its owner, so once the owner is gone
-    # its socket files are litter (a killed kernel cannot remove them itself).
-    return str(base / f"k{os.getpid()}x{uuid.uuid4().hex[:6]}")
+        sweep_litter(base, _SOCKET_NAME)
+    # The owner in the name: a kernel ends with its owner, so once the owner is gone its
+    # socket files are litter (a killed kernel cannot remove them itself).
+    return str(base / f"k{owner_tag()}x{uuid.uuid4().hex[:6]}")
 
 
 _swept = False
-_SOCKET_NAME = re.compile(r"^k(?P<pid>\d+)x[0-9a-f]+-\d+$")
-
-
-def _sweep_sockets(base: Path) -> None:
-    """Remove the socket files of kernels whose owner process has ended."""
-    from ._store import pid_alive
-
-    alive: dict[int, bool] = {}
-    for entry in base.iterdir():
-        m = _SOCKET_NAME.match(entry.name)
-        if not m:
-            continue
-        pid = int(m["pid"])
-        if pid not in alive:
-            alive[pid] = pid_alive(pid)
-        if not alive[pid]:
-            try:
-                entry.unlink()
-            except OSError:
-                pass
+_SOCKET_NAME = re.compile(r"^k(?P<owner>\d+\.\d+)x[0-9a-f]+-\d+$")
 
 
 class LocalKernel:

@@ -230,34 +230,62 @@ def write_parts(path: str, parts: list[Any], prepared: int = 0) -> int:
     step += (-step) % page
     bounds = [(lo, min(total, lo + step)) for lo in range(0, total, step)] or [(0, 0)]
     paths = piece_paths(path, len(bounds))
-    if len(bounds) == 1:
-        _write_range(paths[0], views, 0, total, prepared > 0)
-        return 1
     import threading
 
     errors: list[BaseException] = []
+    stop = threading.Event()
 
     def work(i: int) -> None:
         try:
-            _write_range(paths[i], views, *bounds[i], i < prepared)
+            _write_range(paths[i], views, *bounds[i], i < prepared, stop)
         except BaseException as exc:  # re-raised below, in the caller's thread
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(1, len(bounds))]
-    for t in threads:
-        t.start()
-    work(0)
-    for t in threads:
-        t.join()
-    if errors:
-        for p in paths:
+    try:
+        for t in threads:
+            t.start()
+        work(0)
+        if errors:
+            stop.set()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+    except BaseException:
+        # Also on Ctrl-C in the caller: the other writers stop, and no half-written file
+        # is left in shared memory.
+        stop.set()
+        for t in threads:
+            if t.is_alive():
+                t.join()
+        for p in piece_paths(path, max(len(bounds), prepared)):
             _unlink(p)
-        raise errors[0]
+        raise
     return len(bounds)
 
 
+def write_somewhere(
+    candidates: list[str], path: str, parts: list[Any], prepared: int = 0
+) -> tuple[str, int]:
+    """``write_parts`` at ``path``, one of ``candidates``; if that fails (shared memory
+    filled up meanwhile: other jobs write there too), at the last candidate, the job's own
+    folder. Returns where, and in how many pieces."""
+    try:
+        return path, write_parts(path, parts, prepared)
+    except OSError:
+        if path == candidates[-1]:
+            raise
+        return candidates[-1], write_parts(candidates[-1], parts)
+
+
 def _write_range(
-    path: str, views: list[memoryview], lo: int, hi: int, prepared: bool = False
+    path: str,
+    views: list[memoryview],
+    lo: int,
+    hi: int,
+    prepared: bool = False,
+    stop: Any = None,
 ) -> None:
     """Write bytes ``lo:hi`` of the concatenated ``views`` to a new file at ``path`` (or
     over a prepared one, cut to size)."""
@@ -272,7 +300,9 @@ def _write_range(
             if end > lo and start < hi:
                 view = v[max(lo, start) - start : min(hi, end) - start]
                 while view.nbytes:
-                    n = fh.write(view)
+                    if stop is not None and stop.is_set():
+                        return
+                    n = fh.write(view[: 64 << 20])
                     view = view[n:]
             start = end
 
@@ -329,7 +359,7 @@ def _map_fixed() -> Any:
     """libc, set up to map files at chosen addresses; None where that is not available."""
     global _LIBC
     if _LIBC is False:
-        _LIBC = None
+        found = None
         if sys.platform.startswith("linux"):
             try:
                 import ctypes
@@ -345,9 +375,11 @@ def _map_fixed() -> Any:
                     ctypes.c_long,
                 ]
                 libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-                _LIBC = libc
+                found = libc
             except (OSError, AttributeError):
                 pass
+        # Published only when complete: another thread may be asking at the same time.
+        _LIBC = found
     return _LIBC
 
 
@@ -361,8 +393,10 @@ def _map_pieces(paths: list[str]) -> Any:
     libc = _map_fixed()
     if libc is None:
         raise SnapshotError("this snapshot is in pieces, which this system cannot map")
-    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    fds: list[int] = []
     try:
+        for path in paths:
+            fds.append(os.open(path, os.O_RDONLY))
         sizes = [os.fstat(fd).st_size for fd in fds]
         total = sum(sizes)
         failed = ctypes.c_void_p(-1).value
@@ -385,7 +419,9 @@ def _map_pieces(paths: list[str]) -> Any:
         for fd in fds:
             os.close(fd)
     region = (ctypes.c_char * total).from_address(base)
-    weakref.finalize(region, libc.munmap, base, total)
+    unmap = weakref.finalize(region, libc.munmap, base, total)
+    # Not at exit: what was loaded may still be used by exit handlers and daemon threads.
+    unmap.atexit = False
     return memoryview(region).cast("B")
 
 
@@ -402,14 +438,16 @@ def _in_mapping(addr: int, length: int) -> bool:
     return any(lo <= addr and addr + length <= hi for lo, hi in _MAPPED)
 
 
-def pick_path(candidates: list[str], nbytes: int) -> str:
-    """The first candidate folder with room for ``nbytes`` (shared memory first)."""
-    for path in candidates[:-1]:
+def pick_path(candidates: list[str], nbytes: int, reserved: int = 0) -> str:
+    """The first candidate folder with room for ``nbytes`` (shared memory first);
+    ``reserved`` bytes in the first one are already ours to overwrite."""
+    for i, path in enumerate(candidates[:-1]):
         try:
             st = os.statvfs(os.path.dirname(path))
         except OSError:
             continue
-        if st.f_bavail * st.f_frsize > nbytes * 1.2 + (64 << 20):
+        free = st.f_bavail * st.f_frsize + (reserved if i == 0 else 0)
+        if free > nbytes * 1.2 + (64 << 20):
             return path
     return candidates[-1]
 
@@ -657,8 +695,10 @@ class _Arena:
                     for offset in range(0, self.STEP, len(zeros)):
                         os.pwrite(fds[i], zeros, self.sizes[i] + offset)
                     self.sizes[i] += self.STEP
-                # The job itself needs the memory more: give it back.
-                while sum(self.sizes) and not _room_for(0, self.paths[0]):
+                # The job freed what it had grown by, or needs the memory more: give back.
+                while sum(self.sizes) > max(want, 0) + 2 * self.STEP or (
+                    sum(self.sizes) > 0 and not _room_for(0, self.paths[0])
+                ):
                     i = self.sizes.index(max(self.sizes))
                     self.sizes[i] = max(0, self.sizes[i] - self.STEP)
                     os.ftruncate(fds[i], self.sizes[i])
@@ -691,7 +731,8 @@ def _anon_bytes() -> int:
 
 
 def _room_for(nbytes: int, path: str) -> bool:
-    """Whether ``nbytes`` more of shared memory leaves half of the machine's memory free."""
+    """Whether ``nbytes`` more of shared memory leaves half of the memory free: the
+    machine's, and the container's (shared memory counts against its limit too)."""
     try:
         st = os.statvfs(os.path.dirname(path))
         if st.f_bavail * st.f_frsize < nbytes + (256 << 20):
@@ -701,9 +742,49 @@ def _room_for(nbytes: int, path: str) -> bool:
             for line in fh:
                 key, _, rest = line.partition(":")
                 info[key] = int(rest.split()[0]) * 1024
-        return info["MemAvailable"] - nbytes > info["MemTotal"] // 2
+        if info["MemAvailable"] - nbytes <= info["MemTotal"] // 2:
+            return False
+        limit, used = _cgroup_memory()
+        return limit is None or limit - used - nbytes > limit // 2
     except (OSError, KeyError, ValueError):
         return False
+
+
+def _cgroup_memory() -> tuple[int | None, int]:
+    """This process's memory cgroup: (limit or None when unlimited, bytes in use)."""
+    v2 = ["/sys/fs/cgroup"]
+    v1 = ["/sys/fs/cgroup/memory"]
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, controllers, where = line.strip().split(":", 2)
+                where = where.rstrip("/")
+                if controllers == "":
+                    v2.insert(0, "/sys/fs/cgroup" + where)
+                elif "memory" in controllers.split(","):
+                    v1.insert(0, "/sys/fs/cgroup/memory" + where)
+    except (OSError, ValueError):
+        pass
+    for folder in v2:
+        try:
+            with open(os.path.join(folder, "memory.max")) as fh:
+                raw = fh.read().strip()
+            with open(os.path.join(folder, "memory.current")) as fh:
+                used = int(fh.read())
+        except (OSError, ValueError):
+            continue
+        return (None if raw == "max" else int(raw)), used
+    for folder in v1:
+        try:
+            with open(os.path.join(folder, "memory.limit_in_bytes")) as fh:
+                limit = int(fh.read())
+            with open(os.path.join(folder, "memory.usage_in_bytes")) as fh:
+                used = int(fh.read())
+        except (OSError, ValueError):
+            continue
+        # v1 says "unlimited" with a number near 2**63.
+        return (None if limit >= 1 << 60 else limit), used
+    return None, 0
 
 
 class _Runner:
@@ -924,6 +1005,8 @@ class _Runner:
         }
         values = {k: self.ns[k] for k in names if k not in modules}
         result_t0 = time.time()
+        arena, self.arena = self.arena, None
+        prepared = arena.stop() if arena is not None else 0
         parts, skipped, info = encode(values, self.spec["token"])
         travelled = sorted(set(info["pickled"]) | set(info["dill"]))
         result: dict[str, Any] = {
@@ -934,8 +1017,6 @@ class _Runner:
             "nbytes": info["nbytes"],
             "t_compared": result_t0,
         }
-        arena, self.arena = self.arena, None
-        prepared = arena.stop() if arena is not None else 0
         if not travelled or out.get("transport") == "stream":
             if arena is not None:
                 arena.discard()
@@ -947,12 +1028,13 @@ class _Runner:
                 self.emit("chunk", seq=seq, data=chunk)
             result.update(transport="stream", sha256=digest, nbytes=size)
         else:
-            path = pick_path(out["paths"], info["nbytes"])
+            reserved = sum(arena.sizes) if arena is not None and prepared else 0
+            path = pick_path(out["paths"], info["nbytes"], reserved)
             if arena is not None and (not prepared or path != out["paths"][0]):
                 arena.discard()
                 prepared = 0
             result["t_encoded"] = time.time()
-            pieces = write_parts(path, parts, prepared)
+            path, pieces = write_somewhere(out["paths"], path, parts, prepared)
             result.update(transport="file", path=path, pieces=pieces, t_written=time.time())
         return result
 
@@ -969,8 +1051,7 @@ def resend(request_json: str) -> None:
             parts, skipped, info = encode({name: runner.ns[name]}, request["token"])
             if skipped:
                 raise SnapshotError(skipped[0]["reason"])
-            path = pick_path(candidates, info["nbytes"])
-            pieces = write_parts(path, parts)
+            path, pieces = write_somewhere(candidates, pick_path(candidates, info["nbytes"]), parts)
             runner.emit("resent", name=name, path=path, pieces=pieces)
         except Exception as exc:
             runner.emit("resent", name=name, error=f"{type(exc).__name__}: {exc}")

@@ -11,8 +11,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._runner import encode, is_internal_name, pick_path, stream_chunks, write_parts
-from ._store import pid_alive
+from ._runner import encode, is_internal_name, pick_path, stream_chunks, write_somewhere
+from ._store import owner_tag, sweep_litter
 
 
 @dataclass
@@ -146,24 +146,14 @@ def shm_dir() -> str | None:
     global _swept
     if not _swept:
         _swept = True
-        _sweep(path)
+        # A notebook kernel killed mid-job cannot remove its files, and shared memory is
+        # not given back until someone does.
+        sweep_litter(path, _OWNED)
     return path
 
 
 _swept = False
-_OWNED = re.compile(r"^p(?P<pid>\d+)-")
-
-
-def _sweep(folder: str) -> None:
-    """Remove snapshot files whose owner process has ended: a notebook kernel killed
-    mid-job cannot remove its own, and shared memory is not given back until someone does."""
-    for name in os.listdir(folder):
-        m = _OWNED.match(name)
-        if m and not pid_alive(int(m["pid"])):
-            try:
-                os.unlink(os.path.join(folder, name))
-            except OSError:
-                pass
+_OWNED = re.compile(r"^p(?P<owner>\d+\.\d+)-")
 
 
 def snapshot_paths(folder: str, job_id: str, what: str) -> list[str]:
@@ -171,8 +161,8 @@ def snapshot_paths(folder: str, job_id: str, what: str) -> list[str]:
     paths = [os.path.join(folder, f"{what}.snap")]
     shm = shm_dir()
     if shm:
-        # The owner's pid first, so a later process can tell litter from live files.
-        paths.insert(0, os.path.join(shm, f"p{os.getpid()}-{job_id}-{what}.snap"))
+        # The owner first, so a later process can tell litter from live files.
+        paths.insert(0, os.path.join(shm, f"p{owner_tag()}-{job_id}-{what}.snap"))
     return paths
 
 
@@ -200,7 +190,6 @@ def write_snapshot(
         if transport == "stream":
             snap.chunks, snap.sha256, snap.nbytes = stream_chunks(parts)
         else:
-            snap.path = pick_path(paths, info["nbytes"])
-            snap.pieces = write_parts(snap.path, parts)
+            snap.path, snap.pieces = write_somewhere(paths, pick_path(paths, info["nbytes"]), parts)
     snap.shipped = sorted(values) + sorted(snap.imports)
     return snap

@@ -64,6 +64,42 @@ def find(name_or_id: str) -> Path | None:
     return match
 
 
+def owner_tag() -> str:
+    """This process as the owner of files that outlive it if it is killed: its pid, after
+    its pid namespace, since processes of other containers may share the folder."""
+    return f"{_pid_namespace()}.{os.getpid()}"
+
+
+def owner_gone(tag: str) -> bool:
+    """Whether the owner named by ``owner_tag()`` has ended; never for another namespace's."""
+    namespace, _, pid = tag.partition(".")
+    return namespace == _pid_namespace() and pid.isdigit() and not pid_alive(int(pid))
+
+
+def sweep_litter(folder: str | Path, name: re.Pattern[str]) -> None:
+    """Remove the files in ``folder`` whose names match ``name`` (with an ``owner`` group
+    holding an ``owner_tag()``) and whose owner has ended."""
+    gone: dict[str, bool] = {}
+    for entry in Path(folder).iterdir():
+        m = name.match(entry.name)
+        if not m:
+            continue
+        if m["owner"] not in gone:
+            gone[m["owner"]] = owner_gone(m["owner"])
+        if gone[m["owner"]]:
+            try:
+                entry.unlink()
+            except OSError:
+                pass
+
+
+def _pid_namespace() -> str:
+    try:
+        return "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit()) or "0"
+    except OSError:
+        return "0"
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False

@@ -369,7 +369,7 @@ def test_job_kernels_end_when_their_parent_is_killed(tmp_path: Path) -> None:
         "import glob, os, time\n"
         "from jupyter_bgjobs._snapshot import shm_dir\n"
         "deadline = time.monotonic() + 30\n"
-        "while not glob.glob(f'{shm_dir()}/p{os.getpid()}-*') and time.monotonic() < deadline:\n"
+        "while not glob.glob(f'{shm_dir()}/p*.{os.getpid()}-*') and time.monotonic() < deadline:\n"
         "    time.sleep(0.02)\n"
         "print(job.kernel_pid, flush=True)\n"
         "time.sleep(600)\n"
@@ -391,14 +391,14 @@ def test_job_kernels_end_when_their_parent_is_killed(tmp_path: Path) -> None:
     _snapshot._swept = True  # finding the folder must not sweep it yet
     shm = _snapshot.shm_dir()
     assert shm is not None
-    prepared = f"p{parent.pid}-*"
+    prepared = f"p*.{parent.pid}-*"
     assert list(Path(shm).glob(prepared))
     _snapshot._swept = False
     _snapshot.shm_dir()
     assert not list(Path(shm).glob(prepared))
     # Killed kernels leave their socket files; the next kernel started here removes them.
     base = Path(tempfile.gettempdir()) / f"jupyter-bgjobs-{os.getuid()}"
-    litter = f"k{parent.pid}x*"
+    litter = f"k*.{parent.pid}x*"
     _kernels._swept = False
     assert list(base.glob(litter))
     _kernels._ipc_prefix()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import glob
 import os
 import stat
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -345,3 +347,25 @@ def test_a_result_the_notebook_cannot_load_does_not_sink_the_others(ip: Any) -> 
     assert ip.user_ns["kept"] == [1, 2, 3] and "thing" not in ip.user_ns
     assert [s["name"] for s in job.skipped if s["direction"] == "out"] == ["thing"]
     assert "No module named 'only_in_job'" in job.report
+
+
+def test_what_a_snapshot_in_pieces_loaded_stays_usable_until_the_process_ends(
+    tmp_path: Path,
+) -> None:
+    # Exit handlers run late: memory mapped for a snapshot must not be gone by then.
+    script = textwrap.dedent(
+        f"""
+        import atexit
+        import numpy as np
+        from jupyter_bgjobs._runner import encode, load_file, write_parts
+        loaded = {{}}
+        # Registered first, so it runs last of the exit handlers.
+        atexit.register(lambda: print("sum at exit", loaded["v"].sum()))
+        parts, _, _ = encode({{"v": np.ones(5 * 2**20)}}, "tok")
+        pieces = write_parts({str(tmp_path / "s.snap")!r}, parts)
+        loaded.update(load_file({str(tmp_path / "s.snap")!r}, "tok", pieces))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"sum at exit {float(5 * 2**20)}" in done.stdout
