@@ -50,6 +50,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     )
     offsets: dict[Path, int] = {}
     while True:
+        # Seen before reading: what was written up to the end is read once more.
+        ended = not args.follow or handle.state in _store.DONE_STATES
         if spec.get("kind") != "call":
             paths = [handle.log_path] if handle.log_path is not None else []
         for path in paths:
@@ -61,7 +63,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             offsets[path] = offsets.get(path, 0) + len(data)
             sys.stdout.write(data.decode("utf-8", errors="replace"))
             sys.stdout.flush()
-        if not args.follow or handle.state in _store.DONE_STATES:
+        if ended:
             return 0
         time.sleep(0.2)
 

@@ -138,6 +138,10 @@ class Job(RowClock):
         self._ns_ids: dict[str, int] = {}
         self._cancel = threading.Event()
         self._callbacks: list[Callable[[Job], Any]] = []
+        # wait() returns once the done callbacks have run too, so what they did is seen;
+        # a callback that itself waits is not held up by its own run.
+        self._settled = False
+        self._settling: int | None = None
         self._listeners: list[Callable[[Job], Any]] = []
         self.folder = settings.job_root() / self.id
         self.folder.mkdir(mode=0o700)
@@ -222,8 +226,11 @@ class Job(RowClock):
 
         Raises ``WaitTimeout`` if ``timeout`` seconds pass first (the job goes on).
         """
+        me = threading.get_ident()
         with self._cond:
-            if not self._cond.wait_for(lambda: self.done, timeout=timeout):
+            if not self._cond.wait_for(
+                lambda: self.done and (self._settled or self._settling == me), timeout=timeout
+            ):
                 raise WaitTimeout(
                     f"job {self.name!r} is still {self._state} after {timeout} s; "
                     "call .wait() again or .cancel() it"
@@ -767,12 +774,16 @@ class JobManager:
         job._set(_state=state, finished=_now(), report=report)
         with job._cond:
             callbacks, job._callbacks = job._callbacks, []
-        for fn in callbacks:
-            try:
-                fn(job)
-            except Exception as exc:  # a user callback must not kill the driver
-                with open(job.log_path, "a", encoding="utf-8") as log:
-                    log.write(f"\n[jupyter_bgjobs: done callback {fn!r} raised {exc!r}]\n")
+            job._settling = threading.get_ident()
+        try:
+            for fn in callbacks:
+                try:
+                    fn(job)
+                except Exception as exc:  # a user callback must not kill the driver
+                    with open(job.log_path, "a", encoding="utf-8") as log:
+                        log.write(f"\n[jupyter_bgjobs: done callback {fn!r} raised {exc!r}]\n")
+        finally:
+            job._set(_settled=True, _settling=None)
 
     # -- merging -------------------------------------------------------------------------
     def merge(self, job: Job, ns: dict[str, Any] | None = None) -> str:

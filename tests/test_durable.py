@@ -142,7 +142,7 @@ def test_two_writers_share_the_store_without_losing_anything(tmp_path: Path) -> 
 def test_prune_removes_old_finished_entries_and_reports_the_space(tmp_path: Path) -> None:
     done = bj.bg_call(sum, ([1, 2, 3],), name="finished_one", detach=True)
     assert done.result(60) == 6
-    running = bj.bg_call(time.sleep, (5,), name="still_running", detach=True)
+    running = bj.bg_call(time.sleep, (300,), name="still_running", detach=True)
     kept = bj.prune(older_than="1h")
     assert "finished_one" not in " ".join(kept["removed"])
     report = bj.prune(older_than=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +12,30 @@ import jupyter_bgjobs as bj
 from jupyter_bgjobs._jobs import manager
 
 
+def _gate(path: Path) -> str:
+    """A statement that waits until ``path`` exists, binding no name."""
+    return f"while not __import__('os').path.exists({str(path)!r}): __import__('time').sleep(0.01)"
+
+
 def test_cell_magic_returns_at_once_and_merges_at_the_next_cell(
-    ip: Any, capsys: pytest.CaptureFixture[str]
+    ip: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     ip.user_ns.pop("total", None)
-    t0 = time.perf_counter()
+    gate = tmp_path / "gate"
     ip.run_cell_magic(
         "bgjob",
         "mfit --timeout 600",
         "# Load ----\ndata = list(range(10))\n"
-        "# Fit ----\nimport time\ntime.sleep(1)\ntotal = sum(data)\n",
+        f"# Fit ----\nimport time\n{_gate(gate)}\ntotal = sum(data)\n",
     )
-    returned_after = time.perf_counter() - t0
     job = bj.get_job("mfit")
-    assert not job.done and returned_after < 1.0  # the job sleeps 1 s; the magic did not wait
+    assert not job.done  # the job waits for the gate: the magic did not wait for the job
     out = capsys.readouterr().out
     assert "mfit" in out  # the status line, printed once outside a kernel front end
     # A cell that runs while the job runs does not see its results yet.
     ip.run_cell("seen_early = 'total' in globals()")
     assert ip.user_ns["seen_early"] is False
+    gate.touch()
     with job._cond:
         job._cond.wait_for(lambda: job.done, 60)
     assert "total" not in ip.user_ns  # never merged under a running cell: only at a boundary
@@ -62,18 +66,22 @@ def test_env_auto_ships_what_the_cell_reads(ip: Any) -> None:
     assert sorted(job.shipped) == ["base", "factor", "scale"]
 
 
-def test_conflicting_rebind_is_kept_and_reported(ip: Any) -> None:
+def test_conflicting_rebind_is_kept_and_reported(ip: Any, tmp_path: Path) -> None:
     ip.run_cell("shared = 'notebook-1'")
-    ip.run_cell_magic("bgjob", "conflict", "import time\ntime.sleep(0.5)\nshared = 'job'")
+    gate = tmp_path / "gate"
+    ip.run_cell_magic("bgjob", "conflict", f"import time\n{_gate(gate)}\nshared = 'job'")
     ip.run_cell("shared = 'notebook-2'")
+    gate.touch()
     bj.get_job("conflict").wait(60)
     assert ip.user_ns["shared"] == "notebook-2"
     assert ip.user_ns["conflict_results"].shared == "job"
     assert "kept the notebook's shared" in bj.get_job("conflict").report
+    gate = tmp_path / "gate2"
     ip.run_cell_magic(
-        "bgjob", "over --on-conflict overwrite", "import time\ntime.sleep(0.5)\nshared = 'job'"
+        "bgjob", "over --on-conflict overwrite", f"import time\n{_gate(gate)}\nshared = 'job'"
     )
     ip.run_cell("shared = 'notebook-3'")
+    gate.touch()
     bj.get_job("over").wait(60)
     assert ip.user_ns["shared"] == "job"
     assert "overwrote shared" in bj.get_job("over").report

@@ -20,6 +20,7 @@ import jupyter_bgjobs as bj
 from jupyter_bgjobs import _snapshot
 from jupyter_bgjobs._runner import (
     SnapshotError,
+    _room_for,
     decode,
     encode,
     load_file,
@@ -199,10 +200,13 @@ def test_partial_failure_of_results_is_reported_and_the_rest_merges(ip: Any) -> 
     )
 
 
-def test_conflict_report_word_for_word(ip: Any) -> None:
+def test_conflict_report_word_for_word(ip: Any, tmp_path: Path) -> None:
     ip.run_cell("level = 1")
-    ip.run_cell_magic("bgjob", "clash", "__import__('time').sleep(0.5)\nlevel = 2\nother = 3")
-    ip.run_cell("level = 10")
+    gate = tmp_path / "gate"
+    wait = f"while not __import__('os').path.exists({str(gate)!r}): __import__('time').sleep(0.01)"
+    ip.run_cell_magic("bgjob", "clash", f"{wait}\nlevel = 2\nother = 3")
+    ip.run_cell("level = 10")  # rebound while the job waits
+    gate.touch()
     job = bj.get_job("clash").wait(60)
     tail = job.report.split("; ", 1)[1]
     assert tail == (
@@ -305,6 +309,12 @@ def test_dataframe_and_array_round_trip_exactly(ip: Any) -> None:
     assert ip.user_ns["stamps_out"].dtype == np.dtype("M8[ns]")
 
 
+def _no_room_for_an_arena() -> bool:
+    shm = _snapshot.shm_dir()
+    return shm is None or not _room_for(256 << 20, os.path.join(shm, "probe"))
+
+
+@pytest.mark.skipif(_no_room_for_an_arena(), reason="too little free memory to prepare any")
 def test_results_written_into_memory_made_ready_while_the_job_ran(ip: Any) -> None:
     # The job waits (polling, not sleeping blind) until shared memory has been made ready
     # for its results, then returns less than was made ready, or more.
@@ -321,9 +331,11 @@ def test_results_written_into_memory_made_ready_while_the_job_ran(ip: Any) -> No
         del scratch
         """
     )
-    ip.run_cell_magic("bgjob", "less", ready + "small = np.arange(10)\nlabel = 'done'")
-    ip.run_cell_magic("bgjob", "more", ready + "large = np.arange(40 * 2**20)")
-    for name in ("less", "more"):
+    for name, code in (
+        ("less", "small = np.arange(10)\nlabel = 'done'"),
+        ("more", "large = np.arange(40 * 2**20)"),
+    ):
+        ip.run_cell_magic("bgjob", name, ready + code)
         job = bj.get_job(name).wait(120)
         assert job.state == "succeeded", job.output
         assert not [p for p in job._files for p in glob.glob(glob.escape(p) + "*")]
