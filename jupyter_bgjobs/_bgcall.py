@@ -21,14 +21,14 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def _write_atomic(path: str, *parts: bytes) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as fh:
-        fh.write(data)
+        for part in parts:
+            fh.write(part)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -55,7 +55,6 @@ def _refile(fun: Any, source: Any) -> None:
 def run(folder: str, parent: int) -> None:
     if parent > 0:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    import cloudpickle
 
     with open(os.path.join(folder, "call.pkl"), "rb") as fh:
         call = pickle.load(fh)
@@ -65,24 +64,16 @@ def run(folder: str, parent: int) -> None:
             sys.path.insert(0, entry)
     _refile(fun, source)
     started = time.time()
-    try:
-        value = fun(*args, **kwargs)
-    except BaseException as exc:  # the call's exception is its result
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        try:
-            payload = cloudpickle.dumps(("error", exc, text), protocol=5)
-        except Exception:
-            payload = pickle.dumps(("error", None, text), protocol=5)
-    else:
-        try:
-            payload = cloudpickle.dumps(("ok", value, ""), protocol=5)
-        except Exception as exc:
-            what = f"the result ({type(value).__name__}) cannot be pickled: {exc}"
-            payload = pickle.dumps(("unpicklable", None, what), protocol=5)
+    # The queue worker's own call-and-pickle: the same outcomes, the same tracebacks.
+    from _worker import _run_one
+
+    code, payload = _run_one(fun, args, kwargs)
     sys.stdout.flush()
     sys.stderr.flush()
-    _write_atomic(os.path.join(folder, "result.pkl"), payload)
+    body = payload.encode() if isinstance(payload, str) else payload
+    # One byte of outcome (0 value, 1 exception, 2 unpicklable value), then its pickle
+    # or, for 2, the reason in words.
+    _write_atomic(os.path.join(folder, "result.pkl"), bytes([code]), body)
     _write_atomic(
         os.path.join(folder, "times.json"),
         json.dumps({"started": started, "finished": time.time()}).encode(),

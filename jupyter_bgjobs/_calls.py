@@ -70,8 +70,15 @@ class BgCall:
     def _load_outcome(self) -> tuple[str, Any, str] | None:
         if self._outcome is None and (self.folder / "result.pkl").exists():
             try:
-                with open(self.folder / "result.pkl", "rb") as fh:
-                    self._outcome = pickle.load(fh)
+                data = (self.folder / "result.pkl").read_bytes()
+                code, body = data[0], memoryview(data)[1:]
+                if code == 0:
+                    self._outcome = ("ok", pickle.loads(body), "")
+                elif code == 1:
+                    exc, text = pickle.loads(body)
+                    self._outcome = ("error", exc, text)
+                else:
+                    self._outcome = ("unpicklable", None, bytes(body).decode())
             except Exception as exc:
                 self._outcome = ("unloadable", None, f"the result cannot be loaded here: {exc}")
         return self._outcome

@@ -20,3 +20,12 @@ def notebook(source: str) -> dict[str, Any]:
     ns: dict[str, Any] = {"__name__": "__main__"}
     exec(compile(source, filename, "exec"), ns)
     return ns
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on, for a server a test starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

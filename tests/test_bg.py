@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cells import notebook
+from cells import free_port, notebook
 
 import jupyter_bgjobs as bj
 
@@ -198,12 +198,6 @@ def test_calls_end_with_their_process_unless_detached(tmp_path: Path) -> None:
     assert main(["results", "detached"]) == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 APP = """
 import time
 from flask import Flask, jsonify, url_for
@@ -238,7 +232,7 @@ if __name__ == "__main__":
 def test_a_web_request_starts_a_task_that_outlives_it(tmp_path: Path) -> None:
     pytest.importorskip("flask")
     (tmp_path / "app.py").write_text(APP)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, str(tmp_path / "app.py"), str(port)],
         cwd=tmp_path,

@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
+from cells import free_port
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _gateway
@@ -23,15 +24,9 @@ pytest.importorskip("kernel_gateway")
 TOKEN = "gw-secret-token-4711"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Gateway:
     def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [
@@ -168,7 +163,7 @@ def test_a_wrong_token_and_a_gateway_that_is_down_say_so(
     assert job.state == "failed"
     assert "rejected the token (HTTP 403)" in job.reason or "(HTTP 401)" in job.reason
     assert "not-the-token" not in job.reason + _files_of(job)
-    down = bj.run_cell("x = 1", name="nobody", gateway=f"http://127.0.0.1:{_free_port()}")
+    down = bj.run_cell("x = 1", name="nobody", gateway=f"http://127.0.0.1:{free_port()}")
     down.wait(60)
     assert down.state == "failed" and "is not reachable" in down.reason
     with pytest.raises(bj.JobSpecError, match="only KERNEL_"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from cells import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "bgjobs-lab-token"
@@ -46,12 +46,6 @@ CELLS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A JupyterLab server on 127.0.0.1 serving one notebook; yields its URL."""
@@ -70,7 +64,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (settings / "notification.jupyterlab-settings").write_text(
         '{"fetchNews": "false", "checkForUpdates": false}'
     )
-    port = _free_port()
+    port = free_port()
     log = open(root / "lab.log", "wb")  # closed after the server ends
     proc = subprocess.Popen(
         [
