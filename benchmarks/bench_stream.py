@@ -7,7 +7,12 @@ a trivial cell; the same is measured with no job running, in the same run. Also 
 notebook kernel's resident memory before and after, the job's run time, and how many lines
 reached the log on disk.
 
-Run: python benchmarks/bench_stream.py [--lines 200000] [--probes 200]
+Then the flood cases: jobs that print 1 GiB in 1 MiB writes, one 300 MiB line, and a
+million short lines, with the notebook kernel's peak resident memory above its resident
+memory before the job (sampled every 10 ms by this process), against the bound of 64 MiB;
+the log on disk must be complete.
+
+Run: python benchmarks/bench_stream.py [--lines 200000] [--probes 200] [--flood-mib 1024]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -68,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--probes", type=int, default=200)
+    parser.add_argument("--flood-mib", type=int, default=1024)
     args = parser.parse_args()
 
     km = KernelManager(kernel_name="python3")
@@ -102,6 +109,7 @@ def main() -> None:
             " 'tail': len(j.outputs)}))",
         )
         rss_after = nb.memory_info().rss
+        floods = [flood(kc, nb, label, code, size) for label, code, size in _floods(args.flood_mib)]
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -128,6 +136,65 @@ def main() -> None:
         f"notebook kernel RSS: {rss_before / 2**20:.0f} MiB before, "
         f"{rss_after / 2**20:.0f} MiB after"
     )
+
+    print()
+    print("| flood | printed | job time | log on disk | notebook peak RSS above start |")
+    print("|---|---|---|---|---|")
+    for label, size, seconds, logged, peak in floods:
+        print(
+            f"| {label} | {size / 2**20:,.0f} MiB | {seconds:.1f} s | {logged / 2**20:,.0f} MiB "
+            f"| {peak / 2**20:.0f} MiB (bound 64 MiB) |"
+        )
+
+
+def _floods(mib: int) -> list[tuple[str, str, int]]:
+    return [
+        (
+            f"{mib} x 1 MiB writes",
+            f"import sys\nfor _ in range({mib}):\n    sys.stdout.write('x' * (1 << 20))",
+            mib << 20,
+        ),
+        ("one 300 MiB line", "print('x' * (300 << 20))", (300 << 20) + 1),
+        (
+            "a million short lines",
+            "for i in range(1_000_000):\n    print(f'{i:07d}')",
+            8_000_000,
+        ),
+    ]
+
+
+def flood(
+    kc: BlockingKernelClient, nb: psutil.Process, label: str, code: str, size: int
+) -> tuple[str, int, float, int, int]:
+    """Run one flood job from the notebook kernel; return its size, time, log size and the
+    notebook kernel's peak RSS above what it had before the job."""
+    start = nb.memory_info().rss
+    peak = [start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], nb.memory_info().rss)
+            done.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        _, info = execute(
+            kc,
+            "import json, os\nfrom jupyter_bgjobs import run_cell\n"
+            f"j = run_cell({code!r}, name='flood_bytes', env='none').wait(900)\n"
+            "print(json.dumps({'elapsed': j.elapsed, 'log': os.path.getsize(j.log_path),"
+            " 'state': j.state}))",
+            timeout=900,
+        )
+    finally:
+        done.set()
+        sampler.join()
+    # wait() prints the job's report line first.
+    stats = json.loads(info.strip().splitlines()[-1])
+    assert stats["state"] == "succeeded", stats
+    return label, size, stats["elapsed"], stats["log"], peak[0] - start
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ class Settings:
     kernel: str = "python3"
     cancel_grace: float = 3.0
     output_tail: int = 1000
+    # Characters of output a job keeps in memory; its log on disk keeps everything.
+    output_tail_bytes: int = 4 << 20
     status_interval: float = 1.0
     root: str = ""
     transport: str = "auto"
@@ -57,25 +59,57 @@ def configure(**changes: Any) -> Settings:
     Enterprise Gateway URL for every job; default ``$JUPYTER_GATEWAY_URL`` when a job asks
     for a gateway) and ``gateway_token`` (default ``$JUPYTER_GATEWAY_AUTH_TOKEN``).
     Returns the settings in force."""
-    known = {f.name: f.type for f in fields(Settings)}
+    known = {f.name for f in fields(Settings)}
+    checked = {}
     for key, value in changes.items():
         if key not in known:
             raise JobSpecError(
                 f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}"
             )
-        current = getattr(settings, key)
-        if isinstance(current, bool):
-            if not isinstance(value, bool):
-                raise JobSpecError(f"setting {key!r} must be True or False, not {value!r}")
-        elif isinstance(current, (int, float)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise JobSpecError(f"setting {key!r} must be a number >= 0, not {value!r}")
-            value = type(current)(value)
-        if key == "transport" and value not in ("auto", "file", "stream"):
-            raise JobSpecError(f"transport must be auto, file or stream, not {value!r}")
+        checked[key] = _checked(key, value)
+    # All or nothing: one bad setting leaves every setting as it was.
+    for key, value in checked.items():
         setattr(settings, key, value)
     if "pool_size" in changes:
         from ._jobs import manager
 
         manager.resize_pool()
     return settings
+
+
+# The whole numbers and the smallest value each numeric setting takes.
+_NUMBERS: dict[str, tuple[bool, float, bool]] = {
+    # name: (integer, minimum, strictly above the minimum)
+    "pool_size": (True, 0, False),
+    "max_concurrent": (True, 1, False),
+    "cancel_grace": (False, 0, False),
+    "output_tail": (True, 1, False),
+    "output_tail_bytes": (True, 1024, False),
+    "status_interval": (False, 0, True),
+}
+
+
+def _checked(key: str, value: Any) -> Any:
+    from . import _checks
+
+    current = getattr(settings, key)
+    if key in _NUMBERS:
+        integer, minimum, above = _NUMBERS[key]
+        if isinstance(value, str):  # settings take numbers; text is for magics' options
+            raise JobSpecError(f"setting {key!r} must be a number, not {value!r}")
+        number = _checks.number(key, value, minimum=minimum, above=above, integer=integer)
+        return int(number) if integer else number
+    if isinstance(current, bool):
+        return _checks.flag(key, value)
+    if key == "root":
+        return _checks.path("root", value) if value != "" else ""
+    if key == "transport":
+        return _checks.choice("transport", value, ("auto", "file", "stream"))
+    if key == "kernel":
+        return _checks.kernelspec(_checks.text("kernel", value, example="'python3'") or "")
+    if key == "gateway":
+        from ._jobs import _gateway_url
+
+        url = _checks.text("gateway", value, example="'http://gateway:8888'") or ""
+        return _gateway_url(url) if url and url not in ("env", "default") else url
+    return _checks.text(key, value)

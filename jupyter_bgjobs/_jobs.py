@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import collections
 import datetime as dt
 import json
 import os
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import _snapshot
+from . import _checks, _context, _snapshot
 from ._config import settings
 from ._display import RowClock
 from ._errors import (
@@ -34,6 +33,7 @@ from ._errors import (
     KernelDiedError,
 )
 from ._kernels import KernelPool, LocalKernel
+from ._outputs import OutputTail, output_text
 from ._runner import (
     EVENT_MIME,
     MAX_PIECES,
@@ -130,9 +130,7 @@ class Job(RowClock):
         # Wall-clock stamps (time.time()) of the job's milestones, for benchmarks and logs.
         self.timings: dict[str, float] = {"submitted": time.time()}
         self.report = ""
-        self._outputs: collections.deque[dict[str, Any]] = collections.deque(
-            maxlen=max(1, settings.output_tail)
-        )
+        self._tail = OutputTail(settings.output_tail, settings.output_tail_bytes)
         self._values: dict[str, Any] | None = None
         self._merged = False
         self._ns_ids: dict[str, int] = {}
@@ -152,6 +150,8 @@ class Job(RowClock):
         self._files: list[str] = []
         self._seed_chunks: list[str] = []
         self._stream = bytearray()
+        self._environ: dict[str, str] = {}
+        self._awaits = False
 
     # -- reading -------------------------------------------------------------------
     @property
@@ -166,14 +166,19 @@ class Job(RowClock):
 
     @property
     def outputs(self) -> list[dict[str, Any]]:
-        """The tail of the job's outputs as nbformat output dicts, in order."""
-        with self._cond:
-            return list(self._outputs)
+        """The tail of the job's outputs as nbformat output dicts, in order (bounded in
+        size: ``log_path`` holds the whole output)."""
+        return self._tail.items()
+
+    @property
+    def output_version(self) -> int:
+        """Grows with every output the job sends, appended text included."""
+        return self._tail.version
 
     @property
     def output(self) -> str:
         """The tail of the job's output as text (streams, and rich outputs' text form)."""
-        return "".join(_output_text(o) for o in self.outputs)
+        return "".join(output_text(o) for o in self.outputs)
 
     @property
     def results(self) -> types.SimpleNamespace | None:
@@ -226,6 +231,8 @@ class Job(RowClock):
 
         Raises ``WaitTimeout`` if ``timeout`` seconds pass first (the job goes on).
         """
+        if timeout is not None:
+            timeout = _checks.number("timeout", timeout, unit="seconds")
         me = threading.get_ident()
         with self._cond:
             if not self._cond.wait_for(
@@ -269,40 +276,16 @@ class Job(RowClock):
                 pass
 
     def _add_output(self, out: dict[str, Any], log: Any) -> None:
+        self._tail.add(out)
         with self._cond:
-            last = self._outputs[-1] if self._outputs else None
-            if (
-                out["output_type"] == "stream"
-                and last is not None
-                and last["output_type"] == "stream"
-                and last["name"] == out["name"]
-                and len(last["text"]) < _MERGE_LIMIT
-            ):
-                last["text"] += out["text"]
-            else:
-                self._outputs.append(out)
             self._cond.notify_all()
-        log.write(_output_text(out))
+        for listener in list(self._listeners):
+            try:
+                listener(self)
+            except Exception:
+                pass
+        log.write(output_text(out))
         log.flush()
-
-
-# Consecutive stream outputs merge up to this many characters; with ``output_tail`` outputs
-# kept, the tail in memory stays within output_tail x 16 KiB of text.
-_MERGE_LIMIT = 16384
-
-
-def _output_text(out: dict[str, Any]) -> str:
-    kind = out.get("output_type")
-    if kind == "stream":
-        return str(out.get("text", ""))
-    if kind == "error":
-        return f"{out.get('ename')}: {out.get('evalue')}\n"
-    data = out.get("data", {})
-    text = data.get("text/plain", "")
-    others = [m for m in data if m != "text/plain"]
-    if others and not text:
-        text = f"[{', '.join(others)}]"
-    return str(text) + "\n" if text else ""
 
 
 class JobManager:
@@ -374,8 +357,11 @@ class JobManager:
         remote = bool(spec.gateway)
         transport = "stream" if settings.transport == "stream" or remote else "file"
         seed: _snapshot.Snapshot | None = None
+        source = _transformed(spec.code)
+        # What the notebook's environment is now, not when a warm kernel was started.
+        job._environ = dict(os.environ)
         if ns is not None and spec.env != "none":
-            names = _snapshot.select_names(ns, spec.env, _transformed(spec.code))
+            names = _snapshot.select_names(ns, spec.env, source)
             paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
             job._files.extend(paths)  # before writing: an interrupted write is cleaned too
             seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport)
@@ -392,6 +378,7 @@ class JobManager:
                 "sha256": seed.sha256,
                 "nbytes": seed.nbytes,
             }
+        job._awaits = _context.awaits(source)
         result_paths = _snapshot.snapshot_paths(str(job.folder), job.id, "results")
         job._files.extend(result_paths)
         runner_spec = {
@@ -404,7 +391,10 @@ class JobManager:
             "token": job._token,
             "seed": seed_spec,
             "imports": seed.imports if seed else {},
+            "import_origins": _snapshot.import_origins(seed.imports) if seed else {},
             "not_shipped": seed.skipped if seed else [],
+            "notebook_names": _snapshot.unshipped_names(ns, job.shipped) if ns else [],
+            "context": {} if remote else _context.import_context(),
             "results": {
                 "transport": transport,
                 "paths": result_paths,
@@ -412,7 +402,8 @@ class JobManager:
             },
             "env_vars": spec.env_vars,
         }
-        (job.folder / "spec.json").write_text(
+        _write_private(
+            job.folder / "spec.json",
             json.dumps(
                 {
                     "name": job.name,
@@ -428,7 +419,7 @@ class JobManager:
                     "shipped": job.shipped,
                 },
                 indent=1,
-            )
+            ),
         )
         with self._lock:
             self._jobs[job.id] = job
@@ -449,7 +440,7 @@ class JobManager:
 
     # -- driving one job -------------------------------------------------------------------------
     def _drive(self, job: Job, runner_spec: dict[str, Any]) -> None:
-        with open(job.log_path, "a", encoding="utf-8", errors="replace") as log:
+        with _open_log(job.log_path) as log:
             try:
                 self._drive_inner(job, runner_spec, log)
             except BaseException as exc:  # a driver fault ends the job, visibly
@@ -504,7 +495,17 @@ class JobManager:
                 metadata={"bgjobs_chunk": chunk},
             )
         job._seed_chunks = []
-        call = f"__import__('_bgjobs_runner').run({json.dumps(runner_spec)!r})"
+        if not job.spec.gateway:
+            runner_spec["context"].update(
+                _context.environ_changes(job._environ, getattr(kernel, "launch_env", None))
+            )
+        # Top-level await runs on the job kernel's loop, as IPython's autoawait runs a cell.
+        entry = (
+            "await __import__('_bgjobs_runner').run_async"
+            if job._awaits
+            else ("__import__('_bgjobs_runner').run")
+        )
+        call = f"{entry}({json.dumps(runner_spec)!r})"
         msg_id = kernel.execute(call)
         job._set(_state=RUNNING)
         deadline = (time.monotonic() + job.spec.timeout) if job.spec.timeout else None
@@ -737,6 +738,8 @@ class JobManager:
         for name, module in (info.get("modules") or {}).items():
             import importlib
 
+            if name in job._ns_ids and job._ns_ids[name] == id(sys.modules.get(module)):
+                continue  # the notebook has that very module under that name: no result
             try:
                 values[name] = importlib.import_module(module)
             except Exception as exc:
@@ -780,7 +783,7 @@ class JobManager:
                 try:
                     fn(job)
                 except Exception as exc:  # a user callback must not kill the driver
-                    with open(job.log_path, "a", encoding="utf-8") as log:
+                    with _open_log(job.log_path) as log:
                         log.write(f"\n[jupyter_bgjobs: done callback {fn!r} raised {exc!r}]\n")
         finally:
             job._set(_settled=True, _settling=None)
@@ -866,6 +869,19 @@ def _tqdm_progress(job: Job, text: str) -> None:
         job._set(_custom_progress=True, _tqdm_progress=True, _done=int(done), _total=int(total))
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def _open_log(path: Path) -> Any:
+    """A job's log, opened for appending; created readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+
+
 def _remove(path: str) -> None:
     for piece in piece_paths(path, MAX_PIECES):
         try:
@@ -911,6 +927,7 @@ def _at_exit() -> None:
 def _check_gateway(gateway: str | None) -> str:
     from ._config import settings
 
+    _checks.text("gateway", gateway, optional=True, example="'http://gateway:8888'")
     url = gateway or settings.gateway
     if not url:
         return ""
@@ -921,16 +938,42 @@ def _check_gateway(gateway: str | None) -> str:
                 "--gateway env asks for $JUPYTER_GATEWAY_URL, which is not set; "
                 "pass the gateway's URL instead"
             )
-    if not url.startswith(("http://", "https://")):
-        raise JobSpecError(
-            f"gateway {url!r} is not an http(s) URL; for example http://gateway.example.org:8888"
-        )
+    return _gateway_url(url)
+
+
+def _gateway_url(url: str) -> str:
+    """A gateway's base URL, checked for the form a gateway's URL has."""
+    import urllib.parse
+
+    example = (
+        "a URL must look like http://gateway.example.org:8888 "
+        "(http or https, a host, an optional port and path)"
+    )
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port
+    except ValueError as exc:
+        raise JobSpecError(f"gateway {url!r} is not a valid URL ({exc}); {example}") from None
+    bad = ""
+    if parsed.scheme not in ("http", "https"):
+        bad = "it is not http:// or https://"
+    elif not parsed.hostname:
+        bad = "it has no host"
+    elif any(c.isspace() for c in url):
+        bad = "it contains spaces"
+    elif parsed.query or parsed.fragment:
+        bad = "it has a query or fragment"
+    elif port == 0:
+        bad = "port 0 is no port"
+    if bad:
+        raise JobSpecError(f"gateway {url!r} is not a gateway URL: {bad}; {example}")
     return url.rstrip("/")
 
 
 def _check_kernel_env(env: dict[str, str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
-    for key, value in (env or {}).items():
+    checked = _checks.str_mapping("kernel_env", env, example="{'KERNEL_NAMESPACE': 'team-a'}")
+    for key, value in checked.items():
         if not key.startswith("KERNEL_") or not key.replace("_", "").isalnum():
             raise JobSpecError(
                 f"kernel variable {key!r}: gateways pass only KERNEL_* variables to the "
@@ -952,6 +995,7 @@ def _parse_kernel_env(items: list[str] | None) -> dict[str, str]:
 
 
 def _check_name(name: str) -> str:
+    _checks.text("name", name, example="'fit_model'")
     if not name.isidentifier():
         raise JobSpecError(
             f"job name {name!r} is not a Python identifier; use letters, digits and _ "
@@ -960,25 +1004,8 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise JobSpecError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    try:
-        value = float(timeout)
-    except (TypeError, ValueError):
-        raise JobSpecError(f"timeout must be a number of seconds, not {timeout!r}") from None
-    if not value > 0:
-        raise JobSpecError(f"timeout must be more than 0 seconds, not {timeout!r}")
-    return value
-
-
 def _check_env(env: str) -> str:
+    _checks.text("env", env, example="'auto', 'all', 'none' or 'a,b'")
     if env in ("auto", "all", "none"):
         return env
     names = [n.strip() for n in env.split(",") if n.strip()]
@@ -1017,7 +1044,15 @@ def make_spec(
     kernel_env: dict[str, str] | None = None,
 ) -> JobSpec:
     """Check every option and build a spec; raises JobSpecError naming the fix."""
-    base = _check_name(name) if name is not None else _default_name()
+    _checks.text("code", code, example="'x = 1'")
+    if name is not None:
+        _check_name(name)
+    checked_timeout = _checks.timeout("timeout", timeout)
+    checked_env = _check_env(env)
+    checked_results = _checks.choice("results", results, RESULT_MODES)
+    checked_conflict = _checks.choice("on_conflict", on_conflict, CONFLICT_MODES)
+    _checks.text("kernel", kernel, optional=True, example="'python3'")
+    workdir = _checks.path("workdir", workdir, optional=True)
     url = _check_gateway(gateway)
     env_vars = _check_kernel_env(kernel_env)
     if url:
@@ -1026,16 +1061,18 @@ def make_spec(
     else:
         wd = workdir or os.getcwd()
         if not os.path.isdir(wd):
-            raise JobSpecError(f"working directory {wd!r} does not exist")
+            raise JobSpecError(f"working directory {wd!r} does not exist; pass an existing folder")
+        _checks.kernelspec(kernel or settings.kernel)
+    base = name if name is not None else _default_name()
     spec = JobSpec(
         code=code,
         name=base,
         kind=kind,
         kernel=kernel,
-        timeout=_check_timeout(timeout),
-        env=_check_env(env),
-        results=_check_choice("results", results, RESULT_MODES),
-        on_conflict=_check_choice("on_conflict", on_conflict, CONFLICT_MODES),
+        timeout=checked_timeout,
+        env=checked_env,
+        results=checked_results,
+        on_conflict=checked_conflict,
         workdir=(wd if url else os.path.abspath(wd)),
         script_path=script_path,
         gateway=url,
@@ -1076,6 +1113,7 @@ def run_cell(
     """
     from ._merge import target_namespace
 
+    _checks.flag("detach", detach)
     spec = make_spec(
         code,
         name=name,
@@ -1120,7 +1158,11 @@ def run_script(
     """
     from ._merge import target_namespace
 
-    script = Path(path).expanduser()
+    script = Path(_checks.path("path", path) or "").expanduser()
+    _checks.text("encoding", encoding, example="'utf-8'")
+    _checks.flag("import_env", import_env)
+    _checks.text("export_env", export_env, example="'', 'globals' or 'train_results'")
+    _checks.flag("detach", detach)
     if not script.is_file():
         raise JobSpecError(f"no script at {str(script)!r}; check the path")
     try:
@@ -1165,6 +1207,7 @@ def _script_name(script: Path) -> str:
 def get_job(name_or_id: str) -> Any:
     """The job with this id, or the latest job with this name: one of this process, else
     a detached one from the store (started here before a restart, or elsewhere)."""
+    _checks.text("name_or_id", name_or_id, example="'train'")
     try:
         return manager.get(name_or_id)
     except JobSpecError:

@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import _runtime
 from ._errors import BgJobError
 from ._store import owner_tag, sweep_litter
 
@@ -56,28 +58,35 @@ def execute_content(code: str, silent: bool) -> dict[str, Any]:
 
 
 def _ipc_prefix() -> str:
-    """A private, short path prefix for one kernel's sockets (a Unix socket path is
-    limited to about 100 bytes, so not under the data directory)."""
+    """A private, short path prefix for one kernel's sockets and connection file."""
     import uuid
 
-    base = Path(tempfile.gettempdir()) / f"jupyter-bgjobs-{os.getuid()}"
-    base.mkdir(mode=0o700, exist_ok=True)
-    st = base.lstat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not base.is_dir() or base.is_symlink():
-        raise KernelStartError(
-            f"{base} is not a private folder of this user; remove it and try again"
-        )
+    base = _runtime.sockets_dir()
     global _swept
     if not _swept:
         _swept = True
         sweep_litter(base, _SOCKET_NAME)
     # The owner in the name: a kernel ends with its owner, so once the owner is gone its
-    # socket files are litter (a killed kernel cannot remove them itself).
-    return str(base / f"k{owner_tag()}x{uuid.uuid4().hex[:6]}")
+    # socket and connection files are litter (a killed kernel cannot remove them itself).
+    return str(Path(base) / f"k{owner_tag()}x{uuid.uuid4().hex[:6]}")
+
+
+def _kernel_log_dir() -> Path:
+    from ._config import settings
+
+    logs = settings.job_root().parent / "kernels"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    global _logs_swept
+    if not _logs_swept:
+        _logs_swept = True
+        sweep_litter(logs, _LOG_NAME)
+    return logs
 
 
 _swept = False
-_SOCKET_NAME = re.compile(r"^k(?P<owner>\d+\.\d+)x[0-9a-f]+-\d+$")
+_logs_swept = False
+_SOCKET_NAME = re.compile(r"^k(?P<owner>\d+\.\d+)x[0-9a-f]+(-\d+|\.json)$")
+_LOG_NAME = re.compile(r"^k(?P<owner>\d+\.\d+)x[A-Za-z0-9_]+\.log$")
 
 
 class LocalKernel:
@@ -96,18 +105,31 @@ class LocalKernel:
 
         # Unix sockets, not TCP ports: jupyter_client picks free ports and the kernel binds
         # them later, a race that kills kernels at start when many start at once.
-        km = KernelManager(kernel_name=self.kernel_name, transport="ipc", ip=_ipc_prefix())
+        prefix = _ipc_prefix()
+        km = KernelManager(
+            kernel_name=self.kernel_name,
+            transport="ipc",
+            ip=prefix,
+            connection_file=prefix + ".json",
+        )
         self.km = km
         # The kernel process's own stderr (faulthandler's report of a segfault, a failed
         # import at start) goes to a file, so a dead kernel can say why it died.
-        from ._config import settings
-
-        logs = settings.job_root().parent / "kernels"
-        logs.mkdir(mode=0o700, exist_ok=True)
-        fd, self.stderr_path = tempfile.mkstemp(prefix="kernel-", suffix=".log", dir=logs)
+        fd, self.stderr_path = tempfile.mkstemp(
+            prefix=f"k{owner_tag()}x", suffix=".log", dir=_kernel_log_dir()
+        )
+        # What the kernel inherits; a job later applies the notebook's changes since.
+        self.launch_env = dict(os.environ)
         try:
             with os.fdopen(fd, "wb") as sink:
-                km.start_kernel(cwd=self.cwd or os.getcwd(), stdout=sink, stderr=sink)
+                # stdin is /dev/null: a subprocess of the job that reads it ends at once
+                # instead of waiting for a keyboard nobody has.
+                km.start_kernel(
+                    cwd=self.cwd or os.getcwd(),
+                    stdout=sink,
+                    stderr=sink,
+                    stdin=subprocess.DEVNULL,
+                )
         except NoSuchKernel:
             raise KernelStartError(
                 f"no kernel named {self.kernel_name!r}; `jupyter kernelspec list` shows the "
@@ -131,7 +153,7 @@ class LocalKernel:
         return self
 
     def _boot(self, timeout: float) -> None:
-        msg_id = self.kc.execute(_runner_boot_code(), silent=True, store_history=False)
+        msg_id = self.execute(_runner_boot_code(), silent=True)
         deadline = time.monotonic() + timeout
         while True:
             reply = self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
@@ -172,7 +194,7 @@ class LocalKernel:
         if not modules:
             return
         code = "".join(f"try: __import__({m!r})\nexcept Exception: pass\n" for m in modules)
-        msg_id = self.kc.execute(code, silent=True, store_history=False)
+        msg_id = self.execute(code, silent=True)
         deadline = time.monotonic() + timeout
         self._skip_to_idle(msg_id, deadline)
         self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
@@ -196,10 +218,10 @@ class LocalKernel:
     def execute(
         self, code: str, silent: bool = False, metadata: dict[str, Any] | None = None
     ) -> str:
-        if not metadata:
-            return str(self.kc.execute(code, silent=silent, store_history=False))
+        # Always our own request: jupyter_client's default allows stdin, and a job that
+        # then asks for input would wait forever for an answer.
         msg = self.kc.session.msg(
-            "execute_request", execute_content(code, silent), metadata=metadata
+            "execute_request", execute_content(code, silent), metadata=metadata or {}
         )
         self.kc.shell_channel.send(msg)
         return str(msg["header"]["msg_id"])

@@ -7,7 +7,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import _display
 from ._config import settings
@@ -235,11 +235,13 @@ def jobs_table(rows: list[Job]) -> str:
 
 
 def _parse(magic: Any, line: str) -> Any:
+    """The magic's options, split as a shell splits them: quotes group words and are
+    removed (``--workdir "/data/my project"``, ``--env 'a,b'``)."""
     try:
-        shlex.split(line)
+        argv = shlex.split(line, posix=True)
     except ValueError as exc:
-        raise UsageError(f"cannot parse the options {line!r}: {exc}") from None
-    return parse_argstring(magic, line)
+        raise UsageError(f"cannot parse the options {line!r}: {exc}; check the quotes") from None
+    return magic.parser.parse_args(argv)
 
 
 def _pre_run_cell(*_: Any) -> None:

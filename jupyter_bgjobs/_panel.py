@@ -54,6 +54,11 @@ def _recent(outputs: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
     return tuple(reversed(kept))
 
 
+def _version(job: Any) -> int:
+    version = getattr(job, "output_version", None)
+    return int(version) if version is not None else len(job.outputs)
+
+
 def _fit() -> W.Layout:
     """A button as wide as its label: fixed widths cut labels off in some front ends."""
     return W.Layout(width="auto", flex="0 0 auto")
@@ -136,7 +141,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
             job.report,
             int(job.elapsed),
             self.toggle.value,
-            len(job.outputs),
+            _version(job),
             self.notify,
         )
         with self._lock:
@@ -170,10 +175,11 @@ class JobRow(W.VBox):  # type: ignore[misc]
             self._browser_notice()
 
     def _show_output(self) -> None:
-        outputs = self.job.outputs
-        if len(outputs) != self._shown_outputs:
-            self._shown_outputs = len(outputs)
-            self.out.outputs = _recent(outputs)
+        # By version, not by count: new text is often appended to the last output.
+        version = _version(self.job)
+        if version != self._shown_outputs:
+            self._shown_outputs = version
+            self.out.outputs = _recent(self.job.outputs)
         self.report.value = html.escape(self.job.report) if self.job.report else ""
 
     def open_log(self) -> None:
@@ -382,6 +388,8 @@ def remove_row(row: JobRow) -> None:
         return
     with updater.cond:
         updater.rows.pop(row.job.id, None)
+    # The same widget is the row under the job's cell: hiding it takes it away there too.
+    row.layout.display = "none"
     panel = updater.panel
     if panel is not None:
         panel.rows.children = tuple(r for r in panel.rows.children if r is not row)

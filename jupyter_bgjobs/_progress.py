@@ -6,7 +6,6 @@ the job's own row in the notebook instead, through the runner's events.
 
 from __future__ import annotations
 
-import collections
 import sys
 import threading
 import time
@@ -15,8 +14,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from . import _checks
+from ._config import settings
 from ._display import RowClock
 from ._errors import JobSpecError, JobStateError
+from ._outputs import OutputTail
 
 PROGRESS_STATES = ("idle", "running", "succeeded", "cancelled", "failed")
 
@@ -42,10 +44,14 @@ class ProgressJob(RowClock):
         auto_remove: bool = True,
         show: bool = True,
     ) -> None:
+        _checks.text("name", name, example="'download'")
         if not name:
-            raise JobSpecError("add_job needs a name for its row")
-        if progress_units < 0:
-            raise JobSpecError(f"progress_units must be 0 or more, not {progress_units!r}")
+            raise JobSpecError("add_job needs a name for its row, for example 'download'")
+        _checks.text("status", status)
+        progress_units = int(_checks.number("progress_units", progress_units, integer=True))
+        actions = _checks.callables("actions", actions)
+        for arg, value in (("running", running), ("auto_remove", auto_remove), ("show", show)):
+            _checks.flag(arg, value)
         unknown = set(actions or {}) - {"stop"}
         if unknown:
             raise JobSpecError(f"unknown action(s) {sorted(unknown)}; the one action is 'stop'")
@@ -62,7 +68,7 @@ class ProgressJob(RowClock):
         self._state = "idle"
         self._t_started: float | None = None
         self._t_finished: float | None = None
-        self._outputs: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self._tail = OutputTail(settings.output_tail, settings.output_tail_bytes)
         self._listeners: list[Callable[[Any], Any]] = []
         self._lock = threading.Lock()
         self.removed = False
@@ -84,8 +90,11 @@ class ProgressJob(RowClock):
 
     @property
     def outputs(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._outputs)
+        return self._tail.items()
+
+    @property
+    def output_version(self) -> int:
+        return self._tail.version
 
     @property
     def output(self) -> str:
@@ -105,10 +114,10 @@ class ProgressJob(RowClock):
     # -- what the task calls ------------------------------------------------------------
     def add_output(self, text: str, error: bool = False) -> None:
         """Append text to the row's output."""
-        with self._lock:
-            self._outputs.append(
-                {"output_type": "stream", "name": "stderr" if error else "stdout", "text": text}
-            )
+        _checks.text("text", text)
+        self._tail.add(
+            {"output_type": "stream", "name": "stderr" if error else "stdout", "text": str(text)}
+        )
         self._changed()
 
     def add_progress(self, units: int) -> None:
@@ -117,8 +126,7 @@ class ProgressJob(RowClock):
 
     def set_progress(self, units: int) -> None:
         """Set the progress done to ``units`` (of ``progress_units``)."""
-        if units < 0:
-            raise JobSpecError(f"progress must be 0 or more, not {units!r}")
+        units = int(_checks.number("units", units, integer=True))
         if self._state == "idle":
             self.set_state("running")
         self._done = int(units)
@@ -126,7 +134,7 @@ class ProgressJob(RowClock):
 
     def set_status(self, text: str) -> None:
         """Set the row's status text."""
-        self.status = text
+        self.status = _checks.text("text", text) or ""
         self._changed()
 
     def set_state(self, state: str) -> None:
@@ -228,7 +236,10 @@ def set_progress(units: int, total: int | None = None) -> None:
             "set_progress reports progress from inside a %%bgjob; in the notebook, "
             "use jupyter_bgjobs.add_job(...) and its set_progress"
         )
-    runner.report_progress(int(units), None if total is None else int(total))
+    units = int(_checks.number("units", units, integer=True))
+    if total is not None:
+        total = int(_checks.number("total", total, integer=True))
+    runner.report_progress(units, total)
 
 
 def set_status(text: str) -> None:
@@ -239,7 +250,7 @@ def set_status(text: str) -> None:
             "set_status reports from inside a %%bgjob; in the notebook, use "
             "jupyter_bgjobs.add_job(...) and its set_status"
         )
-    runner.report_status(str(text))
+    runner.report_status(_checks.text("text", text) or "")
 
 
 def _make_tqdm() -> type:

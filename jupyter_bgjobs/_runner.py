@@ -29,10 +29,11 @@ import time
 import traceback
 import types
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 EVENT_MIME = "application/vnd.jupyter-bgjobs.event+json"
+_CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect into every kernel
 
 _SECTION_R = re.compile(r"^\s*#+\s*(?P<name>[^#\s].*?)\s*-{4,}\s*$")
 _SECTION_PY = re.compile(r"^\s*#\s*%%\s*(?P<name>.*?)\s*$")
@@ -797,6 +798,14 @@ class _Runner:
         self.prints = _Fingerprints()
         self.t_start = time.time()
         self.arena: _Arena | None = None
+        self.status = "ok"
+        self.error: dict[str, Any] | None = None
+        self.done = 0
+        self.total = 0
+        self.before: dict[str, int] | None = None
+        self.skipped_in: list[dict[str, str]] = []
+        self._saved_io: tuple[Any, ...] | None = None
+        self._bounded: list[Callable[[], None]] = []
 
     def emit(self, kind: str, **fields: Any) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -813,65 +822,89 @@ class _Runner:
             print(json.dumps(payload), file=sys.__stdout__, flush=True)
 
     def run(self) -> None:
-        spec = self.spec
-        status = "ok"
-        error: dict[str, Any] | None = None
-        done = 0
-        total = 0
-        before: dict[str, int] | None = None
+        """Run the job's statements in order, as a cell of this kernel would."""
+        steps = self._begin()
+        for i, code in steps:
+            try:
+                exec(code, self.ns)
+            except BaseException as exc:  # the job's exception is its result
+                if self._stopped_by(exc):
+                    break
+            self.done = i + 1
+        self._end()
+
+    async def run_async(self) -> None:
+        """The same, for a job with top-level ``await``: this kernel's event loop runs it,
+        as IPython's autoawait does for a cell."""
+        steps = self._begin(flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        for i, code in steps:
+            try:
+                if code.co_flags & _CO_COROUTINE:
+                    await eval(code, self.ns)
+                else:
+                    exec(code, self.ns)
+            except BaseException as exc:
+                if self._stopped_by(exc):
+                    break
+            self.done = i + 1
+        self._end()
+
+    def _begin(self, flags: int = 0) -> Iterator[tuple[int, types.CodeType]]:
+        """Set the job up and yield its compiled statements one by one, each announced to
+        the parent first; a fault while setting up is reported as the job's error."""
         try:
-            if spec.get("workdir"):
-                os.chdir(spec["workdir"])
-            for key, value in (spec.get("env_vars") or {}).items():
-                os.environ[key] = value
-            if spec.get("workdir") and spec["workdir"] not in sys.path:
-                sys.path.insert(0, spec["workdir"])
+            self._enter_context()
             skipped_in = self._seed()
-            before = {k: id(v) for k, v in self.ns.items()}
+            self.skipped_in = skipped_in
+            self.before = {k: id(v) for k, v in self.ns.items()}
             self.arena = self._start_arena()
             source = self.spec["code"]
             if self.ip is not None:
                 source = self.ip.transform_cell(source)
             steps = plan(source)
-            total = len(steps)
+            self.total = len(steps)
             filename = self._register_source(source)
             self.emit(
                 "plan",
-                total=total,
+                total=self.total,
                 sections=[s for _, s in steps],
                 skipped=skipped_in,
                 t_start=self.t_start,
             )
-            for i, (node, section) in enumerate(steps):
-                self.emit("stmt", index=i, total=total, section=section, line=node.lineno)
-                interactive = i == total - 1 and isinstance(node, ast.Expr)
-                if interactive:
-                    code = compile(ast.Interactive([node]), filename, "single")
+        except BaseException as exc:
+            self._stopped_by(exc)
+            return
+        for i, (node, section) in enumerate(steps):
+            self.emit("stmt", index=i, total=self.total, section=section, line=node.lineno)
+            try:
+                if i == self.total - 1 and isinstance(node, ast.Expr):
+                    code = compile(ast.Interactive([node]), filename, "single", flags)
                 else:
-                    code = compile(ast.Module([node], []), filename, "exec")
-                try:
-                    exec(code, self.ns)
-                except KeyboardInterrupt:
-                    status = "interrupted"
-                    self._show_exception()
-                    break
-                except BaseException as exc:  # the job's exception is its result
-                    status = "error"
-                    error = self._show_exception()
-                    if isinstance(exc, SystemExit) and not exc.code:
-                        status, error = "ok", None
-                    break
-                done = i + 1
-        except KeyboardInterrupt:
-            status = "interrupted"
-        except BaseException:  # a runner fault is reported, never raised
-            status = "error"
-            error = self._show_exception()
+                    code = compile(ast.Module([node], []), filename, "exec", flags)
+            except BaseException as exc:
+                self._stopped_by(exc)
+                return
+            yield i, code
+
+    def _stopped_by(self, exc: BaseException) -> bool:
+        """Record how ``exc`` ends the job; False for a ``SystemExit(0)``, which does not."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.status = "interrupted"
+            self._show_exception()
+            return True
+        if isinstance(exc, SystemExit) and not exc.code:
+            return False
+        self.status = "error"
+        self.error = self._show_exception()
+        return True
+
+    def _end(self) -> None:
+        self._leave_context()
         code_done = time.time()
         results: dict[str, Any] = {}
-        if before is not None:
+        if self.before is not None:
             try:
-                results = self._save_results(before)
+                results = self._save_results(self.before)
             except BaseException as exc:
                 if self.arena is not None:
                     self.arena.discard()
@@ -884,23 +917,54 @@ class _Runner:
                 }
         self.emit(
             "end",
-            status=status,
-            done=done,
-            total=total,
-            error=error,
+            status=self.status,
+            done=self.done,
+            total=self.total,
+            error=self.error,
             results=results,
             code_done=code_done,
         )
 
+    def _enter_context(self) -> None:
+        """What the cell would see in the notebook: its working directory, its import path
+        and its environment as they were when the job was submitted; and no keyboard."""
+        spec = self.spec
+        if spec.get("workdir"):
+            os.chdir(spec["workdir"])
+        context = spec.get("context") or {}
+        for key in context.get("unset") or ():
+            os.environ.pop(key, None)
+        os.environ.update(context.get("set") or {})
+        os.environ.update(spec.get("env_vars") or {})
+        notebook_path = context.get("sys_path")
+        if notebook_path is not None:
+            if context.get("prefix") == sys.prefix:
+                # The same environment: the notebook's path exactly, in its order.
+                own = [p for p in sys.path if p not in notebook_path]
+                sys.path[:] = list(notebook_path) + own
+            else:
+                # Another environment: only the folders the notebook added, never its
+                # site-packages, which belong to another Python.
+                sys.path[:0] = [p for p in context.get("added_path") or () if p not in sys.path]
+        elif spec.get("workdir") and spec["workdir"] not in sys.path:
+            sys.path.insert(0, spec["workdir"])
+        self._saved_io = _no_keyboard()
+        self._bounded = [_bound_stream(s) for s in (sys.stdout, sys.stderr)]
+
+    def _leave_context(self) -> None:
+        for undo in self._bounded:
+            undo()
+        self._bounded = []
+        if self._saved_io is not None:
+            _restore_io(self._saved_io)
+            self._saved_io = None
+
     def _show_exception(self) -> dict[str, Any]:
         etype, value, tb = sys.exc_info()
         if isinstance(value, NameError) and value.name:
-            why = {s["name"]: s for s in self.spec.get("not_shipped") or []}.get(value.name)
-            if why is not None:
-                value.args = (
-                    f"{value.args[0] if value.args else value.name}: {value.name!r} was not "
-                    f"shipped to this job ({why['type']}: {why['reason']})",
-                )
+            hint = self._name_hint(value.name)
+            if hint:
+                value.args = (f"{value.args[0] if value.args else value.name}: {hint}",)
         # Drop the runner's own frames: the user sees their code only.
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
             tb = tb.tb_next
@@ -915,6 +979,30 @@ class _Runner:
             "evalue": str(value),
             "traceback": list(stb),
         }
+
+    def _name_hint(self, name: str) -> str:
+        """Why a name the job misses is missing, when the notebook has it, and the fix."""
+        failed = {s["name"]: s for s in self.skipped_in}.get(name)
+        if failed is not None:
+            module = (self.spec.get("imports") or {}).get(name, [name])[0]
+            origin = (self.spec.get("import_origins") or {}).get(name)
+            where = f" (the notebook has it from {origin})" if origin else ""
+            return (
+                f"the notebook's {name!r} is the module {module}{where}, which this job could "
+                f"not import: {failed['reason'].split(': ', 1)[-1]}. The job imports with the "
+                "notebook's sys.path as it was when the job started: put the module's folder on "
+                "sys.path in the notebook first, or install the module in the job's kernel"
+            )
+        why = {s["name"]: s for s in self.spec.get("not_shipped") or []}.get(name)
+        if why is not None:
+            return f"{name!r} was not shipped to this job ({why['type']}: {why['reason']})"
+        if name in set(self.spec.get("notebook_names") or ()):
+            return (
+                f"the notebook has {name!r}, but this job was not given it (--env auto ships "
+                "only the names it can see the code read; eval() and globals() hide them): "
+                f"start the job with --env {name} (or env={name!r}), or --env all"
+            )
+        return ""
 
     def _register_source(self, source: str) -> str:
         name = self.spec.get("filename") or f"<bgjob {self.spec.get('name', '')}>"
@@ -941,7 +1029,11 @@ class _Runner:
             except Exception as exc:  # reported to the parent, the job goes on
                 what = f"{module}.{qualname}" if qualname else module
                 skipped.append(
-                    {"name": name, "type": "import", "reason": f"import of {what} failed: {exc}"}
+                    {
+                        "name": name,
+                        "type": "import",
+                        "reason": f"import of {what} failed: {type(exc).__name__}: {exc}",
+                    }
                 )
         seed = self.spec.get("seed")
         if seed:
@@ -1113,3 +1205,118 @@ def run(spec_json: str) -> None:
         CURRENT.run()
     finally:
         CURRENT = None
+
+
+async def run_async(spec_json: str) -> None:
+    """``run`` for a job whose code uses top-level ``await``; the kernel awaits it."""
+    global CURRENT
+    CURRENT = _Runner(json.loads(spec_json))
+    try:
+        await CURRENT.run_async()
+    finally:
+        CURRENT = None
+
+
+class NoStdinError(EOFError):
+    """A background job read from stdin: it has no keyboard."""
+
+
+_NO_KEYBOARD = (
+    "{what}, but a background job has no keyboard to read from. Give the job "
+    "the value instead: set it in a notebook variable before starting the job (it travels "
+    "with --env auto or --env NAME), or put it in an environment variable or a file."
+)
+
+
+class _NoStdin:
+    """``sys.stdin`` of a job: every read fails at once, saying why, instead of hanging."""
+
+    closed = False
+    encoding = "utf-8"
+
+    def _fail(self, *_: Any, **__: Any) -> Any:
+        raise NoStdinError(_NO_KEYBOARD.format(what="the job read sys.stdin"))
+
+    read = readline = readlines = fileno = __next__ = _fail
+
+    def __iter__(self) -> _NoStdin:
+        return self
+
+    def isatty(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def _no_input(prompt: Any = "", *_: Any, **__: Any) -> str:
+    raise NoStdinError(_NO_KEYBOARD.format(what="input() was called"))
+
+
+def _no_getpass(prompt: Any = "", *_: Any, **__: Any) -> str:
+    raise NoStdinError(
+        _NO_KEYBOARD.format(what="getpass() was called")
+        + " For a secret, an environment variable set in the notebook is the usual way."
+    )
+
+
+def _no_keyboard() -> tuple[Any, ...]:
+    """Make input(), getpass() and sys.stdin fail at once; returns what to put back."""
+    import builtins
+    import getpass
+
+    saved = (builtins.input, getpass.getpass, sys.stdin)
+    builtins.input = _no_input
+    getpass.getpass = _no_getpass
+    sys.stdin = _NoStdin()
+    return saved
+
+
+def _restore_io(saved: tuple[Any, ...]) -> None:
+    import builtins
+    import getpass
+
+    builtins.input, getpass.getpass, sys.stdin = saved
+
+
+# A job's print goes out in messages of at most about this many characters, however it
+# writes: one huge line or a flood of small ones never makes one huge message.
+_MESSAGE_CHARS = 1 << 18
+
+
+def _bound_stream(stream: Any) -> Callable[[], None]:
+    """Split large writes to ``stream`` and flush every ``_MESSAGE_CHARS``; returns the
+    undo. The stream's own ``write`` is kept, so ``isinstance`` checks still hold."""
+    write = getattr(stream, "write", None)
+    flush = getattr(stream, "flush", None)
+    if write is None or flush is None:
+        return lambda: None
+    pending = 0
+
+    def bounded(text: str) -> int:
+        nonlocal pending
+        n = len(text)
+        if pending + n < _MESSAGE_CHARS:
+            pending += n
+            return write(text) or n
+        for start in range(0, n, _MESSAGE_CHARS):
+            write(text[start : start + _MESSAGE_CHARS])
+            flush()
+        pending = 0
+        return n
+
+    try:
+        stream.write = bounded
+    except (AttributeError, TypeError):
+        return lambda: None
+
+    def undo() -> None:
+        try:
+            del stream.write
+        except AttributeError:
+            pass
+
+    return undo

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import ast
 import os
-import re
-import stat
 import sys
 import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._runner import encode, is_internal_name, pick_path, stream_chunks, write_somewhere
-from ._store import owner_tag, sweep_litter
+from ._runtime import shm_dir
+from ._store import owner_tag
 
 
 @dataclass
@@ -127,33 +126,30 @@ def _import_ref(value: Any) -> list[str | None] | None:
     return [module, qualname] if target is value else None
 
 
-def shm_dir() -> str | None:
-    """A private folder in shared memory for snapshot files, or None where there is none."""
-    base = "/dev/shm"
-    if not os.path.isdir(base):
-        return None
-    path = os.path.join(base, f"jupyter-bgjobs-{os.getuid()}")
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError:
-        return None
-    st = os.lstat(path)
-    # Someone else's folder, or one others can write to, is not ours to use.
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        return None
-    global _swept
-    if not _swept:
-        _swept = True
-        # A notebook kernel killed mid-job cannot remove its files, and shared memory is
-        # not given back until someone does.
-        sweep_litter(path, _OWNED)
-    return path
+def import_origins(imports: dict[str, list[str | None]]) -> dict[str, str]:
+    """Where the notebook found each module it re-imports in the job, for error messages."""
+    out: dict[str, str] = {}
+    for name, (module, _) in imports.items():
+        path = getattr(sys.modules.get(module or ""), "__file__", None)
+        if path:
+            out[name] = str(path)
+    return out
 
 
-_swept = False
-_OWNED = re.compile(r"^p(?P<owner>\d+\.\d+)-")
+def unshipped_names(ns: dict[str, Any], shipped: list[str], limit: int = 5000) -> list[str]:
+    """The notebook's own names the job was not given: a NameError for one of them says
+    how to ship it."""
+    sent = set(shipped)
+    hidden = _ipython_hidden()
+    names = [
+        n
+        for n in ns
+        if n not in sent
+        and n.isidentifier()
+        and not is_internal_name(n)
+        and not (n in hidden and hidden[n] is ns[n])
+    ]
+    return names[:limit]
 
 
 def snapshot_paths(folder: str, job_id: str, what: str) -> list[str]:

@@ -1,0 +1,110 @@
+"""Private runtime folders: where kernel sockets, connection files and shared-memory
+snapshots live.
+
+No name another local user can guess and pre-create: a per-user runtime folder
+(``$XDG_RUNTIME_DIR``, else Jupyter's runtime directory) when there is one we own, else a
+folder of this process with a random name. Every folder we use must be ours, a real folder
+and closed to others (0700); a folder that is not is never used, whoever made it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
+from pathlib import Path
+
+from ._store import owner_gone, owner_tag
+
+# A Unix socket path is limited to about 100 bytes; ours add about 40 to the folder.
+_MAX_SOCKET_DIR = 60
+_lock = threading.Lock()
+_made: dict[str, str] = {}
+_OWN_DIR = re.compile(r"^bgjobs-(?P<owner>\d+\.\d+)-[A-Za-z0-9_]+$")
+
+
+def is_private(path: str | Path) -> bool:
+    """A real folder (no symlink) of this user that nobody else can enter or write."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def _ensure(path: Path) -> Path | None:
+    try:
+        path.mkdir(mode=0o700, parents=False, exist_ok=True)
+    except OSError:
+        return None
+    return path if is_private(path) else None
+
+
+def _per_user_base() -> Path | None:
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg and is_private(xdg):
+        return _ensure(Path(xdg) / "jupyter-bgjobs")
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        runtime = Path(jupyter_runtime_dir())
+        runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except Exception:
+        return None
+    if not is_private(runtime):
+        return None
+    return _ensure(runtime / "bgjobs")
+
+
+def _own_folder(kind: str, parent: str) -> str:
+    """A folder of this process under ``parent`` with a random name, removed at exit;
+    those of owners that were killed are removed by the next process that makes one."""
+    sweep_dead_owners(parent)
+    path = tempfile.mkdtemp(prefix=f"bgjobs-{owner_tag()}-", dir=parent)
+    os.chmod(path, 0o700)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def sockets_dir() -> str:
+    """The folder for kernel sockets and connection files of this process's kernels."""
+    with _lock:
+        if "sockets" not in _made:
+            base = _per_user_base()
+            if base is not None and len(str(base)) <= _MAX_SOCKET_DIR:
+                _made["sockets"] = str(base)
+            else:
+                _made["sockets"] = _own_folder("sockets", tempfile.gettempdir())
+        return _made["sockets"]
+
+
+def shm_dir() -> str | None:
+    """A folder in shared memory for snapshot files, or None where there is none."""
+    with _lock:
+        if "shm" not in _made:
+            if not os.path.isdir("/dev/shm"):
+                return None
+            try:
+                _made["shm"] = _own_folder("shm", "/dev/shm")
+            except OSError:
+                return None
+        return _made["shm"]
+
+
+def sweep_dead_owners(parent: str) -> None:
+    """Remove our folders under ``parent`` whose owning process has ended."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        m = _OWN_DIR.match(name)
+        if not m or not owner_gone(m["owner"]):
+            continue
+        path = os.path.join(parent, name)
+        if is_private(path):
+            shutil.rmtree(path, ignore_errors=True)
