@@ -96,7 +96,7 @@ def _checked(key: str, value: Any) -> Any:
     if key in _NUMBERS:
         integer, minimum, above = _NUMBERS[key]
         if isinstance(value, str):  # settings take numbers; text is for magics' options
-            raise JobSpecError(f"setting {key!r} must be a number, not {value!r}")
+            raise JobSpecError(f"{key} must be a number, not {value!r}")
         number = _checks.number(key, value, minimum=minimum, above=above, integer=integer)
         return int(number) if integer else number
     if isinstance(current, bool):

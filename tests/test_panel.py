@@ -106,7 +106,7 @@ class Kernel:
         )
         detail = self.models[row]["children"][1].removeprefix("IPY_MODEL_")
         report, out, log = (c.removeprefix("IPY_MODEL_") for c in self.models[detail]["children"])
-        found.update(report=report, view=out, log=log)
+        found.update(report=report, view=out, log=log, row=row)
         return found
 
     def set(self, comm_id: str, **state: Any) -> None:
@@ -244,6 +244,38 @@ def test_a_flood_of_output_stays_bounded_and_the_full_log_opens(kernel: Kernel) 
     text = view_text()
     assert "line 0\n" in text and "line 49999\n" in text
     assert text.split("\n", 1)[0].endswith("bytes]")
+
+
+def test_the_output_view_follows_a_running_job_and_remove_takes_the_row_away(
+    kernel: Kernel, tmp_path: Any
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    wait = "while not os.path.exists({!r}): time.sleep(0.01)"
+    kernel.run(
+        "%%bgjob chatty\nimport os, time\nprint('first line', flush=True)\n"
+        + wait.format(str(first))
+        + "\nprint('second line', flush=True)\n"
+        + wait.format(str(second))
+    )
+    kernel.until(lambda: kernel.has_row("chatty"))
+    ids = kernel.row_models("chatty")
+    kernel.set(ids["output"], value=True)
+
+    def view_text() -> str:
+        return "".join(o.get("text", "") for o in kernel.models[ids["view"]].get("outputs", []))
+
+    kernel.until(lambda: "first line" in view_text())
+    first.touch()
+    # Appended to the same stream output: the view still gets it while the job runs.
+    kernel.until(lambda: "second line" in view_text())
+    assert kernel.run("print(get_job('chatty').state)").strip() == "running"
+    second.touch()
+    kernel.run("get_job('chatty').wait(60)")
+    kernel.until(lambda: kernel.shown(ids["remove"]))
+    assert kernel.shown(ids["row"])
+    kernel.click(ids["remove"])
+    # The row under the cell is the same widget: it goes there too.
+    kernel.until(lambda: not kernel.shown(ids["row"]))
 
 
 def test_a_started_queue_is_one_row_with_done_over_total(kernel: Kernel) -> None:
