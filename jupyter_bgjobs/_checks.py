@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -144,3 +145,30 @@ def kernelspec(name: str) -> str:
         )
     _known_kernels.add(name)
     return name
+
+
+def gateway_url(url: str) -> str:
+    """A gateway's base URL, checked for the form a gateway's URL has."""
+    example = (
+        "a URL must look like http://gateway.example.org:8888 "
+        "(http or https, a host, an optional port and path)"
+    )
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port
+    except ValueError as exc:
+        raise JobSpecError(f"gateway {url!r} is not a valid URL ({exc}); {example}") from None
+    bad = ""
+    if parsed.scheme not in ("http", "https"):
+        bad = "it is not http:// or https://"
+    elif not parsed.hostname:
+        bad = "it has no host"
+    elif any(c.isspace() for c in url):
+        bad = "it contains spaces"
+    elif parsed.query or parsed.fragment:
+        bad = "it has a query or fragment"
+    elif port == 0:
+        bad = "port 0 is no port"
+    if bad:
+        raise JobSpecError(f"gateway {url!r} is not a gateway URL: {bad}; {example}")
+    return url.rstrip("/")

@@ -108,8 +108,6 @@ def _checked(key: str, value: Any) -> Any:
     if key == "kernel":
         return _checks.kernelspec(_checks.text("kernel", value, example="'python3'") or "")
     if key == "gateway":
-        from ._jobs import _gateway_url
-
         url = _checks.text("gateway", value, example="'http://gateway:8888'") or ""
-        return _gateway_url(url) if url and url not in ("env", "default") else url
+        return _checks.gateway_url(url) if url and url not in ("env", "default") else url
     return _checks.text(key, value)

@@ -938,36 +938,7 @@ def _check_gateway(gateway: str | None) -> str:
                 "--gateway env asks for $JUPYTER_GATEWAY_URL, which is not set; "
                 "pass the gateway's URL instead"
             )
-    return _gateway_url(url)
-
-
-def _gateway_url(url: str) -> str:
-    """A gateway's base URL, checked for the form a gateway's URL has."""
-    import urllib.parse
-
-    example = (
-        "a URL must look like http://gateway.example.org:8888 "
-        "(http or https, a host, an optional port and path)"
-    )
-    try:
-        parsed = urllib.parse.urlsplit(url)
-        port = parsed.port
-    except ValueError as exc:
-        raise JobSpecError(f"gateway {url!r} is not a valid URL ({exc}); {example}") from None
-    bad = ""
-    if parsed.scheme not in ("http", "https"):
-        bad = "it is not http:// or https://"
-    elif not parsed.hostname:
-        bad = "it has no host"
-    elif any(c.isspace() for c in url):
-        bad = "it contains spaces"
-    elif parsed.query or parsed.fragment:
-        bad = "it has a query or fragment"
-    elif port == 0:
-        bad = "port 0 is no port"
-    if bad:
-        raise JobSpecError(f"gateway {url!r} is not a gateway URL: {bad}; {example}")
-    return url.rstrip("/")
+    return _checks.gateway_url(url)
 
 
 def _check_kernel_env(env: dict[str, str] | None) -> dict[str, str]:

@@ -6,7 +6,6 @@ import os
 import site
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
