@@ -46,29 +46,6 @@ def _clock(seconds: float) -> str:
     )
 
 
-class RowClock:
-    """What every row reads the same way, from ``_done``/``_total`` and the monotonic
-    start and end stamps: a job's and a progress handle's."""
-
-    _done: int
-    _total: int
-    _t_started: float | None
-    _t_finished: float | None
-
-    @property
-    def progress(self) -> tuple[int, int]:
-        """(units done, units in all): statements for a job."""
-        return (self._done, self._total)
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds it has been running (0 before it starts)."""
-        if self._t_started is None:
-            return 0.0
-        end = self._t_finished if self._t_finished is not None else time.monotonic()
-        return end - self._t_started
-
-
 def text_table(header: tuple[str, ...], body: list[tuple[Any, ...]]) -> str:
     """Rows as aligned plain text: the form of every table shown without widgets."""
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]

@@ -5,6 +5,7 @@
     BgJobError
     ├── JobSpecError (ValueError)        bad input: unknown option, missing script, bad name
     ├── JobStateError (RuntimeError)     misuse: results of a job that is still running
+    │   └── WaitTimeout (TimeoutError)   wait(timeout) returned first; the job goes on
     └── JobError                         a job ended without success; carries its context
         ├── JobFailedError               the job's code raised; remote traceback as __cause__
         ├── JobCancelledError            the user stopped it
@@ -30,6 +31,10 @@ class JobSpecError(BgJobError, ValueError):
 
 class JobStateError(BgJobError, RuntimeError):
     """An operation does not fit the job's current state."""
+
+
+class WaitTimeout(JobStateError, TimeoutError):
+    """``wait(timeout)`` returned before the job, call or queue ended; it goes on."""
 
 
 class RemoteTraceback(Exception):

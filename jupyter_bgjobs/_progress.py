@@ -16,9 +16,9 @@ from typing import Any
 
 from . import _checks
 from ._config import settings
-from ._display import RowClock
 from ._errors import JobSpecError, JobStateError
 from ._outputs import OutputTail
+from ._states import RowClock
 
 PROGRESS_STATES = ("idle", "running", "succeeded", "cancelled", "failed")
 

@@ -17,6 +17,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from ._store import owner_gone, owner_tag
 
@@ -108,3 +109,16 @@ def sweep_dead_owners(parent: str) -> None:
         path = os.path.join(parent, name)
         if is_private(path):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def open_log(path: Path) -> Any:
+    """A job's log, opened for appending; created readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8", errors="replace")

@@ -1,0 +1,414 @@
+"""The driver of one job: it takes a slot and a kernel, sends the seed and the code, reads
+what the kernel reports until the job ends (stopping it on cancel or timeout: interrupt,
+grace, kill), and loads the results. One thread of the notebook's kernel per job."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import _context, _snapshot
+from ._config import settings
+from ._errors import BgJobError
+from ._job import Job
+from ._procs import death_reason
+from ._runner import (
+    EVENT_MIME,
+    MAX_PIECES,
+    SnapshotError,
+    decode,
+    load_file,
+    piece_paths,
+    take_stream,
+)
+from ._runtime import open_log
+from ._states import (
+    CANCELLED,
+    DIED,
+    FAILED,
+    RUNNING,
+    STARTING,
+    SUCCEEDED,
+    TIMED_OUT,
+    ErrorInfo,
+    now,
+)
+
+if TYPE_CHECKING:
+    from ._manager import JobManager
+
+
+class Driver:
+    """Moves one job from pending to its final state; ``run()`` is its thread's body."""
+
+    def __init__(self, job: Job, manager: JobManager, runner_spec: dict[str, Any]) -> None:
+        self.job = job
+        self.manager = manager
+        self.runner_spec = runner_spec
+        self.log: Any = None
+        self.kernel: Any = None
+        self.msg_id = ""
+        self.end: dict[str, Any] | None = None
+        self.stop_reason = ""
+        self.kill_at: float | None = None
+
+    def run(self) -> None:
+        job = self.job
+        with open_log(job.log_path) as self.log:
+            try:
+                if self._take_slot():
+                    try:
+                        self._run_in_kernel()
+                    finally:
+                        self.manager.release_slot()
+            except BaseException as exc:  # a driver fault ends the job, visibly
+                job._set(reason=f"internal error in jupyter_bgjobs: {type(exc).__name__}: {exc}")
+                self._finish(FAILED)
+            finally:
+                for path in job._files:
+                    remove_snapshot(path)
+                if job._kernel is not None:
+                    # The runner has written everything before its end event. A graceful
+                    # shutdown request can leave ipykernel hung in zmq's context teardown,
+                    # an orphan if this process dies meanwhile; killing the process group
+                    # cannot hang, and it also ends whatever the job left running.
+                    job._kernel.shutdown(now=True)
+
+    def _finish(self, state: str) -> None:
+        self.manager._finish(self.job, state)
+
+    def _take_slot(self) -> bool:
+        if self.manager.take_slot(self.job._cancel):
+            return True
+        self.job._set(reason="cancelled while pending")
+        self._finish(CANCELLED)
+        return False
+
+    # -- starting -------------------------------------------------------------------------
+    def _run_in_kernel(self) -> None:
+        job = self.job
+        job._set(_state=STARTING, started=now(), _t_started=time.monotonic())
+        try:
+            self.kernel = job._kernel = self._kernel_for()
+        except BgJobError as exc:
+            job._set(reason=str(exc))
+            self._finish(FAILED)
+            return
+        if job._cancel.is_set():
+            job._set(reason="cancelled while starting")
+            self._finish(CANCELLED)
+            return
+        self._send()
+        job._set(_state=RUNNING)
+        if self._pump():
+            self._conclude()
+
+    def _kernel_for(self) -> Any:
+        """A warm local kernel, a new one, or one on the job's gateway."""
+        spec = self.job.spec
+        if not spec.gateway:
+            return self.manager.pool().acquire(spec.kernel)
+        from ._gateway import GatewayKernel, gateway_settings
+
+        url, token = gateway_settings(spec.gateway)
+        return GatewayKernel(url, token, spec.kernel or settings.kernel, spec.kernel_env).start()
+
+    def _send(self) -> None:
+        """The seed's chunks (if it travels over the protocol), then the run call."""
+        job, kernel = self.job, self.kernel
+        for seq, chunk in enumerate(job._seed_chunks):
+            # Requests run in order: every chunk is in before the run call starts. The data
+            # rides in the request's metadata; the code stays one short line.
+            kernel.execute(
+                f"__import__('_bgjobs_runner').receive({job._token!r}, {seq})",
+                silent=True,
+                metadata={"bgjobs_chunk": chunk},
+            )
+        job._seed_chunks = []
+        if not job.spec.gateway:
+            self.runner_spec["context"].update(
+                _context.environ_changes(job._environ, getattr(kernel, "launch_env", None))
+            )
+        # Top-level await runs on the job kernel's loop, as IPython's autoawait runs a cell.
+        entry = (
+            "await __import__('_bgjobs_runner').run_async"
+            if job._awaits
+            else "__import__('_bgjobs_runner').run"
+        )
+        self.msg_id = kernel.execute(f"{entry}({json.dumps(self.runner_spec)!r})")
+
+    # -- running ----------------------------------------------------------------------------
+    def _pump(self) -> bool:
+        """Read the kernel's messages until the run call is idle (True), or the kernel
+        died and the job has been finished for it (False)."""
+        job, kernel = self.job, self.kernel
+        deadline = (time.monotonic() + job.spec.timeout) if job.spec.timeout else None
+        last_alive_check = time.monotonic()
+        while True:
+            msg = kernel.iopub(timeout=0.1)
+            if msg is not None and msg["parent_header"].get("msg_id") == self.msg_id:
+                if self._on_message(msg):
+                    return True
+            t = time.monotonic()
+            if msg is None or t - last_alive_check > 0.25:
+                last_alive_check = t
+                if not kernel.alive():
+                    self._on_death()
+                    return False
+            self._stop_if_asked(t, deadline)
+
+    def _on_message(self, msg: dict[str, Any]) -> bool:
+        """Take one iopub message of the run call; True once the call is idle."""
+        kind, content = msg["msg_type"], msg["content"]
+        job, log = self.job, self.log
+        if kind == "status":
+            return bool(content.get("execution_state") == "idle")
+        if kind in ("display_data", "update_display_data") and EVENT_MIME in content.get(
+            "data", {}
+        ):
+            event = content["data"][EVENT_MIME]
+            if event.get("type") == "end":
+                self.end = event
+            self._on_event(event)
+        elif kind == "stream":
+            out = {"output_type": "stream", "name": content["name"], "text": content["text"]}
+            job._add_output(out, log)
+            if content["name"] == "stderr" and "%|" in content["text"]:
+                _tqdm_progress(job, content["text"])
+        elif kind in ("display_data", "execute_result"):
+            data, metadata = content.get("data", {}), content.get("metadata", {})
+            job._add_output({"output_type": kind, "data": data, "metadata": metadata}, log)
+        elif kind == "error":
+            error = {k: content[k] for k in ("ename", "evalue", "traceback")}
+            job._add_output({"output_type": "error", **error}, log)
+        return False
+
+    def _stop_if_asked(self, t: float, deadline: float | None) -> None:
+        """Cancel or timeout: interrupt first, kill after ``cancel_grace``."""
+        job = self.job
+        if not self.stop_reason:
+            if job._cancel.is_set():
+                self.stop_reason = "cancel"
+            elif deadline is not None and t > deadline:
+                self.stop_reason = "timeout"
+                job._set(reason=f"ran past its timeout of {job.spec.timeout:g} s")
+            if self.stop_reason:
+                self.kernel.interrupt()
+                self.kill_at = t + settings.cancel_grace
+        elif self.kill_at is not None and t > self.kill_at:
+            self.log.write(
+                f"\n[jupyter_bgjobs: no response to interrupt in "
+                f"{settings.cancel_grace:g} s; kernel killed]\n"
+            )
+            self.log.flush()
+            self.kernel.kill()
+            self.kill_at = None
+
+    def _on_death(self) -> None:
+        job, kernel = self.job, self.kernel
+        code = kernel.exit_code()
+        self._drain()
+        if self.stop_reason:
+            # We killed it after the grace period: the user's intent wins.
+            job._set(exit_code=code)
+            self._finish(CANCELLED if self.stop_reason == "cancel" else TIMED_OUT)
+            return
+        remote_reason = getattr(kernel, "death_reason", None)
+        reason = remote_reason() if remote_reason else death_reason(code)
+        tail = kernel.stderr_tail(600)
+        if tail:
+            job._add_output(
+                {"output_type": "stream", "name": "stderr", "text": tail + "\n"}, self.log
+            )
+            last = tail.strip().splitlines()[0]
+            reason += f" ({last.strip()})" if "Fatal Python error" in last else ""
+        job._set(exit_code=code, reason=reason)
+        self._finish(DIED)
+
+    def _drain(self) -> None:
+        """Keep what a dying kernel managed to send before it went."""
+        while True:
+            msg = self.kernel.iopub(timeout=0.05)
+            if msg is None:
+                return
+            if msg["parent_header"].get("msg_id") == self.msg_id and msg["msg_type"] == "stream":
+                content = msg["content"]
+                self.job._add_output(
+                    {"output_type": "stream", "name": content["name"], "text": content["text"]},
+                    self.log,
+                )
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        job = self.job
+        kind = event.get("type")
+        if kind == "plan":
+            job.timings["seeded"] = event["t"]
+            if "t_start" in event:
+                job.timings["runner_started"] = event["t_start"]
+            job.skipped.extend(dict(s, direction="in") for s in event.get("skipped", []))
+            job._set(_total=event["total"])
+        elif kind == "progress":
+            total = event.get("total")
+            job._set(
+                _custom_progress=True,
+                _tqdm_progress=False,
+                _done=int(event["units"]),
+                _total=int(total) if total is not None else job._total,
+            )
+        elif kind == "status":
+            job._set(status=str(event["text"]))
+        elif kind == "stmt":
+            changes: dict[str, Any] = {"section": event["section"]}
+            if not job._custom_progress:
+                changes["_done"] = event["index"]
+            if job.first_statement_at is None:
+                changes["first_statement_at"] = event["t"]
+                job.timings["first_statement"] = event["t"]
+            job._set(**changes)
+        elif kind == "chunk":
+            if event["seq"] == 0:
+                job._stream = bytearray()
+            job._stream += base64.b64decode(event["data"])
+        elif kind == "end":
+            err = event.get("error")
+            changes = {} if job._custom_progress else {"_done": event["done"]}
+            if err:
+                changes["error"] = ErrorInfo(err["ename"], err["evalue"], err["traceback"])
+            job._set(**changes)
+
+    # -- ending -------------------------------------------------------------------------------
+    def _conclude(self) -> None:
+        job = self.job
+        load_results(job, self.end, self.kernel)
+        if self.stop_reason == "cancel":
+            self._finish(CANCELLED)
+        elif self.stop_reason == "timeout":
+            self._finish(TIMED_OUT)
+        elif self.end is None:
+            job._set(reason="the job's kernel returned without reporting an outcome")
+            self._finish(FAILED)
+        elif self.end["status"] == "ok":
+            self._finish(SUCCEEDED)
+        elif self.end["status"] == "interrupted":
+            job._set(reason="interrupted inside its kernel")
+            self._finish(CANCELLED)
+        else:
+            self._finish(FAILED)
+
+
+# -- results --------------------------------------------------------------------------------
+def _load_one_by_one(job: Job, kernel: Any, names: list[str], first: Exception) -> dict[str, Any]:
+    """Ask the job's kernel, still alive, to send each result on its own, and load
+    what can be loaded; each name that cannot says why."""
+    values: dict[str, Any] = {}
+    reasons = {name: f"could not be loaded here: {first}" for name in names}
+    if kernel is not None and kernel.alive():
+        paths = {
+            n: _snapshot.snapshot_paths(str(job.folder), job.id, f"result-{i}")
+            for i, n in enumerate(names)
+        }
+        for candidates in paths.values():
+            job._files.extend(candidates)
+        request = {"token": job._token, "paths": paths}
+        msg_id = kernel.execute(
+            f"__import__('_bgjobs_runner').resend({json.dumps(request)!r})", silent=True
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            msg = kernel.iopub(timeout=0.5)
+            if msg is None or msg["parent_header"].get("msg_id") != msg_id:
+                if not kernel.alive():
+                    break
+                continue
+            content = msg["content"]
+            if msg["msg_type"] == "status" and content.get("execution_state") == "idle":
+                break
+            event = content.get("data", {}).get(EVENT_MIME) if "data" in content else None
+            if not event or event.get("type") != "resent":
+                continue
+            name = event["name"]
+            try:
+                if event.get("error"):
+                    raise SnapshotError(event["error"])
+                values.update(load_file(event["path"], job._token, event.get("pieces", 1)))
+                reasons.pop(name, None)
+            except Exception as exc:
+                reasons[name] = f"could not be loaded here: {type(exc).__name__}: {exc}"
+    for name, reason in reasons.items():
+        job.skipped.append({"name": name, "type": "?", "direction": "out", "reason": reason})
+    return values
+
+
+def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> None:
+    if end is None:
+        return
+    info = end.get("results") or {}
+    job.skipped.extend(dict(s, direction="out") for s in info.get("skipped", []))
+    values: dict[str, Any] = {}
+    job.mutated = list(info.get("mutated", []))
+    if info.get("names"):
+        try:
+            if info.get("transport") == "stream":
+                data = take_stream(job._stream, info["sha256"], info["nbytes"])
+                values.update(decode(data, job._token))
+            elif info.get("path") in job._files:
+                values.update(load_file(info["path"], job._token, info.get("pieces", 1)))
+                job.timings["results_mapped"] = time.time()
+            else:
+                raise SnapshotError(f"results path {info.get('path')!r} is not this job's")
+        except Exception as exc:  # one name that cannot load here must not sink the rest
+            values.update(_load_one_by_one(job, kernel, info["names"], exc))
+    for name, module in (info.get("modules") or {}).items():
+        import importlib
+
+        if name in job._ns_ids and job._ns_ids[name] == id(sys.modules.get(module)):
+            continue  # the notebook has that very module under that name: no result
+        try:
+            values[name] = importlib.import_module(module)
+        except Exception as exc:
+            job.skipped.append(
+                {
+                    "name": name,
+                    "type": "module",
+                    "direction": "out",
+                    "reason": f"import {module} failed here: {exc}",
+                }
+            )
+    job._values = values
+    job.timings["code_done"] = end.get("code_done", 0.0)
+    for key in ("t_compared", "t_encoded", "t_written"):
+        if key in info:
+            job.timings["results_" + key[2:]] = info[key]
+    job.timings["end_received"] = time.time()
+    job.timings["results_loaded"] = time.time()
+    job._stream = bytearray()
+    for path in job._files:
+        remove_snapshot(path)
+
+
+_TQDM = re.compile(r"(\d+)/(\d+) \[")
+
+
+def _tqdm_progress(job: Job, text: str) -> None:
+    """A plain tqdm bar in a job (it redraws on stderr with \\r) drives the job's row,
+    unless the job reports progress through the API."""
+    if job._custom_progress and not job._tqdm_progress:
+        return
+    found = _TQDM.findall(text.rsplit("\r", 1)[-1]) or _TQDM.findall(text)
+    if found:
+        done, total = found[-1]
+        job._set(_custom_progress=True, _tqdm_progress=True, _done=int(done), _total=int(total))
+
+
+def remove_snapshot(path: str) -> None:
+    """Remove a snapshot file and its pieces, if they are there."""
+    for piece in piece_paths(path, MAX_PIECES):
+        try:
+            os.unlink(piece)
+        except OSError:
+            pass

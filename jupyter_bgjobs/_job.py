@@ -1,0 +1,231 @@
+"""Job: the handle of one job, read by the notebook while its driver moves it on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+import time
+import types
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from . import _checks
+from ._config import settings
+from ._errors import (
+    JobCancelledError,
+    JobError,
+    JobFailedError,
+    JobTimeoutError,
+    KernelDiedError,
+    WaitTimeout,
+)
+from ._kernels import LocalKernel
+from ._outputs import OutputTail, output_text
+from ._spec import JobSpec
+from ._states import (
+    CANCELLED,
+    DIED,
+    FAILED,
+    FINAL_STATES,
+    PENDING,
+    TIMED_OUT,
+    ErrorInfo,
+    RowClock,
+    now,
+)
+
+
+class Job(RowClock):
+    """One piece of code running, or done running, in its own kernel.
+
+    Read ``state``, ``progress``, ``section``, ``output`` and, once it has ended,
+    ``results``, ``error`` and ``report``. ``wait()`` blocks until it ends (and merges its
+    results), ``cancel()`` stops it.
+    """
+
+    def __init__(self, spec: JobSpec, manager: Any) -> None:
+        self.id = uuid.uuid4().hex[:8]
+        self.spec = spec
+        self.name = spec.name
+        self._manager = manager
+        self._cond = threading.Condition()
+        self._state = PENDING
+        self._done = 0
+        self._total = 0
+        self._custom_progress = False
+        self._tqdm_progress = False
+        self.section = ""
+        self.status = ""
+        self.submitted = now()
+        self.started: dt.datetime | None = None
+        self.finished: dt.datetime | None = None
+        self._t_started: float | None = None
+        self._t_finished: float | None = None
+        self.first_statement_at: float | None = None
+        self.error: ErrorInfo | None = None
+        self.exit_code: int | None = None
+        self.reason = ""
+        self.skipped: list[dict[str, str]] = []
+        self.shipped: list[str] = []
+        self.mutated: list[str] = []
+        # Wall-clock stamps (time.time()) of the job's milestones, for benchmarks and logs.
+        self.timings: dict[str, float] = {"submitted": time.time()}
+        self.report = ""
+        self._tail = OutputTail(settings.output_tail, settings.output_tail_bytes)
+        self._values: dict[str, Any] | None = None
+        self._merged = False
+        self._ns_ids: dict[str, int] = {}
+        self._cancel = threading.Event()
+        self._callbacks: list[Callable[[Job], Any]] = []
+        # wait() returns once the done callbacks have run too, so what they did is seen;
+        # a callback that itself waits is not held up by its own run.
+        self._settled = False
+        self._settling: int | None = None
+        self._listeners: list[Callable[[Job], Any]] = []
+        self.folder = settings.job_root() / self.id
+        self.folder.mkdir(mode=0o700)
+        self.log_path = self.folder / "output.log"
+        self._kernel: LocalKernel | None = None
+        # A job loads only what its parent wrote for it: snapshots carry this token.
+        self._token = secrets.token_hex(16)
+        self._files: list[str] = []
+        self._seed_chunks: list[str] = []
+        self._stream = bytearray()
+        self._environ: dict[str, str] = {}
+        self._awaits = False
+
+    # -- reading -------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """One of pending, starting, running, succeeded, failed, cancelled, timed_out, died."""
+        return self._state
+
+    @property
+    def done(self) -> bool:
+        """True once the job has reached a final state."""
+        return self._state in FINAL_STATES
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """The tail of the job's outputs as nbformat output dicts, in order (bounded in
+        size: ``log_path`` holds the whole output)."""
+        return self._tail.items()
+
+    @property
+    def output_version(self) -> int:
+        """Grows with every output the job sends, appended text included."""
+        return self._tail.version
+
+    @property
+    def output(self) -> str:
+        """The tail of the job's output as text (streams, and rich outputs' text form)."""
+        return "".join(output_text(o) for o in self.outputs)
+
+    @property
+    def results(self) -> types.SimpleNamespace | None:
+        """The names the job created or rebound, once it has ended (None before)."""
+        if not self.done or self._values is None:
+            return None
+        return types.SimpleNamespace(**self._values)
+
+    @property
+    def kernel_pid(self) -> int | None:
+        """The pid of the job's kernel process while it has one."""
+        return self._kernel.pid if self._kernel is not None else None
+
+    def exception(self) -> JobError | None:
+        """The error matching how the job ended, or None if it succeeded or still runs."""
+        cls = {
+            FAILED: JobFailedError,
+            CANCELLED: JobCancelledError,
+            TIMED_OUT: JobTimeoutError,
+            DIED: KernelDiedError,
+        }.get(self._state)
+        if cls is None:
+            return None
+        err = self.error or ErrorInfo("", "", [])
+        message = f"job {self.name!r} {self._state.replace('_', ' ')}"
+        if self.reason:
+            message += f": {self.reason}"
+        elif err.ename:
+            message += f": {err.ename}: {err.evalue}"
+        return cls(
+            message,
+            job_name=self.name,
+            state=self._state,
+            ename=err.ename,
+            evalue=err.evalue,
+            traceback=err.traceback,
+            output=self.output[-5000:],
+        )
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        return (
+            f"<Job {self.name!r} id={self.id} {self._state} {done}/{total}"
+            f"{' [' + self.section + ']' if self.section else ''} {self.elapsed:.1f}s>"
+        )
+
+    # -- acting ----------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> Job:
+        """Block until the job ends, merge its results as configured, and return the job.
+
+        Raises ``WaitTimeout`` if ``timeout`` seconds pass first (the job goes on).
+        """
+        if timeout is not None:
+            timeout = _checks.number("timeout", timeout, unit="seconds")
+        me = threading.get_ident()
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: self.done and (self._settled or self._settling == me), timeout=timeout
+            ):
+                raise WaitTimeout(
+                    f"job {self.name!r} is still {self._state} after {timeout} s; "
+                    "call .wait() again or .cancel() it"
+                )
+        if threading.current_thread() is threading.main_thread():
+            report = self._manager.merge(self)
+            if report:
+                print(report)
+        return self
+
+    def cancel(self) -> bool:
+        """Stop the job: interrupt, then kill after a short grace. False if already ended."""
+        if self.done:
+            return False
+        self._cancel.set()
+        return True
+
+    def add_done_callback(self, fn: Callable[[Job], Any]) -> None:
+        """Call ``fn(job)`` when the job ends (at once if it has), from a manager thread."""
+        with self._cond:
+            if not self.done:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # -- driven by the manager ---------------------------------------------------------
+    def _set(self, **changes: Any) -> None:
+        with self._cond:
+            for key, value in changes.items():
+                setattr(self, key, value)
+            self._cond.notify_all()
+        for listener in list(self._listeners):
+            try:
+                listener(self)
+            except Exception:
+                pass
+
+    def _add_output(self, out: dict[str, Any], log: Any) -> None:
+        self._tail.add(out)
+        with self._cond:
+            self._cond.notify_all()
+        for listener in list(self._listeners):
+            try:
+                listener(self)
+            except Exception:
+                pass
+        log.write(output_text(out))
+        log.flush()

@@ -1,0 +1,279 @@
+"""The process-wide registry of jobs: the warm pool, concurrency slots, submitting (the
+snapshot out, the runner's spec), the merge queue, and shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import _context, _snapshot
+from ._config import settings
+from ._driver import Driver, remove_snapshot
+from ._errors import JobSpecError, JobStateError
+from ._job import Job
+from ._kernels import KernelPool
+from ._runtime import open_log, write_private
+from ._spec import JobSpec, transformed
+from ._states import SUCCEEDED, now
+
+
+class JobManager:
+    """The process-wide registry of jobs and the threads that drive them."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.RLock()
+        self._slots = threading.Condition(self._lock)
+        self._running = 0
+        self._threads: dict[str, threading.Thread] = {}
+        self._pool: KernelPool | None = None
+        self._unmerged: list[Job] = []
+        self._listeners: list[Callable[[Job], Any]] = []
+        self.submit_hooks: list[Callable[[Job], Any]] = []
+
+    # -- pool -------------------------------------------------------------------------
+    def pool(self) -> KernelPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = KernelPool(settings.pool_size, settings.kernel)
+                self._pool.refill()
+            return self._pool
+
+    def resize_pool(self) -> None:
+        with self._lock:
+            pool = self._pool
+            self._pool = None
+        if pool is not None:
+            pool.close()
+        self.pool()
+
+    # -- registry -------------------------------------------------------------------------
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def get(self, name_or_id: str) -> Job:
+        with self._lock:
+            if name_or_id in self._jobs:
+                return self._jobs[name_or_id]
+            named = [j for j in self._jobs.values() if j.name == name_or_id]
+        if not named:
+            raise JobSpecError(
+                f"no job named {name_or_id!r}; jupyter_bgjobs.jobs() lists the jobs there are"
+            )
+        return named[-1]
+
+    def unique_name(self, name: str) -> str:
+        with self._lock:
+            busy = {j.name for j in self._jobs.values() if not j.done}
+        if name not in busy:
+            return name
+        n = 2
+        while f"{name}-{n}" in busy:
+            n += 1
+        return f"{name}-{n}"
+
+    def add_listener(self, fn: Callable[[Job], Any]) -> None:
+        self._listeners.append(fn)
+
+    # -- submitting -------------------------------------------------------------------------
+    def submit(self, spec: JobSpec, ns: dict[str, Any] | None = None) -> Job:
+        job = Job(spec, self)
+        job._listeners.extend(self._listeners)
+        if ns is not None:
+            job._ns_ids = {k: id(v) for k, v in ns.items()}
+        # A gateway's kernel shares no files with us: everything travels over its protocol.
+        remote = bool(spec.gateway)
+        transport = "stream" if settings.transport == "stream" or remote else "file"
+        seed: _snapshot.Snapshot | None = None
+        source = transformed(spec.code)
+        # What the notebook's environment is now, not when a warm kernel was started.
+        job._environ = dict(os.environ)
+        if ns is not None and spec.env != "none":
+            names = _snapshot.select_names(ns, spec.env, source)
+            paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
+            job._files.extend(paths)  # before writing: an interrupted write is cleaned too
+            seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport)
+            job.shipped = seed.shipped
+            job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
+            job._seed_chunks = seed.chunks
+            job.timings["snapshot_written"] = time.time()
+        seed_spec: dict[str, Any] | None = None
+        if seed is not None and (seed.path or seed.chunks):
+            seed_spec = {
+                "transport": transport,
+                "path": seed.path,
+                "pieces": seed.pieces,
+                "sha256": seed.sha256,
+                "nbytes": seed.nbytes,
+            }
+        job._awaits = _context.awaits(source)
+        result_paths = _snapshot.snapshot_paths(str(job.folder), job.id, "results")
+        job._files.extend(result_paths)
+        runner_spec = {
+            "job_id": job.id,
+            "name": job.name,
+            "code": spec.code,
+            "filename": spec.script_path,
+            "script_file": spec.script_path,
+            "workdir": spec.workdir,
+            "token": job._token,
+            "seed": seed_spec,
+            "imports": seed.imports if seed else {},
+            "import_origins": _snapshot.import_origins(seed.imports) if seed else {},
+            "not_shipped": seed.skipped if seed else [],
+            "notebook_names": _snapshot.unshipped_names(ns, job.shipped) if ns else [],
+            "context": {} if remote else _context.import_context(),
+            "results": {
+                "transport": transport,
+                "paths": result_paths,
+                "arena": settings.results_arena,
+            },
+            "env_vars": spec.env_vars,
+        }
+        write_private(
+            job.folder / "spec.json",
+            json.dumps(
+                {
+                    "name": job.name,
+                    "id": job.id,
+                    "kind": spec.kind,
+                    "kernel": spec.kernel,
+                    "timeout": spec.timeout,
+                    "workdir": spec.workdir,
+                    "script": spec.script_path,
+                    "gateway": spec.gateway,
+                    "kernel_env": spec.kernel_env,
+                    "submitted": job.submitted.isoformat(),
+                    "shipped": job.shipped,
+                },
+                indent=1,
+            ),
+        )
+        with self._lock:
+            self._jobs[job.id] = job
+            driver = Driver(job, self, runner_spec)
+            thread = threading.Thread(target=driver.run, name=f"bgjob-{job.name}", daemon=True)
+            self._threads[job.id] = thread
+        self.pool()
+        thread.start()
+        for hook in list(self.submit_hooks):
+            hook(job)
+        return job
+
+    def take_slot(self, cancelled: threading.Event) -> bool:
+        """Wait for one of ``max_concurrent`` slots; False if cancelled meanwhile."""
+        with self._slots:
+            while self._running >= max(1, settings.max_concurrent) and not cancelled.is_set():
+                self._slots.wait(0.5)
+            if cancelled.is_set():
+                return False
+            self._running += 1
+            return True
+
+    def release_slot(self) -> None:
+        with self._slots:
+            self._running -= 1
+            self._slots.notify_all()
+
+    def join_worker(self, job: Job, timeout: float = 30) -> None:
+        thread = self._threads.get(job.id)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _finish(self, job: Job, state: str) -> None:
+        if job.spec.results == "none" or job._values is None or state != SUCCEEDED:
+            job._merged = True
+        with self._lock:
+            if not job._merged:
+                self._unmerged.append(job)
+        job._set(_t_finished=time.monotonic())
+        report = ""
+        if job._merged:
+            from ._merge import report_line
+
+            report = report_line(job, state=state)
+        job._set(_state=state, finished=now(), report=report)
+        with job._cond:
+            callbacks, job._callbacks = job._callbacks, []
+            job._settling = threading.get_ident()
+        try:
+            for fn in callbacks:
+                try:
+                    fn(job)
+                except Exception as exc:  # a user callback must not kill the driver
+                    with open_log(job.log_path) as log:
+                        log.write(f"\n[jupyter_bgjobs: done callback {fn!r} raised {exc!r}]\n")
+        finally:
+            job._set(_settled=True, _settling=None)
+
+    # -- merging -------------------------------------------------------------------------
+    def merge(self, job: Job, ns: dict[str, Any] | None = None) -> str:
+        """Merge one finished job's results into ``ns`` (the notebook's namespace)."""
+        from ._merge import merge_results, target_namespace
+
+        with self._lock:
+            if job._merged or not job.done:
+                return ""
+            job._merged = True
+            if job in self._unmerged:
+                self._unmerged.remove(job)
+        report = merge_results(job, ns if ns is not None else target_namespace())
+        job._set(report=report)
+        return report
+
+    def merge_ready(self, ns: dict[str, Any] | None = None) -> list[str]:
+        """Merge every finished job not merged yet, in the order they finished."""
+        with self._lock:
+            ready = [j for j in self._unmerged if j.done]
+        return [r for r in (self.merge(j, ns) for j in ready) if r]
+
+    # -- ending -------------------------------------------------------------------------
+    def shutdown(self, announce: bool = False, stream: Any = None) -> list[Job]:
+        """Cancel running jobs, end the pool, and join every driver thread."""
+        active = [j for j in self.jobs() if not j.done]
+        if announce and active:
+            names = ", ".join(
+                f"{j.name} ({j.state} {j.progress[0]}/{j.progress[1]})" for j in active
+            )
+            print(
+                f"jupyter_bgjobs: ending {len(active)} running job(s): {names}",
+                flush=True,
+                file=stream or sys.stdout,
+            )
+        for job in active:
+            job._cancel.set()
+        saved_grace = settings.cancel_grace
+        for job in active:
+            self.join_worker(job, timeout=saved_grace + 15)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        for thread in list(self._threads.values()):
+            thread.join(30)
+        return active
+
+    def remove(self, job: Job) -> None:
+        """Forget a finished job (its log stays on disk); a running job stays."""
+        if not job.done:
+            raise JobStateError(
+                f"job {job.name!r} is still {job.state}; cancel() it before removing it"
+            )
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            if job in self._unmerged:
+                self._unmerged.remove(job)
+        for path in job._files:
+            remove_snapshot(path)
+
+    def forget_finished(self) -> None:
+        with self._lock:
+            for key in [k for k, j in self._jobs.items() if j.done]:
+                del self._jobs[key]
+                self._threads.pop(key, None)

@@ -1,0 +1,177 @@
+"""JobSpec: everything one job needs, checked when it is made."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _checks
+from ._config import settings
+from ._errors import JobSpecError
+from ._states import CONFLICT_MODES, RESULT_MODES
+
+
+@dataclass
+class JobSpec:
+    """Everything needed to run one job; built by ``run_cell``/``run_script`` and the magics."""
+
+    code: str
+    name: str
+    kind: str = "cell"
+    kernel: str | None = None
+    timeout: float | None = None
+    env: str = "none"
+    results: str = "globals"
+    on_conflict: str = "keep"
+    workdir: str = ""
+    script_path: str | None = None
+    results_name: str = ""
+    env_vars: dict[str, str] = field(default_factory=dict)
+    gateway: str = ""
+    kernel_env: dict[str, str] = field(default_factory=dict)
+
+
+def _check_gateway(gateway: str | None) -> str:
+    from ._config import settings
+
+    _checks.text("gateway", gateway, optional=True, example="'http://gateway:8888'")
+    url = gateway or settings.gateway
+    if not url:
+        return ""
+    if url in ("env", "default"):
+        url = os.environ.get("JUPYTER_GATEWAY_URL", "")
+        if not url:
+            raise JobSpecError(
+                "--gateway env asks for $JUPYTER_GATEWAY_URL, which is not set; "
+                "pass the gateway's URL instead"
+            )
+    return _checks.gateway_url(url)
+
+
+def _check_kernel_env(env: dict[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    checked = _checks.str_mapping("kernel_env", env, example="{'KERNEL_NAMESPACE': 'team-a'}")
+    for key, value in checked.items():
+        if not key.startswith("KERNEL_") or not key.replace("_", "").isalnum():
+            raise JobSpecError(
+                f"kernel variable {key!r}: gateways pass only KERNEL_* variables to the "
+                "kernels they start (KERNEL_NAMESPACE, KERNEL_CPUS, ...); name it KERNEL_..."
+            )
+        out[key] = str(value)
+    return out
+
+
+def _parse_kernel_env(items: list[str] | None) -> dict[str, str]:
+    """``KEY=VALUE`` strings from the magics' ``--kernel-env``."""
+    env: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise JobSpecError(f"--kernel-env needs KEY=VALUE, got {item!r}")
+        env[key.strip()] = value
+    return env
+
+
+def _check_name(name: str) -> str:
+    _checks.text("name", name, example="'fit_model'")
+    if not name.isidentifier():
+        raise JobSpecError(
+            f"job name {name!r} is not a Python identifier; use letters, digits and _ "
+            "(for example 'fit_model')"
+        )
+    return name
+
+
+def _check_env(env: str) -> str:
+    _checks.text("env", env, example="'auto', 'all', 'none' or 'a,b'")
+    if env in ("auto", "all", "none"):
+        return env
+    names = [n.strip() for n in env.split(",") if n.strip()]
+    bad = [n for n in names if not n.isidentifier()]
+    if not names or bad:
+        raise JobSpecError(
+            f"env must be auto, all, none or a comma-separated list of names, not {env!r}"
+        )
+    return ",".join(names)
+
+
+_counter = 0
+_counter_lock = threading.Lock()
+
+
+def _default_name() -> str:
+    global _counter
+    with _counter_lock:
+        _counter += 1
+        return f"job{_counter}"
+
+
+def build_spec(
+    code: str,
+    *,
+    name: str | None,
+    kind: str,
+    kernel: str | None,
+    timeout: float | None,
+    env: str,
+    results: str,
+    on_conflict: str,
+    workdir: str | None,
+    script_path: str | None = None,
+    gateway: str | None = None,
+    kernel_env: dict[str, str] | None = None,
+) -> JobSpec:
+    """Check every option and build a spec; raises JobSpecError naming the fix."""
+    _checks.text("code", code, example="'x = 1'")
+    if name is not None:
+        _check_name(name)
+    checked_timeout = _checks.timeout("timeout", timeout)
+    checked_env = _check_env(env)
+    checked_results = _checks.choice("results", results, RESULT_MODES)
+    checked_conflict = _checks.choice("on_conflict", on_conflict, CONFLICT_MODES)
+    _checks.text("kernel", kernel, optional=True, example="'python3'")
+    workdir = _checks.path("workdir", workdir, optional=True)
+    url = _check_gateway(gateway)
+    env_vars = _check_kernel_env(kernel_env)
+    if url:
+        # The remote kernel's folders are not ours: only an explicit workdir is used there.
+        wd = workdir or ""
+    else:
+        wd = workdir or os.getcwd()
+        if not os.path.isdir(wd):
+            raise JobSpecError(f"working directory {wd!r} does not exist; pass an existing folder")
+        _checks.kernelspec(kernel or settings.kernel)
+    base = name if name is not None else _default_name()
+    spec = JobSpec(
+        code=code,
+        name=base,
+        kind=kind,
+        kernel=kernel,
+        timeout=checked_timeout,
+        env=checked_env,
+        results=checked_results,
+        on_conflict=checked_conflict,
+        workdir=(wd if url else os.path.abspath(wd)),
+        script_path=script_path,
+        gateway=url,
+        kernel_env=env_vars,
+    )
+    spec.results_name = base + "_results"
+    return spec
+
+
+def _script_name(script: Path) -> str:
+    stem = "".join(c if c.isalnum() or c == "_" else "_" for c in script.stem)
+    return stem if stem.isidentifier() else f"script_{stem}"
+
+
+def transformed(code: str) -> str:
+    """IPython-transformed source (magics and ! lines turned into Python), for reading."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        return str(TransformerManager().transform_cell(code))
+    except Exception:
+        return code
