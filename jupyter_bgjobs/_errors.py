@@ -5,6 +5,7 @@
     BgJobError
     ├── JobSpecError (ValueError)        bad input: unknown option, missing script, bad name
     ├── JobStateError (RuntimeError)     misuse: results of a job that is still running
+    ├── StoreError (OSError)             the job store is read-only, full, or an entry damaged
     └── JobError                         a job ended without success; carries its context
         ├── JobFailedError               the job's code raised; remote traceback as __cause__
         ├── JobCancelledError            the user stopped it
@@ -30,6 +31,12 @@ class JobSpecError(BgJobError, ValueError):
 
 class JobStateError(BgJobError, RuntimeError):
     """An operation does not fit the job's current state."""
+
+
+class StoreError(BgJobError, OSError):
+    """The store of detached jobs cannot be written (read-only, full) or one of its entries
+    cannot be read; the message names the folder and the fix. An ``OSError`` too, so code
+    that handles failed file writes handles it."""
 
 
 class RemoteTraceback(Exception):
