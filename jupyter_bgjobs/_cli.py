@@ -6,6 +6,9 @@ bgjobs cancel NAME
 bgjobs run SCRIPT.py [--name N] [--timeout S] [--kernel K]
 bgjobs results NAME
 bgjobs prune [--older-than 7d]
+
+Reading commands (list, logs, results) write nothing, so they work on a read-only store.
+Errors are one line on stderr: exit code 2, or 1 for a cancel of a job that has ended.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from . import _detached, _store
 from ._errors import BgJobError
 
 
-def _entry(name: str) -> tuple[Path, dict[str, Any]]:
+def _entry(name: str, damaged_ok: bool = False) -> tuple[Path, dict[str, Any]]:
     folder = _store.find(name)
     if folder is None:
         raise BgJobError(f"no detached job or call named {name!r}; `bgjobs list` shows them")
+    if not damaged_ok:
+        _detached.check_sound(folder, name)
     return folder, _store.read_json(folder / "spec.json") or {}
 
 
@@ -41,8 +46,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    folder, spec = _entry(args.name)
+    # A damaged record may still point at a sound log: that is shown.
+    folder, spec = _entry(args.name, damaged_ok=True)
     handle = _handle(folder, spec)
+    if spec.get("kind") != "call" and handle.log_path is None and handle.state == "damaged":
+        _detached.check_sound(folder, args.name)
     paths = (
         [folder / "stdout", folder / "stderr"]
         if spec.get("kind") == "call"
@@ -51,15 +59,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
     offsets: dict[Path, int] = {}
     while True:
         # Seen before reading: what was written up to the end is read once more.
-        ended = not args.follow or handle.state in _store.DONE_STATES
+        ended = not args.follow or handle.state in (*_store.DONE_STATES, _store.DAMAGED)
         if spec.get("kind") != "call":
             paths = [handle.log_path] if handle.log_path is not None else []
         for path in paths:
-            if path is None or not path.exists():
+            if path is None:
                 continue
-            with open(path, "rb") as fh:
-                fh.seek(offsets.get(path, 0))
-                data = fh.read()
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offsets.get(path, 0))
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
             offsets[path] = offsets.get(path, 0) + len(data)
             sys.stdout.write(data.decode("utf-8", errors="replace"))
             sys.stdout.flush()
@@ -111,11 +122,11 @@ def cmd_results(args: argparse.Namespace) -> int:
         print("  no results saved yet" if not handle.done else "  no results were saved")
         return 0
     values = vars(handle.results) if handle.results is not None else {}
-    for name in info.get("names", []):
+    for name in info.get("names") or []:
         value = values.get(name)
         print(f"  {name}: {type(value).__name__} = {_short(value)}")
-    for miss in info.get("not_saved", []):
-        print(f"  {miss['name']}: not saved ({miss['type']}: {miss['reason']})")
+    for miss in _detached._not_saved(info):
+        print(f"  not saved: {miss}")
     if handle.error:
         print(f"  the job raised {handle.error.ename}: {handle.error.evalue}")
     return 0
@@ -128,6 +139,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"{report['bytes'] / 2**20:.1f} MiB"
         + (": " + ", ".join(report["removed"]) if report["removed"] else "")
     )
+    for kept in report["kept"]:
+        print(f"kept {kept}")
     return 0
 
 
@@ -169,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     except BgJobError as exc:
         print(f"bgjobs: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file of the store that cannot be read, said in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"bgjobs: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # `bgjobs logs -f` is left with Ctrl-C
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _store
-from ._errors import JobSpecError, JobStateError
+from ._errors import JobSpecError, JobStateError, StoreError
 from ._jobs import FINAL_STATES as DONE_STATES
 from ._jobs import ErrorInfo, JobSpec, WaitTimeout
 
@@ -27,7 +27,8 @@ class DetachedJob:
 
     It reads like a Job: ``name``, ``id``, ``state``, ``progress``, ``section``,
     ``output``, ``log_path``, ``error``, ``results`` (loaded from the store once it has
-    ended), ``wait()``, ``cancel()``.
+    ended), ``wait()``, ``cancel()``. A record that cannot be read makes the state
+    ``damaged``, with ``reason`` saying what is wrong.
     """
 
     detached = True
@@ -35,33 +36,46 @@ class DetachedJob:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         spec = _store.read_json(folder / "spec.json") or {}
-        self.id: str = spec.get("id", folder.name)
-        self.name: str = spec.get("name", self.id)
-        self.kind: str = spec.get("job_kind", "cell")
-        self.submitted = spec.get("submitted", "")
+        self.id: str = _text(spec.get("id")) or folder.name
+        self.name: str = _text(spec.get("name")) or self.id
+        self.kind: str = _text(spec.get("job_kind")) or "cell"
+        self.submitted = _text(spec.get("submitted"))
         self._results: types.SimpleNamespace | None = None
         self._merged = False
 
     def _record(self) -> dict[str, Any]:
-        return _store.read_json(self.folder / "state.json") or {}
+        record = _store.read_json(self.folder / "state.json") or {}
+        # A field of the wrong type would break every property: none is read from it.
+        return {} if _store.check_state(record) else record
+
+    @property
+    def damage(self) -> str:
+        """What makes the job's record unreadable, or ""."""
+        return _store.damage(self.folder)
 
     @property
     def state(self) -> str:
-        """The job's state; ``died`` when its host ended without finishing it."""
+        """The job's state; ``died`` when its host ended without finishing it, ``damaged``
+        when its record cannot be read."""
+        if self.damage:
+            return _store.DAMAGED
         record = self._record()
         state = str(record.get("state", "pending"))
         if state in DONE_STATES:
             return state
-        host = record.get("host_pid") or (_store.read_json(self.folder / "host.json") or {}).get(
-            "pid"
-        )
-        if host and not _store.pid_alive(host):
+        if self._host() and not _store.pid_alive(self._host()):
             return "died"
         return state
 
+    def _host(self) -> int | None:
+        host = self._record().get("host_pid")
+        if not host:
+            host = (_store.read_json(self.folder / "host.json") or {}).get("pid")
+        return host if isinstance(host, int) and not isinstance(host, bool) else None
+
     @property
     def done(self) -> bool:
-        return self.state in DONE_STATES
+        return self.state in DONE_STATES or self.state == _store.DAMAGED
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -83,7 +97,7 @@ class DetachedJob:
         if not started:
             return 0.0
         if record.get("finished"):
-            return float(record.get("elapsed", 0.0))
+            return float(record.get("elapsed") or 0.0)
         return time.time() - dt.datetime.fromisoformat(started).timestamp()
 
     @property
@@ -93,6 +107,9 @@ class DetachedJob:
 
     @property
     def reason(self) -> str:
+        damage = self.damage
+        if damage:
+            return damage
         if self.state == "died" and self._record().get("state") not in DONE_STATES:
             return "its host process ended before the job did"
         return str(self._record().get("reason", ""))
@@ -106,33 +123,43 @@ class DetachedJob:
     def output(self) -> str:
         """The last 64 KiB of the job's output log."""
         path = self.log_path
-        if path is None or not path.exists():
+        try:
+            with open(path or "", "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 65536))
+                return fh.read().decode("utf-8", errors="replace")
+        except OSError:  # not written yet, or removed
             return ""
-        with open(path, "rb") as fh:
-            size = path.stat().st_size
-            fh.seek(max(0, size - 65536))
-            return fh.read().decode("utf-8", errors="replace")
 
     @property
     def results(self) -> types.SimpleNamespace | None:
-        """The names the job created or rebound, loaded from the store once it has ended."""
-        if self._results is None and (self.folder / "results.pkl").exists():
+        """The names the job created or rebound, loaded from the store once it has ended.
+
+        Raises ``StoreError`` when the saved results cannot be loaded."""
+        path = self.folder / "results.pkl"
+        if self._results is None and path.exists():
             import cloudpickle
 
-            with open(self.folder / "results.pkl", "rb") as fh:
-                self._results = types.SimpleNamespace(**cloudpickle.load(fh))
+            try:
+                with open(path, "rb") as fh:
+                    values = cloudpickle.load(fh)
+                self._results = types.SimpleNamespace(**values)
+            except Exception as exc:  # whatever unpickling a damaged file raises
+                raise StoreError(
+                    f"the results of job {self.name!r} cannot be loaded from {path} "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); the file is damaged or "
+                    "needs a module this Python lacks"
+                ) from None
         return self._results
 
     @property
     def report(self) -> str:
         info = _store.read_json(self.folder / "results.json") or {}
-        names = ", ".join(info.get("names", [])) or "no names"
-        missing = info.get("not_saved") or []
+        names = ", ".join(str(n) for n in info.get("names") or []) or "no names"
         text = f"{self.name}: {self.state}; saved {names}"
+        missing = _not_saved(info)
         if missing:
-            text += "; not saved: " + ", ".join(
-                f"{m['name']} ({m['type']}: {m['reason']})" for m in missing
-            )
+            text += "; not saved: " + ", ".join(missing)
         return text
 
     def wait(self, timeout: float | None = None) -> DetachedJob:
@@ -148,9 +175,7 @@ class DetachedJob:
         """Ask the job's host to cancel it; returns False when it has already ended."""
         if self.done:
             return False
-        host = self._record().get("host_pid") or (
-            _store.read_json(self.folder / "host.json") or {}
-        ).get("pid")
+        host = self._host()
         if not host:
             return False
         try:
@@ -173,15 +198,48 @@ class DetachedJob:
         return f"<DetachedJob {self.name} ({self.id}) {self.state} {done}/{total}>"
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _not_saved(info: dict[str, Any]) -> list[str]:
+    """What results.json says was not saved, as text; odd items are shown as they are."""
+    out = []
+    for m in info.get("not_saved") or []:
+        if isinstance(m, dict):
+            out.append(f"{m.get('name')} ({m.get('type')}: {m.get('reason')})")
+        else:
+            out.append(repr(m)[:80])
+    return out
+
+
 def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
-    """Write the job into the store and start its host, in a session of its own."""
+    """Write the job into the store and start its host, in a session of its own.
+
+    Raises ``StoreError`` (one line: the folder, and what to do) when the store cannot be
+    written; nothing is left behind then."""
+    import shutil
+
+    store = _store.store_root()
+    _store.require_writable(store, "start a detached job")
+    job_id = uuid.uuid4().hex[:8]
+    folder = store / job_id
+    try:
+        folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)  # whatever the umask
+        return _start_in(folder, job_id, spec, ns)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, StoreError):
+            raise
+        raise _store._write_error(folder, "start a detached job", exc) from None
+
+
+def _start_in(folder: Path, job_id: str, spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
     import cloudpickle
 
     from ._snapshot import select_names
 
-    job_id = uuid.uuid4().hex[:8]
-    folder = _store.store_root() / job_id
-    folder.mkdir(mode=0o700)
     skipped: list[dict[str, str]] = []
     if ns is not None and spec.env != "none":
         names = select_names(ns, spec.env, spec.code)
@@ -194,7 +252,9 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
                 continue
             seed[name] = ns[name]
         if seed:
-            with open(folder / "seed.pkl", "wb") as fh:
+            # The host removes it once loaded: the notebook's values stay no longer than
+            # needed, and only ever readable by their owner.
+            with _store.open_private(folder / "seed.pkl") as fh:
                 cloudpickle.dump(seed, fh)
     _store.write_json(
         folder / "spec.json",
@@ -215,7 +275,7 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
         },
     )
     _store.write_json(folder / "state.json", {"state": "pending", "progress": [0, 0]})
-    with open(folder / "host.log", "wb") as log:
+    with _store.open_private(folder / "host.log") as log:
         host = subprocess.Popen(
             [sys.executable, "-m", "jupyter_bgjobs._host", str(folder)],
             stdin=subprocess.DEVNULL,
@@ -234,22 +294,56 @@ _hosts: list[subprocess.Popen[bytes]] = []
 
 
 def find(name_or_id: str) -> DetachedJob | None:
+    """The detached job of that name or id, None when there is none; ``StoreError`` when
+    its entry is damaged."""
     folder = _store.find(name_or_id)
     if folder is None:
         return None
+    check_sound(folder, name_or_id)
     spec = _store.read_json(folder / "spec.json") or {}
     return DetachedJob(folder) if spec.get("kind") == "job" else None
 
 
+def check_sound(folder: Path, name_or_id: str) -> None:
+    """Raise ``StoreError`` naming what is wrong when a store entry is damaged."""
+    damage = _store.damage(folder)
+    if damage:
+        raise StoreError(
+            f"the detached entry {name_or_id!r} ({folder}) is damaged: {damage}; "
+            "`bgjobs prune` removes it"
+        )
+
+
 def describe(folder: Path) -> dict[str, Any]:
-    """One line's worth of facts about a store entry, job or call."""
+    """One line's worth of facts about a store entry, job or call; a damaged one is
+    described as such, with the reason, and never raises."""
     spec = _store.read_json(folder / "spec.json") or {}
     info: dict[str, Any] = {
-        "name": spec.get("name", folder.name),
-        "id": spec.get("id", folder.name),
-        "kind": spec.get("kind", "?"),
-        "submitted": spec.get("submitted", ""),
+        "name": _text(spec.get("name")) or folder.name,
+        "id": folder.name,
+        "kind": spec.get("kind") if spec.get("kind") in ("job", "call") else "?",
+        "submitted": _text(spec.get("submitted")),
+        "reason": "",
     }
+    damage = _store.damage(folder)
+    if not damage:
+        try:
+            return _describe(folder, spec, info)
+        except Exception as exc:  # a record odd in a way no check foresaw: still a row
+            damage = f"{type(exc).__name__}: {exc}"
+    info.update(
+        state=_store.DAMAGED,
+        progress="",
+        section="",
+        elapsed=0.0,
+        finished_ts=None,
+        log_path="",
+        reason=damage,
+    )
+    return info
+
+
+def _describe(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     if spec.get("kind") == "call":
         from ._calls import BgCall
 
@@ -267,14 +361,16 @@ def describe(folder: Path) -> dict[str, Any]:
     job = DetachedJob(folder)
     record = job._record()
     done, total = job.progress
+    state = job.state
     info.update(
-        state=job.state,
+        state=state,
         progress=f"{done}/{total}",
         section=job.section,
         elapsed=job.elapsed,
         finished_ts=record.get("finished_ts")
-        or ((folder / "state.json").stat().st_mtime if job.state == "died" else None),
+        or (_store.newest_mtime(folder) if state == "died" else None),
         log_path=str(job.log_path or ""),
+        reason=job.reason if state == "died" else "",
     )
     return info
 
@@ -286,6 +382,7 @@ def table() -> str:
     rows = [describe(f) for f in _store.entries()]
     if not rows:
         return "no detached jobs"
+    damaged = [r for r in rows if r["state"] == _store.DAMAGED]
     header = ("name", "id", "kind", "state", "progress", "section", "elapsed")
     body = [
         (
@@ -299,7 +396,10 @@ def table() -> str:
         )
         for r in rows
     ]
-    return text_table(header, body)
+    text = text_table(header, body)
+    for r in damaged:
+        text += f"\n{r['id']}: damaged: {r['reason']}; `bgjobs prune` removes it"
+    return text
 
 
 def attach(name_or_id: str, results: str = "globals", ns: dict[str, Any] | None = None) -> str:
@@ -312,7 +412,7 @@ def attach(name_or_id: str, results: str = "globals", ns: dict[str, Any] | None 
         raise JobSpecError(
             f"no detached job named {name_or_id!r}; `%bgjobs` lists the ones in the store"
         )
-    if not job.done:
+    if not job.done:  # a damaged one raised in find()
         raise JobStateError(
             f"job {job.name!r} is still {job.state} ({job.progress[0]}/{job.progress[1]}); "
             "attach once it has ended, or job.wait()"

@@ -6,6 +6,7 @@
     ├── JobSpecError (ValueError)        bad input: unknown option, missing script, bad name
     ├── JobStateError (RuntimeError)     misuse: results of a job that is still running
     │   └── WaitTimeout (TimeoutError)   wait(timeout) returned first; the job goes on
+    ├── StoreError (OSError)             the job store is read-only, full, or an entry damaged
     └── JobError                         a job ended without success; carries its context
         ├── JobFailedError               the job's code raised; remote traceback as __cause__
         ├── JobCancelledError            the user stopped it
@@ -35,6 +36,12 @@ class JobStateError(BgJobError, RuntimeError):
 
 class WaitTimeout(JobStateError, TimeoutError):
     """``wait(timeout)`` returned before the job, call or queue ended; it goes on."""
+
+
+class StoreError(BgJobError, OSError):
+    """The store of detached jobs cannot be written (read-only, full) or one of its entries
+    cannot be read; the message names the folder and the fix. An ``OSError`` too, so code
+    that handles failed file writes handles it."""
 
 
 class RemoteTraceback(Exception):
