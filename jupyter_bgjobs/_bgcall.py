@@ -26,7 +26,8 @@ from typing import Any
 
 def _write_atomic(path: str, *parts: bytes) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
+    # 0600 whatever the umask: a call's folder is its owner's alone.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
         for part in parts:
             fh.write(part)
         fh.flush()
@@ -56,8 +57,13 @@ def run(folder: str, parent: int) -> None:
     if parent > 0:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
-    with open(os.path.join(folder, "call.pkl"), "rb") as fh:
-        call = pickle.load(fh)
+    shipped = os.path.join(folder, "call.pkl")
+    try:
+        with open(shipped, "rb") as fh:
+            call = pickle.load(fh)
+    finally:
+        # Read once: the function and its arguments need not stay on disk.
+        os.unlink(shipped)
     fun, args, kwargs, source = call["fun"], call["args"], call["kwargs"], call.get("source")
     for entry in reversed(call.get("sys_path", [])):
         if entry not in sys.path:
@@ -81,8 +87,9 @@ def run(folder: str, parent: int) -> None:
 
 
 def supervise(folder: str, timeout: float) -> None:
-    out = open(os.path.join(folder, "stdout"), "ab")
-    err = open(os.path.join(folder, "stderr"), "ab")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    out = open(os.open(os.path.join(folder, "stdout"), flags, 0o600), "ab")
+    err = open(os.open(os.path.join(folder, "stderr"), flags, 0o600), "ab")
     child = subprocess.Popen(
         [sys.executable, __file__, "run", folder, "0"],
         stdin=subprocess.DEVNULL,

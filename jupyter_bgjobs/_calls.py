@@ -27,13 +27,14 @@ from typing import Any
 from ._config import settings
 from ._errors import (
     JobCancelledError,
+    JobFailedError,
     JobSpecError,
     JobStateError,
     JobTimeoutError,
     KernelDiedError,
     RemoteTraceback,
 )
-from ._store import pid_alive, read_json, store_root, write_json
+from ._store import pid_alive, read_json, store_root
 
 _SCRIPT = str(Path(__file__).with_name("_bgcall.py"))
 _registry: dict[str, BgCall] = {}
@@ -75,7 +76,9 @@ class BgCall:
                 if code == 0:
                     self._outcome = ("ok", pickle.loads(body), "")
                 elif code == 1:
-                    exc, text = pickle.loads(body)
+                    from ._queue import _load_error
+
+                    exc, text = _load_error(bytes(body))
                     self._outcome = ("error", exc, text)
                 else:
                     self._outcome = ("unpicklable", None, bytes(body).decode())
@@ -146,6 +149,8 @@ class BgCall:
         if state == "failed" and outcome is not None:
             kind, value, text = outcome
             if kind == "error":
+                if isinstance(value, JobFailedError) and value.ename:
+                    return f"raised {value.ename}"  # stands in for one not rebuilt here
                 return f"raised {type(value).__name__ if value is not None else 'an error'}"
             return text
         return "returned"
@@ -153,6 +158,9 @@ class BgCall:
     # -- waiting and results -------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> BgCall:
         """Block until the process has ended (or ``timeout`` seconds pass); returns self."""
+        from ._queue import _check_seconds
+
+        _check_seconds("timeout", timeout, none="no limit", zero=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._proc is not None:
             self._ended.wait(timeout)
@@ -165,7 +173,8 @@ class BgCall:
 
     def result(self, timeout: float | None = None) -> Any:
         """The function's return value. Re-raises its exception (the remote traceback is
-        the ``__cause__``); ``JobTimeoutError``, ``JobCancelledError`` or
+        the ``__cause__``; one that cannot be rebuilt here comes as a ``JobFailedError``
+        with its type name and message); ``JobTimeoutError``, ``JobCancelledError`` or
         ``KernelDiedError`` when it did not finish."""
         self.wait(timeout)
         state = self.state
@@ -264,11 +273,32 @@ def _watch(call: BgCall, proc: subprocess.Popen[bytes], timeout: float | None) -
         call._ended_by = "timed_out"
         _signal_pid(proc.pid, signal.SIGKILL, group=True)
         code = proc.wait()
-    write_json(
+    _write_private_json(
         call.folder / "status.json",
         {"returncode": code, "ended_by": call._ended_by, "ended": time.time()},
     )
     call._ended.set()
+
+
+def _write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` whole with a file only its owner can read (a call's folder holds
+    its arguments, output and result), whatever the umask."""
+    import json
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    _write_private(tmp, json.dumps(data, indent=1, default=str).encode())
+    os.replace(tmp, path)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as fh:
+        fh.write(data)
+
+
+def _open_private(path: Path) -> Any:
+    """A new file for writing, mode 0600."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
 
 def bg_call(
@@ -288,24 +318,18 @@ def bg_call(
     """
     import cloudpickle
 
-    from ._queue import _cell_sources
+    from ._queue import _cell_sources, _check_call, _check_flag, _check_seconds
 
-    if not callable(fn):
-        raise JobSpecError(f"bg() needs a function to call, got {type(fn).__name__}")
-    if not isinstance(args, (tuple, list)):
-        raise JobSpecError(
-            f"args must be a tuple of positional arguments, got {type(args).__name__}: "
-            "for one argument write args=(x,)"
-        )
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise JobSpecError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    # Everything checked before the call's folder exists: bad input leaves nothing behind.
+    _check_call("bg()", fn, args, kwargs, "bg(math.sqrt, 2)")
+    _check_seconds("timeout", timeout, none="no limit")
+    if name is not None and not isinstance(name, str):
+        raise JobSpecError(f"name must be a string, got {type(name).__name__}: e.g. name='train'")
+    _check_flag("detach", detach)
     label: str = name or str(getattr(fn, "__name__", "") or "call")
     if not label.isidentifier():
         label = f"call{next(_counter)}"
     name = label
-    call_id = uuid.uuid4().hex[:8]
-    folder = (store_root() if detach else settings.job_root()) / call_id
-    folder.mkdir(mode=0o700)
     payload = {
         "fun": fn,
         "args": tuple(args),
@@ -320,9 +344,13 @@ def bg_call(
             f"bg(): the function or its arguments cannot be pickled ({exc}); pass values "
             "that can travel to another process (no open files, locks or sockets)"
         ) from None
-    (folder / "call.pkl").write_bytes(data)
+    call_id = uuid.uuid4().hex[:8]
+    folder = (store_root() if detach else settings.job_root()) / call_id
+    folder.mkdir(mode=0o700)
+    # The child removes it once loaded: the arguments need not outlive the call.
+    _write_private(folder / "call.pkl", data)
     call = BgCall(folder, label, detach)
-    write_json(
+    _write_private_json(
         folder / "spec.json",
         {
             "kind": "call",
@@ -335,8 +363,8 @@ def bg_call(
         },
     )
     # Handed to the child as its stdout and stderr; closed here once it has them.
-    out = open(folder / "stdout", "wb")
-    err = open(folder / "stderr", "wb")
+    out = _open_private(folder / "stdout")
+    err = _open_private(folder / "stderr")
     try:
         if detach:
             sup = subprocess.Popen(
@@ -363,7 +391,7 @@ def bg_call(
             )
             call._proc = proc
             call.pid = proc.pid
-            write_json(folder / "pid.json", {"pid": proc.pid, "supervisor": os.getpid()})
+            _write_private_json(folder / "pid.json", {"pid": proc.pid, "supervisor": os.getpid()})
             threading.Thread(
                 target=_watch, args=(call, proc, timeout), name=f"bg-{name}", daemon=True
             ).start()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import (
+    JobFailedError,
     JobSpecError,
     JobStateError,
     RemoteTraceback,
@@ -37,6 +38,7 @@ from ._errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
+from ._worker import read_capture
 
 STATES = ("created", "waiting", "assigned", "running", "done")
 COLUMNS = (
@@ -146,18 +148,7 @@ class TaskList:
         id: str | None = None,
     ) -> Task:
         """Add a task; its id defaults to ``task_1``, ``task_2``, ..."""
-        if not callable(fun):
-            raise JobSpecError(
-                f"a task needs a function to call, got {type(fun).__name__}: "
-                "pass the function itself, e.g. q.add(math.sqrt, args=(2,))"
-            )
-        if not isinstance(args, (tuple, list)):
-            raise JobSpecError(
-                f"args must be a tuple of positional arguments, got {type(args).__name__}: "
-                "for one argument write args=(x,)"
-            )
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise JobSpecError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+        _check_call("a task", fun, args, kwargs, "q.add(math.sqrt, args=(2,))")
         if id is None:
             id = f"task_{next(self._counter)}"
             while id in self._by_id:
@@ -253,17 +244,26 @@ class TaskList:
 class Worker:
     """One worker process of a pool."""
 
-    def __init__(self, reserve: bool = False) -> None:
+    def __init__(self, folder: Path, reserve: bool = False) -> None:
         # A reserve worker starts ahead of need and waits, "spare", to replace one that is
         # ended for overrunning the time limit or dies, without a process start's delay.
         self.reserve = reserve
+        # The task's stdout and stderr, written by the worker as they come: what a task
+        # printed before its worker was killed is read from here (``output``).
+        n = next(_WORKER_FILES)
+        self._capture_paths = [folder / f"worker{n}.stdout", folder / f"worker{n}.stderr"]
+        self._capture_fds = [
+            os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            for p in self._capture_paths
+        ]
+        self.output = ("", "")
         parent, child = socket.socketpair()
         self._slot_file = tempfile.TemporaryFile()
         self._slot_file.truncate(_SLOT_SIZE)
         self._err = tempfile.TemporaryFile()
-        fds = (child.fileno(), self._slot_file.fileno())
+        fds = (child.fileno(), self._slot_file.fileno(), *self._capture_fds)
         self.proc = subprocess.Popen(
-            [sys.executable, _WORKER, str(fds[0]), str(fds[1]), str(os.getpid())],
+            [sys.executable, _WORKER, *map(str, fds), str(os.getpid())],
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -330,11 +330,32 @@ class Worker:
         # After SIGKILL the wait is short; waitpid without a timeout does not poll.
         self.proc.wait()
         self.state = "finished"
+        if self._capture_fds:
+            try:
+                # What the task that was running printed, for its row.
+                out, err = (read_capture(fd) for fd in self._capture_fds)
+                self.output = (
+                    out.decode("utf-8", errors="replace"),
+                    err.decode("utf-8", errors="replace"),
+                )
+            except OSError:
+                pass
         for closer in (self.sock.close, self._slot.close, self._slot_file.close):
             try:
                 closer()
             except (OSError, ValueError):
                 pass
+        for fd in self._capture_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for path in self._capture_paths:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        self._capture_fds = []
 
     def startup_error(self) -> str:
         self._err.seek(0)
@@ -367,21 +388,32 @@ class WorkerPool:
 
     def __init__(self, workers: int = 4) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise JobSpecError(f"workers must be a whole number >= 1, got {workers!r}")
+            raise JobSpecError(
+                f"workers must be a whole number >= 1, got {workers!r}: e.g. workers=4"
+            )
         self.size = workers
         self.workers: list[Worker] = []
         self._lock = threading.Lock()
+        # Private (0700) folder of the workers' output files; made when the first worker
+        # starts, removed by shutdown().
+        self._folder: Path | None = None
         _live_pools.add(self)
 
     def refill(self, reserve: bool = False) -> list[Worker]:
         """Start workers until the pool has ``size`` live ones (and, with ``reserve``, one
         spare besides); returns the new ones."""
+        _check_flag("reserve", reserve)
         with self._lock:
             self.workers = [w for w in self.workers if w.state != "finished"]
-            regular = [w for w in self.workers if not w.reserve]
-            new = [Worker() for _ in range(self.size - len(regular))]
-            if reserve and not any(w.reserve for w in self.workers):
-                new.append(Worker(reserve=True))
+            missing = self.size - sum(1 for w in self.workers if not w.reserve)
+            spare = reserve and not any(w.reserve for w in self.workers)
+            if missing <= 0 and not spare:
+                return []
+            if self._folder is None or not self._folder.is_dir():
+                self._folder = Path(tempfile.mkdtemp(prefix="bgjobs-pool-"))
+            new = [Worker(self._folder) for _ in range(missing)]
+            if spare:
+                new.append(Worker(self._folder, reserve=True))
             self.workers.extend(new)
             return new
 
@@ -400,6 +432,7 @@ class WorkerPool:
         """Block until every started worker has said it is ready."""
         import selectors
 
+        _check_seconds("timeout", timeout)
         deadline = time.monotonic() + timeout
         for w in list(self.workers):
             with selectors.DefaultSelector() as sel:
@@ -437,8 +470,10 @@ class WorkerPool:
         state between tasks, so ending an idle one loses nothing."""
         with self._lock:
             workers, self.workers = self.workers, []
+            folder, self._folder = self._folder, None
         for w in workers:
             w.kill()
+        _remove_folder(folder)
 
     def __del__(self) -> None:
         # A pool dropped without shutdown() still takes its processes with it.
@@ -447,6 +482,11 @@ class WorkerPool:
                 w.kill()
             except Exception:
                 pass
+        if getattr(self, "_folder", None) is not None:
+            try:
+                _remove_folder(self._folder)
+            except Exception:
+                pass  # at interpreter exit the module's names may be gone already
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -466,6 +506,15 @@ def _end_all_pools() -> None:
     for pool in list(_live_pools):
         for w in list(pool.workers):
             w.kill()
+        _remove_folder(pool._folder)
+        pool._folder = None
+
+
+def _remove_folder(folder: Path | None) -> None:
+    if folder is not None:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 __import__("atexit").register(_end_all_pools)
@@ -484,6 +533,8 @@ def _ready(w: Worker, frame: bytes) -> None:
 
 # Keys of functions cached in workers: unique in this process, since a worker outlives runs.
 _FUN_KEYS = itertools.count()
+# Names of the workers' output files, unique in this process.
+_WORKER_FILES = itertools.count(1)
 
 
 class _Run:
@@ -613,7 +664,7 @@ class _Run:
                 self._done(task, CODE_OK, "done", None)
         elif code == CODE_ERROR:
             error, _ = _load_error(payload)
-            self._done(task, CODE_ERROR, f"error: {type(error).__name__}: {error}", error)
+            self._done(task, CODE_ERROR, _error_message(error), error)
         else:
             self._done(
                 task, CODE_PICKLE, str(payload), TaskPickleError(f"task {task.id}: {payload}")
@@ -629,6 +680,8 @@ class _Run:
         w.kill()
         for task in list(w.ahead):
             if task is running:
+                # What it printed before the end, read from the worker's files.
+                task.stdout, task.stderr = w.output
                 if task.started is None:
                     task.started = time.time() - (time.monotonic() - start)
                 task.finished = time.time()
@@ -758,16 +811,87 @@ def _seconds(value: float) -> str:
 
 
 def _load_error(payload: bytes) -> tuple[BaseException, str]:
+    """The exception a task or call raised, from ``_worker._error_payload``, and its remote
+    traceback text (also set as its ``__cause__``). One that cannot be rebuilt here becomes
+    a ``JobFailedError`` with the same type name, message and traceback."""
     try:
-        exc, text = pickle.loads(payload)
+        blob, text, meta = pickle.loads(payload)
     except Exception as load_exc:
-        exc, text = None, f"(the exception could not be loaded here: {load_exc})"
-    cause = RemoteTraceback(text)
-    if not isinstance(exc, BaseException):
-        last = text.strip().splitlines()[-1] if text.strip() else "the task raised"
-        exc = TaskError(last)
-    exc.__cause__ = cause
+        text = f"(the exception could not be loaded here: {load_exc})"
+        exc: BaseException = TaskError(text)
+        exc.__cause__ = RemoteTraceback(text)
+        return exc, text
+    loaded = None
+    if blob is not None:
+        try:
+            loaded = pickle.loads(blob)
+        except Exception:
+            loaded = None  # e.g. its class is in a module this process cannot import
+    if isinstance(loaded, BaseException):
+        exc = loaded
+    else:
+        name, module, message = meta["type"], meta["module"], meta["message"]
+        # Named as Python's traceback names it: with its module, unless built in or __main__.
+        shown = name if module in ("builtins", "__main__") else f"{module}.{name}"
+        exc = JobFailedError(
+            f"{shown}: {message}" if message else shown,
+            state="failed",
+            ename=name,
+            evalue=message,
+            traceback=[text],
+        )
+    exc.__cause__ = RemoteTraceback(text)
     return exc, text
+
+
+def _error_message(error: BaseException) -> str:
+    """A row's ``message`` for a task that raised: ``error: TypeName: text``."""
+    if isinstance(error, JobFailedError) and error.ename:
+        return f"error: {error}"  # a stand-in: its message starts with the type's name
+    return f"error: {type(error).__name__}: {error}"
+
+
+def _check_seconds(name: str, value: Any, *, none: str = "", zero: bool = False) -> None:
+    """Reject a duration that is not a finite number of seconds > 0 (>= 0 with ``zero``);
+    ``None`` too, unless ``none`` says what None means here."""
+    if value is None and none:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        kind = "a number of seconds >= 0" if zero else "a positive number of seconds"
+        also = f", or None for {none}" if none else ""
+        raise JobSpecError(f"{name} must be {kind}{also}, got {value!r}")
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise JobSpecError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_call(what: str, fun: Any, args: Any, kwargs: Any, example: str) -> None:
+    """Reject a function call that cannot be made, before anything is created for it."""
+    if not callable(fun):
+        raise JobSpecError(
+            f"{what} needs a function to call, got {type(fun).__name__} {fun!r:.40}: "
+            f"pass the function itself, e.g. {example}"
+        )
+    if not isinstance(args, (tuple, list)):
+        raise JobSpecError(
+            f"args must be a tuple of positional arguments, got {type(args).__name__}: "
+            "for one argument write args=(x,)"
+        )
+    if kwargs is not None and not (
+        isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)
+    ):
+        raise JobSpecError(
+            f"kwargs must be a dict of keyword arguments by name, got {kwargs!r:.60}: "
+            "e.g. kwargs={'n': 3}"
+        )
 
 
 class Queue:
@@ -789,6 +913,11 @@ class Queue:
 
             self._dask = DaskBackend(workers)
             self._pool = WorkerPool(1)  # unused; get_workers() on Dask describes the cluster
+        elif not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise JobSpecError(
+                f"workers must be a whole number >= 1, a WorkerPool or a dask.distributed "
+                f"Client, got {workers!r:.40}: e.g. Queue(workers=4)"
+            )
         else:
             self._pool = WorkerPool(workers)
         self._tasks = TaskList()
@@ -835,7 +964,7 @@ class Queue:
         the controller sleeps between checks. ``shutdown=False`` keeps the workers for the
         next run. Ctrl-C ends the workers, keeps the tasks' states, and re-raises.
         """
-        self._check_args(timelimit, message, interval)
+        self._check_args(timelimit, message, interval, shutdown)
         if self.running:
             raise JobStateError("this queue is already running (start()); use wait()")
         display = _Messages(self, message, blocking=True)
@@ -863,7 +992,7 @@ class Queue:
 
         The queue shows in the Jobs panel as one row with ``done/total`` and a Stop button.
         """
-        self._check_args(timelimit, message, interval)
+        self._check_args(timelimit, message, interval, shutdown)
         if self.running:
             raise JobStateError("this queue is already running; use wait()")
         self._stop.clear()
@@ -889,6 +1018,7 @@ class Queue:
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until a ``start()``-ed run ends; return the DataFrame of all tasks."""
+        _check_seconds("timeout", timeout, none="no limit", zero=True)
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -923,19 +1053,12 @@ class Queue:
 
     # -- internals ----------------------------------------------------------------------
     @staticmethod
-    def _check_args(timelimit: float | None, message: str, interval: float) -> None:
-        if timelimit is not None and (
-            isinstance(timelimit, bool)
-            or not isinstance(timelimit, (int, float))
-            or not timelimit > 0
-        ):
-            raise JobSpecError(
-                f"timelimit must be a positive number of seconds or None, got {timelimit!r}"
-            )
-        if message not in ("none", "minimal", "verbose"):
+    def _check_args(timelimit: float | None, message: str, interval: float, shutdown: bool) -> None:
+        _check_seconds("timelimit", timelimit, none="no limit")
+        if not isinstance(message, str) or message not in ("none", "minimal", "verbose"):
             raise JobSpecError(f"message must be 'none', 'minimal' or 'verbose', got {message!r}")
-        if not isinstance(interval, (int, float)) or not interval > 0:
-            raise JobSpecError(f"interval must be a positive number of seconds, got {interval!r}")
+        _check_seconds("interval", interval)
+        _check_flag("shutdown", shutdown)
 
     def _drive(self, timelimit: float | None, interval: float, display: _Messages) -> None:
         todo = [t for t in self._tasks if t.state != "done"]
@@ -965,7 +1088,14 @@ class Queue:
     def _shutdown_workers(self) -> None:
         if self._dask is not None:
             return
+        workers = list(self._pool.workers)
         self._pool.shutdown()
+        # A task stopped mid-run (Ctrl-C, cancel()) keeps what it printed, from its
+        # worker's files: they hold the running task's output only.
+        printed = {w.pid: w.output for w in workers}
+        for t in self._tasks:
+            if t.state == "running" and t.worker_id in printed:
+                t.stdout, t.stderr = printed[t.worker_id]
 
 
 class _Messages:

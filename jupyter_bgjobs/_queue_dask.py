@@ -85,11 +85,10 @@ def _call(fun: Any, args: Any, kwargs: Any, timelimit: float | None) -> dict[str
         record["code"] = 124
         return record
     if "exc" in box:
+        from ._worker import _error_payload
+
         record["code"] = 1
-        try:
-            record["payload"] = cloudpickle.dumps((box["exc"], box["text"]))
-        except Exception:
-            record["payload"] = cloudpickle.dumps((None, box["text"]))
+        record["payload"] = _error_payload(box["exc"], box["text"])
         return record
     try:
         record["payload"] = cloudpickle.dumps(box.get("value"))
@@ -164,7 +163,14 @@ class DaskBackend:
     def _finish(self, task: Any, future: Any, display: Any) -> None:
         import pickle
 
-        from ._queue import CODE_ERROR, CODE_OK, CODE_PICKLE, CODE_TIMEOUT, _load_error
+        from ._queue import (
+            CODE_ERROR,
+            CODE_OK,
+            CODE_PICKLE,
+            CODE_TIMEOUT,
+            _error_message,
+            _load_error,
+        )
 
         try:
             record = future.result()
@@ -195,7 +201,7 @@ class DaskBackend:
                 )
         elif code == CODE_ERROR:
             error, _ = _load_error(record["payload"])
-            task._finish(CODE_ERROR, f"error: {type(error).__name__}: {error}", error)
+            task._finish(CODE_ERROR, _error_message(error), error)
         elif code == CODE_TIMEOUT:
             limit = f"{task.finished - task.started:.3g} s"
             task._finish(

@@ -1,16 +1,19 @@
 """A queue worker process: runs tasks one after another and sends each result back.
 
-Started as a script (``python _worker.py SOCK_FD SLOT_FD PARENT_PID``), not as
+Started as a script (``python _worker.py SOCK_FD SLOT_FD OUT_FD ERR_FD PARENT_PID``), not as
 ``-m jupyter_bgjobs._worker``, so a worker starts without importing the package and IPython.
 
 Protocol over a socket pair, each message a 4-byte little-endian length and a pickle:
 - parent -> worker: a pickled list of tasks ``(index, fun_key, fun_bytes | None, args_bytes)``;
   ``fun_bytes`` comes once per function and is cached under ``fun_key``; ``None`` ends the worker.
 - worker -> parent: one pickled tuple per task ``(index, code, payload, stdout, stderr,
-  started, finished)``; ``code`` 0 with the pickled result, 1 with the pickled exception and
-  its traceback text, 2 when the result cannot be pickled.
+  started, finished)``; ``code`` 0 with the pickled result, 1 with the exception (see
+  ``_error_payload``), 2 when the result cannot be pickled.
 The slot (16 bytes of a shared file) holds the running task's index and its start on the
 monotonic clock, so the parent sees starts and overruns without a message per task.
+A task's stdout and stderr go straight to two files of the pool (OUT_FD, ERR_FD), emptied
+before a task once the one before it printed: when a worker is killed mid-task, what its
+task printed until then is there for the parent to read.
 """
 
 from __future__ import annotations
@@ -43,11 +46,58 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)
 
 
-class _Capture(io.StringIO):
-    """sys.stdout / sys.stderr during one task."""
+class _Capture(io.TextIOBase):
+    """sys.stdout / sys.stderr during a task: every write goes to the file at once, unbuffered,
+    since a buffer dies with a worker that is killed (SIGKILL, segfault, a time limit)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        # Whether the file holds anything: a task that prints nothing costs no syscall.
+        self.dirty = False
+        # The same text kept here too: a task that ends well needs no read of the file.
+        self.parts: list[str] = []
+
+    def writable(self) -> bool:
+        return True
 
     def isatty(self) -> bool:
         return False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if not text:
+            return 0
+        self.dirty = True
+        self.parts.append(text)
+        # surrogatepass: any str a task can print comes back unchanged, as from a StringIO.
+        view = memoryview(text.encode("utf-8", "surrogatepass"))
+        while view:
+            view = view[os.write(self.fd, view) :]
+        return len(text)
+
+    def take(self) -> str:
+        """Everything written since the file was last emptied."""
+        return "".join(self.parts)
+
+    def empty(self) -> None:
+        os.ftruncate(self.fd, 0)
+        self.dirty = False
+        self.parts = []
+
+
+def read_capture(fd: int) -> bytes:
+    """The whole content of a capture file (also read by the parent after a worker died)."""
+    size = os.fstat(fd).st_size
+    chunks = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _refile(fun: Any, filename: str, entry: Any) -> None:
@@ -74,17 +124,39 @@ def _run_one(fun: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[i
         # From the task's own frame down: this module's frame is no part of the story.
         tb = exc.__traceback__.tb_next if exc.__traceback__ else None
         text = "".join(traceback.format_exception(type(exc), exc, tb))
-        try:
-            payload = cloudpickle.dumps((exc, text), protocol=5)
-        except Exception:
-            payload = pickle.dumps((None, text), protocol=5)
-        return 1, payload
+        return 1, _error_payload(exc, text)
     try:
         if type(value) in _PLAIN:
             return 0, pickle.dumps(value, protocol=5)
         return 0, cloudpickle.dumps(value, protocol=5)
     except Exception as exc:
         return 2, f"the result ({type(value).__name__}) cannot be pickled: {exc}"
+
+
+def _error_payload(exc: BaseException, text: str) -> bytes:
+    """A task's exception for the parent: ``(exception pickle or None, traceback text,
+    {type, module, message})``, the outer tuple of plain values only.
+
+    The exception's own pickle is sent only if it loads again here: one whose ``__init__``
+    takes other arguments than its ``args`` does not. Its type, module and message always
+    travel as plain values, so the parent can stand in for an exception it cannot rebuild
+    (that one, or one whose class lives in a module only this process can import).
+    """
+    import cloudpickle
+
+    kind = type(exc)
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{kind.__qualname__} whose str() failed>"
+    meta = {"type": kind.__qualname__, "module": kind.__module__, "message": message}
+    blob: bytes | None
+    try:
+        blob = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(blob)
+    except Exception:
+        blob = None
+    return pickle.dumps((blob, text, meta), protocol=5)
 
 
 def _reader(sock: socket.socket) -> Any:
@@ -102,7 +174,7 @@ def _reader(sock: socket.socket) -> Any:
 
 
 def main() -> None:
-    sock_fd, slot_fd, parent = (int(a) for a in sys.argv[1:4])
+    sock_fd, slot_fd, out_fd, err_fd, parent = (int(a) for a in sys.argv[1:6])
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     import mmap
 
@@ -130,6 +202,7 @@ def main() -> None:
     send(b"ready")
     funs: dict[int, Any] = {}
     real_out, real_err = sys.stdout, sys.stderr
+    out, err = _Capture(out_fd), _Capture(err_fd)
     while True:
         raw = read()
         if raw is None:
@@ -138,7 +211,12 @@ def main() -> None:
         if batch is None:
             return
         for index, key, fun_bytes, args_bytes in batch:
-            out, err = _Capture(), _Capture()
+            # Emptied before the slot names the task: a death from here on finds only its own
+            # output in the files.
+            if out.dirty:
+                out.empty()
+            if err.dirty:
+                err.empty()
             started_wall = time.time()
             SLOT.pack_into(slot, 0, index, time.monotonic())
             sys.stdout, sys.stderr = out, err
@@ -158,8 +236,8 @@ def main() -> None:
                 index,
                 code,
                 payload,
-                out.getvalue(),
-                err.getvalue(),
+                out.take() if out.dirty else "",
+                err.take() if err.dirty else "",
                 started_wall,
                 time.time(),
             )

@@ -389,6 +389,11 @@ def test_the_same_queue_on_a_dask_local_cluster(dask_client: Any) -> None:
             return x * x
         def bad():
             raise KeyError("missing")
+        class TwoArgError(Exception):
+            def __init__(self, a, b):
+                super().__init__(f"{a} and {b}")
+        def two_args():
+            raise TwoArgError("left", "right")
         def stuck():
             time.sleep(120)
         def lock():
@@ -400,6 +405,7 @@ def test_the_same_queue_on_a_dask_local_cluster(dask_client: Any) -> None:
     for i in range(6):
         q.add(ns["square"], args=(i,))
     q.add(ns["bad"], id="bad")
+    q.add(ns["two_args"], id="two_args")
     q.add(ns["stuck"], id="stuck")
     q.add(ns["lock"], id="lock")
     df = q.run(timelimit=2, message="none")
@@ -409,6 +415,10 @@ def test_the_same_queue_on_a_dask_local_cluster(dask_client: Any) -> None:
     assert df["stdout"].iloc[2] == "squaring 2\n"
     assert all(0 < pid != os.getpid() for pid in df["worker_id"].iloc[:6])
     assert df.loc["bad", "code"] == 1 and isinstance(df.loc["bad", "error"], KeyError)
+    # An exception that cannot be rebuilt here keeps its name, message and traceback.
+    assert df.loc["two_args", "message"] == "error: TwoArgError: left and right"
+    assert isinstance(df.loc["two_args", "error"], bj.JobFailedError)
+    assert "in two_args" in str(df.loc["two_args", "error"].__cause__)
     assert df.loc["stuck", "code"] == 124 and isinstance(df.loc["stuck", "error"], TaskTimeoutError)
     assert 2 <= df.loc["stuck", "runtime"].total_seconds() < 6
     assert df.loc["lock", "code"] == 2
