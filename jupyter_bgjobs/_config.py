@@ -42,8 +42,15 @@ class Settings:
             base = Path(jupyter_data_dir()) / "bgjobs"
         jobs = base / "jobs"
         jobs.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(base, 0o700)
-        os.chmod(jobs, 0o700)
+        for folder in (base, jobs):
+            # Closed to others, but never made writable again: a store its owner made
+            # read-only stays read-only.
+            try:
+                mode = folder.stat().st_mode & 0o777
+                if mode & 0o077:
+                    os.chmod(folder, mode & 0o700)
+            except OSError:
+                pass
         return jobs
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import _store
+from . import _context, _store
 from ._errors import JobSpecError, JobStateError, StoreError
 from ._jobs import FINAL_STATES as DONE_STATES
 from ._jobs import ErrorInfo, JobSpec, WaitTimeout
@@ -269,6 +269,7 @@ def _start_in(folder: Path, job_id: str, spec: JobSpec, ns: dict[str, Any] | Non
             "timeout": spec.timeout,
             "workdir": spec.workdir,
             "script": spec.script_path,
+            "import_context": _context.import_context(),
             "results_name": spec.results_name,
             "submitted": dt.datetime.now().astimezone().isoformat(),
             "not_shipped": skipped,

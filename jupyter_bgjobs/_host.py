@@ -101,6 +101,10 @@ def main(folder: Path) -> int:
         print(f"jupyter_bgjobs host: {folder}: {problem}; there is nothing to run", flush=True)
         return 1
     configure(pool_size=0)
+    context = spec_data.get("import_context")
+    if isinstance(context, dict) and isinstance(context.get("sys_path"), list):
+        # The seed refers to the notebook's modules by name: find them where it did.
+        sys.path[:0] = [p for p in context["sys_path"] if isinstance(p, str) and p not in sys.path]
     ns: dict[str, Any] | None = None
     seed = folder / "seed.pkl"
     if seed.exists():
@@ -120,6 +124,9 @@ def main(folder: Path) -> int:
         results="none",
         workdir=spec_data.get("workdir") or os.getcwd(),
         script_path=spec_data.get("script"),
+        import_context=spec_data.get("import_context")
+        if isinstance(spec_data.get("import_context"), dict)
+        else None,
     )
     job = manager.submit(spec, ns if ns else None)
     record = _Record(folder)

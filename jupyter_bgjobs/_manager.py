@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _context, _snapshot
+from . import _context, _snapshot, _store
 from ._config import settings
 from ._driver import Driver, remove_snapshot
 from ._errors import JobSpecError, JobStateError
@@ -20,6 +20,7 @@ from ._kernels import KernelPool
 from ._runtime import open_log, write_private
 from ._spec import JobSpec, transformed
 from ._states import SUCCEEDED, now
+from ._store import owner_tag
 
 
 class JobManager:
@@ -128,7 +129,7 @@ class JobManager:
             "import_origins": _snapshot.import_origins(seed.imports) if seed else {},
             "not_shipped": seed.skipped if seed else [],
             "notebook_names": _snapshot.unshipped_names(ns, job.shipped) if ns else [],
-            "context": {} if remote else _context.import_context(),
+            "context": {} if remote else (spec.import_context or _context.import_context()),
             "results": {
                 "transport": transport,
                 "paths": result_paths,
@@ -155,6 +156,7 @@ class JobManager:
                 indent=1,
             ),
         )
+        _record(job)
         with self._lock:
             self._jobs[job.id] = job
             driver = Driver(job, self, runner_spec)
@@ -199,6 +201,7 @@ class JobManager:
 
             report = report_line(job, state=state)
         job._set(_state=state, finished=now(), report=report)
+        _record(job)
         with job._cond:
             callbacks, job._callbacks = job._callbacks, []
             job._settling = threading.get_ident()
@@ -277,3 +280,25 @@ class JobManager:
             for key in [k for k, j in self._jobs.items() if j.done]:
                 del self._jobs[key]
                 self._threads.pop(key, None)
+
+
+def _record(job: Job) -> None:
+    """The job's state record in its folder: who owns it (this process, which ends its jobs
+    with it) and, once it has ended, how and when; ``prune`` and other processes read it."""
+    finished = job.finished
+    try:
+        _store.write_json(
+            job.folder / "state.json",
+            {
+                "state": job.state,
+                "owner": owner_tag(),
+                "owner_pid": os.getpid(),
+                "notebook": os.environ.get("JPY_SESSION_NAME"),
+                "started": job.started.isoformat() if job.started else None,
+                "finished": finished.isoformat() if finished else None,
+                "finished_ts": finished.timestamp() if finished else None,
+                "reason": job.reason,
+            },
+        )
+    except OSError:  # a record that cannot be written must not stop the job
+        pass

@@ -6,6 +6,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import _checks
 from ._config import settings
@@ -31,6 +32,9 @@ class JobSpec:
     env_vars: dict[str, str] = field(default_factory=dict)
     gateway: str = ""
     kernel_env: dict[str, str] = field(default_factory=dict)
+    # The notebook's import path when a host process runs the job for it (--detach);
+    # otherwise the submitting process's own is taken at submission.
+    import_context: dict[str, Any] | None = None
 
 
 def _check_gateway(gateway: str | None) -> str:

@@ -53,6 +53,20 @@ def test_a_module_imported_from_a_folder_the_notebook_put_on_sys_path(
     sys.modules.pop("helpers_nb", None)
 
 
+def test_a_detached_job_imports_from_the_notebooks_path_too(
+    ip: Any, tmp_path: Path, restore_process: None
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "helpers_far.py").write_text("def triple(x):\n    return 3 * x\n")
+    ip.run_cell(f"import sys\nsys.path.append({str(src)!r})\nimport helpers_far")
+    job = bj.run_cell("tripled = helpers_far.triple(4)", name="far_src", detach=True)
+    job.wait(120)
+    assert job.state == "succeeded", job.reason
+    assert job.results is not None and job.results.tripled == 12
+    sys.modules.pop("helpers_far", None)
+
+
 def test_the_environment_and_working_directory_at_submission(
     ip: Any, tmp_path: Path, restore_process: None
 ) -> None:
