@@ -316,6 +316,11 @@ def test_prune_removes_ended_attached_folders_and_never_live_ones(
     (writable_store / "linked").symlink_to(outside)
     for folder in (done.folder, live.folder, call_folder, running_call.folder, orphan, owned):
         age(folder, 7200)
+    # The ended job's own record says when it ended: two hours ago, as its files say.
+    record = json.loads((done.folder / "state.json").read_text())
+    assert record["state"] == "succeeded" and record["owner_pid"] == os.getpid()
+    record["finished_ts"] -= 7200
+    (done.folder / "state.json").write_text(json.dumps(record))
 
     try:
         # From another process, which sees the live ones only by what their folders say.
