@@ -11,15 +11,16 @@ import sys
 import threading
 import time
 import types
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import _context, _store
-from ._errors import JobSpecError, JobStateError, StoreError
-from ._jobs import FINAL_STATES as DONE_STATES
-from ._jobs import ErrorInfo, JobSpec, WaitTimeout
+from . import _store
+from ._config import settings
+from ._errors import JobSpecError, JobStateError, StoreError, WaitTimeout
+from ._spec import JobSpec
+from ._states import FINAL_STATES as DONE_STATES
+from ._states import ErrorInfo
 
 
 class DetachedJob:
@@ -42,6 +43,7 @@ class DetachedJob:
         self.submitted = _text(spec.get("submitted"))
         self._results: types.SimpleNamespace | None = None
         self._merged = False
+        self._ns_ids: dict[str, int] = {}
 
     def _record(self) -> dict[str, Any]:
         record = _store.read_json(self.folder / "state.json") or {}
@@ -132,25 +134,75 @@ class DetachedJob:
             return ""
 
     @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """The end of the job's output log as one stream output (for rows' Output view)."""
+        text = self.output
+        return [{"output_type": "stream", "name": "stdout", "text": text}] if text else []
+
+    @property
+    def output_version(self) -> int:
+        """Grows as the job's log grows."""
+        try:
+            return (self.log_path or self.folder / "output.log").stat().st_size
+        except OSError:
+            return 0
+
+    @property
+    def can_stop(self) -> bool:
+        return not self.done and self._host() is not None
+
+    def kept(self) -> dict[str, Any]:
+        """What the job's host recorded of its results (``results.json``)."""
+        return _store.read_json(self.folder / "results.json") or {}
+
+    @property
     def results(self) -> types.SimpleNamespace | None:
         """The names the job created or rebound, loaded from the store once it has ended.
 
         Raises ``StoreError`` when the saved results cannot be loaded."""
-        path = self.folder / "results.pkl"
-        if self._results is None and path.exists():
-            import cloudpickle
-
-            try:
-                with open(path, "rb") as fh:
-                    values = cloudpickle.load(fh)
+        if self._results is None and self.done:
+            values = self._load_values()
+            if values is not None:
                 self._results = types.SimpleNamespace(**values)
-            except Exception as exc:  # whatever unpickling a damaged file raises
-                raise StoreError(
-                    f"the results of job {self.name!r} cannot be loaded from {path} "
-                    f"({type(exc).__name__}: {str(exc)[:200]}); the file is damaged or "
-                    "needs a module this Python lacks"
-                ) from None
         return self._results
+
+    def _load_values(self) -> dict[str, Any] | None:
+        kept = self.kept()
+        legacy = self.folder / "results.pkl"
+        try:
+            if isinstance(kept.get("path"), str) and kept.get("names"):
+                from ._runner import load_file
+
+                spec = _store.read_json(self.folder / "spec.json") or {}
+                path = Path(kept["path"])
+                if path.parent != self.folder:
+                    raise StoreError(f"results path {path} is not in the job's folder")
+                values = dict(
+                    load_file(str(path), str(spec.get("token", "")), kept.get("pieces", 1))
+                )
+            elif legacy.exists():  # written by an older version
+                import cloudpickle
+
+                with open(legacy, "rb") as fh:
+                    values = cloudpickle.load(fh)
+            elif kept or self.state in DONE_STATES:
+                values = {}
+            else:
+                return None
+        except Exception as exc:  # whatever unpickling a damaged file raises
+            raise StoreError(
+                f"the results of job {self.name!r} cannot be loaded from {self.folder} "
+                f"({type(exc).__name__}: {str(exc)[:200]}); the file is damaged or "
+                "needs a module this Python lacks"
+            ) from None
+        import importlib
+
+        for name, module in (kept.get("modules") or {}).items():
+            try:
+                values[name] = importlib.import_module(module)
+            except Exception:
+                continue
+        return values
 
     @property
     def report(self) -> str:
@@ -214,80 +266,49 @@ def _not_saved(info: dict[str, Any]) -> list[str]:
 
 
 def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
-    """Write the job into the store and start its host, in a session of its own.
+    """Write the job into the store (its spec, its seed) and start its host, in a session
+    of its own; the host drives it with the same driver an attached job has.
 
     Raises ``StoreError`` (one line: the folder, and what to do) when the store cannot be
     written; nothing is left behind then."""
     import shutil
 
-    store = _store.store_root()
-    _store.require_writable(store, "start a detached job")
-    job_id = uuid.uuid4().hex[:8]
-    folder = store / job_id
+    from ._manager import manager
+
+    job, _ = manager.prepare(spec, ns, detached=True)
+    folder = job.folder
+    env = dict(os.environ)
+    token = settings.gateway_token
+    if token:  # handed over in the host's environment only, never written down
+        env["JUPYTER_GATEWAY_AUTH_TOKEN"] = token
     try:
-        folder.mkdir(mode=0o700)
-        os.chmod(folder, 0o700)  # whatever the umask
-        return _start_in(folder, job_id, spec, ns)
+        with _store.open_private(folder / "host.log") as log:
+            host = subprocess.Popen(
+                [sys.executable, "-m", "jupyter_bgjobs._host", str(folder)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=spec.workdir or os.getcwd(),
+                env=env,
+            )
+        _store.write_json(folder / "host.json", {"pid": host.pid})
     except OSError as exc:
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(exc, StoreError):
             raise
         raise _store._write_error(folder, "start a detached job", exc) from None
-
-
-def _start_in(folder: Path, job_id: str, spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
-    import cloudpickle
-
-    from ._snapshot import select_names
-
-    skipped: list[dict[str, str]] = []
-    if ns is not None and spec.env != "none":
-        names = select_names(ns, spec.env, spec.code)
-        seed: dict[str, Any] = {}
-        for name in names:
-            try:
-                cloudpickle.dumps(ns[name])
-            except Exception as exc:
-                skipped.append({"name": name, "type": type(ns[name]).__name__, "reason": str(exc)})
-                continue
-            seed[name] = ns[name]
-        if seed:
-            # The host removes it once loaded: the notebook's values stay no longer than
-            # needed, and only ever readable by their owner.
-            with _store.open_private(folder / "seed.pkl") as fh:
-                cloudpickle.dump(seed, fh)
-    _store.write_json(
-        folder / "spec.json",
-        {
-            "kind": "job",
-            "job_kind": spec.kind,
-            "name": spec.name,
-            "id": job_id,
-            "detached": True,
-            "code": spec.code,
-            "kernel": spec.kernel,
-            "timeout": spec.timeout,
-            "workdir": spec.workdir,
-            "script": spec.script_path,
-            "import_context": _context.import_context(),
-            "results_name": spec.results_name,
-            "submitted": dt.datetime.now().astimezone().isoformat(),
-            "not_shipped": skipped,
-        },
-    )
-    _store.write_json(folder / "state.json", {"state": "pending", "progress": [0, 0]})
-    with _store.open_private(folder / "host.log") as log:
-        host = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_bgjobs._host", str(folder)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=spec.workdir or os.getcwd(),
-        )
-    _store.write_json(folder / "host.json", {"pid": host.pid})
     _hosts.append(host)
-    return DetachedJob(folder)
+    started = DetachedJob(folder)
+    # This process knows which names it had when the job started: a later merge here can
+    # tell the notebook's own changes from the job's, as for an attached job.
+    started._ns_ids = job._ns_ids
+    _started[started.id] = started
+    return started
+
+
+# Detached jobs this process started, by id.
+_started: dict[str, DetachedJob] = {}
 
 
 # Hosts started here are reaped when they end; they are never waited for or killed.
@@ -302,7 +323,9 @@ def find(name_or_id: str) -> DetachedJob | None:
         return None
     check_sound(folder, name_or_id)
     spec = _store.read_json(folder / "spec.json") or {}
-    return DetachedJob(folder) if spec.get("kind") == "job" else None
+    if spec.get("kind") != "job":
+        return None
+    return _started.get(folder.name) or DetachedJob(folder)
 
 
 def check_sound(folder: Path, name_or_id: str) -> None:
@@ -403,10 +426,14 @@ def table() -> str:
     return text
 
 
-def attach(name_or_id: str, results: str = "globals", ns: dict[str, Any] | None = None) -> str:
-    """Merge a detached job's saved results into ``ns`` (the notebook's globals); returns
-    the one-line report."""
-    from ._merge import target_namespace
+def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | None = None) -> str:
+    """Merge a detached job's saved results into ``ns`` (the notebook's globals) with the
+    merge and conflict report of an attached job; returns the report line.
+
+    ``results``: ``globals``, ``object`` or ``none``; by default what the job was started
+    with. A name the notebook has that the job also returns is kept per the job's
+    ``--on-conflict`` (``keep``: the job's value goes to ``<name>_results``)."""
+    from ._merge import merge_results, target_namespace
 
     job = find(name_or_id)
     if job is None:
@@ -418,22 +445,36 @@ def attach(name_or_id: str, results: str = "globals", ns: dict[str, Any] | None 
             f"job {job.name!r} is still {job.state} ({job.progress[0]}/{job.progress[1]}); "
             "attach once it has ended, or job.wait()"
         )
+    spec = _store.read_json(job.folder / "spec.json") or {}
+    # What the job was started with; a job that kept its results to itself merges into
+    # globals when attached.
+    started_with = _text(spec.get("results"))
+    mode = results or (started_with if started_with in ("globals", "object") else "globals")
+    if mode not in ("globals", "object", "none"):
+        raise JobSpecError(f"--results must be globals, object or none, not {mode!r}")
     values = vars(job.results) if job.results is not None else {}
+    kept = job.kept()
+    mine = _started.get(job.id)
+    view = types.SimpleNamespace(
+        name=job.name,
+        state=job.state,
+        progress=job.progress,
+        elapsed=job.elapsed,
+        reason=job.reason if job.state != "succeeded" else "",
+        error=job.error,
+        _values=values,
+        mutated=[m for m in kept.get("mutated") or [] if isinstance(m, str)],
+        skipped=[
+            dict(s, direction="out") for s in kept.get("not_saved") or [] if isinstance(s, dict)
+        ],
+        _ns_ids=mine._ns_ids if mine is not None else {},
+        spec=types.SimpleNamespace(
+            results=mode,
+            results_name=_text(spec.get("results_name")) or f"{job.name}_results",
+            on_conflict=_text(spec.get("on_conflict")) or "keep",
+        ),
+    )
     target = ns if ns is not None else target_namespace()
-    if results == "object":
-        spec = _store.read_json(job.folder / "spec.json") or {}
-        where = spec.get("results_name") or f"{job.name}_results"
-        target[where] = types.SimpleNamespace(**values)
-        text = f"{job.name}: {job.state}; results in {where}: {', '.join(sorted(values)) or 'none'}"
-    elif results == "globals":
-        overwrote = sorted(k for k in values if k in target and target[k] is not values[k])
-        target.update(values)
-        text = f"{job.name}: {job.state}; merged {', '.join(sorted(values)) or 'no names'}"
-        text += " into globals"
-        if overwrote:
-            text += f"; overwrote {', '.join(overwrote)}"
-    else:
-        raise JobSpecError(f"--results must be globals or object, not {results!r}")
-    if job.error:
-        text += f"; the job raised {job.error.ename}: {job.error.evalue}"
-    return text
+    report = merge_results(view, target)  # type: ignore[arg-type]
+    job._merged = True
+    return report

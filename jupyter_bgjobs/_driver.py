@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _context, _snapshot
@@ -284,7 +285,10 @@ class Driver:
     # -- ending -------------------------------------------------------------------------------
     def _conclude(self) -> None:
         job = self.job
-        load_results(job, self.end, self.kernel)
+        if job.detached:
+            keep_results(job, self.end)
+        else:
+            load_results(job, self.end, self.kernel)
         if self.stop_reason == "cancel":
             self._finish(CANCELLED)
         elif self.stop_reason == "timeout":
@@ -412,3 +416,52 @@ def remove_snapshot(path: str) -> None:
             os.unlink(piece)
         except OSError:
             pass
+
+
+def keep_results(job: Job, end: dict[str, Any] | None) -> None:
+    """A detached job's results stay, as its kernel wrote them, in its folder for whoever
+    attaches them: the host never loads the notebook's values. ``results.json`` says
+    where they are, and what did not travel."""
+    from ._store import write_bytes, write_json
+
+    info = (end or {}).get("results") or {}
+    kept: dict[str, Any] = {
+        "names": list(info.get("names") or []),
+        "mutated": list(info.get("mutated") or []),
+        "modules": dict(info.get("modules") or {}),
+        "not_saved": list(info.get("skipped") or []),
+        "nbytes": info.get("nbytes", 0),
+        "saved_at": time.time(),
+    }
+    job.skipped.extend(dict(s, direction="out") for s in kept["not_saved"])
+    # Writes the store refuses (read-only, full) wait in the job for its host to retry.
+    pending: list[Callable[[], None]] = []
+    if kept["names"]:
+        if info.get("transport") == "stream":
+            data = bytes(take_stream(job._stream, info["sha256"], info["nbytes"]))
+            path = job.folder / "results.snap"
+            pending.append(lambda: write_bytes(path, data, "save the job's results"))
+            kept.update(path=str(path), pieces=1)
+        elif info.get("path") == str(job.folder / "results.snap"):
+            kept.update(path=info["path"], pieces=info.get("pieces", 1))
+        else:
+            kept["names"] = []
+            kept["not_saved"].append(
+                {"name": "*", "type": "results", "reason": "written outside the job's folder"}
+            )
+    job._stream = bytearray()
+    job._kept = kept
+    pending.append(lambda: write_json(job.folder / "results.json", kept))
+    job._unsaved = pending
+    save_kept(job)
+
+
+def save_kept(job: Job) -> bool:
+    """Write what ``keep_results`` could not write yet; True once all is written."""
+    while job._unsaved:
+        try:
+            job._unsaved[0]()
+        except OSError:
+            return False
+        job._unsaved.pop(0)
+    return True

@@ -9,6 +9,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import _checks
@@ -45,8 +46,18 @@ class Job(RowClock):
     results), ``cancel()`` stops it.
     """
 
-    def __init__(self, spec: JobSpec, manager: Any) -> None:
-        self.id = uuid.uuid4().hex[:8]
+    def __init__(
+        self,
+        spec: JobSpec,
+        manager: Any,
+        *,
+        folder: Path | None = None,
+        token: str | None = None,
+        detached: bool = False,
+    ) -> None:
+        # A detached job's host takes over the folder (and the token) its notebook made.
+        self.id = folder.name if folder is not None else uuid.uuid4().hex[:8]
+        self.detached = detached
         self.spec = spec
         self.name = spec.name
         self._manager = manager
@@ -84,17 +95,22 @@ class Job(RowClock):
         self._settled = False
         self._settling: int | None = None
         self._listeners: list[Callable[[Job], Any]] = []
-        self.folder = settings.job_root() / self.id
-        self.folder.mkdir(mode=0o700)
+        if folder is None:
+            folder = settings.job_root() / self.id
+            folder.mkdir(mode=0o700)
+        self.folder = folder
         self.log_path = self.folder / "output.log"
         self._kernel: LocalKernel | None = None
         # A job loads only what its parent wrote for it: snapshots carry this token.
-        self._token = secrets.token_hex(16)
+        self._token = token or secrets.token_hex(16)
         self._files: list[str] = []
         self._seed_chunks: list[str] = []
         self._stream = bytearray()
         self._environ: dict[str, str] = {}
         self._awaits = False
+        # A detached job's results as its host recorded them (never loaded there).
+        self._kept: dict[str, Any] | None = None
+        self._unsaved: list[Callable[[], None]] = []
 
     # -- reading -------------------------------------------------------------------
     @property

@@ -13,12 +13,10 @@ from . import _checks
 from ._config import settings
 from ._errors import BgJobError, JobSpecError, WaitTimeout
 from ._job import Job
-from ._manager import JobManager
+from ._manager import manager
 from ._procs import death_reason as _death_reason
 from ._spec import JobSpec, _parse_kernel_env, _script_name, build_spec
 from ._states import FINAL_STATES, ErrorInfo
-
-manager = JobManager()
 
 
 @atexit.register

@@ -160,9 +160,9 @@ class BgJobMagics(Magics):
     @argument("name", help="the detached job's name or id")
     @argument(
         "--results",
-        default="globals",
+        default=None,
         choices=["globals", "object"],
-        help="globals (the default) or object (<name>_results)",
+        help="globals or object (<name>_results); default: what the job was started with",
     )
     @line_magic
     def bgjob_attach(self, line: str) -> None:

@@ -3,12 +3,12 @@ snapshot out, the runner's spec), the merge queue, and shutdown."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import _context, _snapshot, _store
@@ -17,10 +17,10 @@ from ._driver import Driver, remove_snapshot
 from ._errors import JobSpecError, JobStateError
 from ._job import Job
 from ._kernels import KernelPool
-from ._runtime import open_log, write_private
+from ._records import RecordWriter
+from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, transformed
 from ._states import SUCCEEDED, now
-from ._store import owner_tag
 
 
 class JobManager:
@@ -84,26 +84,41 @@ class JobManager:
 
     # -- submitting -------------------------------------------------------------------------
     def submit(self, spec: JobSpec, ns: dict[str, Any] | None = None) -> Job:
-        job = Job(spec, self)
-        job._listeners.extend(self._listeners)
+        """Start ``spec`` as a job of this process, driven by a thread of its own."""
+        job, runner_spec = self.prepare(spec, ns)
+        self.start(job, runner_spec)
+        return job
+
+    def prepare(
+        self, spec: JobSpec, ns: dict[str, Any] | None, *, detached: bool = False
+    ) -> tuple[Job, dict[str, Any]]:
+        """Make the job's folder, its seed and its spec: everything but the driving, which
+        is this process's (``start``) or, detached, a host process's (``run_here``)."""
+        folder = _store.new_entry("start a detached job") if detached else None
+        job = Job(spec, self, folder=folder, detached=detached)
+        try:
+            runner_spec = self._write_job(job, spec, ns)
+        except BaseException:
+            if detached:
+                import shutil
+
+                shutil.rmtree(job.folder, ignore_errors=True)
+            for path in job._files:
+                remove_snapshot(path)
+            raise
+        return job, runner_spec
+
+    def _write_job(self, job: Job, spec: JobSpec, ns: dict[str, Any] | None) -> dict[str, Any]:
         if ns is not None:
             job._ns_ids = {k: id(v) for k, v in ns.items()}
         # A gateway's kernel shares no files with us: everything travels over its protocol.
         remote = bool(spec.gateway)
         transport = "stream" if settings.transport == "stream" or remote else "file"
-        seed: _snapshot.Snapshot | None = None
         source = transformed(spec.code)
         # What the notebook's environment is now, not when a warm kernel was started.
         job._environ = dict(os.environ)
-        if ns is not None and spec.env != "none":
-            names = _snapshot.select_names(ns, spec.env, source)
-            paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
-            job._files.extend(paths)  # before writing: an interrupted write is cleaned too
-            seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport)
-            job.shipped = seed.shipped
-            job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
-            job._seed_chunks = seed.chunks
-            job.timings["snapshot_written"] = time.time()
+        job._awaits = _context.awaits(source)
+        seed = self._write_seed(job, spec, ns, source, transport)
         seed_spec: dict[str, Any] | None = None
         if seed is not None and (seed.path or seed.chunks):
             seed_spec = {
@@ -113,9 +128,12 @@ class JobManager:
                 "sha256": seed.sha256,
                 "nbytes": seed.nbytes,
             }
-        job._awaits = _context.awaits(source)
-        result_paths = _snapshot.snapshot_paths(str(job.folder), job.id, "results")
-        job._files.extend(result_paths)
+        if job.detached:
+            # Results wait in the job's folder for whoever attaches them, days later too.
+            result_paths = [str(job.folder / "results.snap")]
+        else:
+            result_paths = _snapshot.snapshot_paths(str(job.folder), job.id, "results")
+            job._files.extend(result_paths)
         runner_spec = {
             "job_id": job.id,
             "name": job.name,
@@ -133,30 +151,61 @@ class JobManager:
             "results": {
                 "transport": transport,
                 "paths": result_paths,
-                "arena": settings.results_arena,
+                "arena": settings.results_arena and not job.detached,
             },
             "env_vars": spec.env_vars,
         }
-        write_private(
-            job.folder / "spec.json",
-            json.dumps(
-                {
-                    "name": job.name,
-                    "id": job.id,
-                    "kind": spec.kind,
-                    "kernel": spec.kernel,
-                    "timeout": spec.timeout,
-                    "workdir": spec.workdir,
-                    "script": spec.script_path,
-                    "gateway": spec.gateway,
-                    "kernel_env": spec.kernel_env,
-                    "submitted": job.submitted.isoformat(),
-                    "shipped": job.shipped,
-                },
-                indent=1,
-            ),
-        )
-        _record(job)
+        record = {
+            "kind": "job",
+            "id": job.id,
+            "name": job.name,
+            "detached": job.detached,
+            "submitted": job.submitted.isoformat(),
+            "shipped": job.shipped,
+            "not_shipped": [s for s in job.skipped if s.get("direction") == "in"],
+            "awaits": job._awaits,
+            **spec.to_json(),
+        }
+        if job.detached:
+            # What the host needs to drive the job: the runner's spec and the token that
+            # opens the results. The file is its owner's only.
+            record.update(token=job._token, runner=runner_spec, seed_files=list(job._files))
+            if job._seed_chunks:
+                _store.write_json(job.folder / "seed.chunks", {"chunks": job._seed_chunks})
+        _store.write_json(job.folder / "spec.json", record)
+        writer = RecordWriter(job)
+        job._listeners.append(writer)
+        writer.write()
+        return runner_spec
+
+    def _write_seed(
+        self,
+        job: Job,
+        spec: JobSpec,
+        ns: dict[str, Any] | None,
+        source: str,
+        transport: str,
+    ) -> _snapshot.Snapshot | None:
+        if ns is None or spec.env == "none":
+            return None
+        names = _snapshot.select_names(ns, spec.env, source)
+        if job.detached:
+            # Not in this process's shared-memory folder, which goes when this process
+            # does: a detached job's seed must wait for its kernel even then.
+            paths = _seed_paths_apart(job.folder)
+        else:
+            paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
+        job._files.extend(paths)  # before writing: an interrupted write is cleaned too
+        seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport)
+        job.shipped = seed.shipped
+        job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
+        job._seed_chunks = seed.chunks
+        job.timings["snapshot_written"] = time.time()
+        return seed
+
+    def start(self, job: Job, runner_spec: dict[str, Any]) -> None:
+        """Drive ``job`` from a thread of this process."""
+        job._listeners.extend(self._listeners)
         with self._lock:
             self._jobs[job.id] = job
             driver = Driver(job, self, runner_spec)
@@ -166,7 +215,12 @@ class JobManager:
         thread.start()
         for hook in list(self.submit_hooks):
             hook(job)
-        return job
+
+    def run_here(self, job: Job, runner_spec: dict[str, Any]) -> None:
+        """Drive ``job`` in the calling thread (a detached job's host does)."""
+        with self._lock:
+            self._jobs[job.id] = job
+        Driver(job, self, runner_spec).run()
 
     def take_slot(self, cancelled: threading.Event) -> bool:
         """Wait for one of ``max_concurrent`` slots; False if cancelled meanwhile."""
@@ -201,7 +255,6 @@ class JobManager:
 
             report = report_line(job, state=state)
         job._set(_state=state, finished=now(), report=report)
-        _record(job)
         with job._cond:
             callbacks, job._callbacks = job._callbacks, []
             job._settling = threading.get_ident()
@@ -282,23 +335,15 @@ class JobManager:
                 self._threads.pop(key, None)
 
 
-def _record(job: Job) -> None:
-    """The job's state record in its folder: who owns it (this process, which ends its jobs
-    with it) and, once it has ended, how and when; ``prune`` and other processes read it."""
-    finished = job.finished
-    try:
-        _store.write_json(
-            job.folder / "state.json",
-            {
-                "state": job.state,
-                "owner": owner_tag(),
-                "owner_pid": os.getpid(),
-                "notebook": os.environ.get("JPY_SESSION_NAME"),
-                "started": job.started.isoformat() if job.started else None,
-                "finished": finished.isoformat() if finished else None,
-                "finished_ts": finished.timestamp() if finished else None,
-                "reason": job.reason,
-            },
-        )
-    except OSError:  # a record that cannot be written must not stop the job
-        pass
+def _seed_paths_apart(folder: Path) -> list[str]:
+    """Where a detached job's seed may go: a shared-memory folder of its own (its host
+    removes it with the job), else the job's folder."""
+    paths = [str(folder / "seed.snap")]
+    seed_dir = job_shm_dir(folder.name)
+    if seed_dir:
+        paths.insert(0, os.path.join(seed_dir, "seed.snap"))
+    return paths
+
+
+# The one manager of this process: every attached job is in it.
+manager = JobManager()

@@ -96,6 +96,19 @@ def shm_dir() -> str | None:
         return _made["shm"]
 
 
+def job_shm_dir(job_id: str) -> str | None:
+    """A shared-memory folder for one detached job (its seed), private, with a random
+    name: it outlives the process that makes it; the job's host removes it."""
+    if not os.path.isdir("/dev/shm"):
+        return None
+    try:
+        path = tempfile.mkdtemp(prefix=f"bgjobs-job-{job_id}-", dir="/dev/shm")
+    except OSError:
+        return None
+    os.chmod(path, 0o700)
+    return path
+
+
 def sweep_dead_owners(parent: str) -> None:
     """Remove our folders under ``parent`` whose owning process has ended."""
     try:

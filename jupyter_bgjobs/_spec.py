@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,31 @@ class JobSpec:
     # The notebook's import path when a host process runs the job for it (--detach);
     # otherwise the submitting process's own is taken at submission.
     import_context: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as JSON values: what ``spec.json`` holds, read back by ``from_json``."""
+        data = asdict(self)
+        data["job_kind"] = data.pop("kind")
+        data["script"] = data.pop("script_path")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobSpec:
+        """The spec ``to_json`` wrote; fields it does not know are left out, a field of the
+        wrong type is a ``JobSpecError`` naming it."""
+        values: dict[str, Any] = {}
+        renamed = {"job_kind": "kind", "script": "script_path"}
+        for f in fields(cls):
+            key = next((k for k, v in renamed.items() if v == f.name), f.name)
+            if key in data:
+                values[f.name] = data[key]
+        for name in ("code", "name"):
+            if not isinstance(values.get(name), str):
+                raise JobSpecError(f"spec.json: {name!r} must be a string")
+        for name in ("env_vars", "kernel_env"):
+            if not isinstance(values.get(name, {}), dict):
+                raise JobSpecError(f"spec.json: {name!r} must be an object")
+        return cls(**values)
 
 
 def _check_gateway(gateway: str | None) -> str:

@@ -64,6 +64,22 @@ def store_root() -> Path:
     return root
 
 
+def new_entry(doing: str) -> Path:
+    """A new, empty folder of the store (0700) with a fresh random id, for a writer;
+    ``StoreError`` (naming the folder and the fix) when the store cannot be written."""
+    import uuid
+
+    store = store_root()
+    require_writable(store, doing)
+    folder = store / uuid.uuid4().hex[:8]
+    try:
+        folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)  # whatever the umask
+    except OSError as exc:
+        raise _write_error(store, doing, exc) from None
+    return folder
+
+
 def read_only_reason(folder: Path) -> str:
     """Why nothing may be written in ``folder`` (an entry of the store, or the store), or "".
 
@@ -339,7 +355,23 @@ def damage(folder: Path) -> str:
         problem = check_state(data) if name == "state.json" else _wrong_fields(name, data, schema)
         if problem:
             return problem
-    return _check_pickle(folder / "results.pkl")
+    return _check_pickle(folder / "results.pkl") or _check_snapshot(folder / "results.snap")
+
+
+def _check_snapshot(path: Path) -> str:
+    """A cheap look at a results snapshot: its header, and a size that holds it."""
+    from ._runner import MAGIC
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(MAGIC) + 4)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        return f"{path.name}: cannot be read ({exc.strerror or exc})"
+    if not head.startswith(MAGIC) or len(head) < len(MAGIC) + 4:
+        return f"{path.name}: not a complete results file (truncated or overwritten?)"
+    return ""
 
 
 def _entry_folders() -> Iterator[Path]:

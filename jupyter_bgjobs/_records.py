@@ -1,0 +1,130 @@
+"""The state record of a job: ``state.json`` in its folder, rewritten whole as the job runs.
+
+One schema for every job, attached or detached, local or remote, so any process can read
+any job without its writer alive: its state, progress, section, status, times, pids, the
+reason it ended, where it runs, and the notebook that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from . import _store
+from ._errors import StoreError
+from ._states import FINAL_STATES
+
+# Why a job whose notebook kernel went away while it ran is over, in its record.
+KERNEL_ENDED = "its notebook's kernel ended while it ran (restarted, shut down or killed)"
+KERNEL_SHUT_DOWN = "its notebook's kernel was shut down or restarted"
+
+
+def state_record(job: Any) -> dict[str, Any]:
+    """What ``state.json`` says of ``job`` now."""
+    done, total = job.progress
+    started, finished = job.started, job.finished
+    spec = job.spec
+    return {
+        "name": job.name,
+        "id": job.id,
+        "state": job.state,
+        "progress": [done, total],
+        "section": job.section,
+        "status": job.status,
+        "started": started.isoformat() if started else None,
+        "finished": finished.isoformat() if finished else None,
+        "finished_ts": finished.timestamp() if finished else None,
+        "elapsed": job.elapsed,
+        "error": list(job.error) if job.error else None,
+        "reason": job.reason,
+        "exit_code": job.exit_code,
+        "log_path": str(job.log_path),
+        "owner": _store.owner_tag(),
+        "owner_pid": os.getpid(),
+        "host_pid": os.getpid() if job.detached else None,
+        "kernel_pid": job.kernel_pid,
+        "detached": job.detached,
+        "where": spec.gateway or "local",
+        "kernel": spec.kernel,
+        "notebook": job._environ.get("JPY_SESSION_NAME") or None,
+        "skipped": job.skipped,
+    }
+
+
+class RecordWriter:
+    """Keeps a job's record current: at most every ``interval`` seconds while it runs, at
+    once when its state changes. A write the store refuses is said once in the job's log,
+    never raised; the next write that succeeds says the record is current again."""
+
+    def __init__(self, job: Any, interval: float = 0.25, log: IO[str] | None = None) -> None:
+        self.job = job
+        self.interval = interval
+        self.log = log
+        self.failing = ""
+        self._last = 0.0
+        self._last_state = ""
+
+    def __call__(self, job: Any) -> None:
+        state = job.state
+        now = time.monotonic()
+        if state == self._last_state and now - self._last < self.interval and not self.failing:
+            return
+        self.write()
+
+    def write(self) -> bool:
+        """Write the record now; False when the store refused it."""
+        job = self.job
+        self._last, self._last_state = time.monotonic(), job.state
+        try:
+            _store.write_json(job.folder / "state.json", state_record(job))
+        except (StoreError, OSError) as exc:
+            if not self.failing:
+                self.say(
+                    f"the job's record cannot be updated: {exc}. The job keeps running; "
+                    "its record is written again once the store can be written"
+                )
+            self.failing = str(exc)
+            return False
+        if self.failing:
+            self.failing = ""
+            self.say("the store can be written again; the job's record is current")
+        return True
+
+    def say(self, line: str) -> None:
+        if self.log is None:
+            return
+        try:
+            self.log.write(f"\n[jupyter_bgjobs: {line}]\n")
+            self.log.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def open_log_for_notes(path: Path) -> IO[str] | None:
+    """The job's log opened for the writer's notes, while it can still be opened."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+
+
+def settle_orphan(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """A record that says running although its owner has ended: the job ended with its
+    notebook's kernel. Says so (and writes it into the record when the store allows)."""
+    if record.get("state") in FINAL_STATES or record.get("detached"):
+        return record
+    owner = record.get("owner")
+    if not isinstance(owner, str) or not _store.owner_gone(owner):
+        return record
+    settled = dict(record, state="cancelled", reason=record.get("reason") or KERNEL_ENDED)
+    if not settled.get("finished_ts"):
+        settled["finished_ts"] = _store.newest_mtime(folder)
+    try:
+        if not _store.read_only_reason(folder):
+            _store.write_json(folder / "state.json", settled)
+    except OSError:
+        pass
+    return settled
