@@ -166,6 +166,16 @@ class DetachedJob:
                 self._results = types.SimpleNamespace(**values)
         return self._results
 
+    def _results_path(self, kept: dict[str, Any], spec: dict[str, Any]) -> str:
+        """Where results.json says the results are: the job's folder, or its own folder in
+        shared memory; anywhere else is not believed."""
+        path = Path(str(kept.get("path")))
+        shm = spec.get("shm_dir")
+        if path.parent != self.folder and not (isinstance(shm, str) and str(path.parent) == shm):
+            raise StoreError(f"results path {path} is not the job's")
+        kept.setdefault("pieces", 1)
+        return str(path)
+
     def _load_values(self) -> dict[str, Any] | None:
         kept = self.kept()
         legacy = self.folder / "results.pkl"
@@ -174,12 +184,14 @@ class DetachedJob:
                 from ._runner import load_file
 
                 spec = _store.read_json(self.folder / "spec.json") or {}
-                path = Path(kept["path"])
-                if path.parent != self.folder:
-                    raise StoreError(f"results path {path} is not in the job's folder")
-                values = dict(
-                    load_file(str(path), str(spec.get("token", "")), kept.get("pieces", 1))
-                )
+                token = str(spec.get("token", ""))
+                try:
+                    path = self._results_path(kept, spec)
+                    values = dict(load_file(path, token, kept["pieces"]))
+                except FileNotFoundError:  # moved from shared memory into the folder meanwhile
+                    kept = self.kept()
+                    path = self._results_path(kept, spec)
+                    values = dict(load_file(path, token, kept["pieces"]))
             elif legacy.exists():  # written by an older version
                 import cloudpickle
 

@@ -122,6 +122,9 @@ class Driver:
     def _send(self) -> None:
         """The seed's chunks (if it travels over the protocol), then the run call."""
         job, kernel = self.job, self.kernel
+        preimport = getattr(kernel, "preimport", None)
+        if job._preimport and preimport is not None:
+            preimport(job._preimport)
         for seq, chunk in enumerate(job._seed_chunks):
             # Requests run in order: every chunk is in before the run call starts. The data
             # rides in the request's metadata; the code stays one short line.
@@ -434,6 +437,10 @@ def keep_results(job: Job, end: dict[str, Any] | None) -> None:
         "saved_at": time.time(),
     }
     job.skipped.extend(dict(s, direction="out") for s in kept["not_saved"])
+    job.timings["code_done"] = (end or {}).get("code_done", 0.0)
+    for key in ("t_compared", "t_encoded", "t_written"):
+        if key in info:
+            job.timings["results_" + key[2:]] = info[key]
     # Writes the store refuses (read-only, full) wait in the job for its host to retry.
     pending: list[Callable[[], None]] = []
     if kept["names"]:
@@ -442,7 +449,7 @@ def keep_results(job: Job, end: dict[str, Any] | None) -> None:
             path = job.folder / "results.snap"
             pending.append(lambda: write_bytes(path, data, "save the job's results"))
             kept.update(path=str(path), pieces=1)
-        elif info.get("path") == str(job.folder / "results.snap"):
+        elif info.get("path") in job._result_paths:
             kept.update(path=info["path"], pieces=info.get("pieces", 1))
         else:
             kept["names"] = []

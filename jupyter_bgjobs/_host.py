@@ -58,17 +58,54 @@ def main(folder: Path) -> int:
     signal.signal(signal.SIGINT, lambda *_: job.cancel())
     try:
         manager.run_here(job, runner)
+        deadline = time.monotonic() + FINAL_WAIT
+        # A reader that sees a final state must find the results too: results.json first.
+        while not (save_kept(job) and writer.write()):
+            if time.monotonic() >= deadline:
+                writer.say(f"gave up on writing the job's results and final state to {folder}")
+                break
+            time.sleep(1.0)  # the store is read-only or full: try again until it is not
+        _persist_results(job, writer)
     finally:
-        _remove_seed_folders(data)
-    deadline = time.monotonic() + FINAL_WAIT
-    # A reader that sees a final state must find the results too: results.json first.
-    while not (save_kept(job) and writer.write()):
-        if time.monotonic() >= deadline:
-            writer.say(f"gave up on writing the job's results and final state to {folder}")
-            break
-        time.sleep(1.0)  # the store is read-only or full: try again until it is not
-    manager.shutdown()
+        if job._shm_dir:
+            shutil.rmtree(job._shm_dir, ignore_errors=True)
+        manager.shutdown()
     return 0
+
+
+def _copier(source: str) -> Any:
+    def copy(fh: Any) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, fh, 16 << 20)
+
+    return copy
+
+
+def _persist_results(job: Any, writer: Any) -> None:
+    """Results written to shared memory move into the job's folder, where they outlive
+    the machine's memory; whoever attaches meanwhile reads them where they were."""
+    from . import _store
+    from ._runner import piece_paths
+
+    kept = job._kept
+    if not kept or not kept.get("path") or Path(kept["path"]).parent == job.folder:
+        return
+    pieces = int(kept.get("pieces", 1))
+    sources = piece_paths(kept["path"], pieces)
+    targets = piece_paths(str(job.folder / "results.snap"), pieces)
+    try:
+        for source, target in zip(sources, targets, strict=True):
+            _store.write_with(Path(target), _copier(source))
+        _store.write_json(job.folder / "results.json", dict(kept, path=targets[0]))
+    except OSError as exc:
+        writer.say(f"the results stay in shared memory ({kept['path']}): {exc}")
+        job._shm_dir = ""  # kept, not removed: they are the only copy
+        return
+    for source in sources:
+        try:
+            os.unlink(source)
+        except OSError:
+            pass
 
 
 def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
@@ -82,6 +119,10 @@ def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
     job._awaits = bool(data.get("awaits"))
     job._environ = dict(os.environ)
     job._files = [p for p in data.get("seed_files") or [] if isinstance(p, str)]
+    job._shm_dir = data.get("shm_dir") if isinstance(data.get("shm_dir"), str) else ""
+    job._preimport = [m for m in data.get("preimport") or [] if isinstance(m, str)]
+    results = (data.get("runner") or {}).get("results") or {}
+    job._result_paths = [p for p in results.get("paths") or [] if isinstance(p, str)]
     chunks = _store.read_json(folder / "seed.chunks")
     if chunks is not None:
         job._seed_chunks = [c for c in chunks.get("chunks") or [] if isinstance(c, str)]
@@ -89,14 +130,6 @@ def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
             (folder / "seed.chunks").unlink()
         except OSError:
             pass
-
-
-def _remove_seed_folders(data: dict[str, Any]) -> None:
-    """The shared-memory folder the notebook made for the seed goes with the job."""
-    for path in data.get("seed_files") or []:
-        parent = Path(str(path)).parent
-        if parent.name.startswith("bgjobs-job-") and parent.parent == Path("/dev/shm"):
-            shutil.rmtree(parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

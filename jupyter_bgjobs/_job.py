@@ -111,6 +111,11 @@ class Job(RowClock):
         # A detached job's results as its host recorded them (never loaded there).
         self._kept: dict[str, Any] | None = None
         self._unsaved: list[Callable[[], None]] = []
+        # A detached job's own shared-memory folder ("" where there is none).
+        self._shm_dir: str | None = None
+        self._result_paths: list[str] = []
+        # Libraries a cold kernel imports before the job (a detached job's host sets it).
+        self._preimport: list[str] = []
 
     # -- reading -------------------------------------------------------------------
     @property

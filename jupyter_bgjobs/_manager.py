@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from . import _context, _snapshot, _store
@@ -16,7 +15,7 @@ from ._config import settings
 from ._driver import Driver, remove_snapshot
 from ._errors import JobSpecError, JobStateError
 from ._job import Job
-from ._kernels import KernelPool
+from ._kernels import KernelPool, heavy_imports
 from ._records import RecordWriter
 from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, transformed
@@ -103,6 +102,8 @@ class JobManager:
                 import shutil
 
                 shutil.rmtree(job.folder, ignore_errors=True)
+                if job._shm_dir:
+                    shutil.rmtree(job._shm_dir, ignore_errors=True)
             for path in job._files:
                 remove_snapshot(path)
             raise
@@ -129,8 +130,10 @@ class JobManager:
                 "nbytes": seed.nbytes,
             }
         if job.detached:
-            # Results wait in the job's folder for whoever attaches them, days later too.
-            result_paths = [str(job.folder / "results.snap")]
+            # Shared memory first, for speed; the host moves them into the job's folder
+            # once they are written, where they wait for whoever attaches them.
+            result_paths = _paths_apart(job, "results")
+            job._result_paths = list(result_paths)
         else:
             result_paths = _snapshot.snapshot_paths(str(job.folder), job.id, "results")
             job._files.extend(result_paths)
@@ -151,7 +154,7 @@ class JobManager:
             "results": {
                 "transport": transport,
                 "paths": result_paths,
-                "arena": settings.results_arena and not job.detached,
+                "arena": settings.results_arena,
             },
             "env_vars": spec.env_vars,
         }
@@ -169,7 +172,15 @@ class JobManager:
         if job.detached:
             # What the host needs to drive the job: the runner's spec and the token that
             # opens the results. The file is its owner's only.
-            record.update(token=job._token, runner=runner_spec, seed_files=list(job._files))
+            record.update(
+                token=job._token,
+                runner=runner_spec,
+                seed_files=list(job._files),
+                shm_dir=job._shm_dir or None,
+                # The slow libraries this notebook has: its host's cold kernel imports
+                # them before the job, as a warm kernel here would have.
+                preimport=heavy_imports(),
+            )
             if job._seed_chunks:
                 _store.write_json(job.folder / "seed.chunks", {"chunks": job._seed_chunks})
         _store.write_json(job.folder / "spec.json", record)
@@ -192,7 +203,7 @@ class JobManager:
         if job.detached:
             # Not in this process's shared-memory folder, which goes when this process
             # does: a detached job's seed must wait for its kernel even then.
-            paths = _seed_paths_apart(job.folder)
+            paths = _paths_apart(job, "seed")
         else:
             paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
         job._files.extend(paths)  # before writing: an interrupted write is cleaned too
@@ -335,13 +346,15 @@ class JobManager:
                 self._threads.pop(key, None)
 
 
-def _seed_paths_apart(folder: Path) -> list[str]:
-    """Where a detached job's seed may go: a shared-memory folder of its own (its host
-    removes it with the job), else the job's folder."""
-    paths = [str(folder / "seed.snap")]
-    seed_dir = job_shm_dir(folder.name)
-    if seed_dir:
-        paths.insert(0, os.path.join(seed_dir, "seed.snap"))
+def _paths_apart(job: Job, what: str) -> list[str]:
+    """Where a detached job's seed or results may go: a shared-memory folder of the job's
+    own (not this process's, which goes when this process does; the job's host removes
+    it), else the job's folder."""
+    paths = [str(job.folder / f"{what}.snap")]
+    if job._shm_dir is None:
+        job._shm_dir = job_shm_dir(job.id) or ""
+    if job._shm_dir:
+        paths.insert(0, os.path.join(job._shm_dir, f"{what}.snap"))
     return paths
 
 

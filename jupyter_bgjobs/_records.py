@@ -50,6 +50,8 @@ def state_record(job: Any) -> dict[str, Any]:
         "kernel": spec.kernel,
         "notebook": job._environ.get("JPY_SESSION_NAME") or None,
         "skipped": job.skipped,
+        # Wall-clock stamps of the job's milestones (benchmarks read them).
+        "timings": dict(job.timings),
     }
 
 

@@ -116,12 +116,24 @@ def sweep_dead_owners(parent: str) -> None:
     except OSError:
         return
     for name in names:
-        m = _OWN_DIR.match(name)
-        if not m or not owner_gone(m["owner"]):
-            continue
         path = os.path.join(parent, name)
-        if is_private(path):
+        m = _OWN_DIR.match(name)
+        if m and owner_gone(m["owner"]) and is_private(path):
             shutil.rmtree(path, ignore_errors=True)
+        job = _JOB_DIR.match(name)
+        if job and not _job_entry_exists(job["job"]) and is_private(path):
+            # A detached job's folder whose entry is gone (pruned, or its host was
+            # killed before it could clean up and the entry removed since).
+            shutil.rmtree(path, ignore_errors=True)
+
+
+_JOB_DIR = re.compile(r"^bgjobs-job-(?P<job>[0-9a-f]{8})-[A-Za-z0-9_]+$")
+
+
+def _job_entry_exists(job_id: str) -> bool:
+    from ._store import store_path
+
+    return (store_path() / job_id).exists()
 
 
 def write_private(path: Path, text: str) -> None:

@@ -686,6 +686,7 @@ def prune(older_than: Any = "7d") -> dict[str, Any]:
             kept.append(f"{label}: {why}")
             return
         size = folder_size(folder)
+        _remove_job_shm(folder)
         _remove_tree(folder)
         if folder.exists():
             kept.append(f"{label}: could not be removed whole")
@@ -711,6 +712,19 @@ def prune(older_than: Any = "7d") -> dict[str, Any]:
         name = spec.get("name") if isinstance(spec.get("name"), str) else folder.name
         remove(folder, f"{name} ({folder.name})", _attached_end(folder, now))
     return {"removed": removed, "bytes": freed, "kept": kept}
+
+
+def _remove_job_shm(folder: Path) -> None:
+    """A detached job's own shared-memory folder, named in its spec, goes with it."""
+    from ._runtime import is_private
+
+    shm = (read_json(folder / "spec.json") or {}).get("shm_dir")
+    if (
+        isinstance(shm, str)
+        and Path(shm).name.startswith(f"bgjobs-job-{folder.name}-")
+        and is_private(shm)
+    ):
+        shutil.rmtree(shm, ignore_errors=True)
 
 
 def _remove_tree(folder: Path) -> None:

@@ -307,10 +307,13 @@ def test_magic_options_follow_shell_quoting(ip: Any, tmp_path: Path) -> None:
 def test_folders_another_user_made_under_shared_names_stop_nothing(ip: Any, tmp_path: Path) -> None:
     """The names older versions used in /tmp and /dev/shm, made by someone else and open to
     all, are never used: jobs run, in folders of their own."""
-    planted = []
+    planted, found = [], []
     for base in ("/tmp", "/dev/shm"):
         path = Path(base) / f"jupyter-bgjobs-{os.getuid()}"
-        if not path.exists():
+        if path.exists():  # left by an older version: put back as it was afterwards
+            st = path.stat()
+            found.append((path, st.st_mode & 0o7777, st.st_uid, st.st_gid))
+        else:
             path.mkdir()
             planted.append(path)
         os.chmod(path, 0o777)
@@ -325,6 +328,10 @@ def test_folders_another_user_made_under_shared_names_stop_nothing(ip: Any, tmp_
     finally:
         for path in planted:
             path.rmdir()
+        for path, mode, uid, gid in found:
+            if os.getuid() == 0:
+                os.chown(path, uid, gid)
+            os.chmod(path, mode)
 
 
 def test_every_file_of_a_job_folder_is_private_whatever_the_umask(tmp_path: Path) -> None:
