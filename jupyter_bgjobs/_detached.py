@@ -18,6 +18,7 @@ from typing import Any
 from . import _store
 from ._config import settings
 from ._errors import JobSpecError, JobStateError, StoreError, WaitTimeout
+from ._records import settle_orphan
 from ._spec import JobSpec
 from ._states import FINAL_STATES as DONE_STATES
 from ._states import ErrorInfo
@@ -44,6 +45,8 @@ class DetachedJob:
         self._results: types.SimpleNamespace | None = None
         self._merged = False
         self._ns_ids: dict[str, int] = {}
+        # Rows of the Jobs panel listen here; they refresh from the record as it changes.
+        self._listeners: list[Callable[[Any], Any]] = []
 
     def _record(self) -> dict[str, Any]:
         record = _store.read_json(self.folder / "state.json") or {}
@@ -260,6 +263,86 @@ class DetachedJob:
     def __repr__(self) -> str:
         done, total = self.progress
         return f"<DetachedJob {self.name} ({self.id}) {self.state} {done}/{total}>"
+
+
+class RecordedJob(DetachedJob):
+    """A job another process (or an earlier kernel) ran attached, read from its record.
+
+    Its results went to the notebook that ran it; its log and how it ended are here. A
+    record that still says running although its notebook's kernel has ended is a job that
+    ended with that kernel: ``cancelled``, and the reason says so.
+    """
+
+    detached = False
+
+    def _record(self) -> dict[str, Any]:
+        record = super()._record()
+        return settle_orphan(self.folder, record) if record else record
+
+    @property
+    def state(self) -> str:
+        if self.damage:
+            return _store.DAMAGED
+        return str(self._record().get("state", "pending"))
+
+    @property
+    def reason(self) -> str:
+        return self.damage or str(self._record().get("reason", ""))
+
+    @property
+    def notebook(self) -> str:
+        """The notebook that ran it (``JPY_SESSION_NAME``), when known."""
+        return str(self._record().get("notebook") or "")
+
+    @property
+    def results(self) -> types.SimpleNamespace | None:
+        return None
+
+    @property
+    def can_stop(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        """Another process's job is stopped from there; False."""
+        return False
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        return f"<RecordedJob {self.name} ({self.id}) {self.state} {done}/{total}>"
+
+
+def recorded_jobs() -> list[DetachedJob]:
+    """Every job with a record under the job root: attached ones of any process (as
+    ``RecordedJob``) and the store's detached ones."""
+    found: list[DetachedJob] = []
+    root = _store._job_root_path()
+    try:
+        folders = sorted(Path(e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        folders = []
+    for folder in folders:
+        spec = _store.read_json(folder / "spec.json") or {}
+        if folder.name != "detached" and spec.get("kind") in ("job", "cell", "script"):
+            found.append(RecordedJob(folder))
+    for folder in _store.entries():
+        spec = _store.read_json(folder / "spec.json") or {}
+        if spec.get("kind") == "job":
+            found.append(_started.get(folder.name) or DetachedJob(folder))
+    return found
+
+
+def earlier_jobs() -> list[RecordedJob]:
+    """The jobs this notebook's earlier kernels ran (same ``JPY_SESSION_NAME``), from
+    their records: after a restart, ``%bgjobs`` shows them ended, with their logs."""
+    session = os.environ.get("JPY_SESSION_NAME")
+    if not session:
+        return []
+    me = _store.owner_tag()
+    return [
+        j
+        for j in recorded_jobs()
+        if isinstance(j, RecordedJob) and j.notebook == session and j._record().get("owner") != me
+    ]
 
 
 def _text(value: Any) -> str:

@@ -159,6 +159,8 @@ class Driver:
                 if self._on_message(msg):
                     return True
             t = time.monotonic()
+            if job._writer is not None:
+                job._writer.flush()
             if msg is None or t - last_alive_check > 0.25:
                 last_alive_check = t
                 if not kernel.alive():

@@ -54,6 +54,7 @@ def main(folder: Path) -> int:
     _restore(job, data, folder)
     writer = RecordWriter(job, log=open_log_for_notes(job.log_path))
     job._listeners.append(writer)
+    job._writer = writer
     signal.signal(signal.SIGTERM, lambda *_: job.cancel())
     signal.signal(signal.SIGINT, lambda *_: job.cancel())
     try:

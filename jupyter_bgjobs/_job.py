@@ -116,6 +116,8 @@ class Job(RowClock):
         self._result_paths: list[str] = []
         # Libraries a cold kernel imports before the job (a detached job's host sets it).
         self._preimport: list[str] = []
+        # Keeps the job's state record current (the manager or the host sets it).
+        self._writer: Any = None
 
     # -- reading -------------------------------------------------------------------
     @property

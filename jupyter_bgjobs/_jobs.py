@@ -15,6 +15,7 @@ from ._errors import BgJobError, JobSpecError, WaitTimeout
 from ._job import Job
 from ._manager import manager
 from ._procs import death_reason as _death_reason
+from ._records import KERNEL_SHUT_DOWN
 from ._spec import JobSpec, _parse_kernel_env, _script_name, build_spec
 from ._states import FINAL_STATES, ErrorInfo
 
@@ -23,7 +24,7 @@ from ._states import FINAL_STATES, ErrorInfo
 def _at_exit() -> None:
     # At interpreter exit a kernel's sys.stdout may no longer reach anyone: say it on the
     # process's own stderr, which the notebook server's log keeps.
-    manager.shutdown(announce=True, stream=sys.__stderr__)
+    manager.shutdown(announce=True, stream=sys.__stderr__, reason=KERNEL_SHUT_DOWN)
 
 
 def make_spec(code: str, **options: Any) -> JobSpec:
@@ -170,9 +171,24 @@ def get_job(name_or_id: str) -> Any:
         return found
 
 
-def jobs() -> list[Job]:
-    """Every job of this process, oldest first."""
-    return manager.jobs()
+def jobs(all: bool = False) -> list[Any]:
+    """Every job of this process, oldest first; ``all=True``: every job in the store,
+    oldest first: this kernel's, earlier kernels' and other notebooks' (read from their
+    records, ended ones with the reason), and the detached ones."""
+    _checks.flag("all", all)
+    mine = manager.jobs()
+    if not all:
+        return mine
+    from ._detached import recorded_jobs
+
+    seen = {j.id for j in mine}
+    others = [j for j in recorded_jobs() if j.id not in seen]
+    return sorted([*mine, *others], key=_submitted)
+
+
+def _submitted(job: Any) -> str:
+    stamp = job.submitted
+    return stamp if isinstance(stamp, str) else stamp.isoformat()
 
 
 __all__ = [

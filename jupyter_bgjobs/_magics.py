@@ -182,22 +182,31 @@ class BgJobMagics(Magics):
         """The Jobs panel: every job with its state, progress, section, elapsed time, Stop,
         and its output. A plain-text table where there are no widgets."""
         args = _parse(self.bgjobs, line)
-        from . import _detached, _store
+        from . import _detached
 
-        detached = bool(_store.entries())
+        earlier = _detached.earlier_jobs()
+        detached = [j for j in _detached.recorded_jobs() if j.detached]
         if not _display.live_frontend():
             rows = manager.jobs()
             print(jobs_table(rows) if rows else "no jobs")
-            if detached:
+            if earlier:
+                print("\nrun by this notebook's earlier kernels:\n" + earlier_table(earlier))
+            if _store_has_entries():
                 print("\ndetached (they outlive this kernel):\n" + _detached.table())
             return
-        if detached:
+        if earlier:
+            print("run by this notebook's earlier kernels:\n" + earlier_table(earlier))
+        if _store_has_entries():
             print("detached (they outlive this kernel):\n" + _detached.table())
         from IPython.display import display
 
-        from ._panel import panel
+        from ._panel import panel, row_for
 
         widget = panel()
+        # The store's detached jobs and this notebook's earlier ones get rows too, read
+        # from their records; the detached ones live (progress, section, Stop, Output).
+        for job in [*detached, *earlier]:
+            row_for(job)
         if args.sidebar:
             try:
                 from sidecar import Sidecar
@@ -209,6 +218,29 @@ class BgJobMagics(Magics):
                 display(widget)
             return
         display(widget)
+
+
+def _store_has_entries() -> bool:
+    from . import _store
+
+    return bool(_store.entries())
+
+
+def earlier_table(rows: list[Any]) -> str:
+    """Jobs of earlier kernels: how each ended, and where its log is."""
+    header = ("name", "id", "state", "progress", "reason", "log")
+    body = [
+        (
+            j.name,
+            j.id,
+            j.state,
+            f"{j.progress[0]}/{j.progress[1]}",
+            j.reason[:60],
+            str(j.log_path or ""),
+        )
+        for j in rows
+    ]
+    return _display.text_table(header, body)
 
 
 def _announce_detached(job: Any) -> None:

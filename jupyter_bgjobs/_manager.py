@@ -184,9 +184,9 @@ class JobManager:
             if job._seed_chunks:
                 _store.write_json(job.folder / "seed.chunks", {"chunks": job._seed_chunks})
         _store.write_json(job.folder / "spec.json", record)
-        writer = RecordWriter(job)
-        job._listeners.append(writer)
-        writer.write()
+        job._writer = RecordWriter(job)
+        job._listeners.append(job._writer)
+        job._writer.write()
         return runner_spec
 
     def _write_seed(
@@ -301,9 +301,13 @@ class JobManager:
         return [r for r in (self.merge(j, ns) for j in ready) if r]
 
     # -- ending -------------------------------------------------------------------------
-    def shutdown(self, announce: bool = False, stream: Any = None) -> list[Job]:
-        """Cancel running jobs, end the pool, and join every driver thread."""
+    def shutdown(self, announce: bool = False, stream: Any = None, reason: str = "") -> list[Job]:
+        """Cancel running jobs (their records say ``reason``), end the pool, and join
+        every driver thread."""
         active = [j for j in self.jobs() if not j.done]
+        for job in active:
+            if reason and not job.reason:
+                job._set(reason=reason)
         if announce and active:
             names = ", ".join(
                 f"{j.name} ({j.state} {j.progress[0]}/{j.progress[1]})" for j in active

@@ -67,18 +67,25 @@ class RecordWriter:
         self.failing = ""
         self._last = 0.0
         self._last_state = ""
+        self.dirty = False
 
     def __call__(self, job: Any) -> None:
-        state = job.state
-        now = time.monotonic()
-        if state == self._last_state and now - self._last < self.interval and not self.failing:
+        if job.state == self._last_state and not self.failing:
+            self.dirty = True  # written by ``flush`` once the interval has passed
+            self.flush()
             return
         self.write()
+
+    def flush(self) -> None:
+        """Write what changed since the last write, once ``interval`` has passed; the
+        job's driver calls it as it waits, so the last change is never left unwritten."""
+        if self.dirty and time.monotonic() - self._last >= self.interval:
+            self.write()
 
     def write(self) -> bool:
         """Write the record now; False when the store refused it."""
         job = self.job
-        self._last, self._last_state = time.monotonic(), job.state
+        self._last, self._last_state, self.dirty = time.monotonic(), job.state, False
         try:
             _store.write_json(job.folder / "state.json", state_record(job))
         except (StoreError, OSError) as exc:
@@ -124,6 +131,18 @@ def settle_orphan(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     settled = dict(record, state="cancelled", reason=record.get("reason") or KERNEL_ENDED)
     if not settled.get("finished_ts"):
         settled["finished_ts"] = _store.newest_mtime(folder)
+    if not settled.get("finished"):
+        import datetime as dt
+
+        ended = dt.datetime.fromtimestamp(settled["finished_ts"]).astimezone()
+        settled["finished"] = ended.isoformat()
+        started = settled.get("started")
+        if isinstance(started, str):
+            try:
+                begun = dt.datetime.fromisoformat(started).timestamp()
+                settled["elapsed"] = max(0.0, settled["finished_ts"] - begun)
+            except ValueError:
+                pass
     try:
         if not _store.read_only_reason(folder):
             _store.write_json(folder / "state.json", settled)
