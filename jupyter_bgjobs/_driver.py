@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import _context, _snapshot
 from ._config import settings
 from ._errors import BgJobError
-from ._job import Job
-from ._procs import death_reason
-from ._runner import (
+from ._inside.kernel.wire import (
     EVENT_MIME,
     MAX_PIECES,
     SnapshotError,
@@ -27,6 +25,8 @@ from ._runner import (
     piece_paths,
     take_stream,
 )
+from ._job import Job
+from ._procs import death_reason
 from ._runtime import open_log
 from ._states import (
     CANCELLED,
@@ -41,16 +41,27 @@ from ._states import (
 )
 
 if TYPE_CHECKING:
+    from ._backends.base import KernelSource
     from ._manager import JobManager
 
 
 class Driver:
-    """Moves one job from pending to its final state; ``run()`` is its thread's body."""
+    """Moves one job from pending to its final state; ``run()`` is its thread's body.
 
-    def __init__(self, job: Job, manager: JobManager, runner_spec: dict[str, Any]) -> None:
+    ``kernels``, when given, supplies the job's kernel (a test's fake); otherwise it is
+    the manager's warm pool, or the job's gateway."""
+
+    def __init__(
+        self,
+        job: Job,
+        manager: JobManager,
+        runner_spec: dict[str, Any],
+        kernels: KernelSource | None = None,
+    ) -> None:
         self.job = job
         self.manager = manager
         self.runner_spec = runner_spec
+        self.kernels = kernels
         self.log: Any = None
         self.kernel: Any = None
         self.msg_id = ""
@@ -110,11 +121,14 @@ class Driver:
             self._conclude()
 
     def _kernel_for(self) -> Any:
-        """A warm local kernel, a new one, or one on the job's gateway."""
+        """The job's kernel (a ``_backends.base.KernelBackend``): from ``kernels``, else a
+        warm local kernel or a new one, or one on the job's gateway."""
         spec = self.job.spec
+        if self.kernels is not None:
+            return self.kernels.acquire(spec.kernel)
         if not spec.gateway:
             return self.manager.pool().acquire(spec.kernel)
-        from ._gateway import GatewayKernel, gateway_settings
+        from ._backends.gateway import GatewayKernel, gateway_settings
 
         url, token = gateway_settings(spec.gateway)
         return GatewayKernel(url, token, spec.kernel or settings.kernel, spec.kernel_env).start()

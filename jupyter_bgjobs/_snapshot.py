@@ -9,7 +9,13 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._runner import encode, is_internal_name, pick_path, stream_chunks, write_somewhere
+from ._inside.kernel.wire import (
+    encode,
+    is_internal_name,
+    pick_path,
+    stream_chunks,
+    write_somewhere,
+)
 from ._runtime import shm_dir
 from ._store import owner_tag
 

@@ -18,7 +18,7 @@ import pytest
 from cells import free_port
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _gateway
+from jupyter_bgjobs._backends import gateway as _gateway
 
 pytest.importorskip("kernel_gateway")
 TOKEN = "gw-secret-token-4711"

@@ -17,9 +17,10 @@ import psutil
 import pytest
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _kernels, _runtime, _snapshot
+from jupyter_bgjobs import _runtime, _snapshot
+from jupyter_bgjobs._backends import local as _kernels
+from jupyter_bgjobs._inside.kernel.arena import _room_for
 from jupyter_bgjobs._jobs import manager
-from jupyter_bgjobs._runner import _room_for
 
 
 def run(code: str, **kw: object) -> bj.Job:

@@ -18,9 +18,9 @@ import pytest
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _snapshot
-from jupyter_bgjobs._runner import (
+from jupyter_bgjobs._inside.kernel.arena import _room_for
+from jupyter_bgjobs._inside.kernel.wire import (
     SnapshotError,
-    _room_for,
     decode,
     encode,
     load_file,
@@ -271,7 +271,7 @@ def test_snapshot_files_are_private_and_removed(ip: Any, tmp_path: Path) -> None
 
 
 def test_a_job_refuses_a_snapshot_not_written_for_it(ip: Any, tmp_path: Path) -> None:
-    from jupyter_bgjobs._runner import load_file, write_parts
+    from jupyter_bgjobs._inside.kernel.wire import load_file, write_parts
 
     parts, _, _ = encode({"secret": 1}, "someone-else")
     path = str(tmp_path / "foreign.snap")
@@ -369,7 +369,7 @@ def test_what_a_snapshot_in_pieces_loaded_stays_usable_until_the_process_ends(
         f"""
         import atexit
         import numpy as np
-        from jupyter_bgjobs._runner import encode, load_file, write_parts
+        from jupyter_bgjobs._inside.kernel.wire import encode, load_file, write_parts
         loaded = {{}}
         # Registered first, so it runs last of the exit handlers.
         atexit.register(lambda: print("sum at exit", loaded["v"].sum()))

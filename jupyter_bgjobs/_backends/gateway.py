@@ -25,9 +25,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._errors import BgJobError
+from .._errors import BgJobError
+from .base import KernelBackend
+from .local import KernelStartError, execute_content, runner_boot_code
 
 CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 30.0
@@ -42,7 +44,7 @@ class GatewayError(BgJobError):
 def gateway_settings(url: str | None) -> tuple[str, str]:
     """(url, token): the argument, else ``configure(gateway=...)``, else jupyter_server's
     environment variables ``JUPYTER_GATEWAY_URL`` / ``JUPYTER_GATEWAY_AUTH_TOKEN``."""
-    from ._config import settings
+    from .._config import settings
 
     url = url or settings.gateway or os.environ.get("JUPYTER_GATEWAY_URL", "")
     token = settings.gateway_token or os.environ.get("JUPYTER_GATEWAY_AUTH_TOKEN", "")
@@ -127,8 +129,6 @@ class GatewayKernel:
 
     # -- life ------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> GatewayKernel:
-        from ._kernels import KernelStartError, _runner_boot_code
-
         try:
             model = self._request(
                 "POST",
@@ -141,7 +141,7 @@ class GatewayKernel:
         self.kernel_id = model["id"]
         try:
             self._connect()
-            msg_id = self.execute(_runner_boot_code(), silent=True)
+            msg_id = self.execute(runner_boot_code(), silent=True)
             reply = self._reply(msg_id, timeout)
         except BaseException as exc:
             self.shutdown(now=True)
@@ -250,8 +250,6 @@ class GatewayKernel:
     def execute(
         self, code: str, silent: bool = False, metadata: dict[str, Any] | None = None
     ) -> str:
-        from ._kernels import execute_content
-
         msg_id = uuid.uuid4().hex
         msg = {
             "header": {
@@ -356,3 +354,7 @@ class GatewayKernel:
 
     def preimport(self, modules: list[str]) -> None:
         pass
+
+
+if TYPE_CHECKING:  # mypy holds it to the driver's interface
+    _kernel: type[KernelBackend] = GatewayKernel

@@ -1,0 +1,6 @@
+"""Kernel backends: where a job's code runs, behind one interface (``base.KernelBackend``).
+
+``local`` starts ipykernel processes through jupyter_client (and keeps a warm pool),
+``gateway`` asks a Kernel or Enterprise Gateway for one, ``fake`` replays scripted kernel
+messages for fast unit tests of the driver.
+"""

@@ -1,0 +1,404 @@
+"""Local kernels: ipykernel processes started through jupyter_client on Unix sockets, each
+with the job runner loaded, and a pool of warm ones."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import _runtime
+from .._errors import BgJobError
+from .._inside import kernel as _kernel_code
+from .._store import owner_tag, sweep_litter
+from .base import KernelBackend, KernelSource
+
+_PACKAGE = "_bgjobs_kernel"
+
+# Run in the job's kernel with its own globals (the user's namespace gets no names): makes
+# a package of the kernel modules, each exec'ed from source under its own name, so their
+# relative imports resolve through sys.modules; the runner is also ``_bgjobs_runner``.
+_BOOT = """
+import sys, types
+package = types.ModuleType(PACKAGE)
+package.__path__ = []
+package.__package__ = PACKAGE
+sys.modules[PACKAGE] = package
+for name, source in SOURCES:
+    module = types.ModuleType(PACKAGE + "." + name)
+    module.__file__ = "<bgjobs-kernel/" + name + ".py>"
+    module.__package__ = PACKAGE
+    sys.modules[module.__name__] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    setattr(package, name, module)
+sys.modules["_bgjobs_runner"] = sys.modules[PACKAGE + ".runner"]
+"""
+
+
+def runner_boot_code() -> str:
+    """The code that loads the job runner into a kernel: every kernel module as source,
+    so the kernel needs no jupyter_bgjobs installed (it may be another environment's)."""
+    folder = Path(_kernel_code.__file__).parent
+    sources = [
+        (name, (folder / f"{name}.py").read_text(encoding="utf-8")) for name in _kernel_code.MODULES
+    ]
+    return f"exec({_BOOT!r}, {{'PACKAGE': {_PACKAGE!r}, 'SOURCES': {sources!r}}})\n"
+
+
+# Libraries slow to import that a job is likely to need when the notebook has them.
+_HEAVY = ("numpy", "pandas", "scipy", "sklearn", "matplotlib", "polars", "pyarrow", "torch")
+
+
+def heavy_imports() -> list[str]:
+    """The slow-to-import libraries this process has imported: warm kernels import them too."""
+    return [m for m in _HEAVY if m in sys.modules]
+
+
+class KernelStartError(BgJobError):
+    """A kernel could not be started; the message says which and why."""
+
+
+def execute_content(code: str, silent: bool) -> dict[str, Any]:
+    """The content of a job's execute request: no history, no stdin, stop on error."""
+    return {
+        "code": code,
+        "silent": silent,
+        "store_history": False,
+        "user_expressions": {},
+        "allow_stdin": False,
+        "stop_on_error": True,
+    }
+
+
+def _ipc_prefix() -> str:
+    """A private, short path prefix for one kernel's sockets and connection file."""
+    import uuid
+
+    base = _runtime.sockets_dir()
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_litter(base, _SOCKET_NAME)
+    # The owner in the name: a kernel ends with its owner, so once the owner is gone its
+    # socket and connection files are litter (a killed kernel cannot remove them itself).
+    return str(Path(base) / f"k{owner_tag()}x{uuid.uuid4().hex[:6]}")
+
+
+def _kernel_log_dir() -> Path:
+    from .._config import settings
+
+    logs = settings.job_root().parent / "kernels"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    global _logs_swept
+    if not _logs_swept:
+        _logs_swept = True
+        sweep_litter(logs, _LOG_NAME)
+    return logs
+
+
+_swept = False
+_logs_swept = False
+_SOCKET_NAME = re.compile(r"^k(?P<owner>\d+\.\d+)x[0-9a-f]+(-\d+|\.json)$")
+_LOG_NAME = re.compile(r"^k(?P<owner>\d+\.\d+)x[A-Za-z0-9_]+\.log$")
+
+
+class LocalKernel:
+    """One ipykernel process started through jupyter_client, with the runner loaded."""
+
+    def __init__(self, kernel_name: str = "python3", cwd: str | None = None) -> None:
+        self.kernel_name = kernel_name
+        self.cwd = cwd
+        self.km: Any = None
+        self.kc: Any = None
+        self._ended = False
+
+    def start(self, timeout: float = 60.0) -> LocalKernel:
+        from jupyter_client import KernelManager
+        from jupyter_client.kernelspec import NoSuchKernel
+
+        # Unix sockets, not TCP ports: jupyter_client picks free ports and the kernel binds
+        # them later, a race that kills kernels at start when many start at once.
+        prefix = _ipc_prefix()
+        km = KernelManager(
+            kernel_name=self.kernel_name,
+            transport="ipc",
+            ip=prefix,
+            connection_file=prefix + ".json",
+        )
+        self.km = km
+        # The kernel process's own stderr (faulthandler's report of a segfault, a failed
+        # import at start) goes to a file, so a dead kernel can say why it died.
+        fd, self.stderr_path = tempfile.mkstemp(
+            prefix=f"k{owner_tag()}x", suffix=".log", dir=_kernel_log_dir()
+        )
+        # What the kernel inherits; a job later applies the notebook's changes since.
+        self.launch_env = dict(os.environ)
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                # stdin is /dev/null: a subprocess of the job that reads it ends at once
+                # instead of waiting for a keyboard nobody has.
+                km.start_kernel(
+                    cwd=self.cwd or os.getcwd(),
+                    stdout=sink,
+                    stderr=sink,
+                    stdin=subprocess.DEVNULL,
+                )
+        except NoSuchKernel:
+            raise KernelStartError(
+                f"no kernel named {self.kernel_name!r}; `jupyter kernelspec list` shows the "
+                "installed ones"
+            ) from None
+        except Exception as exc:
+            raise KernelStartError(f"kernel {self.kernel_name!r} failed to start: {exc}") from exc
+        kc = km.blocking_client()
+        kc.start_channels()
+        self.kc = kc
+        try:
+            kc.wait_for_ready(timeout=timeout)
+            self._boot(timeout)
+        except BaseException as exc:
+            self.shutdown(now=True)
+            if isinstance(exc, BgJobError):
+                raise
+            raise KernelStartError(
+                f"kernel {self.kernel_name!r} did not become ready: {exc}"
+            ) from exc
+        return self
+
+    def _boot(self, timeout: float) -> None:
+        msg_id = self.execute(runner_boot_code(), silent=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+        if reply["content"]["status"] != "ok":
+            raise KernelStartError(
+                f"kernel {self.kernel_name!r} could not load the job runner: "
+                f"{reply['content'].get('ename')}: {reply['content'].get('evalue')} "
+                "(a job's kernel must be an IPython kernel for Python 3.10 or newer)"
+            )
+        # The boot request's own iopub messages are not a job's output: read up to its idle.
+        self._skip_to_idle(msg_id, deadline)
+
+    def _skip_to_idle(self, msg_id: str, deadline: float) -> None:
+        """Read iopub up to the idle status of request ``msg_id``."""
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "status"
+                and msg["content"].get("execution_state") == "idle"
+            ):
+                break
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        """The end of what the kernel process wrote to its stderr, minus startup noise."""
+        try:
+            text = Path(self.stderr_path).read_text(encoding="utf-8", errors="replace")
+        except (OSError, AttributeError):
+            return ""
+        lines = [ln for ln in text.splitlines() if "WARNING | Kernel is running over TCP" not in ln]
+        return "\n".join(lines)[-limit:].strip()
+
+    def preimport(self, modules: list[str], timeout: float = 60.0) -> None:
+        """Import ``modules`` in the kernel ahead of any job, so a job seeded with a
+        DataFrame does not wait for pandas to import. No names appear in the namespace."""
+        if not modules:
+            return
+        code = "".join(f"try: __import__({m!r})\nexcept Exception: pass\n" for m in modules)
+        msg_id = self.execute(code, silent=True)
+        deadline = time.monotonic() + timeout
+        self._skip_to_idle(msg_id, deadline)
+        self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+
+    @property
+    def pid(self) -> int | None:
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return getattr(proc, "pid", None)
+
+    def exit_code(self) -> int | None:
+        """The process's exit code once it has ended, else None."""
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        if proc is None:
+            return None
+        return proc.poll()  # type: ignore[no-any-return]
+
+    def alive(self) -> bool:
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return proc is not None and proc.poll() is None
+
+    def execute(
+        self, code: str, silent: bool = False, metadata: dict[str, Any] | None = None
+    ) -> str:
+        # Always our own request: jupyter_client's default allows stdin, and a job that
+        # then asks for input would wait forever for an answer.
+        msg = self.kc.session.msg(
+            "execute_request", execute_content(code, silent), metadata=metadata or {}
+        )
+        self.kc.shell_channel.send(msg)
+        return str(msg["header"]["msg_id"])
+
+    def iopub(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self.kc.get_iopub_msg(timeout=timeout)  # type: ignore[no-any-return]
+        except queue.Empty:
+            return None
+
+    def _signal(self, signum: int) -> None:
+        # Kernels run in their own process group: signalling the group also reaches the
+        # job's own subprocesses (`!cmd`, multiprocessing), as jupyter_client does.
+        provisioner = getattr(self.km, "provisioner", None)
+        proc = getattr(provisioner, "process", None)
+        if proc is None or proc.poll() is not None:
+            return
+        pgid = getattr(provisioner, "pgid", None)
+        try:
+            if pgid:
+                os.killpg(pgid, signum)
+            else:
+                proc.send_signal(signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def interrupt(self) -> None:
+        self._signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        if proc is not None:
+            try:
+                proc.wait(5)
+            except Exception:
+                pass
+
+    def shutdown(self, now: bool = False) -> None:
+        """End the kernel; tolerant of a kernel that is already gone."""
+        if self._ended:
+            return
+        self._ended = True
+        if self.kc is not None:
+            try:
+                self.kc.stop_channels()
+            except Exception:
+                pass
+        km = self.km
+        if km is None:
+            return
+        try:
+            if now or not self.alive():
+                self.kill()
+                km.cleanup_resources()
+            else:
+                km.shutdown_wait_time = 2.0
+                km.shutdown_kernel(now=False)
+        except Exception:
+            self.kill()
+        finally:
+            ip = getattr(km, "ip", "")
+            if getattr(km, "transport", "") == "ipc" and ip:
+                for sock in Path(ip).parent.glob(Path(ip).name + "-*"):
+                    try:
+                        sock.unlink()
+                    except OSError:
+                        pass
+            stderr_path = getattr(self, "stderr_path", None)
+            if stderr_path:
+                try:
+                    os.unlink(stderr_path)
+                except OSError:
+                    pass
+
+
+class KernelPool:
+    """Pre-started kernels of the default kernelspec, refilled in the background."""
+
+    def __init__(self, size: int = 1, kernel_name: str = "python3") -> None:
+        self.size = size
+        self.kernel_name = kernel_name
+        self._idle: list[LocalKernel] = []
+        self._starting = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+
+    def acquire(self, kernel_name: str | None = None) -> LocalKernel:
+        """A ready kernel: a warm one when there is one for this kernelspec, else a new one."""
+        name = kernel_name or self.kernel_name
+        kernel = None
+        if name == self.kernel_name:
+            with self._lock:
+                while self._idle and kernel is None:
+                    candidate = self._idle.pop(0)
+                    if candidate.alive():
+                        kernel = candidate
+                    else:
+                        candidate.shutdown(now=True)
+        self.refill()
+        if kernel is not None:
+            return kernel
+        return LocalKernel(name).start()
+
+    def refill(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            missing = self.size - len(self._idle) - self._starting
+            if missing <= 0:
+                return
+            self._starting += missing
+            self._threads = [t for t in self._threads if t.is_alive()]
+            for _ in range(missing):
+                t = threading.Thread(target=self._start_one, name="bgjobs-pool", daemon=True)
+                self._threads.append(t)
+                t.start()
+
+    def _start_one(self) -> None:
+        kernel: LocalKernel | None = None
+        try:
+            kernel = LocalKernel(self.kernel_name).start()
+            kernel.preimport(heavy_imports())
+        except Exception:
+            kernel = None
+        with self._lock:
+            self._starting -= 1
+            if kernel is not None and not self._closed:
+                self._idle.append(kernel)
+                kernel = None
+        if kernel is not None:
+            kernel.shutdown(now=True)
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+    def wait_warm(self, timeout: float = 60.0) -> bool:
+        """Block until the pool holds ``size`` ready kernels (benchmarks and tests use it)."""
+        deadline = time.monotonic() + timeout
+        for t in list(self._threads):
+            t.join(max(0.0, deadline - time.monotonic()))
+        return self.idle_count() >= self.size
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            threads = list(self._threads)
+        for kernel in idle:
+            kernel.shutdown(now=True)
+        for t in threads:
+            t.join(30)
+
+
+if TYPE_CHECKING:  # mypy holds both to the driver's interface
+    _kernel: type[KernelBackend] = LocalKernel
+    _source: type[KernelSource] = KernelPool

@@ -1,0 +1,1 @@
+"""Code that runs in other processes: job kernels, queue workers, call children."""

@@ -1,0 +1,518 @@
+"""The job runner: code that runs inside a job's kernel.
+
+The notebook side talks to it through ``run(spec_json)`` (``run_async`` for top-level
+``await``), ``receive`` for snapshot bytes sent over the kernel protocol and ``resend``
+for results that could not all be loaded at once; the runner reports back through
+display_data messages of a private MIME type (``wire.EVENT_MIME``) on the kernel's iopub
+channel, in order with the job's own output: ``plan``, ``stmt``, ``progress``, ``status``,
+``chunk``, ``resent`` and, last, ``end``.
+
+Sent to the kernel as source (see ``_backends.local.runner_boot_code``) and registered
+there as ``_bgjobs_runner``, so it imports nothing outside this package and only the
+standard library at import time (cloudpickle and dill when a snapshot needs them).
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import os
+import re
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .arena import _Arena, _Fingerprints
+from .console import _bound_stream, _no_keyboard, _restore_io
+from .wire import (
+    EVENT_MIME,
+    SnapshotError,
+    _map_fixed,
+    _unlink,
+    decode,
+    encode,
+    is_internal_name,
+    load_file,
+    pick_path,
+    piece_paths,
+    stream_chunks,
+    take_stream,
+    write_somewhere,
+)
+
+_CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect into every kernel
+
+_SECTION_R = re.compile(r"^\s*#+\s*(?P<name>[^#\s].*?)\s*-{4,}\s*$")
+_SECTION_PY = re.compile(r"^\s*#\s*%%\s*(?P<name>.*?)\s*$")
+
+
+def section_of(line: str) -> str | None:
+    """The section a marker line opens, or None when the line is no marker."""
+    m = _SECTION_R.match(line) or _SECTION_PY.match(line)
+    if not m:
+        return None
+    return m.group("name").strip()
+
+
+def plan(source: str) -> list[tuple[ast.stmt, str]]:
+    """Split transformed source into top-level statements, each with its section."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    markers: list[tuple[int, str]] = []
+    for lineno, line in enumerate(lines, start=1):
+        name = section_of(line)
+        if name is not None:
+            markers.append((lineno, name))
+    out: list[tuple[ast.stmt, str]] = []
+    current = ""
+    mi = 0
+    for node in tree.body:
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        while mi < len(markers) and markers[mi][0] < first:
+            current = markers[mi][1]
+            mi += 1
+        out.append((node, current))
+    return out
+
+
+_INBOX: dict[str, bytearray] = {}
+
+
+def receive(token: str, seq: int, chunk: str | None = None) -> None:
+    """Take one base64 chunk of a snapshot sent over the kernel protocol: in the request's
+    metadata (``bgjobs_chunk``), so megabytes of data never pass through IPython's input
+    transformation and parser as source code; or, from older callers, as the argument."""
+    if chunk is None:
+        ip = _get_ipython()
+        parent = ip.kernel.get_parent("shell") if ip is not None else {}
+        chunk = parent.get("metadata", {}).get("bgjobs_chunk", "")
+    box = _INBOX.setdefault(token, bytearray())
+    if seq == 0:
+        box.clear()
+    box += base64.b64decode(chunk)
+
+
+class _Runner:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.ip = _get_ipython()
+        self.ns: dict[str, Any] = self.ip.user_ns if self.ip is not None else _main_ns()
+        self.fingerprints: dict[str, Any] = {}
+        self.seeded_ids: dict[str, int] = {}
+        self.prints = _Fingerprints()
+        self.t_start = time.time()
+        self.arena: _Arena | None = None
+        self.status = "ok"
+        self.error: dict[str, Any] | None = None
+        self.done = 0
+        self.total = 0
+        self.before: dict[str, int] | None = None
+        self.skipped_in: list[dict[str, str]] = []
+        self._saved_io: tuple[Any, ...] | None = None
+        self._bounded: list[Callable[[], None]] = []
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        payload = {"type": kind, "t": time.time(), **fields}
+        if self.ip is not None:
+            from IPython.display import publish_display_data
+
+            publish_display_data({EVENT_MIME: payload, "text/plain": ""})
+        else:
+            print(json.dumps(payload), file=sys.__stdout__, flush=True)
+
+    def run(self) -> None:
+        """Run the job's statements in order, as a cell of this kernel would."""
+        steps = self._begin()
+        for i, code in steps:
+            try:
+                exec(code, self.ns)
+            except BaseException as exc:  # the job's exception is its result
+                if self._stopped_by(exc):
+                    break
+            self.done = i + 1
+        self._end()
+
+    async def run_async(self) -> None:
+        """The same, for a job with top-level ``await``: this kernel's event loop runs it,
+        as IPython's autoawait does for a cell."""
+        steps = self._begin(flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        for i, code in steps:
+            try:
+                if code.co_flags & _CO_COROUTINE:
+                    await eval(code, self.ns)
+                else:
+                    exec(code, self.ns)
+            except BaseException as exc:
+                if self._stopped_by(exc):
+                    break
+            self.done = i + 1
+        self._end()
+
+    def _begin(self, flags: int = 0) -> Iterator[tuple[int, types.CodeType]]:
+        """Set the job up and yield its compiled statements one by one, each announced to
+        the parent first; a fault while setting up is reported as the job's error."""
+        try:
+            self._enter_context()
+            skipped_in = self._seed()
+            self.skipped_in = skipped_in
+            self.before = {k: id(v) for k, v in self.ns.items()}
+            self.arena = self._start_arena()
+            source = self.spec["code"]
+            if self.ip is not None:
+                source = self.ip.transform_cell(source)
+            steps = plan(source)
+            self.total = len(steps)
+            filename = self._register_source(source)
+            self.emit(
+                "plan",
+                total=self.total,
+                sections=[s for _, s in steps],
+                skipped=skipped_in,
+                t_start=self.t_start,
+            )
+        except BaseException as exc:
+            self._stopped_by(exc)
+            return
+        for i, (node, section) in enumerate(steps):
+            self.emit("stmt", index=i, total=self.total, section=section, line=node.lineno)
+            try:
+                if i == self.total - 1 and isinstance(node, ast.Expr):
+                    code = compile(ast.Interactive([node]), filename, "single", flags)
+                else:
+                    code = compile(ast.Module([node], []), filename, "exec", flags)
+            except BaseException as exc:
+                self._stopped_by(exc)
+                return
+            yield i, code
+
+    def _stopped_by(self, exc: BaseException) -> bool:
+        """Record how ``exc`` ends the job; False for a ``SystemExit(0)``, which does not."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.status = "interrupted"
+            self._show_exception()
+            return True
+        if isinstance(exc, SystemExit) and not exc.code:
+            return False
+        self.status = "error"
+        self.error = self._show_exception()
+        return True
+
+    def _end(self) -> None:
+        self._leave_context()
+        code_done = time.time()
+        results: dict[str, Any] = {}
+        if self.before is not None:
+            try:
+                results = self._save_results(self.before)
+            except BaseException as exc:
+                if self.arena is not None:
+                    self.arena.discard()
+                results = {
+                    "names": [],
+                    "modules": {},
+                    "skipped": [
+                        {"name": "*", "type": "results", "reason": f"{type(exc).__name__}: {exc}"}
+                    ],
+                }
+        self.emit(
+            "end",
+            status=self.status,
+            done=self.done,
+            total=self.total,
+            error=self.error,
+            results=results,
+            code_done=code_done,
+        )
+
+    def _enter_context(self) -> None:
+        """What the cell would see in the notebook: its working directory, its import path
+        and its environment as they were when the job was submitted; and no keyboard."""
+        spec = self.spec
+        if spec.get("workdir"):
+            os.chdir(spec["workdir"])
+        context = spec.get("context") or {}
+        for key in context.get("unset") or ():
+            os.environ.pop(key, None)
+        os.environ.update(context.get("set") or {})
+        os.environ.update(spec.get("env_vars") or {})
+        notebook_path = context.get("sys_path")
+        if notebook_path is not None:
+            if context.get("prefix") == sys.prefix:
+                # The same environment: the notebook's path exactly, in its order.
+                own = [p for p in sys.path if p not in notebook_path]
+                sys.path[:] = list(notebook_path) + own
+            else:
+                # Another environment: only the folders the notebook added, never its
+                # site-packages, which belong to another Python.
+                sys.path[:0] = [p for p in context.get("added_path") or () if p not in sys.path]
+        elif spec.get("workdir") and spec["workdir"] not in sys.path:
+            sys.path.insert(0, spec["workdir"])
+        self._saved_io = _no_keyboard()
+        self._bounded = [_bound_stream(s) for s in (sys.stdout, sys.stderr)]
+
+    def _leave_context(self) -> None:
+        for undo in self._bounded:
+            undo()
+        self._bounded = []
+        if self._saved_io is not None:
+            _restore_io(self._saved_io)
+            self._saved_io = None
+
+    def _show_exception(self) -> dict[str, Any]:
+        etype, value, tb = sys.exc_info()
+        if isinstance(value, NameError) and value.name:
+            hint = self._name_hint(value.name)
+            if hint:
+                value.args = (f"{value.args[0] if value.args else value.name}: {hint}",)
+        # Drop the runner's own frames: the user sees their code only.
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        if self.ip is not None:
+            stb = self.ip.InteractiveTB.structured_traceback(etype, value, tb)
+            self.ip._showtraceback(etype, value, stb)
+        else:
+            stb = traceback.format_exception(etype, value, tb)
+            sys.stderr.write("".join(stb))
+        return {
+            "ename": getattr(etype, "__name__", str(etype)),
+            "evalue": str(value),
+            "traceback": list(stb),
+        }
+
+    def _name_hint(self, name: str) -> str:
+        """Why a name the job misses is missing, when the notebook has it, and the fix."""
+        failed = {s["name"]: s for s in self.skipped_in}.get(name)
+        if failed is not None:
+            module = (self.spec.get("imports") or {}).get(name, [name])[0]
+            origin = (self.spec.get("import_origins") or {}).get(name)
+            where = f" (the notebook has it from {origin})" if origin else ""
+            return (
+                f"the notebook's {name!r} is the module {module}{where}, which this job could "
+                f"not import: {failed['reason'].split(': ', 1)[-1]}. The job imports with the "
+                "notebook's sys.path as it was when the job started: put the module's folder on "
+                "sys.path in the notebook first, or install the module in the job's kernel"
+            )
+        why = {s["name"]: s for s in self.spec.get("not_shipped") or []}.get(name)
+        if why is not None:
+            return f"{name!r} was not shipped to this job ({why['type']}: {why['reason']})"
+        if name in set(self.spec.get("notebook_names") or ()):
+            return (
+                f"the notebook has {name!r}, but this job was not given it (--env auto ships "
+                "only the names it can see the code read; eval() and globals() hide them): "
+                f"start the job with --env {name} (or env={name!r}), or --env all"
+            )
+        return ""
+
+    def _register_source(self, source: str) -> str:
+        name = self.spec.get("filename") or f"<bgjob {self.spec.get('name', '')}>"
+        if self.ip is not None and not self.spec.get("filename"):
+            try:
+                return str(self.ip.compile.cache(source))
+            except Exception:
+                pass
+        import linecache
+
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+        return name
+
+    def _seed(self) -> list[dict[str, str]]:
+        import importlib
+
+        skipped: list[dict[str, str]] = []
+        for name, (module, qualname) in (self.spec.get("imports") or {}).items():
+            try:
+                value: Any = importlib.import_module(module)
+                for part in qualname.split(".") if qualname else ():
+                    value = getattr(value, part)
+                self.ns[name] = value
+            except Exception as exc:  # reported to the parent, the job goes on
+                what = f"{module}.{qualname}" if qualname else module
+                skipped.append(
+                    {
+                        "name": name,
+                        "type": "import",
+                        "reason": f"import of {what} failed: {type(exc).__name__}: {exc}",
+                    }
+                )
+        seed = self.spec.get("seed")
+        if seed:
+            token = self.spec["token"]
+            if seed["transport"] == "stream":
+                data = take_stream(_INBOX.pop(token, bytearray()), seed["sha256"], seed["nbytes"])
+                values = decode(data, token)
+            else:
+                pieces = seed.get("pieces", 1)
+                try:
+                    values = load_file(seed["path"], token, pieces)
+                finally:
+                    for path in piece_paths(seed["path"], pieces):
+                        _unlink(path)
+            self.ns.update(values)
+            for key, value in values.items():
+                self.seeded_ids[key] = id(value)
+                self.fingerprints[key] = self.prints.take(value)
+        if self.spec.get("script_file"):
+            self.ns["__file__"] = self.spec["script_file"]
+        return skipped
+
+    def _start_arena(self) -> _Arena | None:
+        out = self.spec.get("results") or {}
+        paths = out.get("paths") or []
+        # Only for shared memory (the last candidate is the job's folder on disk), and
+        # only where the pieces can be mapped back.
+        if (
+            out.get("transport") != "file"
+            or not out.get("arena")
+            or len(paths) < 2
+            or _map_fixed() is None
+        ):
+            return None
+        return _Arena(paths[0])
+
+    def _save_results(self, before: dict[str, int]) -> dict[str, Any]:
+        out = self.spec.get("results")
+        if not out:
+            return {"names": [], "modules": {}, "skipped": []}
+        changed = [
+            k
+            for k, v in list(self.ns.items())
+            if not is_internal_name(k) and before.get(k) != id(v)
+        ]
+        mutated = (
+            [
+                k
+                for k, v in list(self.ns.items())
+                if k in self.seeded_ids
+                and self.seeded_ids[k] == id(v)
+                and before.get(k) == id(v)
+                and self.prints.changed(self.fingerprints.get(k), v)
+            ]
+            if self.seeded_ids
+            else []
+        )
+        names = changed + mutated
+        modules = {
+            k: self.ns[k].__name__ for k in names if isinstance(self.ns[k], types.ModuleType)
+        }
+        values = {k: self.ns[k] for k in names if k not in modules}
+        result_t0 = time.time()
+        arena, self.arena = self.arena, None
+        prepared = arena.stop() if arena is not None else 0
+        parts, skipped, info = encode(values, self.spec["token"])
+        travelled = sorted(set(info["pickled"]) | set(info["dill"]))
+        result: dict[str, Any] = {
+            "names": travelled,
+            "mutated": sorted(set(mutated) & set(travelled)),
+            "modules": modules,
+            "skipped": skipped,
+            "nbytes": info["nbytes"],
+            "t_compared": result_t0,
+        }
+        if not travelled or out.get("transport") == "stream":
+            if arena is not None:
+                arena.discard()
+        if not travelled:
+            return result
+        if out.get("transport") == "stream":
+            chunks, digest, size = stream_chunks(parts)
+            for seq, chunk in enumerate(chunks):
+                self.emit("chunk", seq=seq, data=chunk)
+            result.update(transport="stream", sha256=digest, nbytes=size)
+        else:
+            reserved = sum(arena.sizes) if arena is not None and prepared else 0
+            path = pick_path(out["paths"], info["nbytes"], reserved)
+            if arena is not None and (not prepared or path != out["paths"][0]):
+                arena.discard()
+                prepared = 0
+            result["t_encoded"] = time.time()
+            path, pieces = write_somewhere(out["paths"], path, parts, prepared)
+            result.update(transport="file", path=path, pieces=pieces, t_written=time.time())
+        return result
+
+
+def resend(request_json: str) -> None:
+    """Send each result on its own file: the parent could not load them all at once."""
+    request = json.loads(request_json)
+    runner = _Runner({"token": request["token"]})
+    for name, candidates in request["paths"].items():
+        if name not in runner.ns:
+            runner.emit("resent", name=name, error="the job no longer holds it")
+            continue
+        try:
+            parts, skipped, info = encode({name: runner.ns[name]}, request["token"])
+            if skipped:
+                raise SnapshotError(skipped[0]["reason"])
+            path, pieces = write_somewhere(candidates, pick_path(candidates, info["nbytes"]), parts)
+            runner.emit("resent", name=name, path=path, pieces=pieces)
+        except Exception as exc:
+            runner.emit("resent", name=name, error=f"{type(exc).__name__}: {exc}")
+
+
+CURRENT: _Runner | None = None
+_last_progress = 0.0
+
+
+def report_progress(units: int, total: int | None = None) -> None:
+    """Inside a job: set the job's progress to ``units`` (of ``total``) for its row."""
+    global _last_progress
+    if CURRENT is None:
+        raise RuntimeError("not inside a job")
+    now = time.monotonic()
+    # Tight loops call this often; the row needs at most ~20 updates a second.
+    if total is None or units < total:
+        if now - _last_progress < 0.05:
+            return
+    _last_progress = now
+    CURRENT.emit("progress", units=units, total=total)
+
+
+def report_status(text: str) -> None:
+    """Inside a job: set the job's status text."""
+    if CURRENT is None:
+        raise RuntimeError("not inside a job")
+    CURRENT.emit("status", text=text)
+
+
+def _get_ipython() -> Any:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython()
+    except ImportError:
+        return None
+
+
+def _main_ns() -> dict[str, Any]:
+    import __main__
+
+    ns: dict[str, Any] = __main__.__dict__
+    return ns
+
+
+def run(spec_json: str) -> None:
+    """Run one job described by ``spec_json``; never raises."""
+    global CURRENT
+    CURRENT = _Runner(json.loads(spec_json))
+    try:
+        CURRENT.run()
+    finally:
+        CURRENT = None
+
+
+async def run_async(spec_json: str) -> None:
+    """``run`` for a job whose code uses top-level ``await``; the kernel awaits it."""
+    global CURRENT
+    CURRENT = _Runner(json.loads(spec_json))
+    try:
+        await CURRENT.run_async()
+    finally:
+        CURRENT = None
