@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 import jupyter_bgjobs as bj
+from jupyter_bgjobs._inside.kernel.wire import encode
 from jupyter_bgjobs._jobs import make_spec, manager
-from jupyter_bgjobs._runner import encode
 
 
 def namespace(scale: float) -> dict[str, object]:

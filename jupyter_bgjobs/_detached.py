@@ -184,7 +184,7 @@ class DetachedJob:
         legacy = self.folder / "results.pkl"
         try:
             if isinstance(kept.get("path"), str) and kept.get("names"):
-                from ._runner import load_file
+                from ._inside.kernel.wire import load_file
 
                 spec = _store.read_json(self.folder / "spec.json") or {}
                 token = str(spec.get("token", ""))

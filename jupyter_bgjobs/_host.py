@@ -86,7 +86,7 @@ def _persist_results(job: Any, writer: Any) -> None:
     """Results written to shared memory move into the job's folder, where they outlive
     the machine's memory; whoever attaches meanwhile reads them where they were."""
     from . import _store
-    from ._runner import piece_paths
+    from ._inside.kernel.wire import piece_paths
 
     kept = job._kept
     if not kept or not kept.get("path") or Path(kept["path"]).parent == job.folder:

@@ -10,7 +10,7 @@ import types
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _checks
 from ._config import settings
@@ -22,9 +22,11 @@ from ._errors import (
     KernelDiedError,
     WaitTimeout,
 )
-from ._kernels import LocalKernel
 from ._outputs import OutputTail, output_text
 from ._spec import JobSpec
+
+if TYPE_CHECKING:
+    from ._backends.base import KernelBackend
 from ._states import (
     CANCELLED,
     DIED,
@@ -100,7 +102,7 @@ class Job(RowClock):
             folder.mkdir(mode=0o700)
         self.folder = folder
         self.log_path = self.folder / "output.log"
-        self._kernel: LocalKernel | None = None
+        self._kernel: KernelBackend | None = None
         # A job loads only what its parent wrote for it: snapshots carry this token.
         self._token = token or secrets.token_hex(16)
         self._files: list[str] = []

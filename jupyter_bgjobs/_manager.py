@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _context, _snapshot, _store
+from ._backends.local import KernelPool, heavy_imports
 from ._config import settings
 from ._driver import Driver, remove_snapshot
 from ._errors import JobSpecError, JobStateError
 from ._job import Job
-from ._kernels import KernelPool, heavy_imports
 from ._records import RecordWriter
 from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, transformed
