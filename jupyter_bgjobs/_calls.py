@@ -22,8 +22,9 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from . import _procs
 from ._config import settings
 from ._errors import (
     JobCancelledError,
@@ -33,10 +34,15 @@ from ._errors import (
     JobTimeoutError,
     KernelDiedError,
     RemoteTraceback,
+    WaitTimeout,
 )
+from ._inside.call import INTERRUPTED
+from ._procs import CODE_ERROR, CODE_OK
+from ._remote import cell_sources, check_call, check_flag, check_seconds, load_error
+from ._states import CANCELLED, DIED, FAILED, RUNNING, SUCCEEDED, TIMED_OUT
 from ._store import pid_alive, read_json, store_root
 
-_SCRIPT = str(Path(__file__).with_name("_bgcall.py"))
+_SCRIPT = str(Path(__file__).with_name("_inside") / "call.py")
 _registry: dict[str, BgCall] = {}
 _lock = threading.Lock()
 _counter = itertools.count(1)
@@ -73,12 +79,10 @@ class BgCall:
             try:
                 data = (self.folder / "result.pkl").read_bytes()
                 code, body = data[0], memoryview(data)[1:]
-                if code == 0:
+                if code == CODE_OK:
                     self._outcome = ("ok", pickle.loads(body), "")
-                elif code == 1:
-                    from ._queue import _load_error
-
-                    exc, text = _load_error(bytes(body))
+                elif code == CODE_ERROR:
+                    exc, text = load_error(bytes(body))
                     self._outcome = ("error", exc, text)
                 else:
                     self._outcome = ("unpicklable", None, bytes(body).decode())
@@ -92,21 +96,21 @@ class BgCall:
         status = self._status()
         if status is None:
             if self.detached and not self._supervisor_alive():
-                return "died"
-            return "running"
+                return DIED
+            return RUNNING
         ended_by = status.get("ended_by", "") or self._ended_by
         outcome = self._load_outcome()
-        if ended_by in ("timed_out", "cancelled"):
+        if ended_by in (TIMED_OUT, CANCELLED):
             return str(ended_by)
         if outcome is None:
             # An interrupt that lands before Python's own handler is set ends the process.
-            return "cancelled" if ended_by == "interrupted" else "died"
+            return CANCELLED if ended_by == INTERRUPTED else DIED
         kind, value, _ = outcome
         if kind == "ok":
-            return "succeeded"
-        if isinstance(value, KeyboardInterrupt) and ended_by == "interrupted":
-            return "cancelled"
-        return "failed"
+            return SUCCEEDED
+        if isinstance(value, KeyboardInterrupt) and ended_by == INTERRUPTED:
+            return CANCELLED
+        return FAILED
 
     def _supervisor_alive(self) -> bool:
         pids = read_json(self.folder / "pid.json") or {}
@@ -114,7 +118,7 @@ class BgCall:
 
     @property
     def done(self) -> bool:
-        return self.state != "running"
+        return self.state != RUNNING
 
     def is_alive(self) -> bool:
         """True while the call's process runs."""
@@ -130,23 +134,21 @@ class BgCall:
     def reason(self) -> str:
         """Why the call ended, in words."""
         state = self.state
-        if state == "running":
+        if state == RUNNING:
             return ""
-        if state == "died":
-            from ._jobs import _death_reason
-
+        if state == DIED:
             code = self.exit_code
             if code is None:
                 return "its supervisor ended without a word (machine restart or kill -9)"
-            return _death_reason(code, "the process")
-        if state == "timed_out":
+            return _procs.death_reason(code, "the process")
+        if state == TIMED_OUT:
             return "ran longer than its timeout"
-        if state == "cancelled":
+        if state == CANCELLED:
             status = self._status() or {}
             how = status.get("ended_by") or self._ended_by
-            return "interrupted" if how == "interrupted" else "killed"
+            return "interrupted" if how == INTERRUPTED else "killed"
         outcome = self._load_outcome()
-        if state == "failed" and outcome is not None:
+        if state == FAILED and outcome is not None:
             kind, value, text = outcome
             if kind == "error":
                 if isinstance(value, JobFailedError) and value.ename:
@@ -157,18 +159,23 @@ class BgCall:
 
     # -- waiting and results -------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> BgCall:
-        """Block until the process has ended (or ``timeout`` seconds pass); returns self."""
-        from ._queue import _check_seconds
-
-        _check_seconds("timeout", timeout, none="no limit", zero=True)
+        """Block until the process has ended; returns self. Raises ``WaitTimeout`` if
+        ``timeout`` seconds pass first (the call goes on)."""
+        check_seconds("timeout", timeout, none="no limit", zero=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._proc is not None:
-            self._ended.wait(timeout)
+            ended = self._ended.wait(timeout)
         else:
-            while not self.done:  # a detached call: its supervisor writes status.json
+            # A detached call, or one of another process: its supervisor writes status.json.
+            while not (ended := self.done):
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 time.sleep(0.05)
+        if not ended:
+            raise WaitTimeout(
+                f"call {self.name!r} is still running after {timeout} s; "
+                "call .wait() again or .kill() it"
+            )
         return self
 
     def result(self, timeout: float | None = None) -> Any:
@@ -176,17 +183,12 @@ class BgCall:
         the ``__cause__``; one that cannot be rebuilt here comes as a ``JobFailedError``
         with its type name and message); ``JobTimeoutError``, ``JobCancelledError`` or
         ``KernelDiedError`` when it did not finish."""
-        self.wait(timeout)
-        state = self.state
-        if state == "running":
-            from ._jobs import WaitTimeout
-
-            raise WaitTimeout(f"call {self.name!r} is still running after {timeout} s")
-        if state == "timed_out":
+        state = self.wait(timeout).state
+        if state == TIMED_OUT:
             raise JobTimeoutError(f"call {self.name!r} ran longer than its timeout")
-        if state == "cancelled":
+        if state == CANCELLED:
             raise JobCancelledError(f"call {self.name!r} was {self.reason}")
-        if state == "died":
+        if state == DIED:
             raise KernelDiedError(f"call {self.name!r}: {self.reason}")
         kind, value, text = self._load_outcome() or ("unloadable", None, "no result")
         if kind == "ok":
@@ -225,54 +227,41 @@ class BgCall:
         """Send SIGINT: the function sees KeyboardInterrupt (state ``cancelled``)."""
         if self.done:
             return
-        self._ended_by = "interrupted"
+        self._ended_by = INTERRUPTED
         if self._proc is None:
             # The supervisor records the interruption, then passes it on.
-            pids = read_json(self.folder / "pid.json") or {}
-            _signal_pid(pids.get("supervisor"), signal.SIGINT, group=False)
+            _procs.signal_process(self._pids().get("supervisor"), signal.SIGINT)
             return
-        self._signal(signal.SIGINT)
+        _procs.signal_group(self._child_pid(), signal.SIGINT)
 
     def kill(self) -> None:
         """End the process (and what it started) at once; state ``cancelled``."""
         if self.done:
             return
-        self._ended_by = "cancelled"
+        self._ended_by = CANCELLED
         if self._proc is None:
-            pids = read_json(self.folder / "pid.json") or {}
             # The supervisor records the ending, then kills its child.
-            _signal_pid(pids.get("supervisor"), signal.SIGTERM, group=False)
+            _procs.signal_process(self._pids().get("supervisor"), signal.SIGTERM)
             return
-        self._signal(signal.SIGKILL)
+        _procs.signal_group(self._child_pid(), signal.SIGKILL)
 
-    def _signal(self, signum: int) -> None:
-        pid = self.pid or (read_json(self.folder / "pid.json") or {}).get("pid")
-        _signal_pid(pid, signum, group=True)
+    def _pids(self) -> dict[str, Any]:
+        return read_json(self.folder / "pid.json") or {}
+
+    def _child_pid(self) -> int | None:
+        pid = self.pid or self._pids().get("pid")
+        return None if pid is None else int(pid)
 
     def __repr__(self) -> str:
         return f"<BgCall {self.name} ({self.id}) {self.state}, pid {self.pid}>"
 
 
-def _signal_pid(pid: int | None, signum: int, group: bool) -> None:
-    if not pid:
-        return
-    try:
-        if group:
-            os.killpg(pid, signum)
-        else:
-            os.kill(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _watch(call: BgCall, proc: subprocess.Popen[bytes], timeout: float | None) -> None:
     """The parent's side of a call that is not detached: wait, time out, record the end."""
-    try:
-        code = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        call._ended_by = "timed_out"
-        _signal_pid(proc.pid, signal.SIGKILL, group=True)
-        code = proc.wait()
+    code = _procs.reap(proc, timeout)
+    if code is None:
+        call._ended_by = TIMED_OUT
+        code = _procs.end(proc, grace=0)
     _write_private_json(
         call.folder / "status.json",
         {"returncode": code, "ended_by": call._ended_by, "ended": time.time()},
@@ -296,7 +285,7 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _open_private(path: Path) -> Any:
+def _open_private(path: Path) -> IO[bytes]:
     """A new file for writing, mode 0600."""
     return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
 
@@ -316,40 +305,65 @@ def bg_call(
     this process (which says so at exit); ``detach=True`` lets it outlive this process:
     its output and result stay in the store, where ``bgjobs list`` and ``%bgjobs`` find it.
     """
-    import cloudpickle
+    # Everything checked, and pickled, before the call's folder exists: bad input leaves
+    # nothing behind.
+    label = _checked_name(fn, args, kwargs, name, timeout, detach)
+    data = _pickled_call(fn, args, kwargs)
+    folder = _make_folder(label, data, timeout, detach)
+    call = BgCall(folder, label, detach)
+    # Handed to the child as its stdout and stderr; closed here once it has them.
+    out = _open_private(folder / "stdout")
+    err = _open_private(folder / "stderr")
+    try:
+        if detach:
+            _start_detached(call, timeout, out, err)
+        else:
+            _start_attached(call, timeout, out, err)
+    finally:
+        out.close()
+        err.close()
+    with _lock:
+        _registry[call.id] = call
+    return call
 
-    from ._queue import _cell_sources, _check_call, _check_flag, _check_seconds
 
-    # Everything checked before the call's folder exists: bad input leaves nothing behind.
-    _check_call("bg()", fn, args, kwargs, "bg(math.sqrt, 2)")
-    _check_seconds("timeout", timeout, none="no limit")
+def _checked_name(fn: Any, args: Any, kwargs: Any, name: Any, timeout: Any, detach: Any) -> str:
+    """The call's name, once its arguments are known to be good; else a JobSpecError."""
+    check_call("bg()", fn, args, kwargs, "bg(math.sqrt, 2)")
+    check_seconds("timeout", timeout, none="no limit")
     if name is not None and not isinstance(name, str):
         raise JobSpecError(f"name must be a string, got {type(name).__name__}: e.g. name='train'")
-    _check_flag("detach", detach)
+    check_flag("detach", detach)
     label: str = name or str(getattr(fn, "__name__", "") or "call")
-    if not label.isidentifier():
-        label = f"call{next(_counter)}"
-    name = label
+    return label if label.isidentifier() else f"call{next(_counter)}"
+
+
+def _pickled_call(fn: Callable[..., Any], args: Any, kwargs: Any) -> bytes:
+    import cloudpickle
+
     payload = {
         "fun": fn,
         "args": tuple(args),
         "kwargs": dict(kwargs or {}),
-        "source": _cell_sources(fn),
+        "source": cell_sources(fn),
         "sys_path": [p for p in sys.path if p],
     }
     try:
-        data = cloudpickle.dumps(payload, protocol=5)
+        return bytes(cloudpickle.dumps(payload, protocol=5))
     except Exception as exc:
         raise JobSpecError(
             f"bg(): the function or its arguments cannot be pickled ({exc}); pass values "
             "that can travel to another process (no open files, locks or sockets)"
         ) from None
+
+
+def _make_folder(name: str, data: bytes, timeout: float | None, detach: bool) -> Path:
+    """The call's private folder: its spec and what the child loads."""
     call_id = uuid.uuid4().hex[:8]
     folder = (store_root() if detach else settings.job_root()) / call_id
     folder.mkdir(mode=0o700)
     # The child removes it once loaded: the arguments need not outlive the call.
     _write_private(folder / "call.pkl", data)
-    call = BgCall(folder, label, detach)
     _write_private_json(
         folder / "spec.json",
         {
@@ -362,45 +376,38 @@ def bg_call(
             "cwd": os.getcwd(),
         },
     )
-    # Handed to the child as its stdout and stderr; closed here once it has them.
-    out = _open_private(folder / "stdout")
-    err = _open_private(folder / "stderr")
-    try:
-        if detach:
-            sup = subprocess.Popen(
-                [sys.executable, _SCRIPT, "supervise", str(folder), str(timeout or 0)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-            # The supervisor records the child's pid; a detached handle reads it from there.
-            deadline = time.monotonic() + 30
-            while call.pid is None and time.monotonic() < deadline and sup.poll() is None:
-                call.pid = (read_json(folder / "pid.json") or {}).get("pid")
-                if call.pid is None:
-                    time.sleep(0.005)
-            _detached_supervisors.append(sup)
-        else:
-            proc = subprocess.Popen(
-                [sys.executable, _SCRIPT, "run", str(folder), str(os.getpid())],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-            call._proc = proc
-            call.pid = proc.pid
-            _write_private_json(folder / "pid.json", {"pid": proc.pid, "supervisor": os.getpid()})
-            threading.Thread(
-                target=_watch, args=(call, proc, timeout), name=f"bg-{name}", daemon=True
-            ).start()
-    finally:
-        out.close()
-        err.close()
-    with _lock:
-        _registry[call.id] = call
-    return call
+    return folder
+
+
+def _start_detached(call: BgCall, timeout: float | None, out: IO[bytes], err: IO[bytes]) -> None:
+    """A supervisor in a session of its own runs the call, and records how it ended."""
+    sup = _procs.start(
+        [sys.executable, _SCRIPT, "supervise", str(call.folder), str(timeout or 0)],
+        stdout=out,
+        stderr=err,
+    )
+    # The supervisor records the child's pid; a detached handle reads it from there.
+    deadline = time.monotonic() + 30
+    while call.pid is None and time.monotonic() < deadline and sup.poll() is None:
+        call.pid = call._pids().get("pid")
+        if call.pid is None:
+            time.sleep(0.005)
+    _detached_supervisors.append(sup)
+
+
+def _start_attached(call: BgCall, timeout: float | None, out: IO[bytes], err: IO[bytes]) -> None:
+    """The call's process, watched by a thread of this one, and ending with this one."""
+    proc = _procs.start(
+        [sys.executable, _SCRIPT, "run", str(call.folder), str(os.getpid())],
+        stdout=out,
+        stderr=err,
+    )
+    call._proc = proc
+    call.pid = proc.pid
+    _write_private_json(call.folder / "pid.json", {"pid": proc.pid, "supervisor": os.getpid()})
+    threading.Thread(
+        target=_watch, args=(call, proc, timeout), name=f"bg-{call.name}", daemon=True
+    ).start()
 
 
 def bg(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> BgCall:
@@ -425,8 +432,8 @@ _detached_supervisors: list[subprocess.Popen[bytes]] = []
 def _end_attached_calls() -> None:
     running = [c for c in bg_calls() if not c.detached and c._proc is not None and not c.done]
     for call in running:
-        call._ended_by = "cancelled"
-        _signal_pid(call.pid, signal.SIGKILL, group=True)
+        call._ended_by = CANCELLED
+        _procs.signal_group(call.pid, signal.SIGKILL)
     if running:
         names = ", ".join(f"{c.name} (pid {c.pid})" for c in running)
         print(

@@ -1,18 +1,47 @@
-"""The processes we start: how their ends are told in words."""
+"""The processes we start: in a group of their own, ended (SIGTERM, grace, SIGKILL to the
+group), reaped, how they ended told as a code and in words, and the parent watch of a child.
+
+The code lives in ``_inside/procs.py``, so the processes on the other side of the boundary
+(a detached call's supervisor, a worker watching its parent) run the same code without
+importing the package; this is its name on the notebook side.
+"""
 
 from __future__ import annotations
 
-import signal
+from ._inside.procs import (
+    CODE_CANCELLED,
+    CODE_ERROR,
+    CODE_LOST,
+    CODE_OK,
+    CODE_PICKLE,
+    CODE_SIGNAL,
+    CODE_TIMEOUT,
+    death_reason,
+    end,
+    group_alive,
+    reap,
+    signal_group,
+    signal_process,
+    start,
+    status_code,
+    watch_parent,
+)
 
-
-def death_reason(code: int | None, what: str = "its kernel") -> str:
-    """How a process ended, from its exit status (negative: the signal that ended it)."""
-    if code is None:
-        return f"{what} process ended"
-    if code < 0:
-        try:
-            sig = signal.Signals(-code).name
-        except ValueError:
-            sig = f"signal {-code}"
-        return f"{what} was killed by {sig} (exit code {code})"
-    return f"{what} exited with code {code}"
+__all__ = [
+    "CODE_CANCELLED",
+    "CODE_ERROR",
+    "CODE_LOST",
+    "CODE_OK",
+    "CODE_PICKLE",
+    "CODE_SIGNAL",
+    "CODE_TIMEOUT",
+    "death_reason",
+    "end",
+    "group_alive",
+    "reap",
+    "signal_group",
+    "signal_process",
+    "start",
+    "status_code",
+    "watch_parent",
+]

@@ -153,6 +153,30 @@ def test_bad_input_says_what_to_do() -> None:
         bj.bg_call(print, timeout=-1)
 
 
+@pytest.mark.parametrize("detach", [False, True], ids=["attached", "detached"])
+def test_wait_past_its_timeout_raises_and_the_call_goes_on(tmp_path: Path, detach: bool) -> None:
+    ns = notebook(
+        """
+        import os, time
+        def gated(path):
+            while not os.path.exists(path):
+                time.sleep(0.01)
+            return "through"
+        """
+    )
+    gate = tmp_path / "gate"
+    call = bj.bg_call(ns["gated"], (str(gate),), detach=detach)
+    with pytest.raises(bj.WaitTimeout, match=r"is still running after 0\.1 s") as info:
+        call.wait(0.1)
+    assert isinstance(info.value, TimeoutError) and isinstance(info.value, bj.JobStateError)
+    with pytest.raises(bj.WaitTimeout):
+        call.result(0)
+    assert call.state == "running" and call.is_alive()
+    gate.touch()
+    assert call.wait(60) is call
+    assert call.result() == "through" and call.state == "succeeded"
+
+
 def test_calls_end_with_their_process_unless_detached(tmp_path: Path) -> None:
     script = tmp_path / "owner.py"
     script.write_text(

@@ -1,14 +1,14 @@
 """A queue worker process: runs tasks one after another and sends each result back.
 
-Started as a script (``python _worker.py SOCK_FD SLOT_FD OUT_FD ERR_FD PARENT_PID``), not as
-``-m jupyter_bgjobs._worker``, so a worker starts without importing the package and IPython.
+Started as a script (``python _inside/worker.py SOCK_FD SLOT_FD OUT_FD ERR_FD PARENT_PID``),
+not with ``-m``, so a worker starts without importing the package and IPython.
 
 Protocol over a socket pair, each message a 4-byte little-endian length and a pickle:
 - parent -> worker: a pickled list of tasks ``(index, fun_key, fun_bytes | None, args_bytes)``;
   ``fun_bytes`` comes once per function and is cached under ``fun_key``; ``None`` ends the worker.
 - worker -> parent: one pickled tuple per task ``(index, code, payload, stdout, stderr,
-  started, finished)``; ``code`` 0 with the pickled result, 1 with the exception (see
-  ``_error_payload``), 2 when the result cannot be pickled.
+  started, finished)``; ``code`` CODE_OK with the pickled result, CODE_ERROR with the
+  exception (``outcome.error_payload``), CODE_PICKLE with why it cannot be pickled.
 The slot (16 bytes of a shared file) holds the running task's index and its start on the
 monotonic clock, so the parent sees starts and overruns without a message per task.
 A task's stdout and stderr go straight to two files of the pool (OUT_FD, ERR_FD), emptied
@@ -19,31 +19,24 @@ task printed until then is there for the parent to read.
 from __future__ import annotations
 
 import io
-import linecache
 import os
 import pickle
 import socket
 import struct
 import sys
-import threading
 import time
-import traceback
-import types
 from typing import Any
+
+if __package__:
+    from . import outcome, procs
+else:  # run as a script: this folder is sys.path[0] (see __init__)
+    import outcome  # type: ignore[no-redef]
+    import procs  # type: ignore[no-redef]
+
+    procs.leave_script_folder(("outcome", "procs"))
 
 SLOT = struct.Struct("<qd")
 FRAME = struct.Struct("<I")
-# Results of these types are pickled by the standard pickler, which is faster than
-# cloudpickle; anything else (notebook classes, functions) goes through cloudpickle.
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
-
-
-def _watch_parent(parent: int) -> None:
-    """End this worker when the process that started it is gone, even mid-task."""
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(0)
 
 
 class _Capture(io.TextIOBase):
@@ -100,65 +93,6 @@ def read_capture(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _refile(fun: Any, filename: str, entry: Any) -> None:
-    """Give a notebook function back its cell's name and lines, for tracebacks."""
-
-    def refile(code: types.CodeType) -> types.CodeType:
-        consts = tuple(refile(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
-        return code.replace(co_filename=filename, co_consts=consts)
-
-    try:
-        fun.__code__ = refile(fun.__code__)
-        if entry is not None:
-            linecache.cache[filename] = entry
-    except (AttributeError, TypeError, ValueError):
-        pass
-
-
-def _run_one(fun: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, Any]:
-    import cloudpickle
-
-    try:
-        value = fun(*args, **kwargs)
-    except BaseException as exc:  # the task's exception is its result
-        # From the task's own frame down: this module's frame is no part of the story.
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        return 1, _error_payload(exc, text)
-    try:
-        if type(value) in _PLAIN:
-            return 0, pickle.dumps(value, protocol=5)
-        return 0, cloudpickle.dumps(value, protocol=5)
-    except Exception as exc:
-        return 2, f"the result ({type(value).__name__}) cannot be pickled: {exc}"
-
-
-def _error_payload(exc: BaseException, text: str) -> bytes:
-    """A task's exception for the parent: ``(exception pickle or None, traceback text,
-    {type, module, message})``, the outer tuple of plain values only.
-
-    The exception's own pickle is sent only if it loads again here: one whose ``__init__``
-    takes other arguments than its ``args`` does not. Its type, module and message always
-    travel as plain values, so the parent can stand in for an exception it cannot rebuild
-    (that one, or one whose class lives in a module only this process can import).
-    """
-    import cloudpickle
-
-    kind = type(exc)
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<{kind.__qualname__} whose str() failed>"
-    meta = {"type": kind.__qualname__, "module": kind.__module__, "message": message}
-    blob: bytes | None
-    try:
-        blob = cloudpickle.dumps(exc, protocol=5)
-        pickle.loads(blob)
-    except Exception:
-        blob = None
-    return pickle.dumps((blob, text, meta), protocol=5)
-
-
 def _reader(sock: socket.socket) -> Any:
     stream = sock.makefile("rb", buffering=1 << 16)
 
@@ -175,7 +109,7 @@ def _reader(sock: socket.socket) -> Any:
 
 def main() -> None:
     sock_fd, slot_fd, out_fd, err_fd, parent = (int(a) for a in sys.argv[1:6])
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    procs.watch_parent(parent)
     import mmap
 
     slot = mmap.mmap(slot_fd, SLOT.size)
@@ -224,11 +158,12 @@ def main() -> None:
                 if fun_bytes is not None:
                     funs[key], source = pickle.loads(fun_bytes)
                     if source is not None:
-                        _refile(funs[key], *source)
+                        outcome.refile(funs[key], *source)
                 args, kwargs = pickle.loads(args_bytes)
-                code, payload = _run_one(funs[key], args, kwargs)
+                code, payload = outcome.run_one(funs[key], args, kwargs)
             except BaseException as exc:  # arguments that do not unpickle here
-                code, payload = 2, f"the task could not be loaded in the worker: {exc!r}"
+                code = procs.CODE_PICKLE
+                payload = f"the task could not be loaded in the worker: {exc!r}"
             finally:
                 sys.stdout, sys.stderr = real_out, real_err
                 SLOT.pack_into(slot, 0, -1, 0.0)

@@ -1,12 +1,12 @@
 """The process side of ``bg()``: run one pickled call, or supervise one that is detached.
 
-Started as a script, not as ``-m jupyter_bgjobs...``, so a call starts without importing
-the package and IPython:
+Started as a script, not with ``-m``, so a call starts without importing the package and
+IPython:
 
-- ``python _bgcall.py run FOLDER PARENT`` loads ``FOLDER/call.pkl``, calls it and writes
+- ``python _inside/call.py run FOLDER PARENT`` loads ``FOLDER/call.pkl``, calls it and writes
   ``FOLDER/result.pkl``; its stdout and stderr are files in FOLDER, so it never blocks on a
   full pipe. With PARENT > 0 it ends itself when that process is gone.
-- ``python _bgcall.py supervise FOLDER TIMEOUT`` (a detached call, in its own session) runs
+- ``python _inside/call.py supervise FOLDER TIMEOUT`` (a detached call, in its own session) runs
   the call as a child, enforces the timeout, and records how the child ended in
   ``FOLDER/status.json``, which nobody else can do once the caller is gone.
 """
@@ -17,11 +17,22 @@ import json
 import os
 import pickle
 import signal
-import subprocess
 import sys
-import threading
 import time
 from typing import Any
+
+if __package__:
+    from . import outcome, procs
+else:  # run as a script: this folder is sys.path[0] (see __init__)
+    import outcome  # type: ignore[no-redef]
+    import procs  # type: ignore[no-redef]
+
+    procs.leave_script_folder(("outcome", "procs"))
+
+# How a call ended when not by itself, as status.json's ``ended_by``: the words of the
+# call's states of the same names in jupyter_bgjobs._states (a test holds them equal),
+# which this process does not import.
+CANCELLED, TIMED_OUT, INTERRUPTED = "cancelled", "timed_out", "interrupted"
 
 
 def _write_atomic(path: str, *parts: bytes) -> None:
@@ -35,27 +46,8 @@ def _write_atomic(path: str, *parts: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _watch_parent(parent: int) -> None:
-    while True:
-        time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(1)
-
-
-def _refile(fun: Any, source: Any) -> None:
-    """Give a notebook function back its cell's name and lines, for tracebacks."""
-    if source is None:
-        return
-    # This file runs as a script: its folder, the package's, is first on sys.path, so the
-    # queue worker's helper loads without importing the package (and IPython).
-    from _worker import _refile as refile
-
-    refile(fun, *source)
-
-
 def run(folder: str, parent: int) -> None:
-    if parent > 0:
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    procs.watch_parent(parent)
 
     shipped = os.path.join(folder, "call.pkl")
     try:
@@ -68,17 +60,15 @@ def run(folder: str, parent: int) -> None:
     for entry in reversed(call.get("sys_path", [])):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    _refile(fun, source)
+    if source is not None:
+        outcome.refile(fun, *source)
     started = time.time()
-    # The queue worker's own call-and-pickle: the same outcomes, the same tracebacks.
-    from _worker import _run_one
-
-    code, payload = _run_one(fun, args, kwargs)
+    code, payload = outcome.run_one(fun, args, kwargs)
     sys.stdout.flush()
     sys.stderr.flush()
     body = payload.encode() if isinstance(payload, str) else payload
-    # One byte of outcome (0 value, 1 exception, 2 unpicklable value), then its pickle
-    # or, for 2, the reason in words.
+    # One byte of outcome (CODE_OK value, CODE_ERROR exception, CODE_PICKLE unpicklable
+    # value), then its pickle or, for CODE_PICKLE, the reason in words.
     _write_atomic(os.path.join(folder, "result.pkl"), bytes([code]), body)
     _write_atomic(
         os.path.join(folder, "times.json"),
@@ -90,13 +80,8 @@ def supervise(folder: str, timeout: float) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     out = open(os.open(os.path.join(folder, "stdout"), flags, 0o600), "ab")
     err = open(os.open(os.path.join(folder, "stderr"), flags, 0o600), "ab")
-    child = subprocess.Popen(
-        [sys.executable, __file__, "run", folder, "0"],
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=err,
-        start_new_session=True,
-        cwd=os.getcwd(),
+    child = procs.start(
+        [sys.executable, __file__, "run", folder, "0"], stdout=out, stderr=err, cwd=os.getcwd()
     )
     _write_atomic(
         os.path.join(folder, "pid.json"),
@@ -107,29 +92,20 @@ def supervise(folder: str, timeout: float) -> None:
     def forward(signum: int, _frame: Any) -> None:
         nonlocal ended_by
         if signum == signal.SIGTERM:
-            ended_by = "cancelled"
-            _kill(child.pid, signal.SIGKILL)
+            ended_by = CANCELLED
+            procs.signal_group(child.pid, signal.SIGKILL)
         else:
-            ended_by = "interrupted"
-            _kill(child.pid, signum)
+            ended_by = INTERRUPTED
+            procs.signal_group(child.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    try:
-        code = child.wait(timeout if timeout > 0 else None)
-    except subprocess.TimeoutExpired:
-        ended_by = "timed_out"
-        _kill(child.pid, signal.SIGKILL)
-        code = child.wait()
+    code = procs.reap(child, timeout if timeout > 0 else None)
+    if code is None:
+        ended_by = TIMED_OUT
+        code = procs.end(child, grace=0)
     status = {"returncode": code, "ended_by": ended_by, "ended": time.time()}
     _write_atomic(os.path.join(folder, "status.json"), json.dumps(status).encode())
-
-
-def _kill(pid: int, signum: int) -> None:
-    try:
-        os.killpg(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 if __name__ == "__main__":

@@ -17,7 +17,12 @@ import traceback
 import uuid
 from typing import Any
 
-from ._errors import TaskPickleError, TaskTimeoutError, WorkerDiedError
+from .._errors import TaskPickleError, TaskTimeoutError, WorkerDiedError
+from .._inside.outcome import error_payload
+from .._procs import CODE_ERROR, CODE_LOST, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
+from .._remote import error_message, load_error
+from .run import Stopped
+from .tasks import ASSIGNED
 
 
 class _ThreadStreams(io.TextIOBase):
@@ -82,19 +87,17 @@ def _call(fun: Any, args: Any, kwargs: Any, timelimit: float | None) -> dict[str
     record["finished"] = time.time()
     record["stdout"], record["stderr"] = "".join(out), "".join(err)
     if runner.is_alive():
-        record["code"] = 124
+        record["code"] = CODE_TIMEOUT
         return record
     if "exc" in box:
-        from ._worker import _error_payload
-
-        record["code"] = 1
-        record["payload"] = _error_payload(box["exc"], box["text"])
+        record["code"] = CODE_ERROR
+        record["payload"] = error_payload(box["exc"], box["text"])
         return record
     try:
         record["payload"] = cloudpickle.dumps(box.get("value"))
-        record["code"] = 0
+        record["code"] = CODE_OK
     except Exception as exc:
-        record["code"] = 2
+        record["code"] = CODE_PICKLE
         record["payload"] = (
             f"the result ({type(box.get('value')).__name__}) cannot be pickled: {exc}"
         )
@@ -110,8 +113,6 @@ class DaskBackend:
     def run(self, tasks: list[Any], timelimit: float | None, display: Any, stop: Any) -> None:
         import cloudpickle
         from distributed import wait
-
-        from ._queue import CODE_PICKLE, _Stopped
 
         futures: dict[Any, Any] = {}
         tag = uuid.uuid4().hex[:8]
@@ -135,14 +136,14 @@ class DaskBackend:
                 key=f"bgjobs-{task.id}-{tag}",
                 pure=False,
             )
-            task.state = "assigned"
+            task.state = ASSIGNED
             task.assigned = time.time()
             futures[future] = task
         pending = set(futures)
         try:
             while pending:
                 if stop.is_set():
-                    raise _Stopped
+                    raise Stopped
                 display.progress(None)
                 try:
                     done, _ = wait(  # type: ignore[no-untyped-call]
@@ -163,15 +164,6 @@ class DaskBackend:
     def _finish(self, task: Any, future: Any, display: Any) -> None:
         import pickle
 
-        from ._queue import (
-            CODE_ERROR,
-            CODE_OK,
-            CODE_PICKLE,
-            CODE_TIMEOUT,
-            _error_message,
-            _load_error,
-        )
-
         try:
             record = future.result()
             # Let the cluster forget it now: a worker restarted for an overrun would
@@ -179,7 +171,7 @@ class DaskBackend:
             future.release()
         except Exception as exc:  # the worker died under the task (KilledWorker), or similar
             task._finish(
-                255,
+                CODE_LOST,
                 f"the Dask worker running it died: {type(exc).__name__}: {exc}",
                 WorkerDiedError(f"task {task.id}: {type(exc).__name__}: {exc}"),
             )
@@ -200,8 +192,8 @@ class DaskBackend:
                     TaskPickleError(f"task {task.id}: the result cannot be loaded here: {exc}"),
                 )
         elif code == CODE_ERROR:
-            error, _ = _load_error(record["payload"])
-            task._finish(CODE_ERROR, _error_message(error), error)
+            error, _ = load_error(record["payload"])
+            task._finish(CODE_ERROR, error_message(error), error)
         elif code == CODE_TIMEOUT:
             limit = f"{task.finished - task.started:.3g} s"
             task._finish(
