@@ -26,8 +26,8 @@ from ._errors import (
 )
 from ._jobs import Job, WaitTimeout, get_job, jobs, run_cell, run_script
 from ._progress import add_job, set_progress, set_status
+from ._prune import prune
 from ._queue import Queue, Task, TaskList, WorkerPool
-from ._store import prune
 
 __version__ = "0.1.0"
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _detached, _store
 from ._errors import BgJobError
+from ._prune import prune
 
 
 def _entry(name: str, damaged_ok: bool = False) -> tuple[Path, dict[str, Any]]:
@@ -133,7 +134,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    report = _store.prune(args.older_than)
+    report = prune(args.older_than)
     print(
         f"removed {len(report['removed'])} finished job(s), freed "
         f"{report['bytes'] / 2**20:.1f} MiB"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ class Settings:
     # Never shown: not in repr, logs, reports or job folders.
     gateway_token: str = field(default="", repr=False)
 
-    def job_root(self) -> Path:
-        """The per-user folder that holds one folder per job (created 0700)."""
+    def job_root_path(self) -> Path:
+        """Where the job root is, found without creating or changing anything (so that
+        reading a read-only store writes nothing)."""
         if self.root:
             base = Path(self.root)
         elif os.environ.get("JUPYTER_BGJOBS_DIR"):
@@ -40,7 +42,12 @@ class Settings:
             from jupyter_core.paths import jupyter_data_dir
 
             base = Path(jupyter_data_dir()) / "bgjobs"
-        jobs = base / "jobs"
+        return base / "jobs"
+
+    def job_root(self) -> Path:
+        """The per-user folder that holds one folder per job (created 0700)."""
+        jobs = self.job_root_path()
+        base = jobs.parent
         jobs.mkdir(parents=True, exist_ok=True, mode=0o700)
         for folder in (base, jobs):
             # Closed to others, but never made writable again: a store its owner made
@@ -77,11 +84,14 @@ def configure(**changes: Any) -> Settings:
     # All or nothing: one bad setting leaves every setting as it was.
     for key, value in checked.items():
         setattr(settings, key, value)
-    if "pool_size" in changes:
-        from ._jobs import manager
-
-        manager.resize_pool()
+    for hook in list(on_change):
+        hook(set(checked))
     return settings
+
+
+# Called with the names of the settings that changed: the manager resizes its warm pool
+# when ``pool_size`` changes. Settings know nothing of the engine.
+on_change: list[Callable[[set[str]], Any]] = []
 
 
 # The whole numbers and the smallest value each numeric setting takes.

@@ -496,7 +496,7 @@ def _describe(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> dict[
 
 def table() -> str:
     """The store as a plain-text table (``%bgjobs`` and ``bgjobs list``)."""
-    from ._display import _clock, text_table
+    from ._text import _clock, text_table
 
     rows = [describe(f) for f in _store.entries()]
     if not rows:

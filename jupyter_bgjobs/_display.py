@@ -12,6 +12,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._text import _clock
+
 if TYPE_CHECKING:
     from ._jobs import Job
 
@@ -35,24 +37,6 @@ _COLOURS = {
     "idle": "#616161",
 }
 KEEPALIVE_ID = "jupyter-bgjobs-keepalive"
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return (
-        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-        if s >= 3600
-        else f"{s // 60:02d}:{s % 60:02d}"
-    )
-
-
-def text_table(header: tuple[str, ...], body: list[tuple[Any, ...]]) -> str:
-    """Rows as aligned plain text: the form of every table shown without widgets."""
-    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *body]
-    )
 
 
 def status_text(job: Job) -> str:

@@ -9,9 +9,10 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _context, _snapshot
 from ._config import settings
@@ -42,7 +43,15 @@ from ._states import (
 
 if TYPE_CHECKING:
     from ._backends.base import KernelSource
-    from ._manager import JobManager
+
+
+class Manager(Protocol):
+    """What a driver needs of the manager that owns its job."""
+
+    def take_slot(self, cancelled: threading.Event) -> bool: ...
+    def release_slot(self) -> None: ...
+    def pool(self) -> Any: ...
+    def _finish(self, job: Job, state: str) -> None: ...
 
 
 class Driver:
@@ -54,7 +63,7 @@ class Driver:
     def __init__(
         self,
         job: Job,
-        manager: JobManager,
+        manager: Manager,
         runner_spec: dict[str, Any],
         kernels: KernelSource | None = None,
     ) -> None:

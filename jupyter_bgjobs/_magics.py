@@ -13,6 +13,7 @@ from . import _display
 from ._config import settings
 from ._errors import BgJobError
 from ._jobs import Job, _parse_kernel_env, manager, run_cell, run_script
+from ._text import clock, text_table
 
 
 def _show(job: Job, notify: bool = False) -> None:
@@ -240,7 +241,7 @@ def earlier_table(rows: list[Any]) -> str:
         )
         for j in rows
     ]
-    return _display.text_table(header, body)
+    return text_table(header, body)
 
 
 def _announce_detached(job: Any) -> None:
@@ -259,11 +260,11 @@ def jobs_table(rows: list[Job]) -> str:
             j.state,
             f"{j.progress[0]}/{j.progress[1]}",
             j.section,
-            _display._clock(j.elapsed),
+            clock(j.elapsed),
         )
         for j in rows
     ]
-    return _display.text_table(header, body)
+    return text_table(header, body)
 
 
 def _parse(magic: Any, line: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import _context, _snapshot, _store
 from ._backends.local import KernelPool, heavy_imports
-from ._config import settings
+from ._config import on_change, settings
 from ._driver import Driver, remove_snapshot
 from ._errors import JobSpecError, JobStateError
 from ._job import Job
@@ -364,3 +364,11 @@ def _paths_apart(job: Job, what: str) -> list[str]:
 
 # The one manager of this process: every attached job is in it.
 manager = JobManager()
+
+
+def _on_settings(changed: set[str]) -> None:
+    if "pool_size" in changed:
+        manager.resize_pool()
+
+
+on_change.append(_on_settings)

@@ -6,7 +6,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._jobs import Job
+    from ._job import Job
 
 
 def target_namespace() -> dict[str, Any]:

@@ -16,9 +16,10 @@ from typing import Any
 
 import ipywidgets as W
 
-from ._display import _COLOURS, _ICONS, _clock, live_frontend, status_text
-from ._display import text_table as _aligned
+from ._display import _COLOURS, _ICONS, live_frontend, status_text
 from ._merge import _names
+from ._text import _clock
+from ._text import text_table as _aligned
 
 _BAR = {
     "succeeded": "success",

@@ -19,7 +19,58 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ._store import owner_gone, owner_tag
+
+def owner_tag() -> str:
+    """This process as the owner of files that outlive it if it is killed: its pid, after
+    its pid namespace, since processes of other containers may share the folder."""
+    return f"{_pid_namespace()}.{os.getpid()}"
+
+
+def owner_gone(tag: str) -> bool:
+    """Whether the owner named by ``owner_tag()`` has ended; never for another namespace's."""
+    namespace, _, pid = tag.partition(".")
+    return namespace == _pid_namespace() and pid.isdigit() and not pid_alive(int(pid))
+
+
+def sweep_litter(folder: str | Path, name: re.Pattern[str]) -> None:
+    """Remove the files in ``folder`` whose names match ``name`` (with an ``owner`` group
+    holding an ``owner_tag()``) and whose owner has ended."""
+    gone: dict[str, bool] = {}
+    for entry in Path(folder).iterdir():
+        m = name.match(entry.name)
+        if not m:
+            continue
+        if m["owner"] not in gone:
+            gone[m["owner"]] = owner_gone(m["owner"])
+        if gone[m["owner"]]:
+            try:
+                entry.unlink()
+            except OSError:
+                pass
+
+
+def _pid_namespace() -> str:
+    try:
+        return "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit()) or "0"
+    except OSError:
+        return "0"
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has ended; only its parent has not looked yet
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
 
 # A Unix socket path is limited to about 100 bytes; ours add about 40 to the folder.
 _MAX_SOCKET_DIR = 60
@@ -131,9 +182,9 @@ _JOB_DIR = re.compile(r"^bgjobs-job-(?P<job>[0-9a-f]{8})-[A-Za-z0-9_]+$")
 
 
 def _job_entry_exists(job_id: str) -> bool:
-    from ._store import store_path
+    from ._config import settings
 
-    return (store_path() / job_id).exists()
+    return (settings.job_root_path() / "detached" / job_id).exists()
 
 
 def write_private(path: Path, text: str) -> None:

@@ -1,0 +1,27 @@
+"""Plain text for tables and clocks: how jobs are shown without widgets, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def text_table(header: tuple[str, ...], body: list[tuple[Any, ...]]) -> str:
+    """Rows as aligned plain text: the form of every table shown without widgets."""
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *body]
+    )
+
+
+def clock(seconds: float) -> str:
+    s = int(seconds)
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+        if s >= 3600
+        else f"{s // 60:02d}:{s % 60:02d}"
+    )
+
+
+# The name the display modules have always used.
+_clock = clock
