@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import _store
+from . import _procs, _store
 from ._config import settings
 from ._errors import JobSpecError, JobStateError, StoreError, WaitTimeout
 from ._records import settle_orphan
@@ -378,12 +378,10 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
         env["JUPYTER_GATEWAY_AUTH_TOKEN"] = token
     try:
         with _store.open_private(folder / "host.log") as log:
-            host = subprocess.Popen(
+            host = _procs.start(
                 [sys.executable, "-m", "jupyter_bgjobs._host", str(folder)],
-                stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
                 cwd=spec.workdir or os.getcwd(),
                 env=env,
             )

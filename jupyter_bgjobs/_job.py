@@ -37,6 +37,7 @@ from ._states import (
     ErrorInfo,
     RowClock,
     now,
+    transition,
 )
 
 
@@ -233,6 +234,8 @@ class Job(RowClock):
 
     # -- driven by the manager ---------------------------------------------------------
     def _set(self, **changes: Any) -> None:
+        if "_state" in changes:
+            changes["_state"] = transition(self._state, changes["_state"])
         with self._cond:
             for key, value in changes.items():
                 setattr(self, key, value)

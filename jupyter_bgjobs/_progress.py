@@ -18,9 +18,9 @@ from . import _checks
 from ._config import settings
 from ._errors import JobSpecError, JobStateError
 from ._outputs import OutputTail
-from ._states import RowClock
+from ._states import CANCELLED, FAILED, IDLE, RUNNING, SUCCEEDED, RowClock
 
-PROGRESS_STATES = ("idle", "running", "succeeded", "cancelled", "failed")
+PROGRESS_STATES = (IDLE, RUNNING, SUCCEEDED, CANCELLED, FAILED)
 
 
 def _runner() -> Any:

@@ -16,6 +16,36 @@ SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED = (
 )
 STATES = (PENDING, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED)
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED})
+# A progress row of the notebook's own (``add_job``) starts idle.
+IDLE = "idle"
+
+# The named transitions of a job: each event, from which states, to which state. A call
+# (``bg()``) and a progress row move through the same names where they mean the same.
+TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "start": (frozenset({PENDING}), STARTING),
+    "run": (frozenset({STARTING}), RUNNING),
+    "succeed": (frozenset({RUNNING}), SUCCEEDED),
+    "fail": (frozenset({PENDING, STARTING, RUNNING}), FAILED),
+    "cancel": (frozenset({PENDING, STARTING, RUNNING}), CANCELLED),
+    "time_out": (frozenset({STARTING, RUNNING}), TIMED_OUT),
+    "die": (frozenset({STARTING, RUNNING}), DIED),
+}
+_BY_TARGET = {target: name for name, (_, target) in TRANSITIONS.items()}
+
+
+class TransitionError(RuntimeError):
+    """A state change no transition allows: a bug of the engine, never of the user."""
+
+
+def transition(current: str, target: str) -> str:
+    """``target`` if a named transition leads there from ``current``, else
+    ``TransitionError`` naming both (a final state is final)."""
+    name = _BY_TARGET.get(target)
+    if name is None or current not in TRANSITIONS[name][0]:
+        raise TransitionError(f"no transition from {current!r} to {target!r}")
+    return target
+
+
 RESULT_MODES = ("globals", "object", "none")
 CONFLICT_MODES = ("keep", "overwrite")
 

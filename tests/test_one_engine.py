@@ -275,3 +275,16 @@ def test_detached_jobs_get_live_rows(tmp_path: Path) -> None:
     until(lambda: job.done, "the job to stop")
     row.refresh()
     assert "cancelled" in row.icon.value and row.drop.layout.display == ""
+
+
+def test_states_move_only_by_named_transitions() -> None:
+    from jupyter_bgjobs._states import FINAL_STATES, TRANSITIONS, TransitionError, transition
+
+    assert transition("pending", "starting") == "starting"
+    assert transition("running", "timed_out") == "timed_out"
+    with pytest.raises(TransitionError, match="from 'pending' to 'running'"):
+        transition("pending", "running")
+    for final in FINAL_STATES:  # a job that ended never moves again
+        for _, target in TRANSITIONS.values():
+            with pytest.raises(TransitionError):
+                transition(final, target)

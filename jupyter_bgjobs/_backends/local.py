@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _runtime
 from .._errors import BgJobError
 from .._inside import kernel as _kernel_code
+from .._procs import signal_group, signal_process
 from .._store import owner_tag, sweep_litter
 from .base import KernelBackend, KernelSource
 
@@ -261,13 +262,8 @@ class LocalKernel:
         if proc is None or proc.poll() is not None:
             return
         pgid = getattr(provisioner, "pgid", None)
-        try:
-            if pgid:
-                os.killpg(pgid, signum)
-            else:
-                proc.send_signal(signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if not (pgid and signal_group(pgid, signum)):
+            signal_process(proc.pid, signum)
 
     def interrupt(self) -> None:
         self._signal(signal.SIGINT)

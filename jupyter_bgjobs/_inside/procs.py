@@ -50,6 +50,7 @@ def start(
     stderr: int | IO[Any] | None = None,
     pass_fds: Sequence[int] = (),
     cwd: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` with no stdin, in a session and process group of its own (its pid is
     the group's id), so that ``end`` and ``signal_group`` reach what it starts too.
@@ -63,6 +64,7 @@ def start(
         stderr=subprocess.DEVNULL if stderr is None else stderr,
         pass_fds=tuple(pass_fds),
         cwd=cwd,
+        env=env,
         start_new_session=True,
     )
 
