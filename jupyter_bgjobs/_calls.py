@@ -38,6 +38,7 @@ from ._errors import (
 )
 from ._inside.call import INTERRUPTED
 from ._procs import CODE_ERROR, CODE_OK
+from ._records import write_call_record
 from ._remote import cell_sources, check_call, check_flag, check_seconds, load_error
 from ._states import CANCELLED, DIED, FAILED, RUNNING, SUCCEEDED, TIMED_OUT
 from ._store import pid_alive, read_json, store_root
@@ -176,7 +177,16 @@ class BgCall:
                 f"call {self.name!r} is still running after {timeout} s; "
                 "call .wait() again or .kill() it"
             )
+        if self._proc is None:
+            self._settle_record()
         return self
+
+    def _settle_record(self) -> None:
+        """A detached call's supervisor records its end in status.json; the first reader
+        that sees it ended brings state.json up to date for every other reader."""
+        record = read_json(self.folder / "state.json") or {}
+        if record.get("state") == RUNNING and self.done:
+            write_call_record(self)
 
     def result(self, timeout: float | None = None) -> Any:
         """The function's return value. Re-raises its exception (the remote traceback is
@@ -267,6 +277,7 @@ def _watch(call: BgCall, proc: subprocess.Popen[bytes], timeout: float | None) -
         {"returncode": code, "ended_by": call._ended_by, "ended": time.time()},
     )
     call._ended.set()
+    write_call_record(call)
 
 
 def _write_private_json(path: Path, data: dict[str, Any]) -> None:
@@ -393,6 +404,7 @@ def _start_detached(call: BgCall, timeout: float | None, out: IO[bytes], err: IO
         if call.pid is None:
             time.sleep(0.005)
     _detached_supervisors.append(sup)
+    write_call_record(call)
 
 
 def _start_attached(call: BgCall, timeout: float | None, out: IO[bytes], err: IO[bytes]) -> None:
@@ -405,6 +417,7 @@ def _start_attached(call: BgCall, timeout: float | None, out: IO[bytes], err: IO
     call._proc = proc
     call.pid = proc.pid
     _write_private_json(call.folder / "pid.json", {"pid": proc.pid, "supervisor": os.getpid()})
+    write_call_record(call)
     threading.Thread(
         target=_watch, args=(call, proc, timeout), name=f"bg-{call.name}", daemon=True
     ).start()

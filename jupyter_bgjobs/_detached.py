@@ -465,6 +465,7 @@ def _describe(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> dict[
         from ._calls import BgCall
 
         call = BgCall(folder, info["name"], detached=True)
+        call._settle_record()
         status = _store.read_json(folder / "status.json") or {}
         info.update(
             state=call.state,

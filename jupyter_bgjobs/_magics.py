@@ -92,6 +92,13 @@ class BgJobMagics(Magics):
     def bgjob(self, line: str, cell: str) -> None:
         """Run the cell in a separate kernel; its results come back when it ends."""
         args = _parse(self.bgjob, line)
+        if args.detach and args.notify:
+            # The notification comes from this kernel's row; a detached job is meant to
+            # outlive this kernel, so it cannot promise one.
+            raise UsageError(
+                "--notify and --detach do not go together: a detached job may end after "
+                "this kernel; %bgjobs shows its row, and bgjobs logs NAME -f follows it"
+            )
         try:
             job = run_cell(
                 cell,

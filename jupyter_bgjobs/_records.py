@@ -55,6 +55,59 @@ def state_record(job: Any) -> dict[str, Any]:
     }
 
 
+def call_record(call: Any) -> dict[str, Any]:
+    """``state.json`` of a ``bg()`` call, in the schema of a job's: calls are read where
+    jobs are (a call has no statements, so no progress or section)."""
+    state = call.state
+    done = state in FINAL_STATES
+    status = (call._status() or {}) if done else {}
+    ended = status.get("ended") if isinstance(status.get("ended"), (int, float)) else None
+    started = call.started
+    pids = call._pids()
+    return {
+        "name": call.name,
+        "id": call.id,
+        "kind": "call",
+        "state": state,
+        "progress": [0, 0],
+        "section": "",
+        "status": "",
+        "started": started.isoformat(),
+        "finished": None if ended is None else _iso(ended),
+        "finished_ts": ended,
+        "elapsed": (ended - started.timestamp()) if ended is not None else None,
+        "error": None,
+        "reason": call.reason if done else "",
+        "exit_code": call.exit_code,
+        "log_path": str(call.folder / "stdout"),
+        "owner": None if call.detached else _store.owner_tag(),
+        "owner_pid": None if call.detached else os.getpid(),
+        "host_pid": pids.get("supervisor") if call.detached else None,
+        "kernel_pid": None,
+        "pid": pids.get("pid"),
+        "detached": call.detached,
+        "where": "local",
+        "kernel": None,
+        "notebook": os.environ.get("JPY_SESSION_NAME") or None,
+        "skipped": [],
+        "timings": {},
+    }
+
+
+def write_call_record(call: Any) -> None:
+    """Write a call's record; a store that refuses it costs the call nothing."""
+    try:
+        _store.write_json(call.folder / "state.json", call_record(call))
+    except OSError:
+        pass
+
+
+def _iso(stamp: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(stamp).astimezone().isoformat()
+
+
 class RecordWriter:
     """Keeps a job's record current: at most every ``interval`` seconds while it runs, at
     once when its state changes. A write the store refuses is said once in the job's log,

@@ -108,6 +108,7 @@ def test_script_magic(ip: Any, tmp_path: Path) -> None:
         ("bgjob", "not-a-name", "not a Python identifier"),
         ("bgjob", "x --results nowhere", "results must be one of"),
         ("bgjob", "x 'unclosed", "cannot parse"),
+        ("bgjob", "x --detach --notify", "do not go together"),
         ("bgjob_script", "/no/such/script.py", "no script at"),
     ],
 )

@@ -288,3 +288,15 @@ def test_states_move_only_by_named_transitions() -> None:
         for _, target in TRANSITIONS.values():
             with pytest.raises(TransitionError):
                 transition(final, target)
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["attached", "detached"])
+def test_a_call_has_a_record_of_the_same_schema(detach: bool) -> None:
+    call = bj.bg_call(divmod, (7, 2), name="rec_call", detach=detach)
+    assert call.result(60) == (3, 1)
+    job = bj.run_cell("x = 1", name="rec_job").wait(60)
+    record = json.loads((call.folder / "state.json").read_text())
+    assert record["state"] == "succeeded" and record["reason"] == "returned"
+    assert record["detached"] is detach and record["finished"] and record["pid"] == call.pid
+    job_record = json.loads((job.folder / "state.json").read_text())
+    assert set(job_record) <= set(record)  # every field a job's record has
