@@ -170,6 +170,23 @@ def test_a_name_read_through_eval_says_how_to_ship_it(ip: Any) -> None:
     assert ip.user_ns["limit"] == 1.0
 
 
+def test_a_name_read_through_globals_says_how_to_ship_it(ip: Any) -> None:
+    ip.user_ns["ceiling"] = 9
+    ip.run_cell_magic("bgjob", "globs", "top = globals()['ceiling']")
+    job = bj.get_job("globs").wait(60)
+    assert job.state == "failed" and job.error is not None
+    assert job.error.ename == "KeyError"
+    assert "--env ceiling" in "".join(job.error.traceback)
+
+
+def test_an_awaited_last_expression_is_shown_as_in_a_cell(ip: Any) -> None:
+    job = bj.run_cell("import asyncio\nawait asyncio.sleep(0, result=41 + 1)", name="shown")
+    job.wait(60)
+    assert job.state == "succeeded", job.report
+    results = [o for o in job.outputs if o["output_type"] == "execute_result"]
+    assert results and results[-1]["data"]["text/plain"] == "42"
+
+
 @pytest.mark.parametrize("results", ["globals", "object"])
 def test_a_module_both_sides_import_is_no_result(ip: Any, results: str) -> None:
     ip.run_cell("import json\nimport os.path as osp")
