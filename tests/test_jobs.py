@@ -391,11 +391,12 @@ def test_job_kernels_end_when_their_parent_is_killed(tmp_path: Path) -> None:
     # ipykernel's parent watch ends each kernel within about a second of its parent's death.
     _, alive = psutil.wait_procs(kernels, timeout=10)
     assert not alive
-    # The job had grown (128 MB), so shared memory was being made ready for its results;
-    # its owner is gone, and the next process to use shared memory frees it.
-    # Each process has its own shared-memory folder, with a name nobody can guess.
+    # Each process has its own shared-memory folder, with a name nobody can guess. The job
+    # had grown (128 MB), so shared memory was being made ready for its results in it (on
+    # a busy machine that may not have begun yet); its owner is gone, and the next process
+    # to use shared memory frees the folder and all that is in it.
     assert Path(parent_shm) != Path(shm) and Path(parent_shm).parent == Path(shm).parent
-    assert list(Path(parent_shm).glob(f"p*.{parent.pid}-*"))
+    assert Path(parent_shm).is_dir()
     _runtime.sweep_dead_owners(str(Path(shm).parent))
     assert not Path(parent_shm).exists()
     # Killed kernels leave their socket and connection files, and their logs; the next
