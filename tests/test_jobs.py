@@ -19,6 +19,7 @@ import pytest
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _runtime, _snapshot
 from jupyter_bgjobs._backends import local as _kernels
+from jupyter_bgjobs._config import settings
 from jupyter_bgjobs._inside.kernel.arena import _room_for
 from jupyter_bgjobs._jobs import manager
 
@@ -403,7 +404,7 @@ def test_job_kernels_end_when_their_parent_is_killed(tmp_path: Path) -> None:
     # kernel started here removes them.
     base = Path(_runtime.sockets_dir())
     litter = f"k*.{parent.pid}x*"
-    logs = _kernels._kernel_log_dir()
+    logs = settings.job_root().parent / "kernels"  # not _kernel_log_dir(): it sweeps
     assert list(base.glob(litter)) and list(base.glob(litter + ".json"))
     assert list(logs.glob(litter + ".log"))
     _kernels._swept = _kernels._logs_swept = False
