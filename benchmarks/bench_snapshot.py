@@ -22,7 +22,7 @@ import pandas as pd
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs._inside.kernel.wire import encode
-from jupyter_bgjobs._jobs import make_spec, manager
+from jupyter_bgjobs._jobs import JobSpec, make_spec, manager
 
 
 def namespace(scale: float) -> dict[str, object]:
@@ -48,16 +48,9 @@ def nbytes(ns: dict[str, object]) -> int:
     return int(arr.nbytes + frame.memory_usage(deep=True).sum())
 
 
-def ours(ns: dict[str, object], work: float = 0.0) -> tuple[float, float]:
-    """Our round trip; the job copies what it got and, with ``work``, goes on for that
-    many seconds (a stand-in for the job's real work), so the shared memory for its
-    results is ready when it ends."""
-    bj.configure(pool_size=1)
-    assert manager.pool().wait_warm(120)
-    code = "arr2 = arr.copy()\nframe2 = frame.copy()\nok = len(frame2) == len(frame)"
-    if work:
-        code += f"\n__import__('time').sleep({work})"
-    spec = make_spec(
+def _spec(code: str) -> JobSpec:
+    """A job that gets the namespace and keeps its results to itself."""
+    return make_spec(
         code,
         name=None,
         kind="cell",
@@ -68,6 +61,18 @@ def ours(ns: dict[str, object], work: float = 0.0) -> tuple[float, float]:
         on_conflict="keep",
         workdir=None,
     )
+
+
+def ours(ns: dict[str, object], work: float = 0.0) -> tuple[float, float]:
+    """Our round trip; the job copies what it got and, with ``work``, goes on for that
+    many seconds (a stand-in for the job's real work), so the shared memory for its
+    results is ready when it ends."""
+    bj.configure(pool_size=1)
+    assert manager.pool().wait_warm(120)
+    code = "arr2 = arr.copy()\nframe2 = frame.copy()\nok = len(frame2) == len(frame)"
+    if work:
+        code += f"\n__import__('time').sleep({work})"
+    spec = _spec(code)
     job = manager.submit(spec, ns).wait(600)
     assert job.state == "succeeded", job.output
     assert job.results is not None and job.results.ok
@@ -92,17 +97,7 @@ def ours_detached(ns: dict[str, object]) -> tuple[float, float]:
     from jupyter_bgjobs import _detached
 
     code = "arr2 = arr.copy()\nframe2 = frame.copy()\nok = len(frame2) == len(frame)"
-    spec = make_spec(
-        code,
-        name=None,
-        kind="cell",
-        kernel=None,
-        timeout=None,
-        env="arr,frame",
-        results="none",
-        on_conflict="keep",
-        workdir=None,
-    )
+    spec = _spec(code)
     t0 = time.time()
     job = _detached.start(spec, ns)
     t_seeded = time.time()

@@ -233,6 +233,13 @@ class Job(RowClock):
         fn(self)
 
     # -- driven by the manager ---------------------------------------------------------
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(self)
+            except Exception:  # a row or record writer must not stop the driver
+                pass
+
     def _set(self, **changes: Any) -> None:
         if "_state" in changes:
             changes["_state"] = transition(self._state, changes["_state"])
@@ -240,20 +247,12 @@ class Job(RowClock):
             for key, value in changes.items():
                 setattr(self, key, value)
             self._cond.notify_all()
-        for listener in list(self._listeners):
-            try:
-                listener(self)
-            except Exception:
-                pass
+        self._notify()
 
     def _add_output(self, out: dict[str, Any], log: Any) -> None:
         self._tail.add(out)
         with self._cond:
             self._cond.notify_all()
-        for listener in list(self._listeners):
-            try:
-                listener(self)
-            except Exception:
-                pass
+        self._notify()
         log.write(output_text(out))
         log.flush()

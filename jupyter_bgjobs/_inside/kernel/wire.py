@@ -485,25 +485,6 @@ def _pickler_class() -> Any:
     return _PICKLERS["data"]
 
 
-def _fingerprint_pickler() -> Any:
-    """A pickler for fingerprints only: code (classes, functions, modules) counts by
-    identity, so a fingerprint follows the data. Pickling a class by value is not stable
-    enough to compare (cloudpickle's output for one unchanged class has been seen to vary).
-    """
-    if "fingerprint" not in _PICKLERS:
-
-        class FingerprintPickler(_pickler_class()):  # type: ignore[misc]
-            def reducer_override(self, obj: Any) -> Any:
-                if isinstance(obj, (type, types.FunctionType)):
-                    qualname = getattr(obj, "__qualname__", "")
-                    if obj.__module__ == "__main__" or "<" in qualname:
-                        return (str, (f"{qualname}@{id(obj)}",))
-                return super().reducer_override(obj)
-
-        _PICKLERS["fingerprint"] = FingerprintPickler
-    return _PICKLERS["fingerprint"]
-
-
 def _address(raw: memoryview) -> int | None:
     try:
         import ctypes
