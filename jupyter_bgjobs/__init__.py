@@ -121,6 +121,11 @@ __all__ = [
 ]
 
 
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """jupyter_server finds the server extension here (the Jobs pane's REST API)."""
+    return [{"module": "jupyter_bgjobs._server"}]
+
+
 def load_ipython_extension(ip: Any) -> None:
     """``%load_ext jupyter_bgjobs``: add the magics and warm a kernel."""
     from . import _magics

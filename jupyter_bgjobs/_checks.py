@@ -36,7 +36,7 @@ def path(arg: str, value: Any, *, optional: bool = False) -> str | None:
         return None
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         none = " or None" if optional else ""
         raise JobSpecError(f"{arg} must be a path (a str or pathlib.Path){none}, not {_got(value)}")
     return value
@@ -56,13 +56,15 @@ def number(
     above: bool = False,
     integer: bool = False,
     unit: str = "",
+    text: bool = False,
 ) -> float:
-    """A finite real number (not a bool) >= ``minimum`` (> with ``above``); text that
-    reads as one is taken too, since magics pass their options as text."""
+    """A finite real number (not a bool) >= ``minimum`` (> with ``above``); with
+    ``text``, text that reads as one (a magic's option) is taken too."""
     kind = "a whole number" if integer else "a number"
     what = f"{kind}{' of ' + unit if unit else ''}"
     bound = f"{'more than' if above else 'at least'} {minimum:g}"
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    allowed = (int, float, str) if text else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed):
         raise JobSpecError(f"{arg} must be {what}, {bound}, not {_got(value)}")
     try:
         number = float(value)
@@ -71,7 +73,7 @@ def number(
     if not math.isfinite(number):
         raise JobSpecError(
             f"{arg} must be a finite number{' of ' + unit if unit else ''}, not {value!r}; "
-            "use None for no limit"
+            "leave it out (None) for no limit"
             if arg in ("timeout", "timelimit")
             else f"{arg} must be a finite number, not {value!r}"
         )
@@ -82,11 +84,12 @@ def number(
     return number
 
 
-def timeout(arg: str, value: Any) -> float | None:
-    """None (no limit) or a positive, finite number of seconds."""
+def timeout(arg: str, value: Any, *, text: bool = False) -> float | None:
+    """None (no limit) or a positive, finite number of seconds (``text``: or text that
+    reads as one, from a magic's options)."""
     if value is None:
         return None
-    return number(arg, value, above=True, unit="seconds")
+    return number(arg, value, above=True, unit="seconds", text=text)
 
 
 def choice(arg: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -105,7 +108,7 @@ def str_mapping(arg: str, value: Any, *, example: str) -> dict[str, str]:
     for key, item in value.items():
         if not isinstance(key, str):
             raise JobSpecError(f"{arg} keys must be strings, not {_got(key)}")
-        if item is None or isinstance(item, (dict, list, tuple, set)):
+        if not isinstance(item, str):
             raise JobSpecError(f"{arg}[{key!r}] must be a string, not {_got(item)}")
         out[key] = str(item)
     return out

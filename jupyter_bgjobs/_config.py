@@ -119,7 +119,10 @@ def _checked(key: str, value: Any) -> Any:
     if isinstance(current, bool):
         return _checks.flag(key, value)
     if key == "root":
-        return _checks.path("root", value) if value != "" else ""
+        if value == "":
+            return ""
+        # Absolute now: the store must not move when the notebook changes folder.
+        return os.path.abspath(os.path.expanduser(_checks.path("root", value) or ""))
     if key == "transport":
         return _checks.choice("transport", value, ("auto", "file", "stream"))
     if key == "kernel":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -221,16 +222,100 @@ class DetachedJob:
 
     @property
     def report(self) -> str:
+        """How it ended, in the words of an attached job's report, and what it saved."""
         info = _store.read_json(self.folder / "results.json") or {}
         names = ", ".join(str(n) for n in info.get("names") or []) or "no names"
-        text = f"{self.name}: {self.state}; saved {names}"
+        state = self.state
+        how = f"succeeded in {self.elapsed:.1f} s" if state == "succeeded" else state
+        text = f"{self.name}: {how.replace('_', ' ')}"
+        if self.reason and state != "succeeded":
+            text += f"; {self.reason}"
+        text += f"; saved {names}"
         missing = _not_saved(info)
         if missing:
             text += "; not saved: " + ", ".join(missing)
         return text
 
+    # -- what a Job has too --------------------------------------------------------------
+    def _spec(self) -> dict[str, Any]:
+        return _store.read_json(self.folder / "spec.json") or {}
+
+    @property
+    def shipped(self) -> list[str]:
+        """The names sent to the job."""
+        return [n for n in self._spec().get("shipped") or [] if isinstance(n, str)]
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """The names that did not travel, either way, with type and reason."""
+        out = [dict(s, direction="in") for s in self._spec().get("not_shipped") or []]
+        out += [dict(s, direction="out") for s in self.kept().get("not_saved") or []]
+        return [s for s in out if isinstance(s, dict)]
+
+    @property
+    def mutated(self) -> list[str]:
+        """Names the job changed in place."""
+        return [n for n in self.kept().get("mutated") or [] if isinstance(n, str)]
+
+    @property
+    def started(self) -> dt.datetime | None:
+        return _when(self._record().get("started"))
+
+    @property
+    def finished(self) -> dt.datetime | None:
+        return _when(self._record().get("finished"))
+
+    @property
+    def exit_code(self) -> int | None:
+        code = self._record().get("exit_code")
+        return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+    @property
+    def kernel_pid(self) -> int | None:
+        pid = self._record().get("kernel_pid")
+        return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+    def exception(self) -> Any:
+        """The error matching how the job ended, or None if it succeeded or still runs."""
+        from ._errors import (
+            JobCancelledError,
+            JobFailedError,
+            JobTimeoutError,
+            KernelDiedError,
+        )
+
+        cls = {
+            "failed": JobFailedError,
+            "cancelled": JobCancelledError,
+            "timed_out": JobTimeoutError,
+            "died": KernelDiedError,
+        }.get(self.state)
+        if cls is None:
+            return None
+        err = self.error or ErrorInfo("", "", [])
+        message = f"job {self.name!r} {self.state.replace('_', ' ')}"
+        message += (
+            f": {self.reason}"
+            if self.reason
+            else (f": {err.ename}: {err.evalue}" if err.ename else "")
+        )
+        return cls(
+            message,
+            job_name=self.name,
+            state=self.state,
+            ename=err.ename,
+            evalue=err.evalue,
+            traceback=err.traceback,
+            output=self.output[-5000:],
+        )
+
     def wait(self, timeout: float | None = None) -> DetachedJob:
-        """Block until the job ends (polling its record); returns the job."""
+        """Block until the job ends (polling its record); returns the job. Raises
+        ``WaitTimeout`` if ``timeout`` seconds pass first (the job goes on)."""
+        from . import _checks
+
+        if timeout is not None:
+            timeout = _checks.number("timeout", timeout, unit="seconds")
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:
             if deadline is not None and time.monotonic() >= deadline:
@@ -321,14 +406,35 @@ def recorded_jobs() -> list[DetachedJob]:
     except OSError:
         folders = []
     for folder in folders:
-        spec = _store.read_json(folder / "spec.json") or {}
-        if folder.name != "detached" and spec.get("kind") in ("job", "cell", "script"):
+        if not re.fullmatch(r"[0-9a-f]{8}", folder.name):
+            continue
+        spec = _store.read_json(folder / "spec.json")
+        # A folder whose spec cannot be read is listed too, as damaged (unless it is
+        # being made right now); calls are not jobs.
+        if (spec is None and not _store._being_made(folder)) or (spec or {}).get("kind") == "job":
             found.append(RecordedJob(folder))
     for folder in _store.entries():
         spec = _store.read_json(folder / "spec.json") or {}
         if spec.get("kind") == "job":
             found.append(_started.get(folder.name) or DetachedJob(folder))
     return found
+
+
+def find_recorded(name_or_id: str) -> RecordedJob | None:
+    """The attached job of another process (or an earlier kernel) with this id, or the
+    newest with this name; ``StoreError`` when its record is damaged."""
+    match: RecordedJob | None = None
+    for job in recorded_jobs():
+        if not isinstance(job, RecordedJob):
+            continue
+        if job.id == name_or_id:
+            match = job
+            break
+        if job.name == name_or_id and (match is None or job.submitted >= match.submitted):
+            match = job
+    if match is not None:
+        check_sound(match.folder, name_or_id)
+    return match
 
 
 def earlier_jobs() -> list[RecordedJob]:
@@ -343,6 +449,13 @@ def earlier_jobs() -> list[RecordedJob]:
         for j in recorded_jobs()
         if isinstance(j, RecordedJob) and j.notebook == session and j._record().get("owner") != me
     ]
+
+
+def _when(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _text(value: Any) -> str:
@@ -426,7 +539,7 @@ def check_sound(folder: Path, name_or_id: str) -> None:
     damage = _store.damage(folder)
     if damage:
         raise StoreError(
-            f"the detached entry {name_or_id!r} ({folder}) is damaged: {damage}; "
+            f"the job entry {name_or_id!r} ({folder}) is damaged: {damage}; "
             "`bgjobs prune` removes it"
         )
 
@@ -540,10 +653,9 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
             "attach once it has ended, or job.wait()"
         )
     spec = _store.read_json(job.folder / "spec.json") or {}
-    # What the job was started with; a job that kept its results to itself merges into
-    # globals when attached.
-    started_with = _text(spec.get("results"))
-    mode = results or (started_with if started_with in ("globals", "object") else "globals")
+    # What the job was started with, as an attached job would have merged them; an
+    # explicit ``results`` decides otherwise.
+    mode = results or _text(spec.get("results")) or "globals"
     if mode not in ("globals", "object", "none"):
         raise JobSpecError(f"--results must be globals, object or none, not {mode!r}")
     values = vars(job.results) if job.results is not None else {}

@@ -189,6 +189,10 @@ class Driver:
                 if not kernel.alive():
                     self._on_death()
                     return False
+                if (job.folder / "cancel.json").exists() and not job._cancel.is_set():
+                    # Asked from the Jobs pane: the server writes the request in its folder.
+                    job._set(reason=job.reason or "cancelled from the Jobs pane")
+                    job._cancel.set()
             self._stop_if_asked(t, deadline)
 
     def _on_message(self, msg: dict[str, Any]) -> bool:
@@ -395,6 +399,10 @@ def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
                 raise SnapshotError(f"results path {info.get('path')!r} is not this job's")
         except Exception as exc:  # one name that cannot load here must not sink the rest
             values.update(_load_one_by_one(job, kernel, info["names"], exc))
+    # What came back as the very object the notebook had under that name (a function or
+    # class pickled by reference, `from math import sqrt`) is nothing new: no result.
+    for name in [n for n, v in values.items() if job._ns_ids.get(n) == id(v)]:
+        del values[name]
     for name, module in (info.get("modules") or {}).items():
         import importlib
 

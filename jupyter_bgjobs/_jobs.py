@@ -155,18 +155,20 @@ def run_script(
 
 def get_job(name_or_id: str) -> Any:
     """The job with this id, or the latest job with this name: one of this process, else
-    a detached one from the store (started here before a restart, or elsewhere)."""
+    a detached one from the store (started here before a restart, or elsewhere), else one
+    an earlier kernel or another notebook ran, read from its record."""
     _checks.text("name_or_id", name_or_id, example="'train'")
     try:
         return manager.get(name_or_id)
     except JobSpecError:
-        from ._detached import find
+        from ._detached import find, find_recorded
 
-        found = find(name_or_id)
+        found = find(name_or_id) or find_recorded(name_or_id)
         if found is None:
             raise JobSpecError(
-                f"no job named {name_or_id!r}, here or among the detached ones; "
-                "jupyter_bgjobs.jobs() and %bgjobs list the jobs there are"
+                f"no job named {name_or_id!r}, here, among the detached ones or in the "
+                "records of other kernels; jupyter_bgjobs.jobs(all=True) and %bgjobs list "
+                "the jobs there are"
             ) from None
         return found
 

@@ -9,7 +9,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from . import _display
+from . import _checks, _display
 from ._config import settings
 from ._errors import BgJobError
 from ._jobs import Job, _parse_kernel_env, manager, run_cell, run_script
@@ -104,7 +104,7 @@ class BgJobMagics(Magics):
                 cell,
                 args.name,
                 kernel=args.kernel,
-                timeout=args.timeout,
+                timeout=_checks.timeout("timeout", args.timeout, text=True),
                 env=args.env,
                 results=args.results,
                 on_conflict=args.on_conflict,
@@ -151,7 +151,7 @@ class BgJobMagics(Magics):
                 import_env=args.env == "all",
                 export_env=export,
                 kernel=args.kernel,
-                timeout=args.timeout,
+                timeout=_checks.timeout("timeout", args.timeout, text=True),
                 detach=args.detach,
                 gateway=args.gateway,
                 kernel_env=_parse_kernel_env(args.kernel_env),

@@ -23,6 +23,7 @@ from ._store import (
     FRESH,
     _being_made,
     _job_root_path,
+    damage,
     entries,
     newest_mtime,
     read_json,
@@ -137,6 +138,8 @@ def _attached_end(folder: Path, now: float) -> float | None:
     if record is None:
         age = newest_mtime(folder)
         return age if now - age >= FRESH else None
+    if damage(folder):  # a record nobody can read counts as ended, as in the store
+        return newest_mtime(folder)
     if record.get("state") in DONE_STATES:
         ended = record.get("finished_ts")
         return float(ended) if isinstance(ended, _NUM) else newest_mtime(folder)

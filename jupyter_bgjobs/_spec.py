@@ -161,9 +161,18 @@ def build_spec(
     checked_results = _checks.choice("results", results, RESULT_MODES)
     checked_conflict = _checks.choice("on_conflict", on_conflict, CONFLICT_MODES)
     _checks.text("kernel", kernel, optional=True, example="'python3'")
+    if kernel is not None and not kernel.strip():
+        raise JobSpecError(
+            "kernel must name a kernelspec, for example 'python3'; leave it out for the default"
+        )
     workdir = _checks.path("workdir", workdir, optional=True)
     url = _check_gateway(gateway)
     env_vars = _check_kernel_env(kernel_env)
+    if env_vars and not url:
+        raise JobSpecError(
+            "kernel_env (--kernel-env) passes KERNEL_* variables to a gateway's kernel; name "
+            "the gateway too (gateway=URL, --gateway URL), or set os.environ for a local job"
+        )
     if url:
         # The remote kernel's folders are not ours: only an explicit workdir is used there.
         wd = workdir or ""

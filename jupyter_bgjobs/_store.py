@@ -196,6 +196,12 @@ def load_json(path: Path) -> tuple[dict[str, Any] | None, str]:
 _Schema = dict[str, tuple[type, ...]]
 _NUM = (int, float)
 _SPEC: _Schema = {
+    "env": (str,),
+    "results": (str,),
+    "on_conflict": (str,),
+    "gateway": (str,),
+    "kernel_env": (dict,),
+    "env_vars": (dict,),
     "kind": (str,),
     "name": (str,),
     "id": (str,),
@@ -275,11 +281,16 @@ def check_spec(folder: Path, spec: dict[str, Any]) -> str:
     return ""
 
 
+_KNOWN_STATES = frozenset(("pending", "starting", "running", *DONE_STATES))
+
+
 def check_state(record: dict[str, Any]) -> str:
     """What is wrong with a job's state.json, or ""."""
     problem = _wrong_fields("state.json", record, _STATE)
     if problem:
         return problem
+    if "state" in record and record["state"] not in _KNOWN_STATES:
+        return f"state.json: 'state' {record['state']!r:.40} is no state of a job"
     progress = record.get("progress", [0, 0])
     if len(progress) != 2 or not all(
         isinstance(n, int) and not isinstance(n, bool) for n in progress

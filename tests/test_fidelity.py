@@ -137,6 +137,8 @@ def test_top_level_await_runs_as_in_a_cell(ip: Any) -> None:
         "name = input('your name? ')",
         "import getpass\nsecret = getpass.getpass()",
         "import sys\nline = sys.stdin.readline()",
+        "import sys\ndata = sys.stdin.buffer.read(1)",
+        "import sys\nwith sys.stdin as f:\n    text = f.read()",
     ],
 )
 def test_reading_stdin_fails_at_once_and_says_how_to_pass_the_value(ip: Any, code: str) -> None:
@@ -146,6 +148,12 @@ def test_reading_stdin_fails_at_once_and_says_how_to_pass_the_value(ip: Any, cod
     assert job.state == "failed" and job.error is not None
     assert job.error.ename == "NoStdinError"
     assert "no keyboard" in job.error.evalue and "--env" in job.error.evalue
+
+
+def test_a_tty_probe_of_stdin_says_no_as_in_a_notebook() -> None:
+    job = bj.run_cell("import os, sys\ntty = os.isatty(sys.stdin.fileno())", name="probe")
+    assert job.wait(30).state == "succeeded" and job.results is not None
+    assert job.results.tty is False
 
 
 def test_a_subprocess_reading_stdin_gets_end_of_file(ip: Any) -> None:
@@ -176,7 +184,7 @@ def test_a_name_read_through_globals_says_how_to_ship_it(ip: Any) -> None:
     job = bj.get_job("globs").wait(60)
     assert job.state == "failed" and job.error is not None
     assert job.error.ename == "KeyError"
-    assert "--env ceiling" in "".join(job.error.traceback)
+    assert "--env ceiling" in job.error.evalue and "--env ceiling" in job.report
 
 
 def test_an_awaited_last_expression_is_shown_as_in_a_cell(ip: Any) -> None:
@@ -189,18 +197,19 @@ def test_an_awaited_last_expression_is_shown_as_in_a_cell(ip: Any) -> None:
 
 @pytest.mark.parametrize("results", ["globals", "object"])
 def test_a_module_both_sides_import_is_no_result(ip: Any, results: str) -> None:
-    ip.run_cell("import json\nimport os.path as osp")
+    ip.run_cell("import json\nimport os.path as osp\nfrom math import sqrt")
     ip.user_ns.pop("textwrap", None)
     ip.run_cell_magic(
         "bgjob",
         f"imports_{results} --env none --results {results}",
-        "import json\nimport os.path as osp\nimport textwrap\nout = json.dumps([1])",
+        "import json\nimport os.path as osp\nfrom math import sqrt\nimport textwrap\n"
+        "out = json.dumps([1])",
     )
     job = bj.get_job(f"imports_{results}").wait(60)
     ip.run_cell("pass")
     assert job.state == "succeeded"
     assert job.results is not None and not hasattr(job.results, "json")
-    assert not hasattr(job.results, "osp")
+    assert not hasattr(job.results, "osp") and not hasattr(job.results, "sqrt")
     merged = job.report.split("merged ", 1)[1].split(" into ", 1)[0]
     assert "json" not in merged and "osp" not in merged
     assert "out" in merged and "textwrap" in merged  # a module new to the notebook comes back
@@ -245,6 +254,20 @@ _BAD: list[tuple[str, Callable[[], Any], str]] = [
     ("timeout nan", lambda: bj.run_cell("x = 1", timeout=math.nan), "timeout must be a finite"),
     ("timeout True", lambda: bj.run_cell("x = 1", timeout=True), "timeout must be a number"),
     ("timeout 0", lambda: bj.run_cell("x = 1", timeout=0), "more than 0"),
+    ("timeout '5'", lambda: bj.run_cell("x = 1", timeout="5"), "timeout must be a number"),  # type: ignore[arg-type]
+    (
+        "kernel_env int",
+        lambda: bj.run_cell("x = 1", kernel_env={"KERNEL_X": 1}, gateway="http://h:1"),  # type: ignore[dict-item]
+        "must be a string",
+    ),
+    (
+        "kernel_env local",
+        lambda: bj.run_cell("x = 1", kernel_env={"KERNEL_X": "1"}),
+        "name the gateway too",
+    ),
+    ("kernel ''", lambda: bj.run_cell("x = 1", kernel=""), "must name a kernelspec"),
+    ("root blank", lambda: bj.configure(root="   "), "root must be a path"),
+    ("units '3'", lambda: bj.add_job("t", progress_units="3"), "progress_units must be"),  # type: ignore[arg-type]
     ("results 1", lambda: bj.run_cell("x = 1", results=1), "results must be one of"),  # type: ignore[arg-type]
     ("detach 'yes'", lambda: bj.run_cell("x = 1", detach="yes"), "detach must be True or False"),  # type: ignore[arg-type]
     ("workdir 5", lambda: bj.run_cell("x = 1", workdir=5), "workdir must be a path"),  # type: ignore[arg-type]

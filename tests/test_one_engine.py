@@ -300,3 +300,47 @@ def test_a_call_has_a_record_of_the_same_schema(detach: bool) -> None:
     assert record["detached"] is detach and record["finished"] and record["pid"] == call.pid
     job_record = json.loads((job.folder / "state.json").read_text())
     assert set(job_record) <= set(record)  # every field a job's record has
+
+
+def test_a_detached_job_reads_like_a_job(ip: Any, tmp_path: Path) -> None:
+    ip.user_ns["start_value"] = 4
+    job = bj.run_cell(
+        "grown = start_value * 2\nraise ValueError('late')", name="like_a_job", detach=True
+    )
+    with pytest.raises(bj.JobSpecError, match="timeout must be"):
+        job.wait("soon")  # type: ignore[arg-type]
+    job.wait(120)
+    assert job.state == "failed" and job.shipped == ["start_value"]
+    assert job.started is not None and job.finished is not None and job.kernel_pid
+    err = job.exception()
+    assert isinstance(err, bj.JobFailedError) and err.ename == "ValueError"
+    assert job.report.startswith("like_a_job: failed")
+    assert job.results is not None and job.results.grown == 8  # what it made before
+
+
+def test_a_detached_job_started_with_results_none_is_not_merged(ip: Any) -> None:
+    ip.user_ns.pop("kept_apart", None)
+    job = bj.run_cell("kept_apart = 1", name="apart", detach=True, results="none")
+    job.wait(120)
+    report = _detached.attach("apart", ns=ip.user_ns)
+    assert "kept_apart" not in ip.user_ns and "results in get_job('apart').results" in report
+    _detached.attach("apart", results="globals", ns=ip.user_ns)  # asked for: merged
+    assert ip.user_ns["kept_apart"] == 1
+
+
+def test_a_damaged_record_of_another_kernel_is_one_line_listed_and_pruned() -> None:
+    job = bj.run_cell("x = 1", name="to_damage").wait(60)
+    bj._jobs.manager.join_worker(job)  # its driver has closed the log: nothing holds it
+    bj._jobs.manager.remove(job)
+    record = json.loads((job.folder / "state.json").read_text())
+    (job.folder / "state.json").write_text(json.dumps(dict(record, progress="x")))
+    with pytest.raises(bj.BgJobError, match=r"is damaged: state\.json: 'progress'") as info:
+        bj.get_job(job.id)
+    assert "\n" not in str(info.value)
+    listed = {j.id: j.state for j in bj.jobs(all=True)}
+    assert listed[job.id] == "damaged"
+    old = time.time() - 7200
+    for path in [job.folder, *job.folder.iterdir()]:
+        os.utime(path, (old, old))
+    assert any(job.id in r for r in bj.prune(older_than="1h")["removed"])
+    assert not job.folder.exists()

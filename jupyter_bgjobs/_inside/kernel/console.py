@@ -27,14 +27,33 @@ class _NoStdin:
 
     closed = False
     encoding = "utf-8"
+    errors = "strict"
+    name = "<stdin>"
+    mode = "r"
+    newlines = None
 
     def _fail(self, *_: Any, **__: Any) -> Any:
         raise NoStdinError(_NO_KEYBOARD.format(what="the job read sys.stdin"))
 
-    read = readline = readlines = fileno = __next__ = _fail
+    read = readline = readlines = read1 = readinto = __next__ = _fail
+
+    @property
+    def buffer(self) -> _NoStdin:
+        # Binary readers (sys.stdin.buffer.read) fail the same way.
+        return self
+
+    def fileno(self) -> int:
+        # The real descriptor 0 is /dev/null: a tty probe says "no", a raw read gets EOF.
+        return 0
 
     def __iter__(self) -> _NoStdin:
         return self
+
+    def __enter__(self) -> _NoStdin:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        return None
 
     def isatty(self) -> bool:
         return False

@@ -280,18 +280,15 @@ class _Runner:
             and value.args[0] not in self.ns
             and value.args[0] in set(self.spec.get("notebook_names") or ())
         ):
-            # globals()["x"]: the same miss as a NameError, in another form. The hint is
-            # in a note, so the KeyError itself stays what the code may catch.
+            # globals()["x"]: the same miss as a NameError, in another form.
             key = value.args[0]
             note = (
                 f"{key!r} is a name in the notebook that this job was not given; if the code "
                 f"reads it through globals() or vars(), start the job with --env {key} "
                 "(or --env all)"
             )
-            if hasattr(value, "add_note"):
-                value.add_note(note)
-            else:
-                value.args = (f"{key}: {note}",)
+            # The job has failed on it: what it says now is for the user, not for code.
+            value.args = (f"{key!r}: {note}",)
         # Drop the runner's own frames: the user sees their code only.
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
             tb = tb.tb_next
