@@ -40,6 +40,7 @@ from ._inside.call import INTERRUPTED
 from ._procs import CODE_ERROR, CODE_OK
 from ._records import write_call_record
 from ._remote import cell_sources, check_call, check_flag, check_seconds, load_error
+from ._spec import JobSpec
 from ._states import CANCELLED, DIED, FAILED, RUNNING, SUCCEEDED, TIMED_OUT
 from ._store import pid_alive, read_json, store_root
 
@@ -320,7 +321,8 @@ def bg_call(
     # nothing behind.
     label = _checked_name(fn, args, kwargs, name, timeout, detach)
     data = _pickled_call(fn, args, kwargs)
-    folder = _make_folder(label, data, timeout, detach)
+    what = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}(...)"
+    folder = _make_folder(label, data, timeout, detach, what)
     call = BgCall(folder, label, detach)
     # Handed to the child as its stdout and stderr; closed here once it has them.
     out = _open_private(folder / "stdout")
@@ -368,21 +370,22 @@ def _pickled_call(fn: Callable[..., Any], args: Any, kwargs: Any) -> bytes:
         ) from None
 
 
-def _make_folder(name: str, data: bytes, timeout: float | None, detach: bool) -> Path:
-    """The call's private folder: its spec and what the child loads."""
+def _make_folder(name: str, data: bytes, timeout: float | None, detach: bool, what: str) -> Path:
+    """The call's private folder: its spec (the jobs' one schema, kind ``call``) and what
+    the child loads."""
     call_id = uuid.uuid4().hex[:8]
     folder = (store_root() if detach else settings.job_root()) / call_id
     folder.mkdir(mode=0o700)
     # The child removes it once loaded: the arguments need not outlive the call.
     _write_private(folder / "call.pkl", data)
+    spec = JobSpec(code=what, name=name, kind="call", timeout=timeout, workdir=os.getcwd())
     _write_private_json(
         folder / "spec.json",
         {
+            **spec.to_json(),
             "kind": "call",
-            "name": name,
             "id": call_id,
             "detached": detach,
-            "timeout": timeout,
             "submitted": dt.datetime.now().astimezone().isoformat(),
             "cwd": os.getcwd(),
         },

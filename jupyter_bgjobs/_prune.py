@@ -138,11 +138,11 @@ def _attached_end(folder: Path, now: float) -> float | None:
     if record is None:
         age = newest_mtime(folder)
         return age if now - age >= FRESH else None
-    if damage(folder):  # a record nobody can read counts as ended, as in the store
-        return newest_mtime(folder)
-    if record.get("state") in DONE_STATES:
+    damaged = bool(damage(folder))
+    if record.get("state") in DONE_STATES and not damaged:
         ended = record.get("finished_ts")
         return float(ended) if isinstance(ended, _NUM) else newest_mtime(folder)
+    # A record nobody can read counts as ended, as in the store, unless its owner lives.
     owner = record.get("owner")
     owner_pid = record.get("owner_pid")
     if isinstance(owner, str) and owner:
@@ -150,7 +150,7 @@ def _attached_end(folder: Path, now: float) -> float | None:
     elif isinstance(owner_pid, int):
         gone = not pid_alive(owner_pid)
     else:
-        gone = now - newest_mtime(folder) >= FRESH
+        gone = damaged or now - newest_mtime(folder) >= FRESH
     return newest_mtime(folder) if gone else None
 
 

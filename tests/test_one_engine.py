@@ -300,6 +300,8 @@ def test_a_call_has_a_record_of_the_same_schema(detach: bool) -> None:
     assert record["detached"] is detach and record["finished"] and record["pid"] == call.pid
     job_record = json.loads((job.folder / "state.json").read_text())
     assert set(job_record) <= set(record)  # every field a job's record has
+    spec = JobSpec.from_json(json.loads((call.folder / "spec.json").read_text()))
+    assert spec.kind == "call" and spec.name == "rec_call" and "divmod" in spec.code
 
 
 def test_a_detached_job_reads_like_a_job(ip: Any, tmp_path: Path) -> None:
@@ -333,7 +335,12 @@ def test_a_damaged_record_of_another_kernel_is_one_line_listed_and_pruned() -> N
     bj._jobs.manager.join_worker(job)  # its driver has closed the log: nothing holds it
     bj._jobs.manager.remove(job)
     record = json.loads((job.folder / "state.json").read_text())
-    (job.folder / "state.json").write_text(json.dumps(dict(record, progress="x")))
+    # As a kernel that has ended left it: its owner is gone.
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    owner = record["owner"].partition(".")[0] + f".{ended.pid}"
+    damaged = dict(record, progress="x", owner=owner, owner_pid=ended.pid)
+    (job.folder / "state.json").write_text(json.dumps(damaged))
     with pytest.raises(bj.BgJobError, match=r"is damaged: state\.json: 'progress'") as info:
         bj.get_job(job.id)
     assert "\n" not in str(info.value)
