@@ -109,7 +109,7 @@ def main() -> None:
             " 'tail': len(j.outputs)}))",
         )
         rss_after = nb.memory_info().rss
-        floods = [flood(kc, nb, label, code, size) for label, code, size in _floods(args.flood_mib)]
+        floods = [flood(kc, nb, *case) for case in _floods(args.flood_mib)]
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -147,27 +147,39 @@ def main() -> None:
         )
 
 
-def _floods(mib: int) -> list[tuple[str, str, int]]:
+def _floods(mib: int) -> list[tuple[str, str, int, bool]]:
+    """(label, code, characters printed, whether the notebook computes meanwhile)."""
+    busy = max(1, mib // 2)
     return [
         (
             f"{mib} x 1 MiB writes",
             f"import sys\nfor _ in range({mib}):\n    sys.stdout.write('x' * (1 << 20))",
             mib << 20,
+            False,
         ),
-        ("one 300 MiB line", "print('x' * (300 << 20))", (300 << 20) + 1),
+        ("one 300 MiB line", "print('x' * (300 << 20))", (300 << 20) + 1, False),
         (
             "a million short lines",
             "for i in range(1_000_000):\n    print(f'{i:07d}')",
             8_000_000,
+            False,
+        ),
+        (
+            f"{busy} x 1 MiB writes, the notebook computing meanwhile",
+            f"import sys\nfor _ in range({busy}):\n    sys.stdout.write('x' * (1 << 20))",
+            busy << 20,
+            True,
         ),
     ]
 
 
 def flood(
-    kc: BlockingKernelClient, nb: psutil.Process, label: str, code: str, size: int
+    kc: BlockingKernelClient, nb: psutil.Process, label: str, code: str, size: int, busy: bool
 ) -> tuple[str, int, float, int, int]:
     """Run one flood job from the notebook kernel; return its size, time, log size and the
-    notebook kernel's peak RSS above what it had before the job."""
+    notebook kernel's peak RSS above what it had before the job. ``busy``: the notebook's
+    cell computes in pure Python until the job ends, so the job's driver thread gets the
+    GIL only now and then (without credit for output this is what overflowed)."""
     start = nb.memory_info().rss
     peak = [start]
     done = threading.Event()
@@ -183,7 +195,9 @@ def flood(
         _, info = execute(
             kc,
             "import json, os\nfrom jupyter_bgjobs import run_cell\n"
-            f"j = run_cell({code!r}, name='flood_bytes', env='none').wait(900)\n"
+            f"j = run_cell({code!r}, name='flood_bytes', env='none')\n"
+            + ("while not j.done:\n    sum(i * i for i in range(200_000))\n" if busy else "")
+            + "j.wait(900)\n"
             "print(json.dumps({'elapsed': j.elapsed, 'log': os.path.getsize(j.log_path),"
             " 'state': j.state}))",
             timeout=900,

@@ -11,6 +11,7 @@ import re
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +55,11 @@ class Manager(Protocol):
     def _finish(self, job: Job, state: str) -> None: ...
 
 
+# Characters of output a job may have written that its notebook has not taken yet: 32
+# messages of 256 KiB. Far below ZeroMQ's high-water marks, so nothing is ever dropped.
+_FLOW_WINDOW = 8 << 20
+
+
 class Driver:
     """Moves one job from pending to its final state; ``run()`` is its thread's body.
 
@@ -77,6 +83,8 @@ class Driver:
         self.end: dict[str, Any] | None = None
         self.stop_reason = ""
         self.kill_at: float | None = None
+        self.flow_fd: int | None = None
+        self.taken = 0
 
     def run(self) -> None:
         job = self.job
@@ -91,6 +99,7 @@ class Driver:
                 job._set(reason=f"internal error in jupyter_bgjobs: {type(exc).__name__}: {exc}")
                 self._finish(FAILED)
             finally:
+                self._close_flow()
                 for path in job._files:
                     remove_snapshot(path)
                 if job._kernel is not None:
@@ -161,6 +170,7 @@ class Driver:
             self.runner_spec["context"].update(
                 _context.environ_changes(job._environ, getattr(kernel, "launch_env", None))
             )
+            self._open_flow()
         # Top-level await runs on the job kernel's loop, as IPython's autoawait runs a cell.
         entry = (
             "await __import__('_bgjobs_runner').run_async"
@@ -168,6 +178,36 @@ class Driver:
             else "__import__('_bgjobs_runner').run"
         )
         self.msg_id = kernel.execute(f"{entry}({json.dumps(self.runner_spec)!r})")
+
+    def _open_flow(self) -> None:
+        """The counter of output taken, which the job's kernel waits on (local kernels
+        share the job's folder; a gateway's kernel does not)."""
+        path = self.job.folder / "flow"
+        try:
+            self.flow_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            os.pwrite(self.flow_fd, bytes(8), 0)
+        except OSError:
+            self.flow_fd = None
+            return
+        self.runner_spec["flow"] = {"path": str(path), "window": _FLOW_WINDOW}
+
+    def _took(self, text: str) -> None:
+        if self.flow_fd is None:
+            return
+        self.taken += len(text)
+        try:
+            os.pwrite(self.flow_fd, self.taken.to_bytes(8, "little"), 0)
+        except OSError:
+            pass
+
+    def _close_flow(self) -> None:
+        if self.flow_fd is not None:
+            try:
+                os.close(self.flow_fd)
+                os.unlink(self.job.folder / "flow")
+            except OSError:
+                pass
+            self.flow_fd = None
 
     # -- running ----------------------------------------------------------------------------
     def _pump(self) -> bool:
@@ -211,6 +251,7 @@ class Driver:
         elif kind == "stream":
             out = {"output_type": "stream", "name": content["name"], "text": content["text"]}
             job._add_output(out, log)
+            self._took(content["text"])
             if content["name"] == "stderr" and "%|" in content["text"]:
                 _tqdm_progress(job, content["text"])
         elif kind in ("display_data", "execute_result"):
@@ -275,6 +316,7 @@ class Driver:
                     {"output_type": "stream", "name": content["name"], "text": content["text"]},
                     self.log,
                 )
+                self._took(content["text"])
 
     def _on_event(self, event: dict[str, Any]) -> None:
         job = self.job
@@ -399,9 +441,13 @@ def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
                 raise SnapshotError(f"results path {info.get('path')!r} is not this job's")
         except Exception as exc:  # one name that cannot load here must not sink the rest
             values.update(_load_one_by_one(job, kernel, info["names"], exc))
-    # What came back as the very object the notebook had under that name (a function or
-    # class pickled by reference, `from math import sqrt`) is nothing new: no result.
-    for name in [n for n, v in values.items() if job._ns_ids.get(n) == id(v)]:
+    # A function or class that came back as the very object the notebook had under that
+    # name (pickled by reference: `from math import sqrt`) is nothing new: no result. Not
+    # data: a small int or a short string is one shared object on both sides by chance.
+    by_reference = (type, types.FunctionType, types.BuiltinFunctionType)
+    for name in [
+        n for n, v in values.items() if isinstance(v, by_reference) and job._ns_ids.get(n) == id(v)
+    ]:
         del values[name]
     for name, module in (info.get("modules") or {}).items():
         import importlib

@@ -406,3 +406,39 @@ def test_readme_table_of_what_a_job_inherits() -> None:
     section = readme.split("### What a job inherits from the notebook", 1)[1][:3000]
     for word in ("sys.path", "working directory", "environment", "stdin", "open files"):
         assert word in section
+
+
+def test_output_waits_for_the_notebook_to_take_it(tmp_path: Path) -> None:
+    """The job's side of output credit: it waits while more than the window is not taken,
+    goes on as the notebook takes it, and gives up on a notebook that stopped counting."""
+    import threading
+
+    from jupyter_bgjobs._inside.kernel.console import Flow
+
+    counter = tmp_path / "flow"
+    counter.write_bytes(bytes(8))
+    flow = Flow(str(counter), window=100, stall=30)
+    flow.sent = 1000
+    released = threading.Event()
+
+    def take() -> None:
+        released.wait(30)
+        with open(counter, "r+b") as fh:
+            fh.write((950).to_bytes(8, "little"))
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (flow.wait(), done.set()))
+    waiter.start()
+    assert not done.wait(0.3)  # 1000 written, 0 taken: held back
+    released.set()
+    assert done.wait(30)  # 950 taken: within the window again
+    taker.join()
+    waiter.join()
+    stalled = Flow(str(counter), window=100, stall=0.2)
+    stalled.sent = 10_000
+    stalled.wait()  # the counter never moves: it stops waiting, and for good
+    assert stalled.off
+    flow.close()
+    stalled.close()

@@ -6,7 +6,9 @@ Runs inside the job's kernel (sent as source); standard library only.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -100,9 +102,50 @@ def _restore_io(saved: tuple[Any, ...]) -> None:
 _MESSAGE_CHARS = 1 << 18
 
 
-def _bound_stream(stream: Any) -> Callable[[], None]:
-    """Split large writes to ``stream`` and flush every ``_MESSAGE_CHARS``; returns the
-    undo. The stream's own ``write`` is kept, so ``isinstance`` checks still hold."""
+class Flow:
+    """Credit for output: the notebook's driver counts the characters of output it has
+    taken (a counter in a file of the job's folder) and the job waits while more than
+    ``window`` characters it wrote are not taken yet. However busy the notebook is, no
+    more than that is ever queued towards it, and nothing is dropped on the way.
+
+    A driver that stops counting (gone, or stuck) for ``stall`` seconds ends the waiting:
+    the job is never held up for good by its notebook."""
+
+    def __init__(self, path: str, window: int, stall: float = 10.0) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.window = window
+        self.stall = stall
+        self.sent = 0
+        self.off = False
+
+    def taken(self) -> int:
+        raw = os.pread(self.fd, 8, 0)
+        return int.from_bytes(raw, "little") if len(raw) == 8 else 0
+
+    def wait(self) -> None:
+        if self.off:
+            return
+        taken, since = self.taken(), time.monotonic()
+        while self.sent - taken > self.window:
+            time.sleep(0.002)
+            now_taken = self.taken()
+            if now_taken != taken:
+                taken, since = now_taken, time.monotonic()
+            elif time.monotonic() - since > self.stall:
+                self.off = True
+                return
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _bound_stream(stream: Any, flow: Flow | None = None) -> Callable[[], None]:
+    """Split large writes to ``stream`` and flush every ``_MESSAGE_CHARS`` (waiting for
+    ``flow``'s credit then); returns the undo. The stream's own ``write`` is kept, so
+    ``isinstance`` checks still hold."""
     write = getattr(stream, "write", None)
     flush = getattr(stream, "flush", None)
     if write is None or flush is None:
@@ -112,12 +155,16 @@ def _bound_stream(stream: Any) -> Callable[[], None]:
     def bounded(text: str) -> int:
         nonlocal pending
         n = len(text)
+        if flow is not None:
+            flow.sent += n
         if pending + n < _MESSAGE_CHARS:
             pending += n
             return write(text) or n
         for start in range(0, n, _MESSAGE_CHARS):
             write(text[start : start + _MESSAGE_CHARS])
             flush()
+            if flow is not None:
+                flow.wait()
         pending = 0
         return n
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .arena import _Arena, _Fingerprints
-from .console import _bound_stream, _no_keyboard, _restore_io
+from .console import Flow, _bound_stream, _no_keyboard, _restore_io
 from .wire import (
     EVENT_MIME,
     SnapshotError,
@@ -114,6 +114,7 @@ class _Runner:
         self.skipped_in: list[dict[str, str]] = []
         self._saved_io: tuple[Any, ...] | None = None
         self._bounded: list[Callable[[], None]] = []
+        self._flow: Flow | None = None
 
     def emit(self, kind: str, **fields: Any) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -257,9 +258,14 @@ class _Runner:
         elif spec.get("workdir") and spec["workdir"] not in sys.path:
             sys.path.insert(0, spec["workdir"])
         self._saved_io = _no_keyboard()
-        self._bounded = [_bound_stream(s) for s in (sys.stdout, sys.stderr)]
+        flow = spec.get("flow")
+        self._flow = Flow(flow["path"], int(flow["window"])) if flow else None
+        self._bounded = [_bound_stream(s, self._flow) for s in (sys.stdout, sys.stderr)]
 
     def _leave_context(self) -> None:
+        if self._flow is not None:
+            self._flow.close()
+            self._flow = None
         for undo in self._bounded:
             undo()
         self._bounded = []
