@@ -155,15 +155,18 @@ def _bound_stream(stream: Any, flow: Flow | None = None) -> Callable[[], None]:
     def bounded(text: str) -> int:
         nonlocal pending
         n = len(text)
-        if flow is not None:
-            flow.sent += n
         if pending + n < _MESSAGE_CHARS:
             pending += n
+            if flow is not None:
+                flow.sent += n
             return write(text) or n
         for start in range(0, n, _MESSAGE_CHARS):
-            write(text[start : start + _MESSAGE_CHARS])
+            piece = text[start : start + _MESSAGE_CHARS]
+            write(piece)
             flush()
             if flow is not None:
+                # Counted piece by piece: a huge line is let through as it is taken.
+                flow.sent += len(piece)
                 flow.wait()
         pending = 0
         return n
