@@ -277,8 +277,9 @@ def _watch(call: BgCall, proc: subprocess.Popen[bytes], timeout: float | None) -
         call.folder / "status.json",
         {"returncode": code, "ended_by": call._ended_by, "ended": time.time()},
     )
-    call._ended.set()
+    # The record is final before wait() returns: whoever waited reads the end there too.
     write_call_record(call)
+    call._ended.set()
 
 
 def _write_private_json(path: Path, data: dict[str, Any]) -> None:

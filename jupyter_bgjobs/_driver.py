@@ -135,7 +135,10 @@ class Driver:
             return
         self._send()
         job._set(_state=RUNNING)
-        if self._pump():
+        finished = self._pump()
+        # Gone before the job's end is told: whoever waits finds the folder as it stays.
+        self._close_flow()
+        if finished:
             self._conclude()
 
     def _kernel_for(self) -> Any:
@@ -287,6 +290,7 @@ class Driver:
         job, kernel = self.job, self.kernel
         code = kernel.exit_code()
         self._drain()
+        self._close_flow()
         if self.stop_reason:
             # We killed it after the grace period: the user's intent wins.
             job._set(exit_code=code)
