@@ -371,6 +371,10 @@ def test_a_detached_job_keeps_its_files_private_and_drops_its_seed(
     gate.touch()
     job.wait(60)
     assert job.state == "succeeded" and job.results.answer == 42
+    # Its host moves the results into the folder after the job's end: once it is gone,
+    # the folder is as it stays.
+    host = json.loads((job.folder / "host.json").read_text())["pid"]
+    until(lambda: not _store.pid_alive(host), "the host to end")
     assert stat.S_IMODE(writable_store.stat().st_mode) == 0o700
     wrong = []
     for base, dirs, files in os.walk(job.folder):
