@@ -22,7 +22,7 @@ from ._errors import (
     KernelDiedError,
     WaitTimeout,
 )
-from ._outputs import OutputTail, output_text
+from ._outputs import OutputTail, Tailed, output_text
 from ._spec import JobSpec
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ from ._states import (
 )
 
 
-class Job(RowClock):
+class Job(Tailed, RowClock):
     """One piece of code running, or done running, in its own kernel.
 
     Read ``state``, ``progress``, ``section``, ``output`` and, once it has ended,
@@ -132,22 +132,6 @@ class Job(RowClock):
     def done(self) -> bool:
         """True once the job has reached a final state."""
         return self._state in FINAL_STATES
-
-    @property
-    def outputs(self) -> list[dict[str, Any]]:
-        """The tail of the job's outputs as nbformat output dicts, in order (bounded in
-        size: ``log_path`` holds the whole output)."""
-        return self._tail.items()
-
-    @property
-    def output_version(self) -> int:
-        """Grows with every output the job sends, appended text included."""
-        return self._tail.version
-
-    @property
-    def output(self) -> str:
-        """The tail of the job's output as text (streams, and rich outputs' text form)."""
-        return "".join(output_text(o) for o in self.outputs)
 
     @property
     def results(self) -> types.SimpleNamespace | None:

@@ -101,3 +101,25 @@ class OutputTail:
     @property
     def chars(self) -> int:
         return self._chars
+
+
+class Tailed:
+    """What a row reads of anything with an output tail (a job, a progress row)."""
+
+    _tail: OutputTail
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """The tail of the outputs as nbformat output dicts, in order (bounded in size; a
+        job's ``log_path`` holds the whole output)."""
+        return self._tail.items()
+
+    @property
+    def output_version(self) -> int:
+        """Grows with every output sent, appended text included."""
+        return self._tail.version
+
+    @property
+    def output(self) -> str:
+        """The tail as text (streams, and rich outputs' text form)."""
+        return "".join(output_text(o) for o in self.outputs)

@@ -17,7 +17,7 @@ from typing import Any
 from . import _checks
 from ._config import settings
 from ._errors import JobSpecError, JobStateError
-from ._outputs import OutputTail
+from ._outputs import OutputTail, Tailed
 from ._states import CANCELLED, FAILED, IDLE, RUNNING, SUCCEEDED, RowClock
 
 PROGRESS_STATES = (IDLE, RUNNING, SUCCEEDED, CANCELLED, FAILED)
@@ -29,7 +29,7 @@ def _runner() -> Any:
     return mod if mod is not None and getattr(mod, "CURRENT", None) is not None else None
 
 
-class ProgressJob(RowClock):
+class ProgressJob(Tailed, RowClock):
     """A row for a task you drive yourself: ``add_output``, ``add_progress``,
     ``set_progress``, ``set_status``, ``set_state``, ``remove``. As a context manager it
     starts running on entry and ends ``succeeded``, or ``failed`` on an exception."""
@@ -87,18 +87,6 @@ class ProgressJob(RowClock):
     @property
     def done(self) -> bool:
         return self._state in ("succeeded", "cancelled", "failed")
-
-    @property
-    def outputs(self) -> list[dict[str, Any]]:
-        return self._tail.items()
-
-    @property
-    def output_version(self) -> int:
-        return self._tail.version
-
-    @property
-    def output(self) -> str:
-        return "".join(o.get("text", "") for o in self.outputs)
 
     @property
     def can_stop(self) -> bool:
