@@ -37,6 +37,17 @@ _COLOURS = {
     "idle": "#616161",
 }
 KEEPALIVE_ID = "jupyter-bgjobs-keepalive"
+# The IDE's extension renders a job's row from this (the store has its true state, after
+# the kernel is gone too); front ends without it fall back to the widget or the text.
+JOB_MIME = "application/vnd.jupyter-bgjobs.job+json"
+
+
+def job_mime(job: Any) -> dict[str, Any]:
+    """The IDE's form of ``job``'s row, for a job with a record in the store."""
+    job_id, folder = getattr(job, "id", None), getattr(job, "folder", None)
+    if not isinstance(job_id, str) or folder is None:
+        return {}
+    return {JOB_MIME: {"id": job_id, "name": job.name, "state": job.state}}
 
 
 def status_text(job: Job) -> str:
@@ -83,6 +94,7 @@ class StatusLine:
             "text/plain": text,
             "text/html": f'<div style="font-family:monospace;color:{colour}">'
             f"{html.escape(text)}</div>",
+            **job_mime(self.job),
         }
 
     def show(self) -> None:

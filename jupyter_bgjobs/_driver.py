@@ -28,6 +28,7 @@ from ._inside.kernel.wire import (
     take_stream,
 )
 from ._job import Job
+from ._journal import Journal
 from ._procs import death_reason
 from ._runtime import open_log
 from ._states import (
@@ -85,6 +86,7 @@ class Driver:
         self.kill_at: float | None = None
         self.flow_fd: int | None = None
         self.taken = 0
+        self.journal = Journal(job.folder)
 
     def run(self) -> None:
         job = self.job
@@ -100,6 +102,7 @@ class Driver:
                 self._finish(FAILED)
             finally:
                 self._close_flow()
+                self.journal.close()
                 for path in job._files:
                     remove_snapshot(path)
                 if job._kernel is not None:
@@ -259,11 +262,17 @@ class Driver:
                 _tqdm_progress(job, content["text"])
         elif kind in ("display_data", "execute_result"):
             data, metadata = content.get("data", {}), content.get("metadata", {})
-            job._add_output({"output_type": kind, "data": data, "metadata": metadata}, log)
+            self._rich({"output_type": kind, "data": data, "metadata": metadata})
         elif kind == "error":
             error = {k: content[k] for k in ("ename", "evalue", "traceback")}
-            job._add_output({"output_type": "error", **error}, log)
+            self._rich({"output_type": "error", **error})
         return False
+
+    def _rich(self, out: dict[str, Any]) -> None:
+        # The journal keeps what the log has only as text, for the IDE's output view.
+        start = self.log.tell()
+        self.job._add_output(out, self.log)
+        self.journal.add(out, start, self.log.tell())
 
     def _stop_if_asked(self, t: float, deadline: float | None) -> None:
         """Cancel or timeout: interrupt first, kill after ``cancel_grace``."""

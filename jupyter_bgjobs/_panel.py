@@ -16,7 +16,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from ._display import _COLOURS, _ICONS, live_frontend, status_text
+from ._display import _COLOURS, _ICONS, job_mime, live_frontend, status_text
 from ._merge import _names
 from ._text import _clock
 from ._text import text_table as _aligned
@@ -126,6 +126,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
         bundle = super()._repr_mimebundle_(**kwargs)
         if isinstance(bundle, dict):
             bundle["text/plain"] = status_text(self.job)
+            bundle.update(job_mime(self.job))
         return bundle
 
     def refresh(self, force: bool = False) -> None:

@@ -50,6 +50,8 @@ def state_record(job: Any) -> dict[str, Any]:
         "kernel": spec.kernel,
         "notebook": job._environ.get("JPY_SESSION_NAME") or None,
         "skipped": job.skipped,
+        # The merge report of an attached job ("merged a, b into globals"), for the IDE.
+        "report": getattr(job, "report", "") or "",
         # Wall-clock stamps of the job's milestones (benchmarks read them).
         "timings": dict(job.timings),
     }
@@ -123,7 +125,9 @@ class RecordWriter:
         self.dirty = False
 
     def __call__(self, job: Any) -> None:
-        if job.state == self._last_state and not self.failing:
+        # An ended job changes once more at most (its merge report): written at once,
+        # since no driver is left to flush it.
+        if job.state == self._last_state and not self.failing and not job.done:
             self.dirty = True  # written by ``flush`` once the interval has passed
             self.flush()
             return

@@ -9,28 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
-from cells import free_port
+from labserver import ARTIFACTS, CHROMIUM, lab_server, skip_without_chromium, write_notebook
 
-CHROMIUM = "/usr/bin/chromium"
 TOKEN = "bgjobs-lab-token"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-if not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true":
-    # On CI the browser is installed by the test command; a missing one there is a failure.
-    pytest.skip(
-        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
-    )
+skip_without_chromium()
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -50,57 +38,9 @@ CELLS = [
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A JupyterLab server on 127.0.0.1 serving one notebook; yields its URL."""
     root = tmp_path_factory.mktemp("lab")
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(nb, root / "jobs.ipynb")
-    # No news or update toasts over the panel in the screenshot.
-    settings = root / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        '{"fetchNews": "false", "checkForUpdates": false}'
-    )
-    port = free_port()
-    log = open(root / "lab.log", "wb")  # closed after the server ends
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyterlab",
-            "--no-browser",
-            "--allow-root",
-            f"--port={port}",
-            "--ServerApp.ip=127.0.0.1",
-            f"--IdentityProvider.token={TOKEN}",
-            f"--ServerApp.root_dir={root}",
-            "--LabApp.expose_app_in_browser=True",
-            f"--LabApp.user_settings_dir={root / 'settings'}",
-            f"--LabApp.workspaces_dir={root / 'workspaces'}",
-        ],
-        env=dict(os.environ, JUPYTER_RUNTIME_DIR=str(root / "runtime")),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=5):
-                break
-        except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.close()
-                pytest.fail("JupyterLab did not start:\n" + (root / "lab.log").read_text()[-3000:])
-            time.sleep(0.2)  # polling a port that is not open yet; no event to wait on
-    yield url
-    proc.terminate()
-    proc.wait(60)
-    log.close()
+    write_notebook(root / "jobs.ipynb", CELLS)
+    with lab_server(root, TOKEN) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from tornado.iostream import StreamClosedError
 
 from .. import _store
 from .._errors import BgJobError
+from .._journal import stored_outputs
 
 _ID = r"(?P<job_id>[0-9a-f]{8})"
 # How often the event stream looks at the records, and the longest output tail it serves.
@@ -41,7 +42,20 @@ def _find(job_id: str) -> Any:
     raise web.HTTPError(404, f"no job {job_id}")
 
 
-def summary(job: Any) -> dict[str, Any]:
+def _relative(path: Any, root: str | None) -> str | None:
+    """A notebook's path as the IDE names it (relative to the server's root), if under it."""
+    if not isinstance(path, str) or not path:
+        return None
+    if root is None or not os.path.isabs(path):
+        return path
+    try:
+        rel = os.path.relpath(path, os.path.expanduser(root))
+    except ValueError:
+        return None
+    return None if rel.startswith("..") else rel.replace(os.sep, "/")
+
+
+def summary(job: Any, root: str | None = None) -> dict[str, Any]:
     """What a row of the IDE's Jobs panel shows of a job."""
     record = job._record()
     done, total = job.progress
@@ -57,12 +71,23 @@ def summary(job: Any) -> dict[str, Any]:
         "elapsed": job.elapsed,
         "where": record.get("where") or "local",
         "notebook": record.get("notebook"),
+        "notebook_path": _relative(record.get("notebook"), root),
+        "kind": getattr(job, "kind", None) or "cell",
         "detached": bool(job.detached),
         "reason": job.reason,
+        "report": job.report if job.done else "",
     }
 
 
+# What the IDE needs of a job's spec to run it again.
+_RERUN_KEYS = ("code", "name", "env", "results", "timeout", "kernel", "workdir", "script")
+
+
 class _Handler(APIHandler):
+    @property
+    def root(self) -> str:
+        return str(self.settings.get("server_root_dir") or os.getcwd())
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # One line that says what is wrong, as JSON, like jupyter_server's own API.
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -74,44 +99,68 @@ class _Handler(APIHandler):
 class JobsHandler(_Handler):
     @web.authenticated
     def get(self) -> None:
-        self.finish(json.dumps({"jobs": [summary(j) for j in _jobs()]}))
+        # The root lets the IDE give a notebook's kernel a script's absolute path.
+        jobs = [summary(j, self.root) for j in _jobs()]
+        self.finish(json.dumps({"jobs": jobs, "root": os.path.expanduser(self.root)}))
 
     @web.authenticated
     def post(self) -> None:
-        """Start a detached script job: ``{"path": ..., "name", "timeout", "kernel",
-        "workdir", "env": "none"|"all"}`` (a path under the server's root or absolute)."""
-        from .._jobs import run_script
+        """Start a detached job: a script, ``{"path": ...}`` (under the server's root or
+        absolute), or code, ``{"code": ...}`` (an editor's selection, a rerun); with
+        ``name``, ``timeout``, ``kernel``, ``workdir`` (relative to the root)."""
+        from .._jobs import run_cell, run_script
 
         body = self.get_json_body() or {}
-        if not isinstance(body, dict) or not isinstance(body.get("path"), str):
-            raise web.HTTPError(400, "the body must be a JSON object with a 'path' string")
-        root = Path(self.settings.get("server_root_dir", os.getcwd())).expanduser()
-        path = Path(body["path"])
-        if not path.is_absolute():
-            path = root / path
-        try:
-            job = run_script(
-                path,
-                name=body.get("name"),
-                workdir=body.get("workdir"),
-                timeout=body.get("timeout"),
-                kernel=body.get("kernel"),
-                detach=True,
+        if not isinstance(body, dict) or not (
+            isinstance(body.get("path"), str) or isinstance(body.get("code"), str)
+        ):
+            raise web.HTTPError(
+                400, "the body must be a JSON object with a 'path' or a 'code' string"
             )
+        root = Path(self.root).expanduser()
+        workdir = body.get("workdir") or None
+        if isinstance(workdir, str) and not os.path.isabs(workdir):
+            workdir = str(root / workdir)
+        options: dict[str, Any] = {
+            "name": body.get("name") or None,
+            "workdir": workdir,
+            "timeout": body.get("timeout") or None,
+            "kernel": body.get("kernel") or None,
+            "detach": True,
+        }
+        try:
+            if isinstance(body.get("path"), str):
+                path = Path(body["path"])
+                job = run_script(path if path.is_absolute() else root / path, **options)
+            else:
+                # The server has no notebook: the code gets no variables and keeps its
+                # results in the store, for %bgjob_attach.
+                job = run_cell(body["code"], env="none", results="none", **options)
         except BgJobError as exc:
             raise web.HTTPError(400, str(exc)) from None
         self.set_status(201)
-        self.finish(json.dumps(summary(job)))
+        self.finish(json.dumps(summary(job, self.root)))
 
 
 class JobHandler(_Handler):
     @web.authenticated
     def get(self, job_id: str) -> None:
         job = _find(job_id)
-        text = job.output[-_TAIL:]
-        outputs = [{"output_type": "stream", "name": "stdout", "text": text}] if text else []
+        log = Path(job.log_path or job.folder / "output.log")
+        outputs = stored_outputs(job.folder, log, _TAIL)
         record = job._record()
-        self.finish(json.dumps({**summary(job), "record": record, "outputs": outputs}))
+        spec = job._spec() if hasattr(job, "_spec") else {}
+        self.finish(
+            json.dumps(
+                {
+                    **summary(job, self.root),
+                    "record": record,
+                    "outputs": outputs,
+                    "spec": {k: spec.get(k) for k in _RERUN_KEYS},
+                },
+                default=str,
+            )
+        )
 
     @web.authenticated
     def delete(self, job_id: str) -> None:
@@ -181,13 +230,17 @@ class EventsHandler(_Handler):
         self.set_header("Cache-Control", "no-cache")
         seen: dict[str, str] = {}
         quiet = 0
+        sent = False
         try:
             while True:
                 now = {j.id: j for j in _jobs()}
-                rows = {k: summary(j) for k, j in now.items()}
+                rows = {k: summary(j, self.root) for k, j in now.items()}
                 changed = [r for k, r in rows.items() if seen.get(k) != json.dumps(r)]
                 removed = [k for k in seen if k not in rows]
-                if changed or removed:
+                # The first event lists every job (none too): a reconnected page drops
+                # the rows that went while it was away.
+                if changed or removed or not sent:
+                    sent = True
                     self.write(f"data: {json.dumps({'jobs': changed, 'removed': removed})}\n\n")
                     await self.flush()
                     quiet = 0

@@ -1,0 +1,104 @@
+"""A job's rich outputs on disk, so the IDE can show plots and tables after the notebook's
+kernel is gone.
+
+The log keeps every output's text; ``outputs.jsonl`` beside it keeps each rich output
+(display data, results, errors) with the log's byte range its text form took. A reader
+rebuilds nbformat outputs in order: log text between the ranges, rich outputs at them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+JOURNAL = "outputs.jsonl"
+# A job that draws thousands of plots must not fill the disk: past these, rich outputs
+# are only in the log (as text), and the journal says so once.
+_MAX_JOURNAL = 64 * 1024 * 1024
+_MAX_ONE = 16 * 1024 * 1024
+
+
+class Journal:
+    """Appends a job's rich outputs, bounded in size; opened on the first one."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / JOURNAL
+        self.size = 0
+        self.full = False
+        self._fh: IO[str] | None = None
+
+    def add(self, out: dict[str, Any], start: int, end: int) -> None:
+        """Keep ``out``, whose text form took bytes ``start`` to ``end`` of the log."""
+        if self.full:
+            return
+        line = json.dumps({"at": [start, end], "output": out}, default=str)
+        if len(line) > _MAX_ONE or self.size + len(line) > _MAX_JOURNAL:
+            line = json.dumps({"at": [start, start], "dropped": "journal full"})
+            self.full = True
+        try:
+            if self._fh is None:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._fh = os.fdopen(fd, "a", encoding="utf-8")
+            self._fh.write(line + "\n")
+            self._fh.flush()
+        except OSError:  # a full or read-only disk loses rich outputs, never the job
+            self.full = True
+        self.size += len(line) + 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _read_entries(folder: Path) -> list[dict[str, Any]]:
+    entries = []
+    try:
+        with open(folder / JOURNAL, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # the line being written, or damage: skipped
+                    continue
+                at = entry.get("at") if isinstance(entry, dict) else None
+                if isinstance(at, list) and len(at) == 2 and all(isinstance(a, int) for a in at):
+                    entries.append(entry)
+    except OSError:
+        pass
+    return entries
+
+
+def stored_outputs(folder: Path, log: Path, tail: int) -> list[dict[str, Any]]:
+    """The job's outputs as nbformat outputs: the last ``tail`` bytes of the log, with
+    the rich outputs of that stretch in their places."""
+    try:
+        size = log.stat().st_size
+    except OSError:
+        size = 0
+    start = max(0, size - tail)
+    entries = [e for e in _read_entries(folder) if e["at"][0] >= start and e["at"][1] <= size]
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(size - start)
+    except OSError:
+        data = b""
+    outputs: list[dict[str, Any]] = []
+
+    def text(a: int, b: int) -> None:
+        piece = data[a - start : b - start].decode("utf-8", errors="replace")
+        if piece:
+            outputs.append({"output_type": "stream", "name": "stdout", "text": piece})
+
+    pos = start
+    for entry in entries:
+        a, b = entry["at"]
+        text(pos, a)
+        out = entry.get("output")
+        if isinstance(out, dict):
+            outputs.append(out)
+        pos = max(pos, b)
+    text(pos, size)
+    return outputs

@@ -1,0 +1,277 @@
+/**
+ * The job store as the server extension serves it: one client per page, fed by the
+ * server-sent event stream, so every view (panel, status bar, rows under cells) reads
+ * the same rows and no view polls.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import * as nbformat from '@jupyterlab/nbformat';
+import { ServerConnection } from '@jupyterlab/services';
+import { ISignal, Signal } from '@lumino/signaling';
+
+export const FINAL_STATES = [
+  'succeeded',
+  'failed',
+  'cancelled',
+  'timed_out',
+  'died'
+];
+
+/** One job, as a row of the Jobs panel shows it. */
+export interface IJob {
+  id: string;
+  name: string;
+  state: string;
+  progress: [number, number | null];
+  section: string;
+  status: string;
+  started: string | null;
+  finished: string | null;
+  elapsed: number;
+  where: string;
+  notebook: string | null;
+  notebook_path: string | null;
+  kind: string;
+  detached: boolean;
+  reason: string;
+  report: string;
+}
+
+/** What the detail view shows of a job. */
+export interface IJobDetail extends IJob {
+  outputs: nbformat.IOutput[];
+  spec: {
+    code: string | null;
+    name: string | null;
+    env: string | null;
+    results: string | null;
+    timeout: number | null;
+    kernel: string | null;
+    workdir: string | null;
+    script: string | null;
+  };
+}
+
+/** Options of a job started from the IDE (the dialog's fields). */
+export interface IRunOptions {
+  name: string;
+  env: string;
+  results: string;
+  workdir: string;
+  kernel: string;
+  timeout: string;
+  detach: boolean;
+}
+
+export function isRunning(job: IJob): boolean {
+  return FINAL_STATES.indexOf(job.state) < 0;
+}
+
+/** A request to the server extension; a refusal becomes an Error with its one line. */
+export async function request<T>(
+  path: string,
+  init: RequestInit = {}
+): Promise<T> {
+  const settings = ServerConnection.makeSettings();
+  const url = URLExt.join(settings.baseUrl, 'bgjobs', 'api', path);
+  const response = await ServerConnection.makeRequest(url, init, settings);
+  if (!response.ok) {
+    let message = response.statusText;
+    try {
+      message = (await response.json()).message || message;
+    } catch {
+      // not JSON: the status text says it
+    }
+    throw new Error(message);
+  }
+  if (response.status === 204) {
+    return undefined as T;
+  }
+  const type = response.headers.get('Content-Type') || '';
+  return (
+    type.includes('json') ? response.json() : response.text()
+  ) as Promise<T>;
+}
+
+/** Every job of this user, kept current by the server's event stream. */
+export class JobStore {
+  /** The server's root folder, as its kernels see paths. */
+  root = '';
+  private _jobs = new Map<string, IJob>();
+  // When each row arrived: running rows tick from their elapsed at that moment.
+  private _seenAt = new Map<string, number>();
+  private _changed = new Signal<this, void>(this);
+  private _ended = new Signal<this, IJob>(this);
+  private _stopped = false;
+  private _ready: Promise<void>;
+  private _abort: AbortController | null = null;
+
+  constructor() {
+    this._ready = this._connect();
+  }
+
+  /** Resolves once the first list of jobs has arrived. */
+  get ready(): Promise<void> {
+    return this._ready;
+  }
+
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  /** A job seen running on this page has ended. */
+  get ended(): ISignal<this, IJob> {
+    return this._ended;
+  }
+
+  get jobs(): IJob[] {
+    return Array.from(this._jobs.values()).sort((a, b) =>
+      (b.started || '').localeCompare(a.started || '')
+    );
+  }
+
+  get running(): IJob[] {
+    return this.jobs.filter(isRunning);
+  }
+
+  get(id: string): IJob | undefined {
+    return this._jobs.get(id);
+  }
+
+  /** Seconds the job has run, ticking while it runs. */
+  elapsed(job: IJob): number {
+    if (!isRunning(job) || !job.started) {
+      return job.elapsed || 0;
+    }
+    const since = (Date.now() - (this._seenAt.get(job.id) || Date.now())) / 1000;
+    return (job.elapsed || 0) + since;
+  }
+
+  /** Jobs that end with the kernel of this notebook (attached, still running). */
+  ofNotebook(path: string): IJob[] {
+    return this.running.filter(j => j.notebook_path === path);
+  }
+
+  async cancel(id: string): Promise<void> {
+    await request(`jobs/${id}/cancel`, { method: 'POST' });
+  }
+
+  async remove(id: string): Promise<void> {
+    await request(`jobs/${id}`, { method: 'DELETE' });
+    this._jobs.delete(id);
+    this._changed.emit();
+  }
+
+  detail(id: string): Promise<IJobDetail> {
+    return request<IJobDetail>(`jobs/${id}`);
+  }
+
+  log(id: string): Promise<string> {
+    return request<string>(`jobs/${id}/log`);
+  }
+
+  /** Start a detached job on the server: a script (``path``) or ``code``. */
+  async start(body: { [key: string]: unknown }): Promise<IJob> {
+    const job = await request<IJob>('jobs', {
+      method: 'POST',
+      body: JSON.stringify(body)
+    });
+    this._take([job], []);
+    return job;
+  }
+
+  dispose(): void {
+    this._stopped = true;
+    this._abort?.abort();
+  }
+
+  private _take(rows: IJob[], removed: string[]): void {
+    const now = Date.now();
+    for (const row of rows) {
+      const before = this._jobs.get(row.id);
+      this._jobs.set(row.id, row);
+      this._seenAt.set(row.id, now);
+      if (before && isRunning(before) && !isRunning(row)) {
+        this._ended.emit(row);
+      }
+    }
+    for (const id of removed) {
+      this._jobs.delete(id);
+    }
+    this._changed.emit();
+  }
+
+  private async _connect(): Promise<void> {
+    try {
+      const first = await request<{ jobs: IJob[]; root: string }>('jobs');
+      this.root = first.root;
+      this._take(first.jobs, []);
+    } catch (reason) {
+      // The stream below retries; its first event brings every job.
+      console.warn('jupyter-bgjobs: the job store is not reachable yet:', reason);
+    }
+    void this._follow();
+  }
+
+  /** Read the event stream; reconnect after a break (a server restart, a proxy). */
+  private async _follow(): Promise<void> {
+    let wait = 500;
+    while (!this._stopped) {
+      try {
+        await this._stream();
+        wait = 500;
+      } catch {
+        wait = Math.min(wait * 2, 10000);
+      }
+      if (!this._stopped) {
+        await new Promise(resolve => setTimeout(resolve, wait));
+      }
+    }
+  }
+
+  private async _stream(): Promise<void> {
+    const settings = ServerConnection.makeSettings();
+    const url = URLExt.join(settings.baseUrl, 'bgjobs', 'api', 'events');
+    this._abort = new AbortController();
+    const response = await ServerConnection.makeRequest(
+      url,
+      { signal: this._abort.signal },
+      settings
+    );
+    if (!response.ok || !response.body) {
+      throw new Error(response.statusText);
+    }
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    let first = true;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) {
+        return;
+      }
+      buffer += decoder.decode(value, { stream: true });
+      let cut: number;
+      while ((cut = buffer.indexOf('\n\n')) >= 0) {
+        const event = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const data = event
+          .split('\n')
+          .filter(line => line.startsWith('data: '))
+          .map(line => line.slice(6))
+          .join('\n');
+        if (!data) {
+          continue;
+        }
+        const change = JSON.parse(data) as { jobs: IJob[]; removed: string[] };
+        if (first) {
+          // A new stream starts with every job: what is not in it has gone.
+          const ids = new Set(change.jobs.map(j => j.id));
+          const gone = Array.from(this._jobs.keys()).filter(id => !ids.has(id));
+          change.removed = change.removed.concat(gone);
+          first = false;
+        }
+        this._take(change.jobs, change.removed);
+      }
+    }
+  }
+}

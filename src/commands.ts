@@ -1,0 +1,328 @@
+/**
+ * The commands that start jobs: a cell, an editor's selection, a ``.py`` file, and the
+ * panel. Each opens the options dialog, or takes its options as arguments (scripted).
+ */
+import { JupyterFrontEnd } from '@jupyterlab/application';
+import { Notification } from '@jupyterlab/apputils';
+import { CodeCell } from '@jupyterlab/cells';
+import { CodeEditor } from '@jupyterlab/codeeditor';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
+import { IEditorTracker } from '@jupyterlab/fileeditor';
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { OutputArea } from '@jupyterlab/outputarea';
+import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
+
+import { IJob, IRunOptions, JobStore } from './api';
+import { askOptions, Choices, IDialogContext, OPTION_KEYS } from './dialog';
+import { runJobIcon, jobsIcon } from './icons';
+import { JobsPanel } from './panel';
+import { cellCode, scriptCode } from './python';
+import { basename } from './rows';
+
+export const CommandIDs = {
+  runCell: 'bgjobs:run-cell',
+  runSelection: 'bgjobs:run-selection',
+  runFile: 'bgjobs:run-file',
+  openPanel: 'bgjobs:open-panel'
+};
+
+export interface ICommandParts {
+  app: JupyterFrontEnd;
+  store: JobStore;
+  panel: JobsPanel;
+  choices: Choices;
+  notebooks: INotebookTracker | null;
+  editors: IEditorTracker | null;
+  browser: IDefaultFileBrowser | null;
+}
+
+/** One line, where JupyterLab shows what went wrong. */
+function fail(message: string): void {
+  Notification.error(message, { autoClose: 8000 });
+}
+
+function kernels(app: JupyterFrontEnd): IDialogContext['kernels'] {
+  const specs = app.serviceManager.kernelspecs.specs?.kernelspecs || {};
+  return Object.values(specs)
+    .filter(spec => spec)
+    .map(spec => ({ name: spec!.name, display: spec!.display_name }));
+}
+
+/** The options given as arguments (scripted), or asked for in the dialog. */
+async function options(
+  parts: ICommandParts,
+  args: ReadonlyPartialJSONObject,
+  context: Omit<IDialogContext, 'kernels'>
+): Promise<IRunOptions | null> {
+  const given = OPTION_KEYS.filter(k => args[k] !== undefined);
+  if (args.dialog === false || given.length) {
+    const base = await parts.choices.get(context.kind);
+    const scripted = { ...base, ...context.defaults } as unknown as {
+      [key: string]: unknown;
+    };
+    for (const key of given) {
+      scripted[key] = key === 'detach' ? Boolean(args[key]) : String(args[key]);
+    }
+    return scripted as unknown as IRunOptions;
+  }
+  return askOptions({ ...context, kernels: kernels(parts.app) }, parts.choices);
+}
+
+/** Run ``code`` in a notebook's kernel; into ``cell``'s output when given. */
+export async function runInNotebook(
+  panel: NotebookPanel,
+  code: string,
+  cell: CodeCell | null
+): Promise<void> {
+  const session = panel.sessionContext;
+  await session.ready;
+  const kernel = session.session?.kernel;
+  if (!kernel) {
+    fail(`${panel.title.label} has no kernel: start one to run background jobs from it`);
+    return;
+  }
+  if (cell) {
+    await OutputArea.execute(code, cell.outputArea, session);
+    return;
+  }
+  const future = kernel.requestExecute({ code, silent: false, store_history: false });
+  future.onIOPub = msg => {
+    if (msg.header.msg_type === 'error') {
+      const content = msg.content as { ename: string; evalue: string };
+      fail(`${content.ename}: ${content.evalue}`);
+    }
+  };
+  await future.done;
+}
+
+function selected(editor: CodeEditor.IEditor): string {
+  const source = editor.model.sharedModel.getSource();
+  const range = editor.getSelection();
+  const start = editor.getOffsetAt(range.start);
+  const end = editor.getOffsetAt(range.end);
+  if (start !== end) {
+    return source.slice(Math.min(start, end), Math.max(start, end));
+  }
+  // No selection: the line the cursor is on, as RStudio runs it.
+  return source.split('\n')[range.start.line] || '';
+}
+
+function notebookOf(parts: ICommandParts, path: string | null): NotebookPanel | null {
+  let found: NotebookPanel | null = null;
+  parts.notebooks?.forEach(panel => {
+    if (panel.context.path === path && panel.sessionContext.session?.kernel) {
+      found = panel;
+    }
+  });
+  return found;
+}
+
+function serverBody(o: IRunOptions): { [key: string]: unknown } {
+  return {
+    name: o.name || undefined,
+    workdir: o.workdir || undefined,
+    kernel: o.kernel || undefined,
+    timeout: o.timeout ? Number(o.timeout) : undefined
+  };
+}
+
+async function startOnServer(
+  parts: ICommandParts,
+  body: { [key: string]: unknown }
+): Promise<IJob | null> {
+  try {
+    const job = await parts.store.start(body);
+    Notification.info(`Background job ${job.name} started`, {
+      autoClose: 3000,
+      actions: [
+        {
+          label: 'Show',
+          callback: () =>
+            void parts.app.commands.execute(CommandIDs.openPanel, { id: job.id })
+        }
+      ]
+    });
+    return job;
+  } catch (reason) {
+    fail(`The job did not start: ${(reason as Error).message}`);
+    return null;
+  }
+}
+
+async function runCell(parts: ICommandParts, args: ReadonlyPartialJSONObject): Promise<void> {
+  const panel = parts.notebooks?.currentWidget;
+  const cell = panel?.content.activeCell;
+  if (!panel || !(cell instanceof CodeCell)) {
+    fail('Select a code cell of a notebook to run it as a background job');
+    return;
+  }
+  const source =
+    typeof args.code === 'string' ? args.code : cell.model.sharedModel.getSource();
+  const o = await options(parts, args, {
+    title: 'Run Cell as Background Job',
+    kind: 'cell',
+    notebook: panel.context.path,
+    defaults: {}
+  });
+  if (o) {
+    await runInNotebook(panel, cellCode(source, o), cell);
+  }
+}
+
+async function runSelection(
+  parts: ICommandParts,
+  args: ReadonlyPartialJSONObject
+): Promise<void> {
+  const current = parts.app.shell.currentWidget;
+  const panel = parts.notebooks?.currentWidget;
+  if (panel && current === panel) {
+    const cell = panel.content.activeCell;
+    if (!(cell instanceof CodeCell) || !cell.editor) {
+      fail('Select code in a code cell to run it as a background job');
+      return;
+    }
+    const code = typeof args.code === 'string' ? args.code : selected(cell.editor);
+    const o = await options(parts, args, {
+      title: 'Run Selection as Background Job',
+      kind: 'cell',
+      notebook: panel.context.path,
+      defaults: {}
+    });
+    if (o) {
+      await runInNotebook(panel, cellCode(code, o), null);
+    }
+    return;
+  }
+  const editor = parts.editors?.currentWidget;
+  if (!editor) {
+    fail('Select code in a notebook or a file editor to run it as a background job');
+    return;
+  }
+  const code =
+    typeof args.code === 'string' ? args.code : selected(editor.content.editor);
+  const o = await options(parts, args, {
+    title: 'Run Selection as Background Job',
+    kind: 'server',
+    notebook: null,
+    defaults: {
+      workdir: editor.context.path.split('/').slice(0, -1).join('/')
+    }
+  });
+  if (o) {
+    await startOnServer(parts, { ...serverBody(o), code });
+  }
+}
+
+function pythonFile(parts: ICommandParts, args: ReadonlyPartialJSONObject): string | null {
+  if (typeof args.path === 'string') {
+    return args.path;
+  }
+  const fromBrowser = parts.app.contextMenuHitTest(node =>
+    node.classList.contains('jp-DirListing-item')
+  );
+  if (fromBrowser && parts.browser) {
+    for (const item of parts.browser.selectedItems()) {
+      if (item.path.endsWith('.py')) {
+        return item.path;
+      }
+    }
+  }
+  const editor = parts.editors?.currentWidget;
+  if (editor && editor.context.path.endsWith('.py')) {
+    return editor.context.path;
+  }
+  return null;
+}
+
+async function runFile(parts: ICommandParts, args: ReadonlyPartialJSONObject): Promise<void> {
+  const path = pythonFile(parts, args);
+  if (!path) {
+    fail('Choose a .py file (in the file browser or an editor) to run as a background job');
+    return;
+  }
+  // With a notebook open, the script runs from its kernel (RStudio's "Source as
+  // Background Job": results into that notebook); with none, the server starts it.
+  const panel = parts.notebooks?.currentWidget;
+  const notebook = panel?.sessionContext.session?.kernel ? panel : null;
+  const o = await options(parts, args, {
+    title: `Run ${basename(path)} as Background Job`,
+    kind: notebook ? 'file' : 'server',
+    notebook: notebook ? basename(notebook.context.path) : null,
+    defaults: { name: basename(path).replace(/\.py$/, '') }
+  });
+  if (!o) {
+    return;
+  }
+  if (notebook) {
+    const absolute = parts.store.root ? `${parts.store.root}/${path}` : path;
+    await runInNotebook(notebook, scriptCode(absolute, o), null);
+  } else {
+    await startOnServer(parts, { ...serverBody(o), path });
+  }
+}
+
+/** Run an ended job again: from its notebook when that is open, else on the server. */
+export async function rerun(parts: ICommandParts, job: IJob): Promise<void> {
+  let detail;
+  try {
+    detail = await parts.store.detail(job.id);
+  } catch (reason) {
+    fail(`Cannot rerun ${job.name}: ${(reason as Error).message}`);
+    return;
+  }
+  const spec = detail.spec;
+  const o: IRunOptions = {
+    name: job.name,
+    env: typeof spec.env === 'string' ? spec.env : 'auto',
+    results: spec.results || 'globals',
+    workdir: spec.workdir || '',
+    kernel: spec.kernel || '',
+    timeout: spec.timeout ? String(spec.timeout) : '',
+    detach: job.detached
+  };
+  const panel = notebookOf(parts, job.notebook_path);
+  if (panel) {
+    const code = spec.script ? scriptCode(spec.script, o) : cellCode(spec.code || '', o);
+    await runInNotebook(panel, code, null);
+  } else if (spec.script) {
+    await startOnServer(parts, { ...serverBody(o), path: spec.script });
+  } else {
+    await startOnServer(parts, { ...serverBody(o), code: spec.code || '' });
+  }
+}
+
+export function addCommands(parts: ICommandParts): void {
+  const { app } = parts;
+  const hasCodeCell = () =>
+    parts.notebooks?.currentWidget?.content.activeCell instanceof CodeCell;
+  app.commands.addCommand(CommandIDs.runCell, {
+    label: 'Run Cell as Background Job…',
+    caption: 'Run this cell in a separate kernel; its results come back when it ends',
+    icon: runJobIcon,
+    isEnabled: hasCodeCell,
+    execute: args => runCell(parts, args)
+  });
+  app.commands.addCommand(CommandIDs.runSelection, {
+    label: 'Run Selection as Background Job…',
+    caption: 'Run the selected code (or the current line) as a background job',
+    execute: args => runSelection(parts, args)
+  });
+  app.commands.addCommand(CommandIDs.runFile, {
+    label: 'Run as Background Job…',
+    caption: 'Run a .py file as a background job',
+    icon: runJobIcon,
+    execute: args => runFile(parts, args)
+  });
+  app.commands.addCommand(CommandIDs.openPanel, {
+    label: 'Show Background Jobs',
+    caption: 'The Jobs panel: every background job of this server',
+    icon: jobsIcon,
+    execute: args => {
+      if (!parts.panel.isAttached) {
+        app.shell.add(parts.panel, 'right', { rank: 500 });
+      }
+      app.shell.activateById(parts.panel.id);
+      parts.panel.showJob(typeof args.id === 'string' ? args.id : null);
+    }
+  });
+}

@@ -1,0 +1,227 @@
+/**
+ * RStudio's "Start Background Job" dialog: name, environment, results, working
+ * directory, kernel, timeout and detach; the last choices are remembered.
+ */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
+import { IStateDB } from '@jupyterlab/statedb';
+import { ReadonlyJSONObject } from '@lumino/coreutils';
+import { Widget } from '@lumino/widgets';
+
+import { IRunOptions } from './api';
+
+/** What is being run decides which choices make sense. */
+export interface IDialogContext {
+  title: string;
+  /** ``cell``: a notebook's cell or selection; ``file``: a script; ``server``: code with
+   * no notebook (started by the server, so detached and with nothing shipped). */
+  kind: 'cell' | 'file' | 'server';
+  /** The notebook whose variables a ``file`` job may copy, if one is open. */
+  notebook: string | null;
+  kernels: { name: string; display: string }[];
+  defaults: Partial<IRunOptions>;
+}
+
+export const OPTION_KEYS: (keyof IRunOptions)[] = [
+  'name',
+  'env',
+  'results',
+  'workdir',
+  'kernel',
+  'timeout',
+  'detach'
+];
+
+const STATE_KEY = 'jupyter-bgjobs:dialog';
+
+export const FALLBACK: IRunOptions = {
+  name: '',
+  env: 'auto',
+  results: 'globals',
+  workdir: '',
+  kernel: '',
+  timeout: '',
+  detach: false
+};
+
+/** Remembered choices, per kind of job (a script's results default is not a cell's). */
+export class Choices {
+  constructor(private _db: IStateDB | null) {}
+
+  async get(kind: string): Promise<IRunOptions> {
+    const base: IRunOptions =
+      kind === 'cell'
+        ? { ...FALLBACK }
+        : { ...FALLBACK, env: 'none', results: kind === 'file' ? 'object' : 'none' };
+    if (kind === 'server') {
+      base.detach = true;
+    }
+    try {
+      const all = ((await this._db?.fetch(STATE_KEY)) || {}) as {
+        [kind: string]: Partial<IRunOptions>;
+      };
+      return { ...base, ...(all[kind] || {}), name: '' };
+    } catch {
+      return base;
+    }
+  }
+
+  async set(kind: string, options: IRunOptions): Promise<void> {
+    if (!this._db) {
+      return;
+    }
+    const all = ((await this._db.fetch(STATE_KEY)) || {}) as {
+      [kind: string]: ReadonlyJSONObject;
+    };
+    // The name is the job's own; the rest is how this user likes to run jobs.
+    const { name: _name, ...rest } = options;
+    void _name;
+    await this._db.save(STATE_KEY, { ...all, [kind]: rest });
+  }
+}
+
+function field(
+  label: string,
+  control: HTMLElement,
+  help = ''
+): HTMLElement {
+  const row = document.createElement('label');
+  row.className = 'jp-bgjobs-field';
+  const text = document.createElement('span');
+  text.textContent = label;
+  row.append(text, control);
+  if (help) {
+    const note = document.createElement('small');
+    note.textContent = help;
+    row.appendChild(note);
+  }
+  return row;
+}
+
+function select(
+  name: string,
+  choices: [string, string][],
+  value: string
+): HTMLSelectElement {
+  const node = document.createElement('select');
+  node.name = name;
+  node.className = 'jp-mod-styled';
+  for (const [key, label] of choices) {
+    const option = document.createElement('option');
+    option.value = key;
+    option.textContent = label;
+    node.appendChild(option);
+  }
+  node.value = choices.some(([k]) => k === value) ? value : choices[0][0];
+  return node;
+}
+
+function input(name: string, value: string, placeholder: string): HTMLInputElement {
+  const node = document.createElement('input');
+  node.name = name;
+  node.className = 'jp-mod-styled';
+  node.value = value;
+  node.placeholder = placeholder;
+  return node;
+}
+
+class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
+  constructor(context: IDialogContext, options: IRunOptions) {
+    super();
+    this.addClass('jp-bgjobs-dialog');
+    const kind = context.kind;
+    this._name = input('name', options.name, 'automatic');
+    const envs: [string, string][] =
+      kind === 'cell'
+        ? [
+            ['auto', 'Names the code reads (auto)'],
+            ['all', "A copy of the notebook's variables (all)"],
+            ['none', 'Nothing: a clean kernel (none)']
+          ]
+        : kind === 'file' && context.notebook
+          ? [
+              ['none', 'Nothing: a clean kernel (none)'],
+              ['all', `A copy of ${context.notebook}'s variables (all)`]
+            ]
+          : [['none', 'Nothing: a clean kernel (none)']];
+    this._env = select('env', envs, options.env);
+    const results: [string, string][] =
+      kind === 'server'
+        ? [['none', 'Kept in the store (%bgjob_attach NAME)']]
+        : [
+            ['globals', "Into the notebook's globals"],
+            ['object', 'Into an object, <name>_results'],
+            ['none', 'Not copied (job.results only)']
+          ];
+    this._results = select('results', results, options.results);
+    this._workdir = input(
+      'workdir',
+      options.workdir,
+      kind === 'file' ? "the script's folder" : "the notebook's folder"
+    );
+    const kernels: [string, string][] = [['', 'Default (python3)']].concat(
+      context.kernels.map(k => [k.name, k.display] as [string, string])
+    ) as [string, string][];
+    this._kernel = select('kernel', kernels, options.kernel);
+    this._timeout = input('timeout', options.timeout, 'none (seconds)');
+    this._detach = document.createElement('input');
+    this._detach.type = 'checkbox';
+    this._detach.name = 'detach';
+    this._detach.checked = options.detach || kind === 'server';
+    this._detach.disabled = kind === 'server';
+    this.node.append(
+      field('Name', this._name),
+      field('Environment', this._env, 'what the job gets to start with'),
+      field('Results', this._results, 'where what it makes goes when it ends'),
+      field('Working directory', this._workdir),
+      field('Kernel', this._kernel),
+      field('Timeout', this._timeout),
+      field(
+        'Detach',
+        this._detach,
+        kind === 'server'
+          ? 'started by the server: it outlives every kernel'
+          : 'outlives this kernel; results wait in the store'
+      )
+    );
+  }
+
+  getValue(): IRunOptions {
+    return {
+      name: this._name.value.trim(),
+      env: this._env.value,
+      results: this._results.value,
+      workdir: this._workdir.value.trim(),
+      kernel: this._kernel.value,
+      timeout: this._timeout.value.trim(),
+      detach: this._detach.checked
+    };
+  }
+
+  private _name: HTMLInputElement;
+  private _env: HTMLSelectElement;
+  private _results: HTMLSelectElement;
+  private _workdir: HTMLInputElement;
+  private _kernel: HTMLSelectElement;
+  private _timeout: HTMLInputElement;
+  private _detach: HTMLInputElement;
+}
+
+/** Ask for the options; ``null`` when the user cancels. */
+export async function askOptions(
+  context: IDialogContext,
+  choices: Choices
+): Promise<IRunOptions | null> {
+  const remembered = await choices.get(context.kind);
+  const body = new OptionsBody(context, { ...remembered, ...context.defaults });
+  const result = await showDialog({
+    title: context.title,
+    body,
+    buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Start' })],
+    focusNodeSelector: 'input[name="name"]'
+  });
+  if (!result.button.accept || !result.value) {
+    return null;
+  }
+  await choices.set(context.kind, result.value);
+  return result.value;
+}

@@ -1,0 +1,153 @@
+/**
+ * Warnings before jobs are lost: leaving the page, restarting or shutting down a kernel
+ * whose jobs run. And JupyterLab's notification when a job ends.
+ */
+import {
+  Dialog,
+  ISessionContext,
+  Notification,
+  SessionContext,
+  SessionContextDialogs,
+  showDialog
+} from '@jupyterlab/apputils';
+import { ITranslator } from '@jupyterlab/translation';
+import { Widget } from '@lumino/widgets';
+
+import { IJob, JobStore } from './api';
+
+function list(jobs: IJob[]): string {
+  return jobs.map(j => j.name).join(', ');
+}
+
+/** Ask before ending ``path``'s kernel; true to go on. */
+async function confirmEnd(
+  store: JobStore,
+  path: string,
+  doing: string,
+  cancel: (job: IJob) => Promise<void>
+): Promise<boolean> {
+  const jobs = store.ofNotebook(path);
+  const attached = jobs.filter(j => !j.detached);
+  const detached = jobs.filter(j => j.detached);
+  if (!jobs.length) {
+    return true;
+  }
+  const body = document.createElement('div');
+  body.className = 'jp-bgjobs-warning';
+  if (attached.length) {
+    const p = document.createElement('p');
+    p.textContent =
+      `${attached.length === 1 ? 'This job runs' : 'These jobs run'} from this ` +
+      `kernel and will end: ${list(attached)}.`;
+    body.appendChild(p);
+  }
+  if (detached.length) {
+    const p = document.createElement('p');
+    p.textContent =
+      `Detached, ${detached.length === 1 ? 'this one keeps' : 'these keep'} ` +
+      `running unless you stop ${detached.length === 1 ? 'it' : 'them'}: ${list(detached)}.`;
+    body.appendChild(p);
+  }
+  const buttons = [Dialog.cancelButton()];
+  if (detached.length) {
+    buttons.push(Dialog.warnButton({ label: `${doing} and stop all` }));
+  }
+  buttons.push(
+    Dialog.warnButton({
+      label: detached.length ? `${doing}, keep detached` : doing
+    })
+  );
+  const result = await showDialog({
+    title: `${doing} the kernel of ${path.split('/').pop()}?`,
+    body: new DialogBody(body),
+    buttons
+  });
+  if (!result.button.accept) {
+    return false;
+  }
+  if (result.button.label.endsWith('stop all')) {
+    await Promise.all(detached.map(cancel));
+  }
+  return true;
+}
+
+class DialogBody extends Widget {
+  constructor(node: HTMLElement) {
+    super({ node });
+  }
+}
+
+/** JupyterLab's session dialogs, asking first when a restart would end jobs. */
+export class GuardedSessionDialogs extends SessionContextDialogs {
+  constructor(
+    private _store: JobStore,
+    translator: ITranslator | null
+  ) {
+    super({ translator: translator || undefined });
+  }
+
+  async restart(sessionContext: ISessionContext): Promise<boolean> {
+    if (!this._store.ofNotebook(sessionContext.path).length) {
+      return super.restart(sessionContext);
+    }
+    const go = await confirmEnd(this._store, sessionContext.path, 'Restart', job =>
+      this._store.cancel(job.id)
+    );
+    if (!go) {
+      return false;
+    }
+    await sessionContext.restartKernel();
+    return true;
+  }
+}
+
+export function guard(store: JobStore): void {
+  window.addEventListener('beforeunload', event => {
+    if (store.running.some(j => !j.detached)) {
+      // Attached jobs keep running while their kernels do; the browser still asks,
+      // since a user closing the page often means to shut everything down.
+      event.preventDefault();
+      event.returnValue = '';
+    }
+  });
+  // JupyterLab's "Shut Down Kernel" asks nothing and has no hook: the one place every
+  // shutdown of a notebook's kernel passes is SessionContext.shutdown.
+  const proto = SessionContext.prototype as unknown as {
+    shutdown: (this: SessionContext) => Promise<void>;
+    __bgjobsGuarded?: boolean;
+  };
+  if (proto.__bgjobsGuarded) {
+    return;
+  }
+  proto.__bgjobsGuarded = true;
+  const original = proto.shutdown;
+  proto.shutdown = async function (this: SessionContext): Promise<void> {
+    if (
+      this.session?.kernel &&
+      store.ofNotebook(this.path).length &&
+      !(await confirmEnd(store, this.path, 'Shut down', job => store.cancel(job.id)))
+    ) {
+      return;
+    }
+    return original.call(this);
+  };
+}
+
+const ENDED: { [state: string]: 'success' | 'error' | 'warning' | 'info' } = {
+  succeeded: 'success',
+  failed: 'error',
+  died: 'error',
+  timed_out: 'warning',
+  cancelled: 'info'
+};
+
+export function notifyEnds(store: JobStore, show: (job: IJob) => void): void {
+  store.ended.connect((_, job) => {
+    const how = job.state.replace('_', ' ');
+    const why = job.reason && job.state !== 'succeeded' ? `: ${job.reason}` : '';
+    Notification.emit(`Background job ${job.name} ${how}${why}`, ENDED[job.state] || 'info', {
+      autoClose: 8000,
+      actions: [{ label: 'Show output', callback: () => show(job) }]
+    });
+  });
+}

@@ -1,0 +1,116 @@
+/**
+ * jupyter-bgjobs: the IDE's side of background jobs. The Jobs panel of the whole IDE,
+ * commands and a dialog to start jobs, a status-bar summary, warnings before jobs are
+ * lost, notifications when they end, and rows under cells read from the job store.
+ */
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { ICommandPalette, ISessionContextDialogs } from '@jupyterlab/apputils';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
+import { IEditorTracker } from '@jupyterlab/fileeditor';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { IStateDB } from '@jupyterlab/statedb';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { ITranslator } from '@jupyterlab/translation';
+
+import { IJob, JobStore } from './api';
+import { addCommands, CommandIDs, ICommandParts, rerun } from './commands';
+import { Choices } from './dialog';
+import { guard, GuardedSessionDialogs, notifyEnds } from './guard';
+import { rendererFactory } from './mime';
+import { JobsPanel } from './panel';
+import { IRowActions } from './rows';
+import { JobsStatus } from './status';
+
+let shared: JobStore | null = null;
+
+/** One store for the page: every view reads the same rows. */
+function store(): JobStore {
+  if (!shared) {
+    shared = new JobStore();
+  }
+  return shared;
+}
+
+function actionsFor(app: JupyterFrontEnd, parts: () => ICommandParts): IRowActions {
+  const report = (what: string) => (reason: Error) =>
+    console.error(`jupyter-bgjobs: ${what}:`, reason);
+  return {
+    stop: (job: IJob) => void store().cancel(job.id).catch(report('stop')),
+    remove: (job: IJob) => void store().remove(job.id).catch(report('remove')),
+    rerun: (job: IJob) => void rerun(parts(), job),
+    open: (job: IJob) => void app.commands.execute(CommandIDs.openPanel, { id: job.id })
+  };
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-bgjobs:plugin',
+  description: 'The Jobs panel, commands, status bar and warnings of jupyter_bgjobs.',
+  autoStart: true,
+  requires: [IRenderMimeRegistry],
+  optional: [
+    INotebookTracker,
+    IEditorTracker,
+    IDefaultFileBrowser,
+    ICommandPalette,
+    IStatusBar,
+    IStateDB,
+    ILayoutRestorer
+  ],
+  activate: (
+    app: JupyterFrontEnd,
+    rendermime: IRenderMimeRegistry,
+    notebooks: INotebookTracker | null,
+    editors: IEditorTracker | null,
+    browser: IDefaultFileBrowser | null,
+    palette: ICommandPalette | null,
+    statusBar: IStatusBar | null,
+    state: IStateDB | null,
+    restorer: ILayoutRestorer | null
+  ) => {
+    const jobs = store();
+    let parts: ICommandParts | null = null;
+    const actions = actionsFor(app, () => parts!);
+    const panel = new JobsPanel(jobs, rendermime, { ...actions, open: undefined });
+    parts = {
+      app,
+      store: jobs,
+      panel,
+      choices: new Choices(state),
+      notebooks,
+      editors,
+      browser
+    };
+    addCommands(parts);
+    app.shell.add(panel, 'right', { rank: 600 });
+    restorer?.add(panel, panel.id);
+    rendermime.addFactory(rendererFactory(jobs, actions), -20);
+    for (const command of Object.values(CommandIDs)) {
+      palette?.addItem({ command, category: 'Background Jobs' });
+    }
+    statusBar?.registerStatusItem('jupyter-bgjobs:status', {
+      item: new JobsStatus(jobs, () => void app.commands.execute(CommandIDs.openPanel)),
+      align: 'left',
+      rank: 4
+    });
+    guard(jobs);
+    notifyEnds(jobs, job => void app.commands.execute(CommandIDs.openPanel, { id: job.id }));
+  }
+};
+
+/** JupyterLab's restart dialog, naming the jobs a restart would end. */
+const sessionDialogs: JupyterFrontEndPlugin<ISessionContextDialogs> = {
+  id: 'jupyter-bgjobs:session-dialogs',
+  description: 'Session dialogs that warn before a restart ends background jobs.',
+  autoStart: true,
+  provides: ISessionContextDialogs,
+  optional: [ITranslator],
+  activate: (app: JupyterFrontEnd, translator: ITranslator | null) =>
+    new GuardedSessionDialogs(store(), translator)
+};
+
+export default [plugin, sessionDialogs];

@@ -1,0 +1,82 @@
+/**
+ * The row under a ``%%bgjob`` cell, rendered from the job's id (our MIME type), so a
+ * reloaded page, a restarted kernel or a notebook reopened days later shows the job's
+ * true state from the store; the widget and text in the same bundle are for front ends
+ * without this extension.
+ */
+import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
+import { Widget } from '@lumino/widgets';
+
+import { isRunning, JobStore } from './api';
+import { IRowActions, renderRow } from './rows';
+
+export const JOB_MIME = 'application/vnd.jupyter-bgjobs.job+json';
+
+class CellRow extends Widget implements IRenderMime.IRenderer {
+  constructor(
+    private _store: JobStore,
+    private _actions: IRowActions
+  ) {
+    super();
+    this.addClass('jp-bgjobs-cellrow');
+    this._row = document.createElement('div');
+    this._report = document.createElement('div');
+    this._report.className = 'jp-bgjobs-report';
+    this.node.append(this._row, this._report);
+    _store.changed.connect(this._render, this);
+    this._ticker = window.setInterval(() => this._tick(), 1000);
+  }
+
+  async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
+    const data = model.data[JOB_MIME] as { id?: string; name?: string } | undefined;
+    this._id = data?.id || '';
+    this._name = data?.name || this._id;
+    await this._store.ready.catch(() => undefined);
+    this._render();
+  }
+
+  dispose(): void {
+    window.clearInterval(this._ticker);
+    this._store.changed.disconnect(this._render, this);
+    super.dispose();
+  }
+
+  private _tick(): void {
+    const job = this._store.get(this._id);
+    if (job && isRunning(job)) {
+      this._render();
+    }
+  }
+
+  private _render(): void {
+    const job = this._store.get(this._id);
+    if (!job) {
+      this._row.className = 'jp-bgjobs-row jp-bgjobs-missing';
+      this._row.textContent =
+        `Background job ${this._name} is no longer in the job store ` +
+        '(removed, or pruned after its time).';
+      return;
+    }
+    renderRow(this._row, job, this._store, this._actions);
+    this._report.textContent = job.report;
+  }
+
+  private _row: HTMLElement;
+  private _report: HTMLElement;
+  private _id = '';
+  private _name = '';
+  private _ticker: number;
+}
+
+/** The renderer's factory; preferred over the widget (rank -10) and every text form. */
+export function rendererFactory(
+  store: JobStore,
+  actions: IRowActions
+): IRenderMime.IRendererFactory {
+  return {
+    safe: true,
+    mimeTypes: [JOB_MIME],
+    defaultRank: -20,
+    createRenderer: () => new CellRow(store, actions)
+  };
+}

@@ -1,0 +1,63 @@
+/**
+ * The code the IDE sends to a notebook's kernel to start a job: the public magics, so a
+ * job started from a menu is the job a user would have typed.
+ */
+import { IRunOptions } from './api';
+
+/** A Python string literal of ``text`` (JSON's escapes are Python's too). */
+export function pyString(text: string): string {
+  return JSON.stringify(text);
+}
+
+/** ``text`` as one shell word, for the magics' shlex parsing. */
+export function shellWord(text: string): string {
+  return /^[\w@%+=:,./-]+$/.test(text)
+    ? text
+    : "'" + text.replace(/'/g, "'\\''") + "'";
+}
+
+function shared(o: IRunOptions): string[] {
+  const words: string[] = [];
+  if (o.workdir) {
+    words.push('--workdir', shellWord(o.workdir));
+  }
+  if (o.kernel) {
+    words.push('--kernel', shellWord(o.kernel));
+  }
+  if (o.timeout) {
+    words.push('--timeout', shellWord(o.timeout));
+  }
+  if (o.detach) {
+    words.push('--detach');
+  }
+  return words;
+}
+
+const LOAD = "get_ipython().run_line_magic('load_ext', 'jupyter_bgjobs')\n";
+
+/** ``%%bgjob`` of ``source`` with the dialog's options. */
+export function cellCode(source: string, o: IRunOptions): string {
+  const words = o.name ? [shellWord(o.name)] : [];
+  words.push('--env', shellWord(o.env || 'auto'));
+  words.push('--results', shellWord(o.results || 'globals'));
+  words.push(...shared(o));
+  return (
+    LOAD +
+    `get_ipython().run_cell_magic('bgjob', ${pyString(words.join(' '))}, ${pyString(source)})`
+  );
+}
+
+/** ``%bgjob_script`` of the file at ``path`` (as the kernel sees it). */
+export function scriptCode(path: string, o: IRunOptions): string {
+  const words = [shellWord(path)];
+  if (o.name) {
+    words.push('--name', shellWord(o.name));
+  }
+  words.push('--env', o.env === 'all' ? 'all' : 'none');
+  words.push('--results', shellWord(o.results || 'object'));
+  words.push(...shared(o));
+  return (
+    LOAD +
+    `get_ipython().run_line_magic('bgjob_script', ${pyString(words.join(' '))})`
+  );
+}
