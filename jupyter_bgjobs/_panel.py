@@ -27,8 +27,33 @@ _BAR = {
     "died": "danger",
     "timed_out": "warning",
     "cancelled": "warning",
+    "partial": "warning",
 }
+# A look, not a state: a progress row that succeeded with some units failed (a queue with
+# failed tasks) reads apart from both an all-green success and an all-red failure.
+_PARTIAL = "partial"
+_COLOUR = {**_COLOURS, _PARTIAL: "#ef6c00"}
+_ICON = {**_ICONS, _PARTIAL: "⚠"}
 _LOG_LIMIT = 20 << 20
+
+
+def _look(job: Any) -> str:
+    """What a row shows as its state: the job's state, or ``partial``."""
+    return _PARTIAL if getattr(job, "partial", False) else str(job.state)
+
+
+def row_text(job: Any) -> str:
+    """A row as one line of plain text, for front ends without widgets."""
+    if _look(job) != _PARTIAL:
+        return status_text(job)
+    # status_text knows job states only; a partial row's line is made here, in its form.
+    done, total = job.progress
+    parts = [f"{_ICON[_PARTIAL]} {job.name}", _PARTIAL]
+    if total:
+        parts.append(f"{done}/{total}")
+    parts.append(_clock(job.elapsed))
+    line = "  ".join(parts)
+    return line + (f"  ·  {job.status}" if job.status else "")
 
 
 def widgets_available() -> bool:
@@ -125,7 +150,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)
         if isinstance(bundle, dict):
-            bundle["text/plain"] = status_text(self.job)
+            bundle["text/plain"] = row_text(self.job)
             bundle.update(job_mime(self.job))
         return bundle
 
@@ -133,7 +158,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
         """Bring the widgets in line with the job (only what changed is sent)."""
         job = self.job
         done, total = job.progress
-        state = job.state
+        state = _look(job)
         key = (
             state,
             done,
@@ -150,10 +175,10 @@ class JobRow(W.VBox):  # type: ignore[misc]
             if key == self._last and not force:
                 return
             self._last = key
-        colour = _COLOURS.get(state, "#1565c0")
+        colour = _COLOUR.get(state, "#1565c0")
         label = state.replace("_", " ")
         style = f"color:{colour};white-space:nowrap"
-        self.icon.value = f'<span style="{style}">{_ICONS.get(state, "")} {label}</span>'
+        self.icon.value = f'<span style="{style}">{_ICON.get(state, "")} {label}</span>'
         self.bar.max = max(total, 1)
         self.bar.value = min(done, max(total, 1)) if total else (1 if job.done else 0)
         self.bar.bar_style = _BAR.get(state, "info")
@@ -201,9 +226,10 @@ class JobRow(W.VBox):  # type: ignore[misc]
     def _browser_notice(self) -> None:
         from IPython.display import Javascript
 
-        title = f"{self.job.name}: {self.job.state.replace('_', ' ')}"
+        state = _look(self.job).replace("_", " ")
+        title = f"{self.job.name}: {state}"
         body = (self.job.report or "").split(": ", 1)[-1][:200] or (
-            f"{self.job.state.replace('_', ' ')} after {_clock(self.job.elapsed)}"
+            f"{state} after {_clock(self.job.elapsed)}"
         )
         script = (
             "(function(t,b){if(!('Notification' in window))return;"
@@ -247,6 +273,7 @@ class JobsPanel(W.VBox):  # type: ignore[misc]
         running = [j for j in jobs if not j.done]
         finished = [j for j in jobs if j.done]
         failed = [j for j in finished if j.state in ("failed", "died", "timed_out")]
+        partial = [j for j in finished if _look(j) == _PARTIAL]
         done_units = sum(j.progress[0] for j in running)
         total_units = sum(max(j.progress[1], 1) for j in running)
         self.overall.max = max(total_units, 1)
@@ -255,6 +282,9 @@ class JobsPanel(W.VBox):  # type: ignore[misc]
         parts = [f"<b>Jobs</b>: {len(running)} running", f"{len(finished)} done"]
         if failed:
             parts.append(f'<span style="color:#c62828">{len(failed)} failed</span>')
+        if partial:
+            colour = _COLOUR[_PARTIAL]
+            parts.append(f'<span style="color:{colour}">{len(partial)} partly failed</span>')
         if running:
             parts.append("running: " + html.escape(_names([j.name for j in running], 5)))
         self.summary.value = " · ".join(parts)
@@ -268,7 +298,7 @@ def text_table(rows: list[Any]) -> str:
     body = [
         (
             j.name,
-            j.state,
+            _look(j),
             f"{j.progress[0]}/{j.progress[1]}",
             j.section or getattr(j, "status", ""),
             _clock(j.elapsed),

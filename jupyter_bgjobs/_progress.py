@@ -32,7 +32,10 @@ def _runner() -> Any:
 class ProgressJob(Tailed, RowClock):
     """A row for a task you drive yourself: ``add_output``, ``add_progress``,
     ``set_progress``, ``set_status``, ``set_state``, ``remove``. As a context manager it
-    starts running on entry and ends ``succeeded``, or ``failed`` on an exception."""
+    starts running on entry and ends ``succeeded``, or ``failed`` on an exception.
+
+    A row that ends ``set_state("succeeded", failed=k)`` with some of its units failed is
+    ``partial``: the panel shows it amber, apart from the all-red ``failed``."""
 
     def __init__(
         self,
@@ -65,6 +68,7 @@ class ProgressJob(Tailed, RowClock):
         self.show = show
         self._total = int(progress_units)
         self._done = 0
+        self._failed = 0
         self._state = "idle"
         self._t_started: float | None = None
         self._t_finished: float | None = None
@@ -87,6 +91,16 @@ class ProgressJob(Tailed, RowClock):
     @property
     def done(self) -> bool:
         return self._state in ("succeeded", "cancelled", "failed")
+
+    @property
+    def failed(self) -> int:
+        """Units of the progress that failed, as the last ``set_state`` said."""
+        return self._failed
+
+    @property
+    def partial(self) -> bool:
+        """True when the row succeeded with some of its units failed."""
+        return self._state == SUCCEEDED and self._failed > 0
 
     @property
     def can_stop(self) -> bool:
@@ -125,10 +139,15 @@ class ProgressJob(Tailed, RowClock):
         self.status = _checks.text("text", text) or ""
         self._changed()
 
-    def set_state(self, state: str) -> None:
-        """Set the state: idle, running, succeeded, cancelled or failed."""
+    def set_state(self, state: str, failed: int = 0) -> None:
+        """Set the state: idle, running, succeeded, cancelled or failed.
+
+        ``failed``: how many units failed; ``"succeeded"`` with some failed ends the row
+        ``partial`` (amber), for work that finished with a few of its parts failed.
+        """
         if state not in PROGRESS_STATES:
             raise JobSpecError(f"state must be one of {', '.join(PROGRESS_STATES)}, not {state!r}")
+        failed = int(_checks.number("failed", failed, integer=True))
         if state == "running" and self._t_started is None:
             self._t_started = time.monotonic()
         if state in ("succeeded", "cancelled", "failed"):
@@ -137,6 +156,8 @@ class ProgressJob(Tailed, RowClock):
             self._t_finished = time.monotonic()
             if state == "succeeded" and self._total:
                 self._done = self._total
+        # One change for both: a row must never be seen succeeded before it is partial.
+        self._failed = failed
         self._state = state
         self._changed()
 
@@ -165,7 +186,8 @@ class ProgressJob(Tailed, RowClock):
             self.set_state("failed")
 
     def __repr__(self) -> str:
-        return f"<ProgressJob {self.name!r} {self._state} {self._done}/{self._total}>"
+        failed = f" ({self._failed} failed)" if self.partial else ""
+        return f"<ProgressJob {self.name!r} {self._state} {self._done}/{self._total}{failed}>"
 
     def _changed(self) -> None:
         if self.in_job:

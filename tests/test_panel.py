@@ -288,8 +288,8 @@ def test_a_started_queue_is_one_row_with_done_over_total(kernel: Kernel) -> None
         "q.start()\n"
         "None"
     )
-    kernel.until(lambda: kernel.has_row("queue"))
-    ids = kernel.row_models("queue")
+    kernel.until(lambda: kernel.has_row("queue: 40 × abs"))
+    ids = kernel.row_models("queue: 40 × abs")
     bar = kernel.models[ids["bar"]]
     # The status text is the last field of a row's refresh.
     kernel.until(

@@ -6,6 +6,7 @@ them, so they travel by value (cloudpickle) and not as imports of this test modu
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ from cells import notebook
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import Queue, TaskPickleError, TaskTimeoutError, WorkerDiedError, WorkerPool
+from jupyter_bgjobs._panel import row_text, text_table
+from jupyter_bgjobs._progress import _handles
 
 COLUMNS = [
     "task_id",
@@ -309,6 +312,53 @@ def test_bad_input_says_what_to_do() -> None:
         q.run(message="loud")
     with pytest.raises(bj.JobSpecError, match="workers must be a whole number"):
         Queue(workers=0)
+    # The name is checked before anything is made, workers included.
+    with pytest.raises(
+        bj.JobSpecError,
+        match=r"^name must be a string or None, for example Queue\(name='nightly'\), not 42 ",
+    ):
+        Queue(workers=0, name=42)  # type: ignore[arg-type]
+    with pytest.raises(bj.JobSpecError, match="name must not be blank, got ' ': leave it out"):
+        Queue(workers=1, name=" ")
+
+
+def test_a_started_queue_row_is_named_after_its_functions_and_ends_partial() -> None:
+    ns = notebook(
+        """
+        def fit(i):
+            if i == 3:
+                raise ValueError("no fit for 3")
+            return i
+        def score(i, j=0):
+            return i + j
+        class Model:
+            def __call__(self, i):
+                return i
+        """
+    )
+    q = Queue(workers=2)
+    for i in range(8):
+        q.add(ns["fit"], args=(i,))
+    q.start(message="none").wait(60)
+    row = _handles[-1]
+    assert row.name == "queue: 8 × fit"
+    assert (row.state, row.partial, row.failed, row.progress) == ("succeeded", True, 1, (8, 8))
+    assert row.status == "done, 1 of 8 failed"
+    assert repr(row) == "<ProgressJob 'queue: 8 × fit' succeeded 8/8 (1 failed)>"
+    assert row_text(row).startswith("⚠ queue: 8 × fit  partial  8/8  ")
+    assert row_text(row).endswith("  ·  done, 1 of 8 failed")
+    cells = [c.strip() for c in text_table([row]).splitlines()[1].split("  ") if c.strip()]
+    assert cells[:4] == ["queue: 8 × fit", "partial", "8/8", "done, 1 of 8 failed"]
+    # A second run is named after its own tasks, and the failure of the first is not its.
+    q.add(ns["Model"](), args=(1,))
+    q.add(functools.partial(ns["score"], j=5), args=(1,))
+    q.start(message="none").wait(60)
+    row = _handles[-1]
+    assert row.name == "queue: 1 × Model, 1 × score"
+    assert (row.state, row.partial) == ("succeeded", False)
+    assert row.status.startswith("Queue complete: 2 of 2 tasks done in ")
+    assert not row.status.endswith("failed")
+    assert row_text(row).startswith("✔ queue: 1 × Model, 1 × score  succeeded  2/2")
 
 
 def test_ctrl_c_ends_the_workers_and_leaves_the_states_readable(tmp_path: Path) -> None:
@@ -425,4 +475,5 @@ def test_the_same_queue_on_a_dask_local_cluster(dask_client: Any) -> None:
     # The cluster is still usable after the runaway task's worker was restarted.
     q2 = Queue(workers=dask_client)
     q2.add(ns["square"], args=(7,))
-    assert q2.run(message="none")["result"].iloc[0] == 49
+    assert q2.start(message="none").wait(60)["result"].iloc[0] == 49
+    assert _handles[-1].name == "queue: 1 × square on dask"

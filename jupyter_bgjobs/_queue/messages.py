@@ -3,16 +3,40 @@ or one line on stderr in a terminal), or also a line per finished task."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._procs import CODE_OK
 from .._states import CANCELLED, FAILED, RUNNING, SUCCEEDED
-from .tasks import ASSIGNED, DONE, WAITING, Task, TaskList
+from .tasks import ASSIGNED, WAITING, Task, TaskList
 
 MODES = ("none", "minimal", "verbose")
+
+
+def _fun_name(fun: Any) -> str:
+    while isinstance(fun, functools.partial):
+        fun = fun.func
+    name = getattr(fun, "__name__", None)
+    # A callable object without a __name__ is named by its class, never by its repr,
+    # which may hold its values.
+    return name if isinstance(name, str) and name else type(fun).__name__
+
+
+def describe(tasks: Sequence[Task], where: str = "") -> str:
+    """A row name made of what the tasks call, never of their arguments: ``queue: 8 × fit``,
+    ``queue: 5 × fit, 3 × score``, ``queue: 5 × fit, 3 × score +2 more`` (functions), with
+    `` on dask`` for a Dask cluster (``where``)."""  # noqa: RUF002 (the sign is the name's)
+    counts: dict[str, int] = {}
+    for t in tasks:
+        name = _fun_name(t.fun)
+        counts[name] = counts.get(name, 0) + 1
+    shown = ", ".join(f"{n} × {name}" for name, n in list(counts.items())[:2])
+    more = f" +{len(counts) - 2} more" if len(counts) > 2 else ""
+    on = f" on {where}" if where else ""
+    return f"queue: {shown or 'no tasks'}{more}{on}"
 
 
 class Messages:
@@ -30,10 +54,12 @@ class Messages:
         self.last = 0.0
         self.total = 0
         self.done = 0
+        self.failed = 0
         self.terminal = False
 
-    def begin(self, total: int) -> None:
-        self.total, self.done, self.t0 = total, 0, time.monotonic()
+    def begin(self, total: int, name: str) -> None:
+        """A run of ``total`` tasks starts; its row (if it has one) is called ``name``."""
+        self.total, self.done, self.failed, self.t0 = total, 0, 0, time.monotonic()
         from .._display import live_frontend
 
         # Non-blocking runs always get a row (it carries the Stop button).
@@ -41,7 +67,7 @@ class Messages:
             from .._progress import add_job
 
             self.row = add_job(
-                "queue",
+                name,
                 progress_units=total,
                 actions={"stop": self.cancel},
                 running=True,
@@ -68,6 +94,10 @@ class Messages:
 
     def finished(self, task: Task) -> None:
         self.done += 1
+        # Counted here, not from the task list: a task that failed in an earlier run is
+        # not this run's failure.
+        if task.code != CODE_OK:
+            self.failed += 1
         if self.mode != "verbose":
             return
         runtime = task.runtime.total_seconds() if task.runtime is not None else 0.0
@@ -84,13 +114,22 @@ class Messages:
 
     def close(self, interrupted: bool = False) -> None:
         elapsed = time.monotonic() - self.t0
-        failed = sum(1 for t in self.tasks if t.state == DONE and t.code != CODE_OK)
+        failed = self.failed
         word = "stopped" if interrupted else "complete"
         summary = f"Queue {word}: {self.done} of {self.total} tasks done in {elapsed:.2f} s"
         summary += f", {failed} failed" if failed else ""
         if self.row is not None:
             self.row.set_progress(self.done)
-            self.row.set_status(summary)
-            self.row.set_state(CANCELLED if interrupted else (FAILED if failed else SUCCEEDED))
+            if interrupted:
+                self.row.set_status(summary)
+                self.row.set_state(CANCELLED)
+            elif failed and failed < self.done:
+                # Some failed, the rest have their results: not the red of a queue that
+                # came to nothing.
+                self.row.set_status(f"done, {failed} of {self.total} failed")
+                self.row.set_state(SUCCEEDED, failed=failed)
+            else:
+                self.row.set_status(summary)
+                self.row.set_state(FAILED if failed else SUCCEEDED)
         elif self.terminal:
             print("\r" + summary + " " * 20, file=sys.stderr, flush=True)

@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import _checks
 from .._errors import JobSpecError, JobStateError, TaskError, WaitTimeout
 from .._procs import CODE_CANCELLED
 from .._remote import check_flag, check_seconds
 from .._states import RUNNING
-from .messages import MODES, Messages
+from .messages import MODES, Messages, describe
 from .pool import WorkerPool
 from .run import Run, Stopped
 from .tasks import ASSIGNED, DONE, WAITING, Task, TaskList
@@ -29,9 +30,23 @@ class Queue:
     ``run()`` them: a pandas DataFrame comes back, one row per task in the order added.
     ``start()`` runs them without blocking (a row in the Jobs panel); ``wait()`` returns
     the DataFrame.
-    """
 
-    def __init__(self, workers: Any = 4) -> None:
+    ``name`` names the queue's row in the Jobs panel. Without one, the row is named after
+    the functions of the tasks it runs, never their arguments: ``queue: 8 × fit``;
+    ``queue: 5 × fit, 3 × score`` for two functions, and ``+2 more`` for the functions past
+    two; a lambda is ``<lambda>``; `` on dask`` on a Dask cluster. A run that ends with
+    some but not all of its tasks failed ends its row ``done, 1 of 8 failed`` in amber; all
+    failed is red.
+    """  # noqa: RUF002 (the multiplication sign is the name's)
+
+    def __init__(self, workers: Any = 4, name: str | None = None) -> None:
+        _checks.text("name", name, optional=True, example="Queue(name='nightly')")
+        if name is not None and not name.strip():
+            raise JobSpecError(
+                f"name must not be blank, got {name!r}: leave it out to name the row after "
+                "the tasks, or give a name, for example Queue(name='nightly')"
+            )
+        self._name = name
         self._dask: Any = None
         if isinstance(workers, WorkerPool):
             self._pool = workers
@@ -177,7 +192,8 @@ class Queue:
         self.shutdown()
 
     def __repr__(self) -> str:
-        return f"<Queue {self._tasks!r} on {self.get_workers()!r}>"
+        name = f" {self._name!r}" if self._name is not None else ""
+        return f"<Queue{name} {self._tasks!r} on {self.get_workers()!r}>"
 
     # -- internals ----------------------------------------------------------------------
     @staticmethod
@@ -194,7 +210,8 @@ class Queue:
         for t in todo:
             t._requeue()
             t.queued = now
-        display.begin(len(todo))
+        where = "dask" if self._dask is not None else ""
+        display.begin(len(todo), self._name or describe(todo, where))
         if self._dask is not None:
             self._dask.run(todo, timelimit, display, self._stop)
             return
