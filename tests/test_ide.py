@@ -35,7 +35,12 @@ playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
 TOKEN = "bgjobs-ide-token"
-GATE = "gate"  # a file the tests create to let a waiting job finish
+GATE = "gate"
+# Each listed row as id:state:name.
+ROWS_JS = (
+    "rows => rows.map(r => r.dataset.jobId + ':' + r.dataset.state + ':' + "
+    "r.querySelector('.jp-bgjobs-name').textContent)"
+)  # a file the tests create to let a waiting job finish
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +85,7 @@ def page(lab: str) -> Iterator[Any]:
         pg.goto(f"{lab}/lab/tree/first.ipynb?token={TOKEN}")
         wait_for_kernel(pg)
         yield pg
-        pg.evaluate(
-"() => window.jupyterapp.serviceManager.sessions.shutdownAll()"
-        )
+        pg.evaluate("() => window.jupyterapp.serviceManager.sessions.shutdownAll()")
 
 
 def _run_all(page: Any) -> None:
@@ -217,9 +220,7 @@ def test_the_panel_lists_jobs_of_two_notebooks_and_the_command_line(page: Any, r
 
 def test_reloading_the_page_shows_the_same_live_rows(page: Any, lab: str) -> None:
     before = sorted(
-        page.locator("#jupyter-bgjobs-panel .jp-bgjobs-list .jp-bgjobs-row").evaluate_all(
-            "rows => rows.map(r => r.dataset.jobId + ':' + r.dataset.state + ':' + r.querySelector('.jp-bgjobs-name').textContent)"
-        )
+        page.locator("#jupyter-bgjobs-panel .jp-bgjobs-list .jp-bgjobs-row").evaluate_all(ROWS_JS)
     )
     # Saved, as autosave would: JupyterLab's own unsaved-changes warning is then silent,
     # and the one left is ours.
@@ -231,11 +232,7 @@ def test_reloading_the_page_shows_the_same_live_rows(page: Any, lab: str) -> Non
     wait_for_kernel(page)
     panel = _panel(page)
     expect(_row(panel, "waiter")).to_have_attribute("data-state", "running")
-    after = sorted(
-        panel.locator(".jp-bgjobs-list .jp-bgjobs-row").evaluate_all(
-            "rows => rows.map(r => r.dataset.jobId + ':' + r.dataset.state + ':' + r.querySelector('.jp-bgjobs-name').textContent)"
-        )
-    )
+    after = sorted(panel.locator(".jp-bgjobs-list .jp-bgjobs-row").evaluate_all(ROWS_JS))
     assert after == before, (before, after)
     # The rows under the cells are the store's, never a missing widget.
     body = page.locator(".jp-NotebookPanel:visible")
@@ -267,7 +264,7 @@ def test_dark_theme_screenshots_and_contrast(page: Any) -> None:
         page.wait_for_function(f"() => document.body.dataset.jpThemeName === {json.dumps(theme)}")
         ratios = page.evaluate(CONTRAST)
         assert ratios and min(r for _, r in ratios) >= 4.5, (theme, ratios)
-        _shot(panel, f"ide-panel-{suffix}.png")
+        _shot(panel, f"ide-panel-ended-{suffix}.png")
     page.evaluate(
         "() => window.jupyterapp.commands.execute('apputils:change-theme', "
         "{theme: 'JupyterLab Light'})"
