@@ -187,6 +187,57 @@ def test_a_py_file_runs_from_the_file_browser(page: Any) -> None:
     expect(row).to_have_attribute("data-state", "succeeded", timeout=120_000)
 
 
+def test_the_commands_are_in_the_menus_palette_toolbar_and_a_shortcut(page: Any) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    expect(page.locator(".lm-Menu-item", has_text="Run Cell as Background Job")).to_be_visible()
+    expect(page.locator(".lm-Menu-item", has_text="Run as Background Job")).to_be_visible()
+    page.keyboard.press("Escape")
+    page.evaluate("() => window.jupyterapp.commands.execute('apputils:activate-command-palette')")
+    page.keyboard.type("Background Job")
+    palette = page.locator(".lm-CommandPalette-content")
+    expect(palette).to_contain_text("Run Selection as Background Job")
+    expect(palette).to_contain_text("Show Background Jobs")
+    page.keyboard.press("Escape")
+    # The notebook's active cell has the button in its toolbar, and the shortcut opens
+    # the dialog from command mode.
+    page.locator(".jp-NotebookPanel:visible .jp-CodeCell").first.locator(".jp-InputPrompt").click()
+    toolbar = page.locator(".jp-NotebookPanel:visible .jp-cell-toolbar")
+    expect(toolbar.locator("[data-command='bgjobs:run-cell']").first).to_be_attached()
+    page.keyboard.press("Control+Alt+Enter")
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("Run Cell as Background Job")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_have_count(0)
+
+
+def test_a_selection_runs_on_the_server_and_stop_ends_it(page: Any) -> None:
+    page.evaluate(
+        "() => window.jupyterapp.commands.execute('docmanager:open', {path: 'script.py'})"
+    )
+    page.locator(".jp-FileEditor .cm-content").click()
+    page.keyboard.press("Control+a")
+    page.locator(".jp-FileEditor .cm-content").click(button="right")
+    page.locator(".lm-Menu-item", has_text="Run Selection as Background Job").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.locator("input[name=name]").fill("selected")
+    dialog.get_by_role("button", name="Start").click()
+    panel = _panel(page)
+    expect(_row(panel, "selected")).to_have_attribute("data-state", "succeeded", timeout=120_000)
+    # Scripted, no dialog: a long job, stopped from its row.
+    page.evaluate(
+        """() => { window.jupyterapp.commands.execute('bgjobs:run-selection',
+            {name: 'sleepy', code: 'import time\\ntime.sleep(600)'}); }"""
+    )
+    sleepy = _row(panel, "sleepy")
+    expect(sleepy).to_have_attribute("data-state", "running", timeout=120_000)
+    sleepy.get_by_role("button", name="Stop").click()
+    expect(sleepy).to_have_attribute("data-state", "cancelled", timeout=60_000)
+    page.evaluate(
+        """() => { for (const w of Array.from(window.jupyterapp.shell.widgets('main'))) {
+            if (w.context?.path === 'script.py') { w.close(); } } }"""
+    )
+
+
 def test_the_panel_lists_jobs_of_two_notebooks_and_the_command_line(page: Any, root: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "jupyter_bgjobs._cli", "run", str(root / "cli.py"), "--name", "cli"],
@@ -205,6 +256,10 @@ def test_the_panel_lists_jobs_of_two_notebooks_and_the_command_line(page: Any, r
     expect(waiter).to_contain_text("second.ipynb")
     expect(_row(panel, "fit")).to_contain_text("first.ipynb")
     expect(_row(panel, "cli")).to_be_visible(timeout=60_000)
+    # Rerun: the command-line job again, started by the server.
+    _row(panel, "cli").get_by_role("button", name="Rerun").click()
+    clis = panel.locator(".jp-bgjobs-list .jp-bgjobs-row[data-state=succeeded]", has_text="cli")
+    expect(clis).to_have_count(2, timeout=120_000)
     expect(panel.locator("[data-group=running]")).to_contain_text("waiter")
     expect(panel.locator("[data-group=ended]")).to_contain_text("fit")
     # The status bar counts the running job; a click opens the panel.
