@@ -142,7 +142,8 @@ export class JobStore {
     if (!isRunning(job) || !job.started) {
       return job.elapsed || 0;
     }
-    const since = (Date.now() - (this._seenAt.get(job.id) || Date.now())) / 1000;
+    const since =
+      (Date.now() - (this._seenAt.get(job.id) || Date.now())) / 1000;
     return (job.elapsed || 0) + since;
   }
 
@@ -207,7 +208,10 @@ export class JobStore {
       this._take(first.jobs, []);
     } catch (reason) {
       // The stream below retries; its first event brings every job.
-      console.warn('jupyter-bgjobs: the job store is not reachable yet:', reason);
+      console.warn(
+        'jupyter-bgjobs: the job store is not reachable yet:',
+        reason
+      );
     }
     void this._follow();
   }

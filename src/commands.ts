@@ -78,14 +78,20 @@ export async function runInNotebook(
   await session.ready;
   const kernel = session.session?.kernel;
   if (!kernel) {
-    fail(`${panel.title.label} has no kernel: start one to run background jobs from it`);
+    fail(
+      `${panel.title.label} has no kernel: start one to run background jobs from it`
+    );
     return;
   }
   if (cell) {
     await OutputArea.execute(code, cell.outputArea, session);
     return;
   }
-  const future = kernel.requestExecute({ code, silent: false, store_history: false });
+  const future = kernel.requestExecute({
+    code,
+    silent: false,
+    store_history: false
+  });
   future.onIOPub = msg => {
     if (msg.header.msg_type === 'error') {
       const content = msg.content as { ename: string; evalue: string };
@@ -107,7 +113,10 @@ function selected(editor: CodeEditor.IEditor): string {
   return source.split('\n')[range.start.line] || '';
 }
 
-function notebookOf(parts: ICommandParts, path: string | null): NotebookPanel | null {
+function notebookOf(
+  parts: ICommandParts,
+  path: string | null
+): NotebookPanel | null {
   let found: NotebookPanel | null = null;
   parts.notebooks?.forEach(panel => {
     if (panel.context.path === path && panel.sessionContext.session?.kernel) {
@@ -138,7 +147,9 @@ async function startOnServer(
         {
           label: 'Show',
           callback: () =>
-            void parts.app.commands.execute(CommandIDs.openPanel, { id: job.id })
+            void parts.app.commands.execute(CommandIDs.openPanel, {
+              id: job.id
+            })
         }
       ]
     });
@@ -149,7 +160,10 @@ async function startOnServer(
   }
 }
 
-async function runCell(parts: ICommandParts, args: ReadonlyPartialJSONObject): Promise<void> {
+async function runCell(
+  parts: ICommandParts,
+  args: ReadonlyPartialJSONObject
+): Promise<void> {
   const panel = parts.notebooks?.currentWidget;
   const cell = panel?.content.activeCell;
   if (!panel || !(cell instanceof CodeCell)) {
@@ -157,7 +171,9 @@ async function runCell(parts: ICommandParts, args: ReadonlyPartialJSONObject): P
     return;
   }
   const source =
-    typeof args.code === 'string' ? args.code : cell.model.sharedModel.getSource();
+    typeof args.code === 'string'
+      ? args.code
+      : cell.model.sharedModel.getSource();
   const o = await options(parts, args, {
     title: 'Run Cell as Background Job',
     kind: 'cell',
@@ -181,7 +197,8 @@ async function runSelection(
       fail('Select code in a code cell to run it as a background job');
       return;
     }
-    const code = typeof args.code === 'string' ? args.code : selected(cell.editor);
+    const code =
+      typeof args.code === 'string' ? args.code : selected(cell.editor);
     const o = await options(parts, args, {
       title: 'Run Selection as Background Job',
       kind: 'cell',
@@ -195,7 +212,9 @@ async function runSelection(
   }
   const editor = parts.editors?.currentWidget;
   if (!editor) {
-    fail('Select code in a notebook or a file editor to run it as a background job');
+    fail(
+      'Select code in a notebook or a file editor to run it as a background job'
+    );
     return;
   }
   const code =
@@ -213,7 +232,10 @@ async function runSelection(
   }
 }
 
-function pythonFile(parts: ICommandParts, args: ReadonlyPartialJSONObject): string | null {
+function pythonFile(
+  parts: ICommandParts,
+  args: ReadonlyPartialJSONObject
+): string | null {
   if (typeof args.path === 'string') {
     return args.path;
   }
@@ -234,10 +256,15 @@ function pythonFile(parts: ICommandParts, args: ReadonlyPartialJSONObject): stri
   return null;
 }
 
-async function runFile(parts: ICommandParts, args: ReadonlyPartialJSONObject): Promise<void> {
+async function runFile(
+  parts: ICommandParts,
+  args: ReadonlyPartialJSONObject
+): Promise<void> {
   const path = pythonFile(parts, args);
   if (!path) {
-    fail('Choose a .py file (in the file browser or an editor) to run as a background job');
+    fail(
+      'Choose a .py file (in the file browser or an editor) to run as a background job'
+    );
     return;
   }
   // With a notebook open, the script runs from its kernel (RStudio's "Source as
@@ -282,7 +309,9 @@ export async function rerun(parts: ICommandParts, job: IJob): Promise<void> {
   };
   const panel = notebookOf(parts, job.notebook_path);
   if (panel) {
-    const code = spec.script ? scriptCode(spec.script, o) : cellCode(spec.code || '', o);
+    const code = spec.script
+      ? scriptCode(spec.script, o)
+      : cellCode(spec.code || '', o);
     await runInNotebook(panel, code, null);
   } else if (spec.script) {
     await startOnServer(parts, { ...serverBody(o), path: spec.script });
@@ -297,7 +326,8 @@ export function addCommands(parts: ICommandParts): void {
     parts.notebooks?.currentWidget?.content.activeCell instanceof CodeCell;
   app.commands.addCommand(CommandIDs.runCell, {
     label: 'Run Cell as Background Job…',
-    caption: 'Run this cell in a separate kernel; its results come back when it ends',
+    caption:
+      'Run this cell in a separate kernel; its results come back when it ends',
     icon: runJobIcon,
     isEnabled: hasCodeCell,
     execute: args => runCell(parts, args)

@@ -51,7 +51,11 @@ export class Choices {
     const base: IRunOptions =
       kind === 'cell'
         ? { ...FALLBACK }
-        : { ...FALLBACK, env: 'none', results: kind === 'file' ? 'object' : 'none' };
+        : {
+            ...FALLBACK,
+            env: 'none',
+            results: kind === 'file' ? 'object' : 'none'
+          };
     if (kind === 'server') {
       base.detach = true;
     }
@@ -79,11 +83,7 @@ export class Choices {
   }
 }
 
-function field(
-  label: string,
-  control: HTMLElement,
-  help = ''
-): HTMLElement {
+function field(label: string, control: HTMLElement, help = ''): HTMLElement {
   const row = document.createElement('label');
   row.className = 'jp-bgjobs-field';
   const text = document.createElement('span');
@@ -115,7 +115,11 @@ function select(
   return node;
 }
 
-function input(name: string, value: string, placeholder: string): HTMLInputElement {
+function input(
+  name: string,
+  value: string,
+  placeholder: string
+): HTMLInputElement {
   const node = document.createElement('input');
   node.name = name;
   node.className = 'jp-mod-styled';

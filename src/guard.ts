@@ -90,8 +90,11 @@ export class GuardedSessionDialogs extends SessionContextDialogs {
     if (!this._store.ofNotebook(sessionContext.path).length) {
       return super.restart(sessionContext);
     }
-    const go = await confirmEnd(this._store, sessionContext.path, 'Restart', job =>
-      this._store.cancel(job.id)
+    const go = await confirmEnd(
+      this._store,
+      sessionContext.path,
+      'Restart',
+      job => this._store.cancel(job.id)
     );
     if (!go) {
       return false;
@@ -125,7 +128,9 @@ export function guard(store: JobStore): void {
     if (
       this.session?.kernel &&
       store.ofNotebook(this.path).length &&
-      !(await confirmEnd(store, this.path, 'Shut down', job => store.cancel(job.id)))
+      !(await confirmEnd(store, this.path, 'Shut down', job =>
+        store.cancel(job.id)
+      ))
     ) {
       return;
     }
@@ -144,10 +149,15 @@ const ENDED: { [state: string]: 'success' | 'error' | 'warning' | 'info' } = {
 export function notifyEnds(store: JobStore, show: (job: IJob) => void): void {
   store.ended.connect((_, job) => {
     const how = job.state.replace('_', ' ');
-    const why = job.reason && job.state !== 'succeeded' ? `: ${job.reason}` : '';
-    Notification.emit(`Background job ${job.name} ${how}${why}`, ENDED[job.state] || 'info', {
-      autoClose: 8000,
-      actions: [{ label: 'Show output', callback: () => show(job) }]
-    });
+    const why =
+      job.reason && job.state !== 'succeeded' ? `: ${job.reason}` : '';
+    Notification.emit(
+      `Background job ${job.name} ${how}${why}`,
+      ENDED[job.state] || 'info',
+      {
+        autoClose: 8000,
+        actions: [{ label: 'Show output', callback: () => show(job) }]
+      }
+    );
   });
 }

@@ -36,20 +36,25 @@ function store(): JobStore {
   return shared;
 }
 
-function actionsFor(app: JupyterFrontEnd, parts: () => ICommandParts): IRowActions {
+function actionsFor(
+  app: JupyterFrontEnd,
+  parts: () => ICommandParts
+): IRowActions {
   const report = (what: string) => (reason: Error) =>
     console.error(`jupyter-bgjobs: ${what}:`, reason);
   return {
     stop: (job: IJob) => void store().cancel(job.id).catch(report('stop')),
     remove: (job: IJob) => void store().remove(job.id).catch(report('remove')),
     rerun: (job: IJob) => void rerun(parts(), job),
-    open: (job: IJob) => void app.commands.execute(CommandIDs.openPanel, { id: job.id })
+    open: (job: IJob) =>
+      void app.commands.execute(CommandIDs.openPanel, { id: job.id })
   };
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-bgjobs:plugin',
-  description: 'The Jobs panel, commands, status bar and warnings of jupyter_bgjobs.',
+  description:
+    'The Jobs panel, commands, status bar and warnings of jupyter_bgjobs.',
   autoStart: true,
   requires: [IRenderMimeRegistry],
   optional: [
@@ -75,7 +80,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const jobs = store();
     let parts: ICommandParts | null = null;
     const actions = actionsFor(app, () => parts!);
-    const panel = new JobsPanel(jobs, rendermime, { ...actions, open: undefined });
+    const panel = new JobsPanel(jobs, rendermime, {
+      ...actions,
+      open: undefined
+    });
     parts = {
       app,
       store: jobs,
@@ -93,19 +101,26 @@ const plugin: JupyterFrontEndPlugin<void> = {
       palette?.addItem({ command, category: 'Background Jobs' });
     }
     statusBar?.registerStatusItem('jupyter-bgjobs:status', {
-      item: new JobsStatus(jobs, () => void app.commands.execute(CommandIDs.openPanel)),
+      item: new JobsStatus(
+        jobs,
+        () => void app.commands.execute(CommandIDs.openPanel)
+      ),
       align: 'left',
       rank: 4
     });
     guard(jobs);
-    notifyEnds(jobs, job => void app.commands.execute(CommandIDs.openPanel, { id: job.id }));
+    notifyEnds(
+      jobs,
+      job => void app.commands.execute(CommandIDs.openPanel, { id: job.id })
+    );
   }
 };
 
 /** JupyterLab's restart dialog, naming the jobs a restart would end. */
 const sessionDialogs: JupyterFrontEndPlugin<ISessionContextDialogs> = {
   id: 'jupyter-bgjobs:session-dialogs',
-  description: 'Session dialogs that warn before a restart ends background jobs.',
+  description:
+    'Session dialogs that warn before a restart ends background jobs.',
   autoStart: true,
   provides: ISessionContextDialogs,
   optional: [ITranslator],

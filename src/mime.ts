@@ -28,7 +28,8 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
   }
 
   async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
-    const data = model.data[JOB_MIME] as { id?: string; name?: string } | undefined;
+    const data = model.data[JOB_MIME] as
+      { id?: string; name?: string } | undefined;
     this._id = data?.id || '';
     this._name = data?.name || this._id;
     await this._store.ready.catch(() => undefined);

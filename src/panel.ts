@@ -145,7 +145,13 @@ export class JobsPanel extends Widget {
     this._logNode.hidden = this._log === null;
     this._logNode.textContent = this._log || '';
     // The output follows the job: fetched again when its record changed.
-    const key = JSON.stringify([job.state, job.progress, job.status, job.section, job.report]);
+    const key = JSON.stringify([
+      job.state,
+      job.progress,
+      job.status,
+      job.section,
+      job.report
+    ]);
     if (key !== this._fetchedFor || !this._detail) {
       this._fetchedFor = key;
       void this._fetch(job.id);

@@ -45,7 +45,11 @@ function el(tag: string, cls: string, text = ''): HTMLElement {
 }
 
 function button(label: string, cls: string, act: () => void): HTMLElement {
-  const node = el('button', `jp-bgjobs-button ${cls}`, label) as HTMLButtonElement;
+  const node = el(
+    'button',
+    `jp-bgjobs-button ${cls}`,
+    label
+  ) as HTMLButtonElement;
   node.type = 'button';
   node.title = label;
   node.addEventListener('click', event => {
@@ -132,9 +136,7 @@ export function renderRow(
   }
   if (actions.open) {
     const open = actions.open;
-    buttons.appendChild(
-      button('Output', 'jp-bgjobs-open', () => open(job))
-    );
+    buttons.appendChild(button('Output', 'jp-bgjobs-open', () => open(job)));
   }
   node.appendChild(buttons);
 }
