@@ -42,7 +42,7 @@ def test_the_lab_extension_is_typed_linted_and_formatted() -> None:
 def test_the_installed_lab_extension_is_this_one() -> None:
     """``pip install`` put the built extension where JupyterLab finds it, enabled."""
     proc = subprocess.run(
-        [sys.executable, "-m", "jupyter", "labextension", "list"],
+        [sys.executable, "-m", "jupyterlab.labextensions", "list"],
         capture_output=True,
         text=True,
         timeout=120,
