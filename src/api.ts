@@ -69,7 +69,8 @@ export function isRunning(job: IJob): boolean {
 /** A request to the server extension; a refusal becomes an Error with its one line. */
 export async function request<T>(
   path: string,
-  init: RequestInit = {}
+  init: RequestInit = {},
+  text = false
 ): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'bgjobs', 'api', path);
@@ -86,10 +87,7 @@ export async function request<T>(
   if (response.status === 204) {
     return undefined as T;
   }
-  const type = response.headers.get('Content-Type') || '';
-  return (
-    type.includes('json') ? response.json() : response.text()
-  ) as Promise<T>;
+  return (text ? response.text() : response.json()) as Promise<T>;
 }
 
 /** Every job of this user, kept current by the server's event stream. */
@@ -167,7 +165,7 @@ export class JobStore {
   }
 
   log(id: string): Promise<string> {
-    return request<string>(`jobs/${id}/log`);
+    return request<string>(`jobs/${id}/log`, {}, true);
   }
 
   /** Start a detached job on the server: a script (``path``) or ``code``. */

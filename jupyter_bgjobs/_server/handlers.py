@@ -200,8 +200,8 @@ class LogHandler(_Handler):
         with open(path, "rb") as fh:
             fh.seek(start)
             data = fh.read(max(0, end - start + 1))
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(data)
+        # APIHandler would call it JSON.
+        self.finish(data, set_content_type="text/plain; charset=utf-8")
 
 
 class CancelHandler(_Handler):
