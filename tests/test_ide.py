@@ -316,6 +316,33 @@ def test_restarting_a_kernel_warns_and_its_job_ends_with_the_reason(page: Any) -
     expect(page.locator(".jp-bgjobs-statusbar")).to_be_hidden()
 
 
+def test_shutting_down_a_kernel_warns_first_and_cancel_keeps_it(page: Any) -> None:
+    wait_for_kernel(page)
+    page.evaluate(
+        """() => { window.jupyterapp.commands.execute('bgjobs:run-cell',
+            {name: 'lasting', code: 'import time\\ntime.sleep(600)', env: 'none'}); }"""
+    )
+    panel = _panel(page)
+    lasting = _row(panel, "lasting")
+    expect(lasting).to_have_attribute("data-state", "running", timeout=120_000)
+    shut = "() => { window.jupyterapp.commands.execute('notebook:shutdown-kernel'); }"
+    page.evaluate(shut)
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("lasting")
+    expect(dialog).to_contain_text("will end")
+    dialog.get_by_role("button", name="Cancel").click()
+    # Cancelled: the kernel and its job go on.
+    expect(dialog).to_have_count(0)
+    expect(lasting).to_have_attribute("data-state", "running")
+    assert page.evaluate(
+        "() => window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel?.status"
+    ) in ("idle", "busy")
+    page.evaluate(shut)
+    dialog.get_by_role("button", name="Shut down").click()
+    expect(lasting).not_to_have_attribute("data-state", "running", timeout=120_000)
+    expect(lasting).to_contain_text("kernel")
+
+
 def test_dark_theme_screenshots_and_contrast(page: Any) -> None:
     panel = _panel(page)
     for theme, suffix in (("JupyterLab Light", "light"), ("JupyterLab Dark", "dark")):
