@@ -174,14 +174,27 @@ async function runCell(
     typeof args.code === 'string'
       ? args.code
       : cell.model.sharedModel.getSource();
+  await cellJob(parts, args, panel, source, cell);
+}
+
+/** A cell's code, or a part of it, as a job of its notebook (the dialog first). */
+async function cellJob(
+  parts: ICommandParts,
+  args: ReadonlyPartialJSONObject,
+  panel: NotebookPanel,
+  code: string,
+  cell: CodeCell | null
+): Promise<void> {
   const o = await options(parts, args, {
-    title: 'Run Cell as Background Job',
+    title: cell
+      ? 'Run Cell as Background Job'
+      : 'Run Selection as Background Job',
     kind: 'cell',
     notebook: panel.context.path,
     defaults: {}
   });
   if (o) {
-    await runInNotebook(panel, cellCode(source, o), cell);
+    await runInNotebook(panel, cellCode(code, o), cell);
   }
 }
 
@@ -199,15 +212,7 @@ async function runSelection(
     }
     const code =
       typeof args.code === 'string' ? args.code : selected(cell.editor);
-    const o = await options(parts, args, {
-      title: 'Run Selection as Background Job',
-      kind: 'cell',
-      notebook: panel.context.path,
-      defaults: {}
-    });
-    if (o) {
-      await runInNotebook(panel, cellCode(code, o), null);
-    }
+    await cellJob(parts, args, panel, code, null);
     return;
   }
   const editor = parts.editors?.currentWidget;
