@@ -92,6 +92,7 @@ def call_record(call: Any) -> dict[str, Any]:
         "kernel": None,
         "notebook": os.environ.get("JPY_SESSION_NAME") or None,
         "skipped": [],
+        "report": "",
         "timings": {},
     }
 
