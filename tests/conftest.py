@@ -27,7 +27,9 @@ def _ours() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and proc.environ().get("JUPYTER_BGJOBS_DIR") == _ROOT:
+            # A server under test may have a job root of its own inside ours.
+            root = proc.environ().get("JUPYTER_BGJOBS_DIR") or ""
+            if proc.pid != os.getpid() and (root == _ROOT or root.startswith(_ROOT + os.sep)):
                 found.append(proc)
         except psutil.Error:
             continue

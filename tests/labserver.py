@@ -44,8 +44,13 @@ def write_notebook(path: Path, cells: list[str]) -> None:
 
 
 @contextmanager
-def lab_server(root: Path, token: str, app: str = "jupyterlab") -> Iterator[str]:
-    """Run ``python -m <app>`` serving ``root``; yield its URL; end it (and its kernels)."""
+def lab_server(
+    root: Path, token: str, app: str = "jupyterlab", jobs_dir: str | None = None
+) -> Iterator[str]:
+    """Run ``python -m <app>`` serving ``root``; yield its URL; end it (and its kernels).
+
+    ``jobs_dir``: a job root of the server's own, so its Jobs pane lists only the jobs of
+    the test that uses it."""
     # No news or update toasts over what the tests look at.
     settings = root / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True, exist_ok=True)
@@ -70,7 +75,11 @@ def lab_server(root: Path, token: str, app: str = "jupyterlab") -> Iterator[str]
             f"--LabServerApp.user_settings_dir={root / 'settings'}",
             f"--LabServerApp.workspaces_dir={root / 'workspaces'}",
         ],
-        env=dict(os.environ, JUPYTER_RUNTIME_DIR=str(root / "runtime")),
+        env=dict(
+            os.environ,
+            JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+            JUPYTER_BGJOBS_DIR=jobs_dir or os.environ.get("JUPYTER_BGJOBS_DIR", ""),
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -69,8 +69,16 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lab(root: Path) -> Iterator[str]:
-    with lab_server(root, TOKEN) as url:
+def jobs_dir(root: Path) -> str:
+    """This server's own job root (inside the test run's, so leak checks see it)."""
+    folder = Path(os.environ["JUPYTER_BGJOBS_DIR"]) / f"ide-{root.name}"
+    folder.mkdir()
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def lab(root: Path, jobs_dir: str) -> Iterator[str]:
+    with lab_server(root, TOKEN, jobs_dir=jobs_dir) as url:
         yield url
 
 
@@ -245,12 +253,15 @@ def test_a_selection_runs_on_the_server_and_stop_ends_it(page: Any) -> None:
     )
 
 
-def test_the_panel_lists_jobs_of_two_notebooks_and_the_command_line(page: Any, root: Path) -> None:
+def test_the_panel_lists_jobs_of_two_notebooks_and_the_command_line(
+    page: Any, root: Path, jobs_dir: str
+) -> None:
     subprocess.run(
         [sys.executable, "-m", "jupyter_bgjobs._cli", "run", str(root / "cli.py"), "--name", "cli"],
         check=True,
         capture_output=True,
         timeout=120,
+        env=dict(os.environ, JUPYTER_BGJOBS_DIR=jobs_dir),
     )
     page.evaluate(
         "() => window.jupyterapp.commands.execute('docmanager:open', {path: 'second.ipynb'})"
