@@ -288,6 +288,13 @@ def test_the_panel_lists_jobs_of_two_notebooks_and_the_command_line(
     clock = waiter.locator(".jp-bgjobs-clock")
     first = clock.inner_text()
     expect(clock).not_to_have_text(first, timeout=5_000)
+    # At the side area's default width every row fits: nothing runs out sideways.
+    overflow = panel.evaluate(
+        "p => Array.from(p.querySelectorAll('.jp-bgjobs-row *'))"
+        ".filter(n => n.getBoundingClientRect().right > p.getBoundingClientRect().right + 1)"
+        ".map(n => n.className)"
+    )
+    assert overflow == [], overflow
     _shot(panel, "ide-panel-light.png")
 
 
