@@ -270,9 +270,12 @@ class Driver:
 
     def _rich(self, out: dict[str, Any]) -> None:
         # The journal keeps what the log has only as text, for the IDE's output view.
-        start = self.log.tell()
+        # The file's size, not this handle's position: other handles append to the log
+        # too (the record writer's notes), and a range must be where the text landed.
+        self.log.flush()
+        start = os.fstat(self.log.fileno()).st_size
         self.job._add_output(out, self.log)
-        self.journal.add(out, start, self.log.tell())
+        self.journal.add(out, start, os.fstat(self.log.fileno()).st_size)
 
     def _stop_if_asked(self, t: float, deadline: float | None) -> None:
         """Cancel or timeout: interrupt first, kill after ``cancel_grace``."""

@@ -94,11 +94,12 @@ def stored_outputs(folder: Path, log: Path, tail: int) -> list[dict[str, Any]]:
 
     pos = start
     for entry in entries:
+        out = entry.get("output")
+        if not isinstance(out, dict):  # "dropped": the text runs on, in one output
+            continue
         a, b = entry["at"]
         text(pos, a)
-        out = entry.get("output")
-        if isinstance(out, dict):
-            outputs.append(out)
+        outputs.append(out)
         pos = max(pos, b)
     text(pos, size)
     return outputs

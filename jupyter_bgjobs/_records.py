@@ -92,6 +92,7 @@ def call_record(call: Any) -> dict[str, Any]:
         "kernel": None,
         "notebook": os.environ.get("JPY_SESSION_NAME") or None,
         "skipped": [],
+        # A call's results are its return value, never merged: no merge report.
         "report": "",
         "timings": {},
     }

@@ -301,3 +301,52 @@ def test_a_started_queue_is_one_row_with_done_over_total(kernel: Kernel) -> None
     assert (bar["value"], bar["max"]) == (40, 40)
     assert "40/40" in kernel.row_text(ids)
     assert kernel.run("print(q.wait()['result'].sum())").strip() == str(sum(range(40)))
+
+
+VIEW = "application/vnd.jupyter.widget-view+json"
+JOB_MIME = "application/vnd.jupyter-bgjobs.job+json"
+
+
+def test_a_cells_row_names_its_job_for_the_ide_and_a_progress_row_does_not(
+    kernel: Kernel,
+) -> None:
+    kernel.run("%%bgjob mimed\nanswer = 6 * 7")
+    kernel.until(lambda: kernel.has_row("mimed"))
+    job_id = kernel.run("from jupyter_bgjobs import get_job\nprint(get_job('mimed').id)").strip()
+    ids = kernel.row_models("mimed")
+
+    def shown(row: str) -> list[dict[str, Any]]:
+        """The bundles of a row under a cell: its display, then each update of it."""
+        return [
+            d["data"] for d in kernel.displays if d["data"].get(VIEW, {}).get("model_id") == row
+        ]
+
+    # The row under the cell: the widget, its text for front ends without widgets, and
+    # the job the IDE reads from the store (the same id get_job gives).
+    first = shown(ids["row"])[0]
+    assert {VIEW, "text/plain", JOB_MIME} <= set(first)
+    assert first["text/plain"].split()[1] == "mimed"
+    assert first[JOB_MIME]["id"] == job_id and first[JOB_MIME]["name"] == "mimed"
+    assert first[JOB_MIME]["state"] in ("pending", "starting", "running", "succeeded")
+    kernel.run("get_job('mimed').wait(120)")
+    kernel.until(lambda: shown(ids["row"])[-1][JOB_MIME]["state"] == "succeeded")
+    assert shown(ids["row"])[-1][JOB_MIME] == {"id": job_id, "name": "mimed", "state": "succeeded"}
+    # Without widgets, the status line carries the job too.
+    kernel.run(
+        "from jupyter_bgjobs._display import StatusLine\nStatusLine(get_job('mimed')).show()"
+    )
+    line = next(d["data"] for d in reversed(kernel.displays) if "text/html" in d["data"])
+    assert line["text/plain"].split()[1] == "mimed" and "mimed" in line["text/html"]
+    assert line[JOB_MIME] == {"id": job_id, "name": "mimed", "state": "succeeded"}
+    # A progress row of add_job has no record in the store: no job for the IDE to read.
+    kernel.run(
+        "import jupyter_bgjobs as bj\n"
+        "plain = bj.add_job('plain_row', progress_units=2, auto_remove=False)\n"
+        "plain.set_state('running')"
+    )
+    kernel.until(lambda: kernel.has_row("plain_row"))
+    plain = kernel.row_models("plain_row")["row"]
+    kernel.until(lambda: len(shown(plain)) >= 2)  # shown, then updated as it runs
+    kernel.run("plain.set_state('succeeded')")
+    kernel.until(lambda: "succeeded" in shown(plain)[-1]["text/plain"])
+    assert all(VIEW in d and "text/plain" in d and JOB_MIME not in d for d in shown(plain))

@@ -18,16 +18,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 from cells import free_port
 
 import jupyter_bgjobs as bj
+from jupyter_bgjobs import _store
 
 TOKEN = "bgjobs-server-token"
 
 
 class Server:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **env: str) -> None:
+        self.root = root
+        # Where the server writes its kernels' connection files, for a test to reach them.
+        self.runtime = root / "runtime"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "server.log", "wb")  # closed in stop()
@@ -43,6 +48,7 @@ class Server:
                 f"--IdentityProvider.token={TOKEN}",
                 f"--ServerApp.root_dir={root}",
             ],
+            env={**os.environ, "JUPYTER_RUNTIME_DIR": str(self.runtime), **env},
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -104,6 +110,69 @@ def until(check: Any, what: str, timeout: float = 60) -> Any:
 
 def gate_code(gate: Path) -> str:
     return f"while not __import__('os').path.exists({str(gate)!r}): __import__('time').sleep(0.02)"
+
+
+class Notebook:
+    """A notebook open in the server: a session and its kernel, started through the REST
+    API as JupyterLab starts them, and run like a front end (over the kernel's ports)."""
+
+    def __init__(self, server: Server, path: str) -> None:
+        from jupyter_client import BlockingKernelClient
+
+        self.server = server
+        file = server.root / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nbformat.v4.new_notebook(), file)
+        model = server.json(
+            "POST",
+            "/api/sessions",
+            {"path": path, "name": file.name, "type": "notebook", "kernel": {"name": "python3"}},
+        )
+        self.session = model["id"]
+        self.kc = BlockingKernelClient(
+            connection_file=str(server.runtime / f"kernel-{model['kernel']['id']}.json")
+        )
+        self.kc.load_connection_file()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 120) -> str:
+        """Execute ``code`` as a cell; its stdout, once the kernel is idle again."""
+        msg_id = self.kc.execute(code)
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream" and content["name"] == "stdout":
+                out.append(content["text"])
+            elif kind == "error":
+                raise AssertionError("\n".join(content["traceback"]))
+            elif kind == "status" and content["execution_state"] == "idle":
+                return "".join(out)
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        status, _, _ = self.server.request("DELETE", f"/api/sessions/{self.session}")
+        assert status == 204
+
+
+def first_event(server: Server) -> Any:
+    """The first event a page that opens the event stream gets."""
+    req = urllib.request.Request(
+        server.url + "/bgjobs/api/events", headers={"Authorization": f"token {TOKEN}"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as stream:
+        while not (line := stream.readline().decode()).startswith("data: "):
+            assert line, "the event stream ended"
+        return json.loads(line[6:])
+
+
+def record_of(job_id: str) -> Any:
+    """A job's ``state.json``, as any process reads it from the store."""
+    return json.loads((_store._job_root_path() / job_id / "state.json").read_text())
 
 
 def test_the_api_refuses_requests_without_the_token(server: Server) -> None:
@@ -184,6 +253,90 @@ def test_a_script_job_is_started_by_the_server(server: Server, tmp_path: Path) -
     assert status == 400 and b"no script at" in data
 
 
+def test_code_is_started_by_the_server_and_read_back_with_its_rich_outputs(
+    server: Server,
+) -> None:
+    (server.root / "work").mkdir(exist_ok=True)
+    code = (
+        "import os\n"
+        "from IPython.display import HTML, display\n"
+        "print('working in', os.getcwd())\n"
+        "display(HTML('<b>bold result</b>'))\n"
+        "total = sum(range(5))\n"
+        "print('total is', total)"
+    )
+    made = server.json(
+        "POST", "/bgjobs/api/jobs", {"code": code, "name": "srv_code", "workdir": "work"}
+    )
+    assert made["name"] == "srv_code" and made["detached"] is True and made["kind"] == "cell"
+    job = bj.get_job(made["id"])
+    job.wait(120)
+    assert job.state == "succeeded", job.reason
+    detail = server.json("GET", f"/bgjobs/api/jobs/{made['id']}")
+    # A relative workdir is under the server's root; the code gets no variables.
+    assert detail["spec"] == {
+        "code": code,
+        "name": "srv_code",
+        "env": "none",
+        "results": "none",
+        "timeout": None,
+        "kernel": None,
+        "workdir": str(server.root / "work"),
+        "script": None,
+    }
+    outputs = detail["outputs"]
+    assert [o["output_type"] for o in outputs] == ["stream", "display_data", "stream"]
+    assert outputs[0]["text"] == f"working in {server.root / 'work'}\n"
+    assert outputs[1]["data"]["text/html"] == "<b>bold result</b>"
+    assert outputs[2]["text"] == "total is 10\n"
+    # A detached job's report says what it saved, for the store.
+    assert detail["report"].startswith("srv_code: succeeded in ")
+    assert detail["report"].endswith("; saved HTML, display, total")
+
+
+def test_a_script_under_the_root_runs_in_a_workdir_under_it(server: Server) -> None:
+    (server.root / "scripts").mkdir(exist_ok=True)
+    (server.root / "data").mkdir(exist_ok=True)
+    script = server.root / "scripts" / "count.py"
+    script.write_text("import os\nprint('counting in', os.getcwd())\ncount = 3\n")
+    made = server.json("POST", "/bgjobs/api/jobs", {"path": "scripts/count.py", "workdir": "data"})
+    assert made["name"] == "count" and made["kind"] == "script"
+    job = bj.get_job(made["id"]).wait(120)
+    assert job.state == "succeeded", job.reason
+    assert f"counting in {server.root / 'data'}" in job.output
+    detail = server.json("GET", f"/bgjobs/api/jobs/{made['id']}")
+    spec = detail["spec"]
+    assert spec["script"] == str(script.resolve()) and spec["code"] == script.read_text()
+    assert spec["workdir"] == str(server.root / "data") and spec["name"] == "count"
+    rows = server.json("GET", "/bgjobs/api/jobs")["jobs"]
+    assert next(r for r in rows if r["id"] == made["id"])["report"] == detail["report"]
+    assert detail["report"].endswith("; saved count")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"name": "nothing to run"}, {"code": 3}, {"path": ["a.py"]}, ["print(1)"], "print(1)"],
+)
+def test_a_body_with_neither_code_nor_path_is_refused_in_one_line(
+    server: Server, body: Any
+) -> None:
+    before = {j["id"] for j in server.json("GET", "/bgjobs/api/jobs")["jobs"]}
+    status, _, data = server.request("POST", "/bgjobs/api/jobs", body)
+    assert status == 400
+    message = json.loads(data)["message"]
+    assert message == "the body must be a JSON object with a 'path' or a 'code' string"
+    assert {j["id"] for j in server.json("GET", "/bgjobs/api/jobs")["jobs"]} == before
+
+
+def test_a_workdir_that_is_not_there_is_refused(server: Server) -> None:
+    status, _, data = server.request(
+        "POST", "/bgjobs/api/jobs", {"code": "x = 1", "workdir": "no/such/folder"}
+    )
+    assert status == 400
+    message = json.loads(data)["message"]
+    assert str(server.root / "no" / "such" / "folder") in message and "\n" not in message
+
+
 def test_changes_are_pushed_as_server_sent_events(server: Server, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     req = urllib.request.Request(
@@ -204,6 +357,78 @@ def test_changes_are_pushed_as_server_sent_events(server: Server, tmp_path: Path
                         gate.touch()
     assert "running" in states and states[-1] == "succeeded"
     job.wait(60)
+
+
+def test_a_notebooks_job_is_listed_under_its_notebook_with_its_merge_report(
+    server: Server, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    notebook = Notebook(server, "studies/fit.ipynb")
+    try:
+        notebook.run("%load_ext jupyter_bgjobs\nfrom jupyter_bgjobs import get_job")
+        notebook.run(f"%%bgjob srv_nb\n{gate_code(gate)}\nanswer = 6 * 7")
+        job_id = notebook.run("print(get_job('srv_nb').id)").strip()
+        listing = server.json("GET", "/bgjobs/api/jobs")
+        assert listing["root"] == str(server.root)
+        row = next(j for j in listing["jobs"] if j["id"] == job_id)
+        assert row["name"] == "srv_nb" and row["kind"] == "cell" and row["detached"] is False
+        # The notebook, as the IDE names it: relative to the server's root.
+        assert row["notebook"] == str(server.root / "studies" / "fit.ipynb")
+        assert row["notebook_path"] == "studies/fit.ipynb"
+        assert row["state"] in ("pending", "starting", "running") and row["report"] == ""
+        gate.touch()
+
+        def ended() -> Any:
+            jobs = server.json("GET", "/bgjobs/api/jobs")["jobs"]
+            return next((j for j in jobs if j["id"] == job_id and j["state"] == "succeeded"), None)
+
+        # Ended, not merged yet: the notebook merges before its next cell runs.
+        row = until(ended, "the notebook's job to end")
+        assert row["report"] == "srv_nb: succeeded; its results merge into its notebook there"
+        assert record_of(job_id)["report"] == ""
+        # The next cell merges it first, and says so above its own output.
+        said, answer, report = notebook.run(
+            "print(answer)\nprint(get_job('srv_nb').report)"
+        ).splitlines()
+        assert answer == "42" and said == report
+        assert report.startswith("srv_nb: succeeded in ")
+        assert report.endswith(" s; merged answer into globals")
+        # Written into the record as it is made, for the IDE and any other process.
+        assert record_of(job_id)["report"] == report
+        rows = server.json("GET", "/bgjobs/api/jobs")["jobs"]
+        assert next(j for j in rows if j["id"] == job_id)["report"] == report
+        # Merged the moment it ends (wait()): the report is in the record all the same.
+        said, job_id = notebook.run(
+            "import jupyter_bgjobs as bj\n"
+            "job = bj.run_cell('doubled = answer * 2', name='srv_nb_waited', env='answer')\n"
+            "print(job.wait(120).id)"
+        ).splitlines()
+        assert said.endswith("; merged doubled into globals")
+        assert record_of(job_id)["report"] == said
+    finally:
+        gate.touch()
+        notebook.close()
+
+
+def test_the_first_event_lists_every_job(server: Server) -> None:
+    ended = bj.run_cell("x = 1", name="srv_first", results="none").wait(60)
+    listed = {j["id"]: j["name"] for j in server.json("GET", "/bgjobs/api/jobs")["jobs"]}
+    assert listed[ended.id] == "srv_first"
+    event = first_event(server)
+    assert event["removed"] == []
+    # Each job once, as its row: a page that opens the stream needs nothing else.
+    assert [j["id"] for j in event["jobs"]] == list(listed)
+    assert {j["id"]: j["name"] for j in event["jobs"]} == listed
+
+
+def test_the_first_event_says_so_when_there_are_no_jobs(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    empty = Server(tmp_path, JUPYTER_BGJOBS_DIR=str(tmp_path / "jobs"))
+    try:
+        assert empty.json("GET", "/bgjobs/api/jobs") == {"jobs": [], "root": str(tmp_path)}
+        assert first_event(empty) == {"jobs": [], "removed": []}
+    finally:
+        empty.stop()
 
 
 def test_pip_install_enabled_the_extension() -> None:
