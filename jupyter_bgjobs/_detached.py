@@ -512,16 +512,34 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
         _store.write_json(folder / "host.json", {"pid": host.pid})
     except OSError as exc:
         shutil.rmtree(folder, ignore_errors=True)
+        if job._shm_dir:
+            shutil.rmtree(job._shm_dir, ignore_errors=True)
         if isinstance(exc, StoreError):
             raise
         raise _store._write_error(folder, "start a detached job", exc) from None
     _hosts.append(host)
+    _hand_over(job, host.pid)
     started = DetachedJob(folder)
     # This process knows which names it had when the job started: a later merge here can
     # tell the notebook's own changes from the job's, as for an attached job.
     started._ns_ids = job._ns_ids
     _started[started.id] = started
     return started
+
+
+def _hand_over(job: Any, host_pid: int) -> None:
+    """From its start on, the job's host holds the seed and the job's shared-memory
+    folder: it removes the seed once the kernel has loaded it, and the folder once the job
+    has ended. This process keeps nothing of them to remove, at its exit or ever."""
+    from ._runtime import hand_job_shm, owner_tag
+
+    if job._shm_dir:
+        try:
+            hand_job_shm(job._shm_dir, owner=owner_tag(host_pid))
+        except OSError:
+            pass  # gone already (the host has ended), or no room: the host takes it too
+    job._files = []
+    job._shm_dir = ""
 
 
 # Detached jobs this process started, by id.

@@ -336,6 +336,12 @@ class Driver:
         kind = event.get("type")
         if kind == "plan":
             job.timings["seeded"] = event["t"]
+            if job.detached:
+                # The kernel has loaded the seed: its holder, the job's host, removes it now
+                # (a detached job's files are its seed, the results are kept apart).
+                for path in job._files:
+                    remove_snapshot(path)
+                job._files = []
             if "t_start" in event:
                 job.timings["runner_started"] = event["t_start"]
             job.skipped.extend(dict(s, direction="in") for s in event.get("skipped", []))
