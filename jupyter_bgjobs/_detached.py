@@ -22,7 +22,7 @@ from ._errors import JobSpecError, JobStateError, StoreError, WaitTimeout
 from ._records import settle_orphan
 from ._spec import JobSpec
 from ._states import FINAL_STATES as DONE_STATES
-from ._states import ErrorInfo
+from ._states import ErrorInfo, error_reason
 
 
 class DetachedJob:
@@ -118,7 +118,7 @@ class DetachedJob:
             return damage
         if self.state == "died" and self._record().get("state") not in DONE_STATES:
             return "its host process ended before the job did"
-        return str(self._record().get("reason", ""))
+        return _recorded_reason(self._record())
 
     @property
     def log_path(self) -> Path | None:
@@ -383,7 +383,7 @@ class RecordedJob(DetachedJob):
 
     @property
     def reason(self) -> str:
-        return self.damage or str(self._record().get("reason", ""))
+        return self.damage or _recorded_reason(self._record())
 
     @property
     def notebook(self) -> str:
@@ -460,6 +460,18 @@ def earlier_jobs() -> list[RecordedJob]:
         for j in recorded_jobs()
         if isinstance(j, RecordedJob) and j.notebook == session and j._record().get("owner") != me
     ]
+
+
+def _recorded_reason(record: dict[str, Any]) -> str:
+    """The reason a record gives; for a failure recorded without one (by an older
+    version), the error the job raised."""
+    reason = str(record.get("reason") or "")
+    if reason or record.get("state") != "failed":
+        return reason
+    err = record.get("error")
+    if isinstance(err, list) and len(err) == 3:
+        return error_reason(ErrorInfo(str(err[0]), str(err[1]), []))
+    return error_reason(None)
 
 
 def _when(value: Any) -> dt.datetime | None:

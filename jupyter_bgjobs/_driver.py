@@ -40,6 +40,7 @@ from ._states import (
     SUCCEEDED,
     TIMED_OUT,
     ErrorInfo,
+    error_reason,
     now,
 )
 
@@ -395,6 +396,8 @@ class Driver:
             job._set(reason="interrupted inside its kernel")
             self._finish(CANCELLED)
         else:
+            # Never a failure without a reason: the job's own error says it.
+            job._set(reason=job.reason or error_reason(job.error))
             self._finish(FAILED)
 
 

@@ -374,6 +374,7 @@ def test_a_detached_job_reads_like_a_job(ip: Any, tmp_path: Path) -> None:
         job.wait("soon")  # type: ignore[arg-type]
     job.wait(120)
     assert job.state == "failed" and job.shipped == ["start_value"]
+    assert job.reason == "ValueError: late"  # a failure always says why
     assert job.started is not None and job.finished is not None and job.kernel_pid
     err = job.exception()
     assert isinstance(err, bj.JobFailedError) and err.ename == "ValueError"
