@@ -22,7 +22,7 @@ from ._errors import JobSpecError, JobStateError, StoreError, WaitTimeout
 from ._records import settle_orphan
 from ._spec import JobSpec
 from ._states import FINAL_STATES as DONE_STATES
-from ._states import ErrorInfo
+from ._states import ErrorInfo, error_reason
 
 
 class DetachedJob:
@@ -118,7 +118,7 @@ class DetachedJob:
             return damage
         if self.state == "died" and self._record().get("state") not in DONE_STATES:
             return "its host process ended before the job did"
-        return str(self._record().get("reason", ""))
+        return _recorded_reason(self._record())
 
     @property
     def log_path(self) -> Path | None:
@@ -383,7 +383,7 @@ class RecordedJob(DetachedJob):
 
     @property
     def reason(self) -> str:
-        return self.damage or str(self._record().get("reason", ""))
+        return self.damage or _recorded_reason(self._record())
 
     @property
     def notebook(self) -> str:
@@ -462,6 +462,18 @@ def earlier_jobs() -> list[RecordedJob]:
     ]
 
 
+def _recorded_reason(record: dict[str, Any]) -> str:
+    """The reason a record gives; for a failure recorded without one (by an older
+    version), the error the job raised."""
+    reason = str(record.get("reason") or "")
+    if reason or record.get("state") != "failed":
+        return reason
+    err = record.get("error")
+    if isinstance(err, list) and len(err) == 3:
+        return error_reason(ErrorInfo(str(err[0]), str(err[1]), []))
+    return error_reason(None)
+
+
 def _when(value: Any) -> dt.datetime | None:
     try:
         return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
@@ -512,16 +524,34 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
         _store.write_json(folder / "host.json", {"pid": host.pid})
     except OSError as exc:
         shutil.rmtree(folder, ignore_errors=True)
+        if job._shm_dir:
+            shutil.rmtree(job._shm_dir, ignore_errors=True)
         if isinstance(exc, StoreError):
             raise
         raise _store._write_error(folder, "start a detached job", exc) from None
     _hosts.append(host)
+    _hand_over(job, host.pid)
     started = DetachedJob(folder)
     # This process knows which names it had when the job started: a later merge here can
     # tell the notebook's own changes from the job's, as for an attached job.
     started._ns_ids = job._ns_ids
     _started[started.id] = started
     return started
+
+
+def _hand_over(job: Any, host_pid: int) -> None:
+    """From its start on, the job's host holds the seed and the job's shared-memory
+    folder: it removes the seed once the kernel has loaded it, and the folder once the job
+    has ended. This process keeps nothing of them to remove, at its exit or ever."""
+    from ._runtime import hand_job_shm, owner_tag
+
+    if job._shm_dir:
+        try:
+            hand_job_shm(job._shm_dir, owner=owner_tag(host_pid))
+        except OSError:
+            pass  # gone already (the host has ended), or no room: the host takes it too
+    job._files = []
+    job._shm_dir = ""
 
 
 # Detached jobs this process started, by id.

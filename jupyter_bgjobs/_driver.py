@@ -40,6 +40,7 @@ from ._states import (
     SUCCEEDED,
     TIMED_OUT,
     ErrorInfo,
+    error_reason,
     now,
 )
 
@@ -339,6 +340,12 @@ class Driver:
         kind = event.get("type")
         if kind == "plan":
             job.timings["seeded"] = event["t"]
+            if job.detached:
+                # The kernel has loaded the seed: its holder, the job's host, removes it now
+                # (a detached job's files are its seed, the results are kept apart).
+                for path in job._files:
+                    remove_snapshot(path)
+                job._files = []
             if "t_start" in event:
                 job.timings["runner_started"] = event["t_start"]
             job.skipped.extend(dict(s, direction="in") for s in event.get("skipped", []))
@@ -392,6 +399,8 @@ class Driver:
             job._set(reason="interrupted inside its kernel")
             self._finish(CANCELLED)
         else:
+            # Never a failure without a reason: the job's own error says it.
+            job._set(reason=job.reason or error_reason(job.error))
             self._finish(FAILED)
 
 

@@ -7,6 +7,11 @@ seed the notebook wrote and writes its results into the folder. The host never l
 notebook's values or the job's results: it relays. ``state.json`` is kept current as the
 job goes; ``results.json`` says where the results are. SIGTERM cancels the job.
 
+From its start the host holds the seed and the job's shared-memory folder (the notebook
+hands them over): it removes the seed once the job's kernel has loaded it, and the folder
+once the job has ended; a folder whose host was killed is swept by the next process that
+makes one of its own.
+
 The record is the store's; the job is the user's. When the store cannot be written (made
 read-only, or full) the job runs on: the host says so once in the job's output log and
 writes the record again as soon as it can.
@@ -87,6 +92,7 @@ def _persist_results(job: Any, writer: Any) -> None:
     the machine's memory; whoever attaches meanwhile reads them where they were."""
     from . import _store
     from ._inside.kernel.wire import piece_paths
+    from ._runtime import hand_job_shm
 
     kept = job._kept
     if not kept or not kept.get("path") or Path(kept["path"]).parent == job.folder:
@@ -100,7 +106,12 @@ def _persist_results(job: Any, writer: Any) -> None:
         _store.write_json(job.folder / "results.json", dict(kept, path=targets[0]))
     except OSError as exc:
         writer.say(f"the results stay in shared memory ({kept['path']}): {exc}")
-        job._shm_dir = ""  # kept, not removed: they are the only copy
+        try:  # they are the only copy: held for the job's entry, gone once it is pruned
+            if job._shm_dir:
+                hand_job_shm(job._shm_dir, entry=str(job.folder))
+        except OSError:
+            pass
+        job._shm_dir = ""  # kept, not removed
         return
     for source in sources:
         try:
@@ -110,8 +121,10 @@ def _persist_results(job: Any, writer: Any) -> None:
 
 
 def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
-    """What the notebook decided for the job, taken over by its host."""
+    """What the notebook decided for the job, taken over by its host, which holds the
+    seed and the job's shared-memory folder from now on."""
     from . import _store
+    from ._runtime import hand_job_shm, owner_tag
 
     job.shipped = [n for n in data.get("shipped") or [] if isinstance(n, str)]
     job.skipped = [
@@ -121,6 +134,13 @@ def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
     job._environ = dict(os.environ)
     job._files = [p for p in data.get("seed_files") or [] if isinstance(p, str)]
     job._shm_dir = data.get("shm_dir") if isinstance(data.get("shm_dir"), str) else ""
+    if job._shm_dir:
+        # Handed over by the notebook as it started this host; taken here as well, should
+        # the notebook have ended before it could.
+        try:
+            hand_job_shm(job._shm_dir, owner=owner_tag())
+        except OSError:
+            pass
     job._preimport = [m for m in data.get("preimport") or [] if isinstance(m, str)]
     results = (data.get("runner") or {}).get("results") or {}
     job._result_paths = [p for p in results.get("paths") or [] if isinstance(p, str)]

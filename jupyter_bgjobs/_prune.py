@@ -231,12 +231,14 @@ def prune(older_than: Any = "7d") -> dict[str, Any]:
 
 def _remove_job_shm(folder: Path) -> None:
     """A detached job's own shared-memory folder, named in its spec, goes with it."""
-    from ._runtime import is_private
+    from ._runtime import JOB_SHM_PREFIX, is_private
 
     shm = (read_json(folder / "spec.json") or {}).get("shm_dir")
     if (
         isinstance(shm, str)
-        and Path(shm).name.startswith(f"bgjobs-job-{folder.name}-")
+        and Path(shm).name.startswith(
+            (f"{JOB_SHM_PREFIX}{folder.name}-", f"bgjobs-job-{folder.name}-")  # or older
+        )
         and is_private(shm)
     ):
         shutil.rmtree(shm, ignore_errors=True)

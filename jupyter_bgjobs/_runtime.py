@@ -10,20 +10,23 @@ and closed to others (0700); a folder that is not is never used, whoever made it
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import shutil
 import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 
-def owner_tag() -> str:
-    """This process as the owner of files that outlive it if it is killed: its pid, after
-    its pid namespace, since processes of other containers may share the folder."""
-    return f"{_pid_namespace()}.{os.getpid()}"
+def owner_tag(pid: int | None = None) -> str:
+    """This process (or its child ``pid``) as the owner of files that outlive it if it is
+    killed: its pid, after its pid namespace, since processes of other containers may share
+    the folder."""
+    return f"{_pid_namespace()}.{pid or os.getpid()}"
 
 
 def owner_gone(tag: str) -> bool:
@@ -148,20 +151,84 @@ def shm_dir() -> str | None:
 
 
 def job_shm_dir(job_id: str) -> str | None:
-    """A shared-memory folder for one detached job (its seed), private, with a random
-    name: it outlives the process that makes it; the job's host removes it."""
+    """A shared-memory folder for one detached job (its seed, its results at first),
+    private, with a random name: it outlives the process that makes it.
+
+    Who holds it is written in it (``hand_job_shm``): this process while it prepares the
+    job, then the job's host, which removes it."""
     if not os.path.isdir("/dev/shm"):
         return None
     try:
-        path = tempfile.mkdtemp(prefix=f"bgjobs-job-{job_id}-", dir="/dev/shm")
+        path = tempfile.mkdtemp(prefix=f"{JOB_SHM_PREFIX}{job_id}-", dir="/dev/shm")
     except OSError:
         return None
-    os.chmod(path, 0o700)
+    try:
+        os.chmod(path, 0o700)
+        hand_job_shm(path, owner=owner_tag())
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        return None
     return path
 
 
+# The name of a detached job's shared-memory folder starts with this and its job's id.
+# Older versions named theirs ``bgjobs-job-...`` and swept every one whose job their own
+# store did not have, those of other stores too: they never match this name.
+JOB_SHM_PREFIX = "bgjobs-detached-"
+# The file of a detached job's shared-memory folder that says who holds the folder.
+_HOLDER = ".holder"
+# A job's shared-memory folder without a holder yet is being made: left alone this long.
+_FRESH = 60.0
+
+
+def hand_job_shm(path: str, *, owner: str = "", entry: str = "") -> None:
+    """Say who holds a detached job's shared-memory folder from now on: a process (its
+    ``owner_tag()``), while that lives; or a store entry (its folder), while it is there,
+    for results that stay in shared memory. Replaced whole, never half written."""
+    holder = {"owner": owner} if owner else {"entry": entry}
+    tmp = os.path.join(path, f"{_HOLDER}.{os.getpid()}.{threading.get_ident()}")
+    write_private(Path(tmp), json.dumps(holder))
+    try:
+        os.replace(tmp, os.path.join(path, _HOLDER))
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def job_shm_holder(path: str) -> dict[str, str] | None:
+    """Who holds a detached job's shared-memory folder, as ``hand_job_shm`` wrote it."""
+    try:
+        with open(os.path.join(path, _HOLDER), encoding="utf-8") as fh:
+            holder = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict):
+        return None
+    return {k: v for k, v in holder.items() if k in ("owner", "entry") and isinstance(v, str)}
+
+
+def _job_shm_abandoned(path: str) -> bool:
+    """Whether nobody holds a detached job's shared-memory folder any more. /dev/shm is
+    the machine's: processes of other stores (another ``JUPYTER_BGJOBS_DIR`` or root)
+    sweep it too, so a folder is judged by what it says of its holder, never by whether
+    the sweeper's own store knows the job."""
+    holder = job_shm_holder(path)
+    if holder and holder.get("owner"):
+        return owner_gone(holder["owner"])
+    if holder and holder.get("entry"):
+        return not os.path.isdir(holder["entry"])
+    try:  # no holder: its maker is writing it, or ended before it could
+        return time.time() - os.lstat(path).st_mtime > _FRESH
+    except OSError:
+        return False
+
+
 def sweep_dead_owners(parent: str) -> None:
-    """Remove our folders under ``parent`` whose owning process has ended."""
+    """Remove our folders under ``parent`` whose owning process has ended, and detached
+    jobs' folders that nobody holds any more."""
     try:
         names = os.listdir(parent)
     except OSError:
@@ -171,20 +238,12 @@ def sweep_dead_owners(parent: str) -> None:
         m = _OWN_DIR.match(name)
         if m and owner_gone(m["owner"]) and is_private(path):
             shutil.rmtree(path, ignore_errors=True)
-        job = _JOB_DIR.match(name)
-        if job and not _job_entry_exists(job["job"]) and is_private(path):
-            # A detached job's folder whose entry is gone (pruned, or its host was
-            # killed before it could clean up and the entry removed since).
+        if _JOB_DIR.match(name) and is_private(path) and _job_shm_abandoned(path):
+            # Its host ended without removing it (killed), or its entry was pruned.
             shutil.rmtree(path, ignore_errors=True)
 
 
-_JOB_DIR = re.compile(r"^bgjobs-job-(?P<job>[0-9a-f]{8})-[A-Za-z0-9_]+$")
-
-
-def _job_entry_exists(job_id: str) -> bool:
-    from ._config import settings
-
-    return (settings.job_root_path() / "detached" / job_id).exists()
+_JOB_DIR = re.compile(rf"^{JOB_SHM_PREFIX}[0-9a-f]{{8}}-[A-Za-z0-9_]+$")
 
 
 def write_private(path: Path, text: str) -> None:

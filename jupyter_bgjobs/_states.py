@@ -58,6 +58,13 @@ class ErrorInfo(NamedTuple):
     traceback: list[str]
 
 
+def error_reason(error: ErrorInfo | None) -> str:
+    """Why a job failed, in one line, from the error its code raised."""
+    if error is None or not (error.ename or error.evalue):
+        return "its code raised an error its kernel did not describe"
+    return f"{error.ename}: {error.evalue}" if error.evalue else error.ename
+
+
 def now() -> dt.datetime:
     """The time now, with this machine's time zone, as jobs record it."""
     return dt.datetime.now().astimezone()

@@ -45,6 +45,23 @@ def _interpreter_helper(p: psutil.Process) -> bool:
         return True
 
 
+def _left_in_shared_memory() -> list[str]:
+    """Shared-memory folders of this run's detached jobs, which have all ended: each goes
+    with its job, but one that keeps results its host could not move into the store."""
+    from pathlib import Path
+
+    from jupyter_bgjobs._runtime import JOB_SHM_PREFIX, job_shm_holder
+
+    store = Path(_ROOT) / "jobs" / "detached"
+    ids = {p.name for p in store.iterdir()} if store.is_dir() else set()
+    left = []
+    for path in Path("/dev/shm").glob(f"{JOB_SHM_PREFIX}*") if ids else []:
+        job_id = path.name[len(JOB_SHM_PREFIX) :].split("-")[0]
+        if job_id in ids and "entry" not in (job_shm_holder(str(path)) or {}):
+            left.append(str(path))
+    return left
+
+
 @pytest.fixture(autouse=True, scope="module")
 def no_leaked_processes() -> Iterator[None]:
     """After each test module: end what the manager owns; then no process we started may be
@@ -68,6 +85,8 @@ def no_leaked_processes() -> Iterator[None]:
         except psutil.Error:
             continue
     assert not leaked, f"processes outlived their test module: {leaked}"
+    left = _left_in_shared_memory()
+    assert not left, f"ended jobs left their shared-memory folders: {left}"
 
 
 @pytest.fixture(scope="module")

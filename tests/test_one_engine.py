@@ -137,6 +137,67 @@ def test_the_host_never_loads_the_notebooks_values_or_the_results(ip: Any, tmp_p
     assert pids == [results.kernel_pid, os.getpid()]
 
 
+def _sweep_from_another_store(tmp_path: Path) -> None:
+    """What any process of another store (another ``JUPYTER_BGJOBS_DIR``) does as it makes
+    its own shared-memory folder: /dev/shm is the machine's, not one store's."""
+    env = dict(os.environ, JUPYTER_BGJOBS_DIR=str(tmp_path / "another_store"))
+    subprocess.run(
+        [sys.executable, "-c", "from jupyter_bgjobs import _runtime\n_runtime.shm_dir()"],
+        env=env,
+        timeout=120,
+        check=True,
+    )
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no shared memory here")
+def test_a_detached_jobs_seed_is_held_by_its_host_and_swept_by_nobody_else(
+    ip: Any, tmp_path: Path
+) -> None:
+    from jupyter_bgjobs import _runtime
+
+    ip.user_ns["held_value"] = 41
+    gate = tmp_path / "gate"
+    job = bj.run_cell(f"{gate_code(gate)}\nanswer = held_value + 1", name="held", detach=True)
+    shm = json.loads((job.folder / "spec.json").read_text())["shm_dir"]
+    host = json.loads((job.folder / "host.json").read_text())["pid"]
+    assert Path(shm).name.startswith(f"{_runtime.JOB_SHM_PREFIX}{job.id}-")
+    # From its start the host holds the job's folder (and the seed in it), not the notebook.
+    assert _runtime.job_shm_holder(shm) == {"owner": _runtime.owner_tag(host)}
+    _sweep_from_another_store(tmp_path)
+    assert Path(shm).is_dir(), "another store's process removed a live job's folder"
+    # Its host removes the seed once the kernel has loaded it, while the job still runs.
+    until(lambda: job.state == "running", "the job to run")
+    until(lambda: not (Path(shm) / "seed.snap").exists(), "the seed to be removed")
+    assert job.state == "running" and not (job.folder / "seed.snap").exists()
+    gate.touch()
+    job.wait(120)
+    assert job.state == "succeeded", job.reason
+    assert job.results is not None and job.results.answer == 42
+    # ... and the folder once the job has ended: nothing is left in shared memory.
+    until(lambda: not _runtime.pid_alive(host), "the host to end")
+    assert not Path(shm).exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no shared memory here")
+def test_a_job_folder_nobody_holds_is_swept_by_any_store(tmp_path: Path) -> None:
+    from jupyter_bgjobs import _runtime
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    killed = _runtime.job_shm_dir("0badc0de")  # as a host that was killed left it
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    kept = _runtime.job_shm_dir("0badc0df")  # results its host could not move: the entry's
+    assert killed and kept
+    _runtime.hand_job_shm(killed, owner=_runtime.owner_tag(ended.pid))
+    _runtime.hand_job_shm(kept, entry=str(entry))
+    _sweep_from_another_store(tmp_path)
+    assert not Path(killed).exists() and Path(kept).is_dir()
+    entry.rmdir()  # pruned
+    _sweep_from_another_store(tmp_path)
+    assert not Path(kept).exists()
+
+
 def test_every_option_works_detached(ip: Any, tmp_path: Path) -> None:
     ip.user_ns.update(base=10, unused=[1, 2])
     gate = tmp_path / "gate"
@@ -313,6 +374,7 @@ def test_a_detached_job_reads_like_a_job(ip: Any, tmp_path: Path) -> None:
         job.wait("soon")  # type: ignore[arg-type]
     job.wait(120)
     assert job.state == "failed" and job.shipped == ["start_value"]
+    assert job.reason == "ValueError: late"  # a failure always says why
     assert job.started is not None and job.finished is not None and job.kernel_pid
     err = job.exception()
     assert isinstance(err, bj.JobFailedError) and err.ename == "ValueError"
