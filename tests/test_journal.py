@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_driver_unit import spec
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _journal
@@ -21,7 +22,6 @@ from jupyter_bgjobs._backends.fake import FakeKernel, FakePool
 from jupyter_bgjobs._job import Job
 from jupyter_bgjobs._journal import JOURNAL, stored_outputs
 from jupyter_bgjobs._manager import JobManager
-from jupyter_bgjobs._spec import build_spec
 
 WAIT = 10  # seconds; each fake job takes milliseconds
 WHOLE = 1 << 20  # a tail longer than any log here
@@ -45,17 +45,7 @@ def run(mgr: JobManager, *steps: fake.Step) -> Job:
         script.append(fake.end(done=1))
     pool = FakePool(FakeKernel(script))
     mgr.pool = lambda: pool  # type: ignore[method-assign]
-    options: dict[str, Any] = {
-        "name": None,
-        "kind": "cell",
-        "kernel": None,
-        "timeout": None,
-        "env": "none",
-        "results": "none",
-        "on_conflict": "keep",
-        "workdir": None,
-    }
-    job = mgr.submit(build_spec("x = 1", **options), None).wait(WAIT)
+    job = mgr.submit(spec(), None).wait(WAIT)
     mgr.join_worker(job, WAIT)  # its driver has closed the log and the journal
     return job
 
