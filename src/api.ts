@@ -164,8 +164,14 @@ export class JobStore {
     return request<IJobDetail>(`jobs/${id}`);
   }
 
+  /** The log's last 20 MiB (all of it when smaller). */
   log(id: string): Promise<string> {
-    return request<string>(`jobs/${id}/log`, {}, true);
+    const last = 20 * 1024 * 1024;
+    return request<string>(
+      `jobs/${id}/log`,
+      { headers: { Range: `bytes=-${last}` } },
+      true
+    );
   }
 
   /** Start a detached job on the server: a script (``path``) or ``code``. */
@@ -231,6 +237,11 @@ export class JobStore {
   }
 
   private async _stream(): Promise<void> {
+    if (!this.root) {
+      // The first list failed (the server was starting): the root is asked again.
+      const first = await request<{ jobs: IJob[]; root: string }>('jobs');
+      this.root = first.root;
+    }
     const settings = ServerConnection.makeSettings();
     const url = URLExt.join(settings.baseUrl, 'bgjobs', 'api', 'events');
     this._abort = new AbortController();
@@ -251,15 +262,19 @@ export class JobStore {
       if (done) {
         return;
       }
-      buffer += decoder.decode(value, { stream: true });
+      // Events end with a blank line; CRLF and CR count as line ends too.
+      buffer = (buffer + decoder.decode(value, { stream: true })).replace(
+        /\r\n?/g,
+        '\n'
+      );
       let cut: number;
       while ((cut = buffer.indexOf('\n\n')) >= 0) {
         const event = buffer.slice(0, cut);
         buffer = buffer.slice(cut + 2);
         const data = event
           .split('\n')
-          .filter(line => line.startsWith('data: '))
-          .map(line => line.slice(6))
+          .filter(line => line.startsWith('data:'))
+          .map(line => line.slice(line.startsWith('data: ') ? 6 : 5))
           .join('\n');
         if (!data) {
           continue;

@@ -92,13 +92,29 @@ export async function runInNotebook(
     silent: false,
     store_history: false
   });
+  // The magics say what is wrong as a UsageError, which IPython prints to stderr
+  // (other stderr, a warning, is not a failure).
+  let said = '';
   future.onIOPub = msg => {
-    if (msg.header.msg_type === 'error') {
+    const kind = msg.header.msg_type;
+    if (kind === 'error') {
       const content = msg.content as { ename: string; evalue: string };
-      fail(`${content.ename}: ${content.evalue}`);
+      said += `${content.ename}: ${content.evalue}`;
+    } else if (kind === 'stream') {
+      const content = msg.content as { name: string; text: string };
+      if (content.name === 'stderr' && content.text.includes('UsageError')) {
+        said += content.text;
+      }
     }
   };
-  await future.done;
+  const reply = await future.done;
+  if (reply.content.status !== 'ok' || said.trim()) {
+    fail(`The job did not start: ${said.trim() || reply.content.status}`);
+    return;
+  }
+  Notification.info(`Background job started from ${panel.title.label}`, {
+    autoClose: 3000
+  });
 }
 
 function selected(editor: CodeEditor.IEditor): string {
@@ -126,7 +142,11 @@ function notebookOf(
   return found;
 }
 
-function serverBody(o: IRunOptions): { [key: string]: unknown } {
+function serverBody(o: IRunOptions): { [key: string]: unknown } | null {
+  if (o.timeout && !(Number(o.timeout) > 0)) {
+    fail(`The timeout must be a number of seconds above 0, not ${o.timeout}`);
+    return null;
+  }
   return {
     name: o.name || undefined,
     workdir: o.workdir || undefined,
@@ -137,8 +157,14 @@ function serverBody(o: IRunOptions): { [key: string]: unknown } {
 
 async function startOnServer(
   parts: ICommandParts,
-  body: { [key: string]: unknown }
+  options: IRunOptions,
+  what: { path: string } | { code: string }
 ): Promise<IJob | null> {
+  const base = serverBody(options);
+  if (!base) {
+    return null;
+  }
+  const body = { ...base, ...what };
   try {
     const job = await parts.store.start(body);
     Notification.info(`Background job ${job.name} started`, {
@@ -233,7 +259,7 @@ async function runSelection(
     }
   });
   if (o) {
-    await startOnServer(parts, { ...serverBody(o), code });
+    await startOnServer(parts, o, { code });
   }
 }
 
@@ -286,10 +312,14 @@ async function runFile(
     return;
   }
   if (notebook) {
-    const absolute = parts.store.root ? `${parts.store.root}/${path}` : path;
+    if (!parts.store.root) {
+      fail('The job store is not reachable yet: try again in a moment');
+      return;
+    }
+    const absolute = `${parts.store.root}/${path}`;
     await runInNotebook(notebook, scriptCode(absolute, o), null);
   } else {
-    await startOnServer(parts, { ...serverBody(o), path });
+    await startOnServer(parts, o, { path });
   }
 }
 
@@ -319,9 +349,9 @@ export async function rerun(parts: ICommandParts, job: IJob): Promise<void> {
       : cellCode(spec.code || '', o);
     await runInNotebook(panel, code, null);
   } else if (spec.script) {
-    await startOnServer(parts, { ...serverBody(o), path: spec.script });
+    await startOnServer(parts, o, { path: spec.script });
   } else {
-    await startOnServer(parts, { ...serverBody(o), code: spec.code || '' });
+    await startOnServer(parts, o, { code: spec.code || '' });
   }
 }
 
@@ -337,14 +367,31 @@ export function addCommands(parts: ICommandParts): void {
     isEnabled: hasCodeCell,
     execute: args => runCell(parts, args)
   });
+  const pythonEditor = () =>
+    Boolean(parts.editors?.currentWidget?.context.path.endsWith('.py'));
+  const inNotebook = () =>
+    Boolean(
+      parts.notebooks?.currentWidget &&
+      parts.app.shell.currentWidget === parts.notebooks.currentWidget
+    );
   app.commands.addCommand(CommandIDs.runSelection, {
     label: 'Run Selection as Background Job…',
     caption: 'Run the selected code (or the current line) as a background job',
+    isEnabled: args =>
+      typeof args.code === 'string' || inNotebook() || pythonEditor(),
     execute: args => runSelection(parts, args)
   });
   app.commands.addCommand(CommandIDs.runFile, {
     label: 'Run as Background Job…',
     caption: 'Run a .py file as a background job',
+    isEnabled: args =>
+      typeof args.path === 'string' ||
+      Boolean(
+        parts.app.contextMenuHitTest(node =>
+          node.classList.contains('jp-DirListing-item')
+        )
+      ) ||
+      pythonEditor(),
     icon: runJobIcon,
     execute: args => runFile(parts, args)
   });

@@ -66,7 +66,15 @@ async function confirmEnd(
     return false;
   }
   if (result.button.label.endsWith('stop all')) {
-    await Promise.all(detached.map(cancel));
+    // A job that ended while the dialog was open refuses the cancel: that is no reason
+    // to keep the kernel.
+    const done = await Promise.allSettled(detached.map(cancel));
+    const refused = done.filter(d => d.status === 'rejected').length;
+    if (refused) {
+      Notification.warning(`${refused} detached job(s) could not be stopped`, {
+        autoClose: 5000
+      });
+    }
   }
   return true;
 }
@@ -104,11 +112,14 @@ export class GuardedSessionDialogs extends SessionContextDialogs {
   }
 }
 
-export function guard(store: JobStore): void {
+export function guard(store: JobStore, openPaths: () => string[]): void {
   window.addEventListener('beforeunload', event => {
-    if (store.running.some(j => !j.detached)) {
-      // Attached jobs keep running while their kernels do; the browser still asks,
-      // since a user closing the page often means to shut everything down.
+    const open = new Set(openPaths());
+    if (
+      store.running.some(j => !j.detached && open.has(j.notebook_path || ''))
+    ) {
+      // Attached jobs of this page's notebooks keep running while their kernels do;
+      // the browser still asks, since closing the page often means shutting them down.
       event.preventDefault();
       event.returnValue = '';
     }

@@ -108,7 +108,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       align: 'left',
       rank: 4
     });
-    guard(jobs);
+    guard(jobs, () => {
+      const paths: string[] = [];
+      notebooks?.forEach(panel => paths.push(panel.context.path));
+      return paths;
+    });
     notifyEnds(
       jobs,
       job => void app.commands.execute(CommandIDs.openPanel, { id: job.id })

@@ -117,6 +117,10 @@ export class JobsPanel extends Widget {
   private _renderDetail(job: IJob): void {
     const node = this._detailNode;
     if (!node.firstChild || node.dataset.jobId !== job.id) {
+      // Out of the old detail first: Lumino cannot detach a widget whose host is gone.
+      if (this._outputs.isAttached) {
+        Widget.detach(this._outputs);
+      }
       node.replaceChildren();
       node.dataset.jobId = job.id;
       const back = document.createElement('button');
@@ -136,9 +140,6 @@ export class JobsPanel extends Widget {
       this._logNode.className = 'jp-bgjobs-log';
       node.append(back, this._row, this._report, outputs, logButton);
       node.appendChild(this._logNode);
-      if (this._outputs.isAttached) {
-        Widget.detach(this._outputs);
-      }
       Widget.attach(this._outputs, outputs);
     }
     renderRow(this._row, job, this._store, this._actions);
@@ -159,9 +160,11 @@ export class JobsPanel extends Widget {
   }
 
   private async _fetch(id: string): Promise<void> {
+    // Answers can arrive out of order: only the newest request's is shown.
+    const seq = ++this._seq;
     try {
       const detail = await this._store.detail(id);
-      if (this._shown !== id) {
+      if (this._shown !== id || seq !== this._seq) {
         return;
       }
       this._detail = detail;
@@ -195,6 +198,7 @@ export class JobsPanel extends Widget {
   private _shown: string | null = null;
   private _detail: IJobDetail | null = null;
   private _fetchedFor = '';
+  private _seq = 0;
   private _log: string | null = null;
   private _ticker: number;
 }

@@ -33,6 +33,14 @@ function shared(o: IRunOptions): string[] {
   return words;
 }
 
+/** A magic's line as IPython reads it: ``$x`` and ``{x}`` would be expanded from the
+ * notebook's variables, so they are doubled to stand for themselves. */
+function magicLine(words: string[]): string {
+  return pyString(
+    words.join(' ').replace(/[${}]/g, c => (c === '$' ? '$$' : c + c))
+  );
+}
+
 const LOAD = "get_ipython().run_line_magic('load_ext', 'jupyter_bgjobs')\n";
 
 /** ``%%bgjob`` of ``source`` with the dialog's options. */
@@ -43,7 +51,7 @@ export function cellCode(source: string, o: IRunOptions): string {
   words.push(...shared(o));
   return (
     LOAD +
-    `get_ipython().run_cell_magic('bgjob', ${pyString(words.join(' '))}, ${pyString(source)})`
+    `get_ipython().run_cell_magic('bgjob', ${magicLine(words)}, ${pyString(source)})`
   );
 }
 
@@ -57,7 +65,6 @@ export function scriptCode(path: string, o: IRunOptions): string {
   words.push('--results', shellWord(o.results || 'object'));
   words.push(...shared(o));
   return (
-    LOAD +
-    `get_ipython().run_line_magic('bgjob_script', ${pyString(words.join(' '))})`
+    LOAD + `get_ipython().run_line_magic('bgjob_script', ${magicLine(words)})`
   );
 }

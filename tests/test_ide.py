@@ -247,6 +247,13 @@ def test_a_selection_runs_on_the_server_and_stop_ends_it(page: Any) -> None:
     expect(sleepy).to_have_attribute("data-state", "running", timeout=120_000)
     sleepy.get_by_role("button", name="Stop").click()
     expect(sleepy).to_have_attribute("data-state", "cancelled", timeout=60_000)
+    # A start the magic refuses says why, in one line, where JupyterLab shows problems.
+    page.evaluate(
+        """() => { window.jupyterapp.commands.execute('bgjobs:run-file',
+            {path: 'script.py', timeout: 'soon'}); }"""
+    )
+    refused = page.locator(".Toastify__toast", has_text="The job did not start").first
+    expect(refused).to_contain_text("timeout", timeout=60_000)
     page.evaluate(
         """() => { for (const w of Array.from(window.jupyterapp.shell.widgets('main'))) {
             if (w.context?.path === 'script.py') { w.close(); } } }"""
@@ -278,6 +285,12 @@ def test_the_panel_lists_jobs_of_two_notebooks_and_the_command_line(
     _row(panel, "cli").get_by_role("button", name="Rerun").click()
     clis = panel.locator(".jp-bgjobs-list .jp-bgjobs-row[data-state=succeeded]", has_text="cli")
     expect(clis).to_have_count(2, timeout=120_000)
+    # Another job's detail after the first one's: its own output.
+    _row(panel, "cli").get_by_role("button", name="Output").click()
+    expect(panel.locator(".jp-bgjobs-detail .jp-OutputArea")).to_contain_text(
+        "from the command line", timeout=30_000
+    )
+    panel.get_by_role("button", name="← All jobs").click()
     expect(panel.locator("[data-group=running]")).to_contain_text("waiter")
     expect(panel.locator("[data-group=ended]")).to_contain_text("fit")
     # The status bar counts the running job; a click opens the panel.

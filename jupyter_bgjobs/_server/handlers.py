@@ -222,6 +222,15 @@ class CancelHandler(_Handler):
 
 
 class EventsHandler(_Handler):
+    def _rows(self) -> dict[str, dict[str, Any]]:
+        rows = {}
+        for job in _jobs():
+            try:
+                rows[job.id] = summary(job, self.root)
+            except (OSError, ValueError):  # removed while read: gone from the next look
+                continue
+        return rows
+
     @web.authenticated
     async def get(self) -> None:
         """Server-sent events: ``data: {"jobs": [...changed...], "removed": [...]}`` each
@@ -233,8 +242,7 @@ class EventsHandler(_Handler):
         sent = False
         try:
             while True:
-                now = {j.id: j for j in _jobs()}
-                rows = {k: summary(j, self.root) for k, j in now.items()}
+                rows = self._rows()
                 changed = [r for k, r in rows.items() if seen.get(k) != json.dumps(r)]
                 removed = [k for k in seen if k not in rows]
                 # The first event lists every job (none too): a reconnected page drops
