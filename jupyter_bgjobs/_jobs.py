@@ -161,7 +161,8 @@ def get_job(name_or_id: str) -> Any:
     try:
         return manager.get(name_or_id)
     except JobSpecError:
-        from ._detached import find, find_recorded
+        from ._detached import find
+        from ._recorded import find_recorded
 
         found = find(name_or_id) or find_recorded(name_or_id)
         if found is None:
@@ -181,7 +182,7 @@ def jobs(all: bool = False) -> list[Any]:
     mine = manager.jobs()
     if not all:
         return mine
-    from ._detached import recorded_jobs
+    from ._recorded import recorded_jobs
 
     seen = {j.id for j in mine}
     others = [j for j in recorded_jobs() if j.id not in seen]

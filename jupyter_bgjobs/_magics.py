@@ -190,10 +190,10 @@ class BgJobMagics(Magics):
         """The Jobs panel: every job with its state, progress, section, elapsed time, Stop,
         and its output. A plain-text table where there are no widgets."""
         args = _parse(self.bgjobs, line)
-        from . import _detached
+        from . import _detached, _recorded
 
-        earlier = _detached.earlier_jobs()
-        detached = [j for j in _detached.recorded_jobs() if j.detached]
+        earlier = _recorded.earlier_jobs()
+        detached = [j for j in _recorded.recorded_jobs() if j.detached]
         if not _display.live_frontend():
             rows = manager.jobs()
             print(jobs_table(rows) if rows else "no jobs")

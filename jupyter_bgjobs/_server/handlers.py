@@ -30,7 +30,7 @@ _TAIL = 256 * 1024
 
 
 def _jobs() -> list[Any]:
-    from .._detached import recorded_jobs
+    from .._recorded import recorded_jobs
 
     return recorded_jobs()
 

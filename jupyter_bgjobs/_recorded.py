@@ -1,0 +1,116 @@
+"""Jobs read from their records: attached jobs of any process (another notebook, an
+earlier kernel) beside the store's detached ones; what the IDE's Jobs pane and
+``jobs(all=True)`` list."""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+from pathlib import Path
+from typing import Any
+
+from . import _store
+from ._detached import DetachedJob, _started, check_sound, recorded_reason
+from ._records import settle_orphan
+
+
+class RecordedJob(DetachedJob):
+    """A job another process (or an earlier kernel) ran attached, read from its record.
+
+    Its results went to the notebook that ran it; its log and how it ended are here. A
+    record that still says running although its notebook's kernel has ended is a job that
+    ended with that kernel: ``cancelled``, and the reason says so.
+    """
+
+    detached = False
+
+    def _record(self) -> dict[str, Any]:
+        record = super()._record()
+        return settle_orphan(self.folder, record) if record else record
+
+    @property
+    def state(self) -> str:
+        if self.damage:
+            return _store.DAMAGED
+        return str(self._record().get("state", "pending"))
+
+    @property
+    def reason(self) -> str:
+        return self.damage or recorded_reason(self._record())
+
+    @property
+    def notebook(self) -> str:
+        """The notebook that ran it (``JPY_SESSION_NAME``), when known."""
+        return str(self._record().get("notebook") or "")
+
+    @property
+    def results(self) -> types.SimpleNamespace | None:
+        return None
+
+    @property
+    def can_stop(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        """Another process's job is stopped from there; False."""
+        return False
+
+    def __repr__(self) -> str:
+        done, total = self.progress
+        return f"<RecordedJob {self.name} ({self.id}) {self.state} {done}/{total}>"
+
+
+def recorded_jobs() -> list[DetachedJob]:
+    """Every job with a record under the job root: attached ones of any process (as
+    ``RecordedJob``) and the store's detached ones."""
+    found: list[DetachedJob] = []
+    root = _store._job_root_path()
+    try:
+        folders = sorted(Path(e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        folders = []
+    for folder in folders:
+        if not re.fullmatch(r"[0-9a-f]{8}", folder.name):
+            continue
+        spec = _store.read_json(folder / "spec.json")
+        # A folder whose spec cannot be read is listed too, as damaged (unless it is
+        # being made right now); calls are not jobs.
+        if (spec is None and not _store._being_made(folder)) or (spec or {}).get("kind") == "job":
+            found.append(RecordedJob(folder))
+    for folder in _store.entries():
+        spec = _store.read_json(folder / "spec.json") or {}
+        if spec.get("kind") == "job":
+            found.append(_started.get(folder.name) or DetachedJob(folder))
+    return found
+
+
+def find_recorded(name_or_id: str) -> RecordedJob | None:
+    """The attached job of another process (or an earlier kernel) with this id, or the
+    newest with this name; ``StoreError`` when its record is damaged."""
+    match: RecordedJob | None = None
+    for job in recorded_jobs():
+        if not isinstance(job, RecordedJob):
+            continue
+        if job.id == name_or_id:
+            match = job
+            break
+        if job.name == name_or_id and (match is None or job.submitted >= match.submitted):
+            match = job
+    if match is not None:
+        check_sound(match.folder, name_or_id)
+    return match
+
+
+def earlier_jobs() -> list[RecordedJob]:
+    """The jobs this notebook's earlier kernels ran (same ``JPY_SESSION_NAME``), from
+    their records: after a restart, ``%bgjobs`` shows them ended, with their logs."""
+    session = os.environ.get("JPY_SESSION_NAME")
+    if not session:
+        return []
+    me = _store.owner_tag()
+    return [
+        j
+        for j in recorded_jobs()
+        if isinstance(j, RecordedJob) and j.notebook == session and j._record().get("owner") != me
+    ]
