@@ -29,3 +29,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def execute(kc: Any, code: str, timeout: float = 120, seen: Any = None) -> str:
+    """Run ``code`` on a kernel client as a cell; its stdout once the kernel is idle
+    again. ``seen(msg)`` is given every iopub message read meanwhile (others' too); an
+    error of the cell is raised with its traceback."""
+    import time
+
+    msg_id = kc.execute(code)
+    out = []
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if seen is not None:
+            seen(msg)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream" and content["name"] == "stdout":
+            out.append(content["text"])
+        elif kind == "error":
+            raise AssertionError("\n".join(content["traceback"]))
+        elif kind == "status" and content["execution_state"] == "idle":
+            return "".join(out)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from cells import execute
 from jupyter_client import KernelManager
 
 
@@ -39,20 +40,7 @@ class Kernel:
 
     def run(self, code: str, timeout: float = 120) -> str:
         """Execute ``code``; record every message until its idle; return its stdout."""
-        msg_id = self.kc.execute(code)
-        out = []
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-            self._record(msg)
-            kind, content = msg["msg_type"], msg["content"]
-            mine = msg["parent_header"].get("msg_id") == msg_id
-            if mine and kind == "stream" and content["name"] == "stdout":
-                out.append(content["text"])
-            if mine and kind == "error":
-                raise AssertionError("\n".join(content["traceback"]))
-            if mine and kind == "status" and content["execution_state"] == "idle":
-                return "".join(out)
+        return execute(self.kc, code, timeout, seen=self._record)
 
     def until(self, check: Callable[[], bool], timeout: float = 30) -> None:
         """Read what the kernel sends on its own (widget updates from its threads) until

@@ -20,7 +20,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from cells import free_port
+from cells import execute, free_port
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _store
@@ -138,20 +138,7 @@ class Notebook:
 
     def run(self, code: str, timeout: float = 120) -> str:
         """Execute ``code`` as a cell; its stdout, once the kernel is idle again."""
-        msg_id = self.kc.execute(code)
-        out = []
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "stream" and content["name"] == "stdout":
-                out.append(content["text"])
-            elif kind == "error":
-                raise AssertionError("\n".join(content["traceback"]))
-            elif kind == "status" and content["execution_state"] == "idle":
-                return "".join(out)
+        return execute(self.kc, code, timeout)
 
     def close(self) -> None:
         self.kc.stop_channels()
