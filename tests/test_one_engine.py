@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gatewayserver import TOKEN, Gateway
 from test_durable import Notebook
-from test_gateway import TOKEN, Gateway
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _detached

@@ -1,0 +1,84 @@
+"""A real Jupyter Kernel Gateway on 127.0.0.1 with a token, for the remote tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+from cells import free_port
+
+TOKEN = "gw-secret-token-4711"
+
+
+class Gateway:
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kernel_gateway",
+                "--KernelGatewayApp.ip=127.0.0.1",
+                f"--KernelGatewayApp.port={self.port}",
+                f"--KernelGatewayApp.auth_token={TOKEN}",
+                # Listing kernels is off by default; the tests check none is left behind.
+                "--JupyterWebsocketPersonality.list_kernels=True",
+                *args,
+            ],
+            cwd=tmp,
+            env=dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp / "runtime")),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.kernels()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop(hard=True)
+                    raise AssertionError("the kernel gateway did not start") from None
+                time.sleep(0.1)  # polling a port that is not open yet
+
+    def kernels(self) -> list[dict[str, Any]]:
+        req = urllib.request.Request(
+            f"{self.url}/api/kernels", headers={"Authorization": f"token {TOKEN}"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return list(json.loads(resp.read()))
+
+    def no_kernels_left(self) -> bool:
+        """The gateway ends up with no kernel: the job deleted its own after it ended."""
+        deadline = time.monotonic() + 30
+        while self.kernels():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)  # the job's driver deletes the kernel just after the job ends
+        return True
+
+    def stop(self, hard: bool = False) -> None:
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        if hard:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(30)
+        # Kernels a killed gateway leaves behind would be orphans: end them here.
+        for child in children:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(children, timeout=10)
