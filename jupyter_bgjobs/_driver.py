@@ -4,7 +4,6 @@ grace, kill), and loads the results. One thread of the notebook's kernel per job
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -25,7 +24,6 @@ from ._inside.kernel.wire import (
     decode,
     load_file,
     piece_paths,
-    take_stream,
 )
 from ._job import Job
 from ._journal import Journal
@@ -43,6 +41,7 @@ from ._states import (
     error_reason,
     now,
 )
+from ._stream import TransferError, fetch, send_seed
 
 if TYPE_CHECKING:
     from ._backends.base import KernelSource
@@ -129,6 +128,7 @@ class Driver:
         job._set(_state=STARTING, started=now(), _t_started=time.monotonic())
         try:
             self.kernel = job._kernel = self._kernel_for()
+            job.timings["kernel_ready"] = time.time()
         except BgJobError as exc:
             job._set(reason=str(exc))
             self._finish(FAILED)
@@ -137,7 +137,9 @@ class Driver:
             job._set(reason="cancelled while starting")
             self._finish(CANCELLED)
             return
-        self._send()
+        if not self._send():
+            self._finish(FAILED)
+            return
         job._set(_state=RUNNING)
         finished = self._pump()
         # Gone before the job's end is told: whoever waits finds the folder as it stays.
@@ -158,21 +160,26 @@ class Driver:
         url, token = gateway_settings(spec.gateway)
         return GatewayKernel(url, token, spec.kernel or settings.kernel, spec.kernel_env).start()
 
-    def _send(self) -> None:
-        """The seed's chunks (if it travels over the protocol), then the run call."""
+    def _send(self) -> bool:
+        """The seed's chunks (if it travels over the protocol), then the run call; False
+        when the seed could not be sent (the job's reason says why)."""
         job, kernel = self.job, self.kernel
         preimport = getattr(kernel, "preimport", None)
         if job._preimport and preimport is not None:
             preimport(job._preimport)
-        for seq, chunk in enumerate(job._seed_chunks):
-            # Requests run in order: every chunk is in before the run call starts. The data
-            # rides in the request's metadata; the code stays one short line.
-            kernel.execute(
-                f"__import__('_bgjobs_runner').receive({job._token!r}, {seq})",
-                silent=True,
-                metadata={"bgjobs_chunk": chunk},
-            )
-        job._seed_chunks = []
+        if job._seed_blob is not None:
+            # Every chunk is in (and acknowledged) before the run call is sent.
+            blob, job._seed_blob = job._seed_blob, None
+            try:
+                # Hashed as it is sent, not in the notebook's thread that took it.
+                self.runner_spec["seed"]["sha256"] = send_seed(kernel, job._token, blob)
+            except BgJobError as exc:
+                job._set(reason=str(exc))
+                return False
+            finally:
+                close = getattr(blob, "close", None)
+                if close is not None:
+                    close()  # a detached job's seed file, mapped
         if not job.spec.gateway:
             self.runner_spec["context"].update(
                 _context.environ_changes(job._environ, getattr(kernel, "launch_env", None))
@@ -185,6 +192,7 @@ class Driver:
             else "__import__('_bgjobs_runner').run"
         )
         self.msg_id = kernel.execute(f"{entry}({json.dumps(self.runner_spec)!r})")
+        return True
 
     def _open_flow(self) -> None:
         """The counter of output taken, which the job's kernel waits on (local kernels
@@ -368,10 +376,6 @@ class Driver:
                 changes["first_statement_at"] = event["t"]
                 job.timings["first_statement"] = event["t"]
             job._set(**changes)
-        elif kind == "chunk":
-            if event["seq"] == 0:
-                job._stream = bytearray()
-            job._stream += base64.b64decode(event["data"])
         elif kind == "end":
             err = event.get("error")
             changes = {} if job._custom_progress else {"_done": event["done"]}
@@ -383,7 +387,7 @@ class Driver:
     def _conclude(self) -> None:
         job = self.job
         if job.detached:
-            keep_results(job, self.end)
+            keep_results(job, self.end, self.kernel)
         else:
             load_results(job, self.end, self.kernel)
         if self.stop_reason == "cancel":
@@ -394,7 +398,7 @@ class Driver:
             job._set(reason="the job's kernel returned without reporting an outcome")
             self._finish(FAILED)
         elif self.end["status"] == "ok":
-            self._finish(SUCCEEDED)
+            self._finish(FAILED if job._results_lost else SUCCEEDED)
         elif self.end["status"] == "interrupted":
             job._set(reason="interrupted inside its kernel")
             self._finish(CANCELLED)
@@ -405,9 +409,11 @@ class Driver:
 
 
 # -- results --------------------------------------------------------------------------------
-def _load_one_by_one(job: Job, kernel: Any, names: list[str], first: Exception) -> dict[str, Any]:
-    """Ask the job's kernel, still alive, to send each result on its own, and load
-    what can be loaded; each name that cannot says why."""
+def _load_one_by_one(
+    job: Job, kernel: Any, names: list[str], first: Exception, stream: bool
+) -> dict[str, Any]:
+    """Ask the job's kernel, still alive, to send each result on its own (over the kernel
+    protocol when ``stream``), and load what can be loaded; each name that cannot says why."""
     values: dict[str, Any] = {}
     reasons = {name: f"could not be loaded here: {first}" for name in names}
     if kernel is not None and kernel.alive():
@@ -417,10 +423,12 @@ def _load_one_by_one(job: Job, kernel: Any, names: list[str], first: Exception) 
         }
         for candidates in paths.values():
             job._files.extend(candidates)
-        request = {"token": job._token, "paths": paths}
+        request = {"token": job._token, "paths": paths, "transport": "stream" if stream else "file"}
         msg_id = kernel.execute(
             f"__import__('_bgjobs_runner').resend({json.dumps(request)!r})", silent=True
         )
+        # All the answers first: fetching one reads the kernel's messages too.
+        answers: list[dict[str, Any]] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             msg = kernel.iopub(timeout=0.5)
@@ -432,19 +440,31 @@ def _load_one_by_one(job: Job, kernel: Any, names: list[str], first: Exception) 
             if msg["msg_type"] == "status" and content.get("execution_state") == "idle":
                 break
             event = content.get("data", {}).get(EVENT_MIME) if "data" in content else None
-            if not event or event.get("type") != "resent":
-                continue
+            if event and event.get("type") == "resent":
+                answers.append(event)
+        for event in answers:
             name = event["name"]
             try:
                 if event.get("error"):
                     raise SnapshotError(event["error"])
-                values.update(load_file(event["path"], job._token, event.get("pieces", 1)))
+                if event.get("key"):
+                    data = fetch(kernel, event["key"], event)
+                    values.update(decode(data, job._token))
+                else:
+                    values.update(load_file(event["path"], job._token, event.get("pieces", 1)))
                 reasons.pop(name, None)
             except Exception as exc:
                 reasons[name] = f"could not be loaded here: {type(exc).__name__}: {exc}"
     for name, reason in reasons.items():
         job.skipped.append({"name": name, "type": "?", "direction": "out", "reason": reason})
     return values
+
+
+def _lost_on_the_way(job: Job, names: list[str], exc: BaseException) -> None:
+    reason = f"its results were lost on the way back: {exc}"
+    job._set(reason=reason, _results_lost=True)
+    for name in names:
+        job.skipped.append({"name": name, "type": "?", "direction": "out", "reason": reason})
 
 
 def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> None:
@@ -457,15 +477,21 @@ def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
     if info.get("names"):
         try:
             if info.get("transport") == "stream":
-                data = take_stream(job._stream, info["sha256"], info["nbytes"])
-                values.update(decode(data, job._token))
+                if kernel is None:
+                    raise TransferError("the job's kernel is gone")
+                values.update(decode(fetch(kernel, job._token, info), job._token))
+                job.timings["results_fetched"] = time.time()
             elif info.get("path") in job._files:
                 values.update(load_file(info["path"], job._token, info.get("pieces", 1)))
                 job.timings["results_mapped"] = time.time()
             else:
                 raise SnapshotError(f"results path {info.get('path')!r} is not this job's")
+        except TransferError as exc:
+            # Not one name that cannot load here: the link lost them all. The job failed.
+            _lost_on_the_way(job, info["names"], exc)
         except Exception as exc:  # one name that cannot load here must not sink the rest
-            values.update(_load_one_by_one(job, kernel, info["names"], exc))
+            stream = info.get("transport") == "stream"
+            values.update(_load_one_by_one(job, kernel, info["names"], exc, stream))
     # A function or class that came back as the very object the notebook had under that
     # name (pickled by reference: `from math import sqrt`) is nothing new: no result. Not
     # data: a small int or a short string is one shared object on both sides by chance.
@@ -497,7 +523,6 @@ def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
             job.timings["results_" + key[2:]] = info[key]
     job.timings["end_received"] = time.time()
     job.timings["results_loaded"] = time.time()
-    job._stream = bytearray()
     for path in job._files:
         remove_snapshot(path)
 
@@ -525,11 +550,11 @@ def remove_snapshot(path: str) -> None:
             pass
 
 
-def keep_results(job: Job, end: dict[str, Any] | None) -> None:
+def keep_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> None:
     """A detached job's results stay, as its kernel wrote them, in its folder for whoever
     attaches them: the host never loads the notebook's values. ``results.json`` says
     where they are, and what did not travel."""
-    from ._store import write_bytes, write_json
+    from ._store import write_json
 
     info = (end or {}).get("results") or {}
     kept: dict[str, Any] = {
@@ -549,10 +574,18 @@ def keep_results(job: Job, end: dict[str, Any] | None) -> None:
     pending: list[Callable[[], None]] = []
     if kept["names"]:
         if info.get("transport") == "stream":
-            data = bytes(take_stream(job._stream, info["sha256"], info["nbytes"]))
             path = job.folder / "results.snap"
-            pending.append(lambda: write_bytes(path, data, "save the job's results"))
-            kept.update(path=str(path), pieces=1)
+            try:
+                # Straight into the file: the host never holds the results in memory.
+                fetch(kernel, job._token, info, str(path))
+                kept.update(path=str(path), pieces=1)
+            except (BgJobError, OSError) as exc:
+                _lost_on_the_way(job, kept["names"], exc)
+                kept["not_saved"].extend(
+                    {"name": n, "type": "?", "reason": f"lost on the way back: {exc}"}
+                    for n in kept["names"]
+                )
+                kept["names"] = []
         elif info.get("path") in job._result_paths:
             kept.update(path=info["path"], pieces=info.get("pieces", 1))
         else:
@@ -560,7 +593,6 @@ def keep_results(job: Job, end: dict[str, Any] | None) -> None:
             kept["not_saved"].append(
                 {"name": "*", "type": "results", "reason": "written outside the job's folder"}
             )
-    job._stream = bytearray()
     job._kept = kept
     pending.append(lambda: write_json(job.folder / "results.json", kept))
     job._unsaved = pending

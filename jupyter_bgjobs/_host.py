@@ -123,7 +123,6 @@ def _persist_results(job: Any, writer: Any) -> None:
 def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
     """What the notebook decided for the job, taken over by its host, which holds the
     seed and the job's shared-memory folder from now on."""
-    from . import _store
     from ._runtime import hand_job_shm, owner_tag
 
     job.shipped = [n for n in data.get("shipped") or [] if isinstance(n, str)]
@@ -144,13 +143,14 @@ def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
     job._preimport = [m for m in data.get("preimport") or [] if isinstance(m, str)]
     results = (data.get("runner") or {}).get("results") or {}
     job._result_paths = [p for p in results.get("paths") or [] if isinstance(p, str)]
-    chunks = _store.read_json(folder / "seed.chunks")
-    if chunks is not None:
-        job._seed_chunks = [c for c in chunks.get("chunks") or [] if isinstance(c, str)]
-        try:
-            (folder / "seed.chunks").unlink()
-        except OSError:
-            pass
+    seed = folder / "seed.stream"
+    if seed.is_file():
+        import mmap
+
+        with open(seed, "rb") as fh:
+            job._seed_blob = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        # Removed with the seed's other files once the kernel has loaded it.
+        job._files.append(str(seed))
 
 
 if __name__ == "__main__":

@@ -107,8 +107,10 @@ class Job(Tailed, RowClock):
         # A job loads only what its parent wrote for it: snapshots carry this token.
         self._token = token or secrets.token_hex(16)
         self._files: list[str] = []
-        self._seed_chunks: list[str] = []
-        self._stream = bytearray()
+        # The seed, when it travels over the kernel protocol: one buffer (a mapped file
+        # for a detached job's host), let go once sent.
+        self._seed_blob: Any = None
+        self._results_lost = False  # the job ran, but its results could not come back
         self._environ: dict[str, str] = {}
         self._awaits = False
         # A detached job's results as its host recorded them (never loaded there).

@@ -121,12 +121,11 @@ class JobManager:
         job._awaits = _context.awaits(source)
         seed = self._write_seed(job, spec, ns, source, transport)
         seed_spec: dict[str, Any] | None = None
-        if seed is not None and (seed.path or seed.chunks):
+        if seed is not None and (seed.path or seed.blob is not None):
             seed_spec = {
                 "transport": transport,
                 "path": seed.path,
                 "pieces": seed.pieces,
-                "sha256": seed.sha256,
                 "nbytes": seed.nbytes,
             }
         if job.detached:
@@ -181,8 +180,10 @@ class JobManager:
                 # them before the job, as a warm kernel here would have.
                 preimport=heavy_imports(),
             )
-            if job._seed_chunks:
-                _store.write_json(job.folder / "seed.chunks", {"chunks": job._seed_chunks})
+            if job._seed_blob is not None:
+                # Its host sends it: it waits in the job's folder, binary, until then.
+                blob, job._seed_blob = job._seed_blob, None
+                _store.write_bytes(job.folder / "seed.stream", blob, "keep the job's seed")
         _store.write_json(job.folder / "spec.json", record)
         job._writer = RecordWriter(job)
         job._listeners.append(job._writer)
@@ -207,10 +208,11 @@ class JobManager:
         else:
             paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
         job._files.extend(paths)  # before writing: an interrupted write is cleaned too
+        job.timings["snapshot_started"] = time.time()
         seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport)
         job.shipped = seed.shipped
         job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
-        job._seed_chunks = seed.chunks
+        job._seed_blob = seed.blob
         job.timings["snapshot_written"] = time.time()
         return seed
 

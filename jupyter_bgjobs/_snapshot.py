@@ -9,11 +9,11 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._inside.kernel.chunks import join_parts
 from ._inside.kernel.wire import (
     encode,
     is_internal_name,
     pick_path,
-    stream_chunks,
     write_somewhere,
 )
 from ._runtime import shm_dir
@@ -30,8 +30,8 @@ class Snapshot:
     path: str | None = None
     pieces: int = 1
     nbytes: int = 0
-    chunks: list[str] = field(default_factory=list)
-    sha256: str = ""
+    # The snapshot in one buffer, when it travels over the kernel protocol.
+    blob: bytearray | None = None
 
 
 def free_names(source: str) -> set[str]:
@@ -174,7 +174,7 @@ def write_snapshot(
     """Serialize ``names`` of ``ns`` for a job; unpicklables are skipped and listed.
 
     ``transport`` "file" writes one file (shared memory when it has room); "stream" keeps
-    base64 chunks to send over the kernel protocol.
+    it in one buffer, to send in binary chunks over the kernel protocol.
     """
     snap = Snapshot()
     values: dict[str, Any] = {}
@@ -190,7 +190,8 @@ def write_snapshot(
         snap.nbytes = info["nbytes"]
         values = {k: v for k, v in values.items() if k in set(info["pickled"]) | set(info["dill"])}
         if transport == "stream":
-            snap.chunks, snap.sha256, snap.nbytes = stream_chunks(parts)
+            snap.blob = join_parts(parts)
+            snap.nbytes = len(snap.blob)
         else:
             snap.path, snap.pieces = write_somewhere(paths, pick_path(paths, info["nbytes"]), parts)
     snap.shipped = sorted(values) + sorted(snap.imports)

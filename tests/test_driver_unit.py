@@ -14,6 +14,7 @@ No sleeps: tests wait on the job (``wait``) or on the fake reaching a step (``hu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from jupyter_bgjobs._backends.fake import FakeKernel, FakePool
 from jupyter_bgjobs._backends.local import KernelStartError
 from jupyter_bgjobs._config import settings
 from jupyter_bgjobs._driver import Driver
+from jupyter_bgjobs._inside.kernel.wire import decode
 from jupyter_bgjobs._job import Job
 from jupyter_bgjobs._manager import JobManager
 from jupyter_bgjobs._spec import JobSpec, build_spec
@@ -250,7 +252,7 @@ def test_a_timed_out_job_that_ignores_the_interrupt_is_killed(mgr: JobManager) -
 
 def test_results_arrive_as_a_stream_of_chunks(mgr: JobManager) -> None:
     bj.configure(transport="stream")
-    big = bytes(range(256)) * (9 << 12)  # 9 MiB: three chunks of the stream
+    big = bytes(range(256)) * (9 << 12)  # 9 MiB: three chunks of 4 MiB
     kernel = FakeKernel(
         [fake.plan(1), fake.stmt(0, 1), fake.end(done=1, values={"x": 41, "big": big})]
     )
@@ -258,7 +260,10 @@ def test_results_arrive_as_a_stream_of_chunks(mgr: JobManager) -> None:
     assert job.state == "succeeded", job.reason
     assert job.results is not None and job.results.x == 41 and job.results.big == big
     assert kernel.spec is not None and kernel.spec["results"]["transport"] == "stream"
-    assert not job._stream  # the chunks are let go once loaded
+    # Fetched a few chunks at a time, then let go in the kernel.
+    fetches = [c for c in kernel.executed if ".send_out(" in c]
+    assert len(fetches) == 1 and "[0, 1, 2]" in fetches[0]
+    assert any(".drop_out(" in c for c in kernel.executed)
 
 
 def test_results_arrive_in_a_snapshot_file(mgr: JobManager) -> None:
@@ -298,8 +303,12 @@ def test_the_seed_travels_in_chunks_before_the_run_call(mgr: JobManager) -> None
     assert job.state == "succeeded" and job.shipped == ["a"]
     entries = [r.code.split(").", 1)[1].split("(")[0] for r in kernel.requests]
     assert entries == ["receive", "run"]
-    assert kernel.received and kernel.requests[0].metadata["bgjobs_chunk"] == kernel.received[0]
+    seed = kernel.requests[0].metadata["bgjobs_seed"]
+    (chunk,) = kernel.received
+    assert seed["seq"] == 0 and seed["nbytes"] == len(chunk)
+    assert decode(chunk, job._token) == {"a": 1}  # binary, not text
     assert kernel.spec is not None and kernel.spec["seed"]["transport"] == "stream"
+    assert kernel.spec["seed"]["sha256"] == hashlib.sha256(chunk).hexdigest()
 
 
 def test_a_kernel_that_cannot_start_fails_the_job_saying_why(mgr: JobManager) -> None:

@@ -120,7 +120,7 @@ def test_a_dropped_websocket_is_reopened_and_nothing_is_lost(gateway: Gateway) -
         job._cond.wait_for(lambda: "tick 5" in job.output or job.done, 60)
     # The network drops the connection: cut our end of the websocket, which is the one
     # place a test can reach; the client must reopen it with the same session.
-    job._kernel._ws.sock.shutdown(socket.SHUT_RDWR)
+    job._kernel.drop_connection()
     job.wait(60)
     assert job.state == "succeeded", job.reason
     ticks = [line for line in job.output.splitlines() if line.startswith("tick")]

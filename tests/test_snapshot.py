@@ -19,14 +19,13 @@ import pytest
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _snapshot
 from jupyter_bgjobs._inside.kernel.arena import _room_for
+from jupyter_bgjobs._inside.kernel.chunks import Inbox, Outbox
 from jupyter_bgjobs._inside.kernel.wire import (
     SnapshotError,
     decode,
     encode,
     load_file,
     piece_paths,
-    stream_chunks,
-    take_stream,
 )
 
 TORTURE = textwrap.dedent(
@@ -233,19 +232,26 @@ def test_stream_transport_over_the_kernel_protocol(ip: Any) -> None:
 
 
 def test_stream_integrity_and_token_checks() -> None:
-    parts, _, _ = encode({"x": np.arange(1000)}, "tok-a")
-    chunks, digest, size = stream_chunks(parts)
-    import base64
-
-    data = bytearray(b"".join(base64.b64decode(c) for c in chunks))
-    assert decode(take_stream(data, digest, size), "tok-a")["x"].sum() == 499500
+    parts, _, _ = encode({"x": np.arange(3 << 20)}, "tok-a")  # 24 MiB and a header
+    box = Outbox(parts)
+    inbox = Inbox(box.nbytes)
+    for seq in reversed(range(box.count())):  # any order; a repeat is ignored
+        inbox.put(seq, box.piece(seq))
+    inbox.put(0, box.piece(0))
+    data = inbox.check(box.sha256)
+    assert decode(data, "tok-a")["x"].sum() == sum(range(3 << 20))
     with pytest.raises(SnapshotError, match="not written for this job"):
         decode(data, "tok-b")
+    with pytest.raises(ValueError, match="expected"):
+        inbox.put(1, [b"short"])
     data[-1] ^= 0xFF
     with pytest.raises(SnapshotError, match="sha256"):
-        take_stream(data, digest, size)
-    with pytest.raises(SnapshotError, match="expected"):
-        take_stream(data[:-10], digest, size)
+        inbox.check(box.sha256)
+    partial = Inbox(box.nbytes)
+    partial.put(0, box.piece(0))
+    assert box.count() == 7
+    with pytest.raises(SnapshotError, match="without 6 of its 7 chunks"):
+        partial.check(box.sha256)
 
 
 def test_snapshot_files_are_private_and_removed(ip: Any, tmp_path: Path) -> None:

@@ -27,11 +27,16 @@ class KernelBackend(Protocol):
         """The kernel's process id when it runs on this machine, else None."""
 
     def execute(
-        self, code: str, silent: bool = False, metadata: dict[str, Any] | None = None
+        self,
+        code: str,
+        silent: bool = False,
+        metadata: dict[str, Any] | None = None,
+        buffers: list[Any] | None = None,
     ) -> str:
         """Send an execute request (no history, no stdin, stop on error) and return its
-        msg_id; the request's iopub messages carry it as their parent's msg_id.
-        ``metadata`` rides in the request's metadata (the seed's chunks do)."""
+        msg_id; the request's iopub messages carry it as their parent's msg_id (and their
+        binary ``buffers``, a list, empty for most). ``metadata`` and ``buffers`` ride in
+        the request (the seed's chunks do)."""
 
     def iopub(self, timeout: float) -> dict[str, Any] | None:
         """The next iopub message (a dict with ``msg_type``, ``content``,

@@ -31,11 +31,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._inside.kernel.chunks import Outbox
 from .._inside.kernel.wire import (
     EVENT_MIME,
     encode,
     pick_path,
-    stream_chunks,
     write_somewhere,
 )
 
@@ -183,7 +183,7 @@ class FakeKernel:
     """A kernel with the runner "loaded" that plays ``steps`` for the run call.
 
     Records: ``requests`` (every execute request), ``spec`` (the run call's spec),
-    ``received`` (seed chunks sent in request metadata), ``interrupts``, ``kills``,
+    ``received`` (the seed's chunks, as bytes), ``interrupts``, ``kills``,
     ``shutdowns``. ``hung`` is set once the script reaches a ``hang`` step.
     """
 
@@ -193,7 +193,8 @@ class FakeKernel:
         self.script: list[Step] = list(steps or [])
         self.requests: list[Request] = []
         self.spec: dict[str, Any] | None = None
-        self.received: list[str] = []
+        self.received: list[bytes] = []
+        self._outbox: dict[str, Outbox] = {}
         self.interrupts = 0
         self.kills = 0
         self.shutdowns: list[bool] = []
@@ -209,7 +210,11 @@ class FakeKernel:
 
     # -- the interface ----------------------------------------------------------------------
     def execute(
-        self, code: str, silent: bool = False, metadata: dict[str, Any] | None = None
+        self,
+        code: str,
+        silent: bool = False,
+        metadata: dict[str, Any] | None = None,
+        buffers: list[Any] | None = None,
     ) -> str:
         msg_id = uuid.uuid4().hex
         with self._cond:
@@ -224,7 +229,13 @@ class FakeKernel:
                 self._cond.notify_all()
                 return msg_id
             if entry == "receive":
-                self.received.append(str((metadata or {}).get("bgjobs_chunk", "")))
+                self.received.append(b"".join(bytes(b) for b in buffers or []))
+            elif entry == "send_out":
+                key, seqs = _arguments(code)
+                for seq in seqs:
+                    self._event(
+                        msg_id, "chunk", buffers=self._outbox[key].piece(seq), key=key, seq=seq
+                    )
             elif entry == "resend":
                 for name in json.loads(_argument_text(code))["paths"]:
                     error = "the fake kernel holds no values"
@@ -344,10 +355,8 @@ class FakeKernel:
             "nbytes": info["nbytes"],
         }
         if out.get("transport") == "stream":
-            chunks, digest, size = stream_chunks(parts)
-            for seq, chunk in enumerate(chunks):
-                self._event(run.msg_id, "chunk", seq=seq, data=chunk)
-            result.update(transport="stream", sha256=digest, nbytes=size)
+            box = self._outbox[run.spec["token"]] = Outbox(parts)
+            result.update(transport="stream", sha256=box.sha256, nbytes=box.nbytes, chunk=box.chunk)
         else:
             paths = out["paths"]
             path, pieces = write_somewhere(paths, pick_path(paths, info["nbytes"]), parts)
@@ -359,10 +368,18 @@ class FakeKernel:
         self._code = code
         self._cond.notify_all()
 
-    def _event(self, parent: str, kind: str, **fields: Any) -> None:
-        self._send(parent, "display_data", event(kind, **fields).content)
+    def _event(
+        self, parent: str, kind: str, buffers: list[Any] | None = None, **fields: Any
+    ) -> None:
+        self._send(parent, "display_data", event(kind, **fields).content, buffers)
 
-    def _send(self, parent: str, msg_type: str, content: dict[str, Any]) -> None:
+    def _send(
+        self,
+        parent: str,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: list[Any] | None = None,
+    ) -> None:
         header = {
             "msg_id": uuid.uuid4().hex,
             "msg_type": msg_type,
@@ -379,7 +396,7 @@ class FakeKernel:
                 "parent_header": {"msg_id": parent, "msg_type": "execute_request"},
                 "metadata": {},
                 "content": content,
-                "buffers": [],
+                "buffers": list(buffers or []),
             }
         )
 
@@ -390,6 +407,14 @@ def _entry(code: str) -> str:
     if marker not in code:
         return ""
     return code.split(marker, 1)[1].split("(", 1)[0]
+
+
+def _arguments(code: str) -> list[Any]:
+    """The literal arguments of the entry point's call."""
+    call = code.split("__import__('_bgjobs_runner').", 1)[1]
+    tree = ast.parse(call, mode="eval").body
+    assert isinstance(tree, ast.Call)
+    return [ast.literal_eval(arg) for arg in tree.args]
 
 
 def _argument_text(code: str) -> str:

@@ -15,16 +15,20 @@ report or a job folder.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import queue
+import struct
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import BgJobError
@@ -33,6 +37,10 @@ from .local import KernelStartError, execute_content, runner_boot_code
 
 CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 30.0
+# One frame handed to a socket that takes nothing for this long: the link is gone.
+SEND_TIMEOUT = 60.0
+# The largest message we take from a gateway: a kernel's display output can be large.
+MAX_MESSAGE = 1 << 30
 # A gateway that stops answering for this long has lost the job.
 DOWN_AFTER = 10.0
 
@@ -53,6 +61,71 @@ def gateway_settings(url: str | None) -> tuple[str, str]:
 
 def _redact(text: str, token: str) -> str:
     return text.replace(token, "***") if token else text
+
+
+_IO: dict[str, asyncio.AbstractEventLoop] = {}
+_IO_LOCK = threading.Lock()
+
+
+def _io_loop() -> asyncio.AbstractEventLoop:
+    """The one event loop of every gateway websocket in this process, on its own thread:
+    tornado's websocket client masks and parses frames in C, where a pure-Python client
+    spends most of a transfer masking."""
+    with _IO_LOCK:
+        loop = _IO.get("loop")
+        if loop is None or loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="bgjobs-gateway-io", daemon=True).start()
+            _IO["loop"] = loop
+        return loop
+
+
+def _io_call(make: Callable[[], Any], timeout: float) -> Any:
+    """Run ``make()`` (an awaitable made on the IO thread, where tornado needs it) there and
+    wait for its result."""
+
+    async def wrapped() -> Any:
+        return await make()
+
+    return asyncio.run_coroutine_threadsafe(wrapped(), _io_loop()).result(timeout)
+
+
+async def _write(ws: Any, data: str | bytes) -> None:
+    if ws is None:
+        raise ConnectionError("no websocket yet")
+    await ws.write_message(data, binary=isinstance(data, bytes))
+
+
+def pack_message(msg: dict[str, Any], buffers: list[Any]) -> str | bytes:
+    """A kernel message for jupyter_server's websocket: JSON text, or with binary buffers
+    its binary form (the count of parts and their offsets as big-endian 32-bit integers,
+    then the JSON, then each buffer as it is)."""
+    if not buffers:
+        return json.dumps(msg)
+    head = json.dumps(msg).encode()
+    views = [memoryview(b).cast("B") for b in buffers]
+    count = len(views) + 1
+    offsets = [4 * (count + 1)]
+    for part in (head, *views[:-1]):
+        offsets.append(offsets[-1] + len(part))
+    return b"".join([struct.pack(f"!{count + 1}I", count, *offsets), head, *views])
+
+
+def unpack_message(raw: str | bytes) -> dict[str, Any]:
+    """The inverse of ``pack_message``; binary buffers are views of ``raw``, not copies."""
+    if isinstance(raw, str):
+        msg = json.loads(raw)
+        msg.setdefault("buffers", [])
+        return dict(msg)
+    view = memoryview(raw)
+    if len(view) < 8:
+        raise ValueError("a binary message too short to be a kernel message")
+    (count,) = struct.unpack("!I", view[:4])
+    offsets = [*struct.unpack(f"!{count}I", view[4 : 4 * (count + 1)]), len(view)]
+    parts = [view[offsets[i] : offsets[i + 1]] for i in range(count)]
+    msg = json.loads(bytes(parts[0]))
+    msg["buffers"] = parts[1:]
+    return dict(msg)
 
 
 class GatewayKernel:
@@ -81,6 +154,7 @@ class GatewayKernel:
         self._lock = threading.Lock()
         self._closed = False
         self.lost = ""  # why the kernel is gone, in words, once it is
+        self.connections = 0  # websockets opened so far: more than one after a drop
         self._last_ok = time.monotonic()
         self._last_check = 0.0
 
@@ -160,57 +234,72 @@ class GatewayKernel:
         return self
 
     def _connect(self) -> None:
-        try:
-            import websocket
-        except ImportError:
-            raise GatewayError(
-                "remote jobs need the websocket-client package: "
-                "pip install 'jupyter_bgjobs[gateway]'"
-            ) from None
+        from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
 
         scheme = "wss" if self.url.startswith("https") else "ws"
         base = self.url.split("://", 1)[1]
         ws_url = (
             f"{scheme}://{base}/api/kernels/{self.kernel_id}/channels?session_id={self.session}"
         )
-        header = [f"Authorization: token {self._token}"] if self._token else []
+        headers = {"Authorization": f"token {self._token}"} if self._token else {}
+        request = HTTPRequest(
+            ws_url,
+            headers=headers,
+            connect_timeout=CONNECT_TIMEOUT,
+            request_timeout=CONNECT_TIMEOUT,
+        )
         try:
-            # The kernel protocol is JSON; websocket-client's pure-Python UTF-8 check of
-            # every text frame costs seconds per megabyte of a snapshot.
-            ws = websocket.create_connection(
-                ws_url, header=header, timeout=CONNECT_TIMEOUT, skip_utf8_validation=True
+            ws = _io_call(
+                lambda: websocket_connect(request, max_message_size=MAX_MESSAGE),
+                CONNECT_TIMEOUT * 2,
             )
         except Exception as exc:
             raise GatewayError(
                 f"cannot open the kernel's websocket at the gateway {self.url}: "
-                f"{_redact(str(exc), self._token)}"
+                f"{_redact(str(exc) or type(exc).__name__, self._token)}"
             ) from None
-        ws.settimeout(None)
         with self._lock:
             self._ws = ws
-        threading.Thread(target=self._read, args=(ws,), name="bgjobs-gateway", daemon=True).start()
+            # Transfers in flight ask again for what the old connection may have lost.
+            self.connections += 1
+        asyncio.run_coroutine_threadsafe(self._read(ws), _io_loop())
 
-    def _read(self, ws: Any) -> None:
+    async def _read(self, ws: Any) -> None:
+        # On the IO thread: every message is parsed here and queued for the driver.
         while not self._closed:
-            try:
-                raw = ws.recv()
-            except Exception as exc:
-                if self._closed:
-                    return
-                self._reconnect(exc)
-                return
-            if not raw:
-                if self._closed:
-                    return
-                self._reconnect(ConnectionError("the websocket closed"))
+            raw = await ws.read_message()
+            if raw is None:
+                if not self._closed:
+                    reason = ws.close_reason or "the websocket closed"
+                    threading.Thread(
+                        target=self._reconnect,
+                        args=(ConnectionError(reason),),
+                        name="bgjobs-gateway-reconnect",
+                        daemon=True,
+                    ).start()
                 return
             self._last_ok = time.monotonic()
-            msg = json.loads(raw)
+            try:
+                msg = unpack_message(raw)
+            except ValueError:
+                continue  # not a kernel message: nothing of ours
             channel = msg.get("channel")
             if channel == "iopub":
                 self._iopub.put(msg)
             elif channel == "shell":
                 self._shell.put(msg)
+
+    def drop_connection(self) -> None:
+        """Cut the websocket's TCP connection as a failing network would (tests use it)."""
+        with self._lock:
+            ws = self._ws
+        stream = getattr(getattr(ws, "protocol", None), "stream", None)
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            import socket
+
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _reconnect(self, cause: BaseException) -> None:
         """The websocket dropped: open it again with the same session (the server keeps
@@ -248,7 +337,11 @@ class GatewayKernel:
 
     # -- the engine's surface ----------------------------------------------------------
     def execute(
-        self, code: str, silent: bool = False, metadata: dict[str, Any] | None = None
+        self,
+        code: str,
+        silent: bool = False,
+        metadata: dict[str, Any] | None = None,
+        buffers: list[Any] | None = None,
     ) -> str:
         msg_id = uuid.uuid4().hex
         msg = {
@@ -264,19 +357,20 @@ class GatewayKernel:
             "metadata": metadata or {},
             "content": execute_content(code, silent),
             "channel": "shell",
-            "buffers": [],
         }
-        data = json.dumps(msg)
+        data = pack_message(msg, buffers or [])
         deadline = time.monotonic() + CONNECT_TIMEOUT * 3
         while True:
             with self._lock:
                 ws = self._ws
             try:
-                ws.send(data)
+                # Waits until the frame is handed to the socket: a slow link slows the
+                # sender instead of piling the payload up in memory.
+                _io_call(functools.partial(_write, ws, data), SEND_TIMEOUT)
                 return msg_id
             except Exception as exc:
                 # Mid-reconnect: the reader is opening a new websocket; wait for it.
-                if self.lost or time.monotonic() > deadline:
+                if self.lost or self._closed or time.monotonic() > deadline:
                     raise GatewayError(
                         self.lost or f"cannot send to the gateway's kernel: {exc}"
                     ) from None
@@ -343,7 +437,7 @@ class GatewayKernel:
             ws = self._ws
         if ws is not None:
             try:
-                ws.close()
+                _io_loop().call_soon_threadsafe(ws.close)
             except Exception:
                 pass
         # Even after a drop the kernel may still run on the gateway: ask for its end.

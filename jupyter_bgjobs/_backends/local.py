@@ -238,14 +238,18 @@ class LocalKernel:
         return proc is not None and proc.poll() is None
 
     def execute(
-        self, code: str, silent: bool = False, metadata: dict[str, Any] | None = None
+        self,
+        code: str,
+        silent: bool = False,
+        metadata: dict[str, Any] | None = None,
+        buffers: list[Any] | None = None,
     ) -> str:
         # Always our own request: jupyter_client's default allows stdin, and a job that
         # then asks for input would wait forever for an answer.
         msg = self.kc.session.msg(
             "execute_request", execute_content(code, silent), metadata=metadata or {}
         )
-        self.kc.shell_channel.send(msg)
+        self.kc.session.send(self.kc.shell_channel.socket, msg, buffers=buffers or None)
         return str(msg["header"]["msg_id"])
 
     def iopub(self, timeout: float) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 """Code that runs inside a job's kernel.
 
-``wire`` is the snapshot format (both sides use it), ``arena`` the memory checks and the
+``wire`` is the snapshot format and ``chunks`` its binary chunks over the kernel protocol
+(both sides use them), ``arena`` the memory checks and the
 results arena, ``console`` the job's stdin and output streams, ``runner`` the statement
 loop and the entry points the notebook side calls. In the notebook these are ordinary
 modules (``jupyter_bgjobs._inside.kernel.wire``); a job's kernel gets them as source, which
@@ -11,4 +12,4 @@ inside the package.
 """
 
 # Shipped into a job's kernel in this order: each imports only those before it.
-MODULES = ("wire", "arena", "console", "runner")
+MODULES = ("wire", "chunks", "arena", "console", "runner")

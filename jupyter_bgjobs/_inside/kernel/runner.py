@@ -1,11 +1,12 @@
 """The job runner: code that runs inside a job's kernel.
 
 The notebook side talks to it through ``run(spec_json)`` (``run_async`` for top-level
-``await``), ``receive`` for snapshot bytes sent over the kernel protocol and ``resend``
-for results that could not all be loaded at once; the runner reports back through
-display_data messages of a private MIME type (``wire.EVENT_MIME``) on the kernel's iopub
-channel, in order with the job's own output: ``plan``, ``stmt``, ``progress``, ``status``,
-``chunk``, ``resent`` and, last, ``end``.
+``await``), ``receive`` for the seed's chunks sent over the kernel protocol, ``send_out`` and
+``drop_out`` for results fetched over it, and ``resend`` for results that could not all be
+loaded at once; the runner reports back through display_data messages of a private MIME
+type (``wire.EVENT_MIME``) on the kernel's iopub channel, in order with the job's own
+output: ``plan``, ``stmt``, ``progress``, ``status``, ``resent`` and, last, ``end``
+(``chunk`` events, with binary buffers, answer ``send_out``).
 
 Sent to the kernel as source (see ``_backends.local.runner_boot_code``) and registered
 there as ``_bgjobs_runner``, so it imports nothing outside this package and only the
@@ -15,7 +16,6 @@ standard library at import time (cloudpickle and dill when a snapshot needs them
 from __future__ import annotations
 
 import ast
-import base64
 import json
 import os
 import re
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .arena import _Arena, _Fingerprints
+from .chunks import Inbox, Outbox
 from .console import Flow, _bound_stream, _no_keyboard, _restore_io
 from .wire import (
     EVENT_MIME,
@@ -39,8 +40,6 @@ from .wire import (
     load_file,
     pick_path,
     piece_paths,
-    stream_chunks,
-    take_stream,
     write_somewhere,
 )
 
@@ -79,21 +78,47 @@ def plan(source: str) -> list[tuple[ast.stmt, str]]:
     return out
 
 
-_INBOX: dict[str, bytearray] = {}
+_INBOX: dict[str, Inbox] = {}
+# Results waiting to be fetched over the kernel protocol, by key (the job's token, or
+# token/name for one sent again on its own).
+_OUTBOX: dict[str, Outbox] = {}
 
 
-def receive(token: str, seq: int, chunk: str | None = None) -> None:
-    """Take one base64 chunk of a snapshot sent over the kernel protocol: in the request's
-    metadata (``bgjobs_chunk``), so megabytes of data never pass through IPython's input
-    transformation and parser as source code; or, from older callers, as the argument."""
-    if chunk is None:
-        ip = _get_ipython()
-        parent = ip.kernel.get_parent("shell") if ip is not None else {}
-        chunk = parent.get("metadata", {}).get("bgjobs_chunk", "")
-    box = _INBOX.setdefault(token, bytearray())
-    if seq == 0:
-        box.clear()
-    box += base64.b64decode(chunk)
+def receive(token: str) -> None:
+    """Take one chunk of the seed, sent over the kernel protocol as the binary buffers of
+    this very request (its metadata ``bgjobs_seed`` says which chunk of how many bytes):
+    the data never passes through IPython's input transformation or parser."""
+    ip = _get_ipython()
+    parent = ip.kernel.get_parent("shell") if ip is not None else {}
+    info = parent.get("metadata", {}).get("bgjobs_seed") or {}
+    box = _INBOX.get(token)
+    if box is None or box.nbytes != info["nbytes"]:
+        box = _INBOX[token] = Inbox(int(info["nbytes"]), int(info["chunk"]))
+    box.put(int(info["seq"]), parent.get("buffers") or [])
+
+
+def send_out(key: str, seqs: list[int]) -> None:
+    """Publish chunks ``seqs`` of the results waiting under ``key``, each as the binary
+    buffers of one message on iopub; the notebook asks for a few at a time, so a slow link
+    never has more than those in flight."""
+    box = _OUTBOX[key]
+    for seq in seqs:
+        _publish({"type": "chunk", "key": key, "seq": seq}, box.piece(seq))
+
+
+def drop_out(key: str) -> None:
+    """The notebook has the results under ``key``: let them go."""
+    _OUTBOX.pop(key, None)
+
+
+def _publish(payload: dict[str, Any], buffers: list[Any]) -> None:
+    """An event with binary buffers, through the kernel's display publisher's session so it
+    carries the current request as its parent like any display output."""
+    ip = _get_ipython()
+    pub = ip.display_pub
+    content = {"data": {EVENT_MIME: payload, "text/plain": ""}, "metadata": {}, "transient": {}}
+    msg = pub.session.msg("display_data", content, parent=pub.parent_header)
+    pub.session.send(pub.pub_socket, msg, ident=pub.topic, buffers=buffers)
 
 
 class _Runner:
@@ -369,7 +394,10 @@ class _Runner:
         if seed:
             token = self.spec["token"]
             if seed["transport"] == "stream":
-                data = take_stream(_INBOX.pop(token, bytearray()), seed["sha256"], seed["nbytes"])
+                box = _INBOX.pop(token, None)
+                if box is None:
+                    raise SnapshotError("the seed never arrived over the kernel protocol")
+                data = box.check(seed["sha256"])
                 values = decode(data, token)
             else:
                 pieces = seed.get("pieces", 1)
@@ -445,10 +473,9 @@ class _Runner:
         if not travelled:
             return result
         if out.get("transport") == "stream":
-            chunks, digest, size = stream_chunks(parts)
-            for seq, chunk in enumerate(chunks):
-                self.emit("chunk", seq=seq, data=chunk)
-            result.update(transport="stream", sha256=digest, nbytes=size)
+            # Views of the job's values, fetched by the notebook once the job has ended.
+            box = _OUTBOX[self.spec["token"]] = Outbox(parts)
+            result.update(transport="stream", sha256=box.sha256, nbytes=box.nbytes, chunk=box.chunk)
         else:
             reserved = sum(arena.sizes) if arena is not None and prepared else 0
             path = pick_path(out["paths"], info["nbytes"], reserved)
@@ -462,17 +489,31 @@ class _Runner:
 
 
 def resend(request_json: str) -> None:
-    """Send each result on its own file: the parent could not load them all at once."""
+    """Send each result on its own (a file, or results to fetch over the kernel protocol):
+    the parent could not load them all at once."""
     request = json.loads(request_json)
-    runner = _Runner({"token": request["token"]})
+    token = request["token"]
+    runner = _Runner({"token": token})
     for name, candidates in request["paths"].items():
         if name not in runner.ns:
             runner.emit("resent", name=name, error="the job no longer holds it")
             continue
         try:
-            parts, skipped, info = encode({name: runner.ns[name]}, request["token"])
+            parts, skipped, info = encode({name: runner.ns[name]}, token)
             if skipped:
                 raise SnapshotError(skipped[0]["reason"])
+            if request.get("transport") == "stream":
+                key = f"{token}/{name}"
+                box = _OUTBOX[key] = Outbox(parts)
+                runner.emit(
+                    "resent",
+                    name=name,
+                    key=key,
+                    sha256=box.sha256,
+                    nbytes=box.nbytes,
+                    chunk=box.chunk,
+                )
+                continue
             path, pieces = write_somewhere(candidates, pick_path(candidates, info["nbytes"]), parts)
             runner.emit("resent", name=name, path=path, pieces=pieces)
         except Exception as exc:

@@ -4,7 +4,7 @@ A snapshot: ``MAGIC``, a length-prefixed JSON header (the job's token, the sizes
 pickle (cloudpickle, protocol 5), a fallback pickle (dill, for what cloudpickle cannot do),
 then each out-of-band buffer, 64-byte aligned. Large array and DataFrame buffers never pass
 through a pickler: they are written once and, locally, mapped back copy-on-write without a
-copy. Over the kernel protocol a snapshot travels as base64 chunks with its sha256.
+copy. Over the kernel protocol a snapshot travels in binary chunks (``chunks``).
 
 Runs on both sides of the kernel boundary: imported normally in the notebook, sent as
 source into each job's kernel. Standard library only at import time.
@@ -12,8 +12,6 @@ source into each job's kernel. Standard library only at import time.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import mmap
 import os
@@ -41,7 +39,6 @@ def is_internal_name(name: str) -> bool:
 
 MAGIC = b"BGJOBS\x01\n"
 _ALIGN = 64
-_CHUNK = 4 << 20
 
 
 class SnapshotError(Exception):
@@ -411,34 +408,6 @@ def pick_path(candidates: list[str], nbytes: int, reserved: int = 0) -> str:
         if free > nbytes * 1.2 + (64 << 20):
             return path
     return candidates[-1]
-
-
-def stream_chunks(parts: list[Any]) -> tuple[list[str], str, int]:
-    """A snapshot as base64 chunks for the kernel protocol, with its sha256 and size."""
-    digest = hashlib.sha256()
-    pending = bytearray()
-    chunks: list[str] = []
-    size = 0
-    for part in parts:
-        view = memoryview(part).cast("B")
-        digest.update(view)
-        size += view.nbytes
-        pending += view
-        while len(pending) >= _CHUNK:
-            chunks.append(base64.b64encode(pending[:_CHUNK]).decode())
-            del pending[:_CHUNK]
-    if pending or not chunks:
-        chunks.append(base64.b64encode(pending).decode())
-    return chunks, digest.hexdigest(), size
-
-
-def take_stream(data: bytearray, sha256: str, nbytes: int) -> bytearray:
-    """Check a snapshot that arrived in chunks: size and sha256 must match."""
-    if len(data) != nbytes:
-        raise SnapshotError(f"snapshot stream is {len(data)} bytes, expected {nbytes}")
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise SnapshotError("snapshot stream failed its sha256 check")
-    return data
 
 
 def _dumps(value: Any, buffer_callback: Callable[[Any], Any]) -> bytes:
