@@ -282,8 +282,8 @@ class GatewayKernel:
             self._last_ok = time.monotonic()
             try:
                 msg = unpack_message(raw)
-            except ValueError:
-                continue  # not a kernel message: nothing of ours
+            except Exception:
+                continue  # not a kernel message: nothing of ours (and the reader lives on)
             channel = msg.get("channel")
             if channel == "iopub":
                 self._iopub.put(msg)
