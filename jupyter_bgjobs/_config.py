@@ -28,6 +28,8 @@ class Settings:
     results_arena: bool = True
     notify: bool = False
     gateway: str = ""
+    # Kernels kept warm on the default gateway for jobs to take.
+    gateway_pool_size: int = 0
     # Never shown: not in repr, logs, reports or job folders.
     gateway_token: str = field(default="", repr=False)
 
@@ -71,8 +73,10 @@ def configure(**changes: Any) -> Settings:
     ``results_arena`` (while a job runs, make shared memory ready for its results),
     ``notify`` (a browser notification when a job ends), ``gateway`` (a Kernel or
     Enterprise Gateway URL for every job; default ``$JUPYTER_GATEWAY_URL`` when a job asks
-    for a gateway) and ``gateway_token`` (default ``$JUPYTER_GATEWAY_AUTH_TOKEN``).
-    Returns the settings in force."""
+    for a gateway), ``gateway_token`` (default ``$JUPYTER_GATEWAY_AUTH_TOKEN``) and
+    ``gateway_pool_size`` (default 0: kernels kept started, refilled in the background, on
+    the default gateway for jobs of the default kernelspec to take; they end with this
+    kernel, killed included). Returns the settings in force."""
     known = {f.name for f in fields(Settings)}
     checked = {}
     for key, value in changes.items():
@@ -89,8 +93,8 @@ def configure(**changes: Any) -> Settings:
     return settings
 
 
-# Called with the names of the settings that changed: the manager resizes its warm pool
-# when ``pool_size`` changes. Settings know nothing of the engine.
+# Called with the names of the settings that changed: the manager resizes its warm pools
+# when ``pool_size`` or the gateway pool's settings change. Settings know nothing of the engine.
 on_change: list[Callable[[set[str]], Any]] = []
 
 
@@ -98,6 +102,7 @@ on_change: list[Callable[[set[str]], Any]] = []
 _NUMBERS: dict[str, tuple[bool, float, bool]] = {
     # name: (integer, minimum, strictly above the minimum)
     "pool_size": (True, 0, False),
+    "gateway_pool_size": (True, 0, False),
     "max_concurrent": (True, 1, False),
     "cancel_grace": (False, 0, False),
     "output_tail": (True, 1, False),

@@ -149,7 +149,7 @@ class Driver:
 
     def _kernel_for(self) -> Any:
         """The job's kernel (a ``_backends.base.KernelBackend``): from ``kernels``, else a
-        warm local kernel or a new one, or one on the job's gateway."""
+        warm local kernel or a new one, or one on the job's gateway (pooled if it fits)."""
         spec = self.job.spec
         if self.kernels is not None:
             return self.kernels.acquire(spec.kernel)
@@ -158,7 +158,11 @@ class Driver:
         from ._backends.gateway import GatewayKernel, gateway_settings
 
         url, token = gateway_settings(spec.gateway)
-        return GatewayKernel(url, token, spec.kernel or settings.kernel, spec.kernel_env).start()
+        name = spec.kernel or settings.kernel
+        take = getattr(self.manager, "gateway_kernel", None)
+        if take is None or self.job.detached:  # its host outlives us: no pool, no reaper
+            return GatewayKernel(url, token, name, spec.kernel_env).start()
+        return take(url, token, name, spec.kernel_env)
 
     def _send(self) -> bool:
         """The seed's chunks (if it travels over the protocol), then the run call; False

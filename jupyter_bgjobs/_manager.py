@@ -1,5 +1,6 @@
-"""The process-wide registry of jobs: the warm pool, concurrency slots, submitting (the
-snapshot out, the runner's spec), the merge queue, and shutdown."""
+"""The process-wide registry of jobs: the warm pools (local, and on the default gateway),
+concurrency slots, submitting (the snapshot out, the runner's spec), the merge queue, and
+shutdown."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _context, _snapshot, _store
+from ._backends.gateway_pool import GatewayPool, Reaper, default_gateway, start_kernel
 from ._backends.local import KernelPool, heavy_imports
 from ._config import on_change, settings
 from ._driver import Driver, remove_snapshot
@@ -32,6 +34,10 @@ class JobManager:
         self._running = 0
         self._threads: dict[str, threading.Thread] = {}
         self._pool: KernelPool | None = None
+        self._gateway_pool: GatewayPool | None = None
+        # Lists every gateway kernel this process holds for its jobs, pooled or not, so
+        # that none outlives a notebook kernel that was killed.
+        self.reaper = Reaper()
         self._unmerged: list[Job] = []
         self._listeners: list[Callable[[Job], Any]] = []
         self.submit_hooks: list[Callable[[Job], Any]] = []
@@ -42,7 +48,10 @@ class JobManager:
             if self._pool is None:
                 self._pool = KernelPool(settings.pool_size, settings.kernel)
                 self._pool.refill()
-            return self._pool
+            pool = self._pool
+        # Where the local pool starts warming, the gateway's does too.
+        self.gateway_pool()
+        return pool
 
     def resize_pool(self) -> None:
         with self._lock:
@@ -51,6 +60,45 @@ class JobManager:
         if pool is not None:
             pool.close()
         self.pool()
+
+    def gateway_pool(self) -> GatewayPool | None:
+        """The warm kernels on the default gateway, made (and warming) on first use; None
+        when ``gateway_pool_size`` is 0 or there is no default gateway."""
+        with self._lock:
+            if self._gateway_pool is None and settings.gateway_pool_size > 0:
+                url, token = default_gateway()
+                if url:
+                    self._gateway_pool = GatewayPool(
+                        url, token, settings.gateway_pool_size, settings.kernel, self.reaper
+                    )
+                    self._gateway_pool.refill()
+            return self._gateway_pool
+
+    def reset_gateway_pool(self) -> None:
+        """Close the gateway pool and make it anew from the settings, unless they are the
+        ones it has."""
+        url, token = default_gateway()
+        with self._lock:
+            pool = self._gateway_pool
+            if (
+                pool is not None
+                and pool.size == settings.gateway_pool_size
+                and pool.fits(url, token, settings.kernel)
+            ):
+                return
+            self._gateway_pool = None
+        if pool is not None:
+            pool.close()
+        self.gateway_pool()
+
+    def gateway_kernel(self, url: str, token: str, kernel_name: str, env: dict[str, str]) -> Any:
+        """A started kernel on a gateway for an attached job: a pooled one when the job
+        fits the pool (its gateway, its kernelspec, no kernel variables), else a new one.
+        The reaper lists it until the job's driver shuts it down."""
+        pool = self.gateway_pool()
+        if pool is not None and not env and pool.fits(url, token, kernel_name):
+            return pool.acquire()
+        return start_kernel(self.reaper, url, token, kernel_name, env)
 
     # -- registry -------------------------------------------------------------------------
     def jobs(self) -> list[Job]:
@@ -326,10 +374,15 @@ class JobManager:
             self.join_worker(job, timeout=saved_grace + 15)
         with self._lock:
             pool, self._pool = self._pool, None
+            gateway_pool, self._gateway_pool = self._gateway_pool, None
         if pool is not None:
             pool.close()
+        if gateway_pool is not None:
+            gateway_pool.close()
         for thread in list(self._threads.values()):
             thread.join(30)
+        # Whatever the drivers did not end (a thread that did not stop) the reaper ends.
+        self.reaper.close()
         return active
 
     def remove(self, job: Job) -> None:
@@ -371,6 +424,8 @@ manager = JobManager()
 def _on_settings(changed: set[str]) -> None:
     if "pool_size" in changed:
         manager.resize_pool()
+    if changed & {"gateway_pool_size", "gateway", "gateway_token", "kernel"}:
+        manager.reset_gateway_pool()
 
 
 on_change.append(_on_settings)
