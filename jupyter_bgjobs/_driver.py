@@ -579,9 +579,12 @@ def keep_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
     if kept["names"]:
         if info.get("transport") == "stream":
             path = job.folder / "results.snap"
+            partial = job.folder / ".results.snap.partial"
             try:
-                # Straight into the file: the host never holds the results in memory.
-                fetch(kernel, job._token, info, str(path))
+                # Straight into a file, the host never holding the results in memory; named
+                # results.snap once whole, so no reader of the store sees half of it.
+                fetch(kernel, job._token, info, str(partial))
+                os.replace(partial, path)
                 kept.update(path=str(path), pieces=1)
             except (BgJobError, OSError) as exc:
                 _lost_on_the_way(job, kept["names"], exc)
