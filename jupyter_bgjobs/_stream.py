@@ -42,6 +42,15 @@ def _gone(kernel: Any) -> str:
     return str(reason()) if reason else "the job's kernel ended"
 
 
+def _stalled(kernel: Any, doing: str, last: float, now: float) -> bool:
+    """Nothing came: raise when the kernel is gone; True when what is in flight has waited
+    so long (since ``last``) that it must be asked for again."""
+    why = _gone(kernel)
+    if why:
+        raise TransferError(f"{doing}: {why}")
+    return now - last > STALL
+
+
 def _reconnected(kernel: Any, seen: int) -> bool:
     """Whether the kernel's connection was opened again since ``seen`` (a gateway's
     websocket after a drop): what was in flight may be lost, and is asked for again."""
@@ -96,10 +105,7 @@ def send_seed(kernel: Any, token: str, data: Any) -> str:
                 inflight.pop(parent)
                 last = now
             continue
-        why = _gone(kernel)
-        if why:
-            raise TransferError(f"the seed could not be sent: {why}")
-        if now - last > STALL:
+        if _stalled(kernel, "the seed could not be sent", last, now):
             _again(inflight.values(), tries, pending, "the seed's chunk")
             inflight.clear()
             last = now
@@ -175,10 +181,7 @@ def _fill(kernel: Any, key: str, box: Inbox) -> None:
                     _again(lost, tries, want, "the results' chunk")
                 last = now
             continue
-        why = _gone(kernel)
-        if why:
-            raise TransferError(f"the results could not be fetched: {why}")
-        if now - last > STALL:
+        if _stalled(kernel, "the results could not be fetched", last, now):
             lost = [s for seqs in inflight.values() for s in seqs if s not in box.have]
             _again(lost, tries, want, "the results' chunk")
             inflight.clear()
