@@ -53,6 +53,9 @@ class Manager(Protocol):
     def take_slot(self, cancelled: threading.Event) -> bool: ...
     def release_slot(self) -> None: ...
     def pool(self) -> Any: ...
+    def gateway_kernel(
+        self, url: str, token: str, kernel_name: str, env: dict[str, str]
+    ) -> Any: ...
     def _finish(self, job: Job, state: str) -> None: ...
 
 
@@ -159,10 +162,9 @@ class Driver:
 
         url, token = gateway_settings(spec.gateway)
         name = spec.kernel or settings.kernel
-        take = getattr(self.manager, "gateway_kernel", None)
-        if take is None or self.job.detached:  # its host outlives us: no pool, no reaper
+        if self.job.detached:  # its host outlives us: no pool, no reaper
             return GatewayKernel(url, token, name, spec.kernel_env).start()
-        return take(url, token, name, spec.kernel_env)
+        return self.manager.gateway_kernel(url, token, name, spec.kernel_env)
 
     def _send(self) -> bool:
         """The seed's chunks (if it travels over the protocol), then the run call; False

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _context, _snapshot, _store
-from ._backends.gateway_pool import GatewayPool, Reaper, default_gateway, start_kernel
+from ._backends.gateway import gateway_settings
+from ._backends.gateway_pool import GatewayPool, Reaper, start_kernel
 from ._backends.local import KernelPool, heavy_imports
 from ._config import on_change, settings
 from ._driver import Driver, remove_snapshot
@@ -66,7 +67,7 @@ class JobManager:
         when ``gateway_pool_size`` is 0 or there is no default gateway."""
         with self._lock:
             if self._gateway_pool is None and settings.gateway_pool_size > 0:
-                url, token = default_gateway()
+                url, token = gateway_settings(None)
                 if url:
                     self._gateway_pool = GatewayPool(
                         url, token, settings.gateway_pool_size, settings.kernel, self.reaper
@@ -77,7 +78,7 @@ class JobManager:
     def reset_gateway_pool(self) -> None:
         """Close the gateway pool and make it anew from the settings, unless they are the
         ones it has."""
-        url, token = default_gateway()
+        url, token = gateway_settings(None)
         with self._lock:
             pool = self._gateway_pool
             if (

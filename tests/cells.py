@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import linecache
 import textwrap
+import time
+from collections.abc import Callable
 from typing import Any
 
 _CELLS = itertools.count(1)
@@ -53,3 +55,13 @@ def execute(kc: Any, code: str, timeout: float = 120, seen: Any = None) -> str:
             raise AssertionError("\n".join(content["traceback"]))
         elif kind == "status" and content["execution_state"] == "idle":
             return "".join(out)
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """Poll ``check`` until it gives a true value, and return it; fail after ``timeout``
+    seconds. For what another process (a kernel, a server, a gateway) does and tells no one."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"never happened within {timeout:g} s: {what}"
+        time.sleep(0.02)  # polling a condition another process changes
+    return found

@@ -9,14 +9,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from cells import free_port
+from cells import free_port, until
 from gatewayserver import TOKEN, Gateway
 from jupyter_client import KernelManager
 
@@ -65,17 +64,6 @@ def token(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     bj.configure(gateway="", gateway_pool_size=0)
 
 
-def until(condition: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
-        time.sleep(0.05)  # polling a condition another process changes
-
-
 def ids(gw: Gateway) -> set[str]:
     return {k["id"] for k in gw.kernels()}
 
@@ -110,7 +98,7 @@ def test_a_job_takes_a_warm_kernel_and_the_pool_refills(gateway: Gateway) -> Non
     refilled = set(pool.idle_ids())
     assert len(refilled) == 2 and job._kernel.kernel_id not in refilled
     # The job's kernel is deleted once it ended; the gateway keeps the pool's only.
-    until(lambda: ids(gateway) == refilled, 30, "the job's kernel deleted")
+    until(lambda: ids(gateway) == refilled, "the job's kernel deleted", 30)
     assert manager.reaper.listed() == refilled
 
     # A job that asks for kernel variables gets a kernel of its own, not a pooled one.
@@ -177,7 +165,7 @@ def test_the_reaper_keeps_the_token_off_its_command_line_and_ignores_interrupts(
                 return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
         return False
 
-    until(ignores_sigint, 30, "the reaper ignores SIGINT")
+    until(ignores_sigint, "the reaper ignores SIGINT", 30)
     os.kill(pid, signal.SIGINT)
     child = manager.reaper._proc
     assert child is not None
@@ -243,7 +231,7 @@ def test_pooled_kernels_end_with_the_notebook_kernel(notebook: Notebook, gateway
     assert len(kernels) == 2 and ids(gateway) == kernels
     notebook.close(now=False)  # a shutdown request: the kernel exits on its own
     assert gateway.kernels() == [] or gateway.no_kernels_left()
-    until(lambda: gone(reaper), 30, "the reaper ended")
+    until(lambda: gone(reaper), "the reaper ended", 30)
 
 
 def test_gateway_kernels_end_with_a_killed_notebook_kernel(
@@ -265,8 +253,8 @@ def test_gateway_kernels_end_with_a_killed_notebook_kernel(
     assert taken in pooled and taken in listed, "the pooled job's kernel stays the reaper's"
     assert len(set(listed)) == 4 and ids(gateway) == set(listed)
     os.kill(notebook.pid, signal.SIGKILL)
-    until(lambda: not gateway.kernels(), 30, "the gateway lists no kernel")
-    until(lambda: gone(reaper), 30, "the reaper ended")
+    until(lambda: not gateway.kernels(), "the gateway lists no kernel", 30)
+    until(lambda: gone(reaper), "the reaper ended", 30)
 
 
 @pytest.fixture
@@ -289,7 +277,7 @@ def test_a_culled_pooled_kernel_gives_a_fresh_kernel(
     monkeypatch.setattr(gateway_pool, "CHECK_INTERVAL", 3600.0)
     pool = warm_pool(culling.url, 2)
     warm = set(pool.idle_ids())
-    until(lambda: not ids(culling) & warm, 60, "the gateway culled the idle kernels")
+    until(lambda: not ids(culling) & warm, "the gateway culled the idle kernels", 60)
     assert set(pool.idle_ids()) == warm, "the pool has not noticed yet"
     job = bj.run_cell("y = 6 * 7", name="fresh", results="none").wait(60)
     assert job.state == "succeeded", job.reason
@@ -303,11 +291,11 @@ def test_the_pool_replaces_kernels_the_gateway_culled(
     monkeypatch.setattr(gateway_pool, "CHECK_INTERVAL", 0.2)
     pool = warm_pool(culling.url, 1)
     (first,) = pool.idle_ids()
-    until(lambda: first not in ids(culling), 60, "the gateway culled the idle kernel")
+    until(lambda: first not in ids(culling), "the gateway culled the idle kernel", 60)
     until(
         lambda: pool.idle_ids() and first not in pool.idle_ids(),
-        60,
         "the pool replaced the culled kernel",
+        60,
     )
     assert first not in manager.reaper.listed()
     job = bj.run_cell("y = 6 * 7", name="replaced", results="none").wait(60)
@@ -321,7 +309,7 @@ def test_a_gateway_that_is_down_fails_jobs_as_before_and_the_pool_retries_quietl
     bj.configure(gateway=f"http://127.0.0.1:{free_port()}", gateway_pool_size=2)
     pool = manager.gateway_pool()
     assert pool is not None
-    until(lambda: pool._failures >= 4, 30, "the pool retried")
+    until(lambda: pool._failures >= 4, "the pool retried", 30)
     assert "is not reachable" in pool.last_error and "\n" not in pool.last_error
     assert not pool.wait_warm(0.1)
     job = bj.run_cell("x = 1", name="nobody", results="none").wait(60)
@@ -337,4 +325,4 @@ def test_a_detached_job_starts_its_own_kernel(gateway: Gateway) -> None:
     assert job.state == "succeeded", job.reason
     # Its host, which outlives this kernel, started a kernel of its own and deleted it.
     assert set(pool.idle_ids()) == warm and manager.reaper.listed() == warm
-    until(lambda: ids(gateway) == warm, 30, "the detached job's kernel deleted")
+    until(lambda: ids(gateway) == warm, "the detached job's kernel deleted", 30)

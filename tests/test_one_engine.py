@@ -11,11 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cells import until
 from gatewayserver import TOKEN, Gateway
 from test_durable import Notebook
 
@@ -23,13 +24,6 @@ import jupyter_bgjobs as bj
 from jupyter_bgjobs import _detached
 from jupyter_bgjobs._records import KERNEL_ENDED, KERNEL_SHUT_DOWN
 from jupyter_bgjobs._spec import JobSpec
-
-
-def until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)  # polling another process's files
 
 
 def gate_code(gate: Path) -> str:

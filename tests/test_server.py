@@ -20,7 +20,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from cells import execute, free_port
+from cells import execute, free_port, until
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _store
@@ -98,14 +98,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp_path_factory.mktemp("server"))
     yield srv
     srv.stop()
-
-
-def until(check: Any, what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.05)  # polling the server
-    return found
 
 
 def gate_code(gate: Path) -> str:

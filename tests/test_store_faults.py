@@ -18,22 +18,11 @@ from typing import Any
 
 import psutil
 import pytest
+from cells import until
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _detached, _store
 from jupyter_bgjobs._cli import main as cli
-
-
-def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    """Retry ``check`` until it gives a true value: the thing waited for happens in
-    another process, which says nothing when it is done."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:

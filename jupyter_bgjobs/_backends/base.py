@@ -16,7 +16,9 @@ Implementations: ``local.LocalKernel``, ``gateway.GatewayKernel``, ``fake.FakeKe
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 
 class KernelBackend(Protocol):
@@ -68,3 +70,19 @@ class KernelSource(Protocol):
 
     def acquire(self, kernel_name: str | None = None) -> KernelBackend:
         """A ready kernel of the kernelspec ``kernel_name`` (None: the default one)."""
+
+
+K = TypeVar("K", bound=KernelBackend)
+
+
+def take_idle(lock: threading.Lock, idle: list[K], usable: Callable[[K], bool]) -> K | None:
+    """The first of a pool's ``idle`` kernels that is still ``usable``; those found not to
+    be are shut down on the way. The check runs outside ``lock``: it may ask a gateway."""
+    while True:
+        with lock:
+            if not idle:
+                return None
+            candidate = idle.pop(0)
+        if usable(candidate):
+            return candidate
+        candidate.shutdown(now=True)

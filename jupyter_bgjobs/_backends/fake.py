@@ -356,7 +356,7 @@ class FakeKernel:
         }
         if out.get("transport") == "stream":
             box = self._outbox[run.spec["token"]] = Outbox(parts)
-            result.update(transport="stream", sha256=box.sha256, nbytes=box.nbytes, chunk=box.chunk)
+            result.update(transport="stream", **box.described())
         else:
             paths = out["paths"]
             path, pieces = write_somewhere(paths, pick_path(paths, info["nbytes"]), parts)
@@ -419,10 +419,7 @@ def _arguments(code: str) -> list[Any]:
 
 def _argument_text(code: str) -> str:
     """The first argument of the entry point's call: a string literal."""
-    call = code.split("__import__('_bgjobs_runner').", 1)[1]
-    tree = ast.parse(call, mode="eval").body
-    assert isinstance(tree, ast.Call)
-    return str(ast.literal_eval(tree.args[0]))
+    return str(_arguments(code)[0])
 
 
 def _argument(code: str) -> dict[str, Any]:

@@ -51,10 +51,13 @@ class GatewayError(BgJobError):
 
 def gateway_settings(url: str | None) -> tuple[str, str]:
     """(url, token): the argument, else ``configure(gateway=...)``, else jupyter_server's
-    environment variables ``JUPYTER_GATEWAY_URL`` / ``JUPYTER_GATEWAY_AUTH_TOKEN``."""
+    environment variables ``JUPYTER_GATEWAY_URL`` / ``JUPYTER_GATEWAY_AUTH_TOKEN``; a
+    gateway set to ``env`` (or ``default``) is that variable's. The url is "" if none."""
     from .._config import settings
 
-    url = url or settings.gateway or os.environ.get("JUPYTER_GATEWAY_URL", "")
+    url = url or settings.gateway
+    if not url or url in ("env", "default"):
+        url = os.environ.get("JUPYTER_GATEWAY_URL", "")
     token = settings.gateway_token or os.environ.get("JUPYTER_GATEWAY_AUTH_TOKEN", "")
     return url.rstrip("/"), token
 
@@ -390,20 +393,29 @@ class GatewayKernel:
             return True
         self._last_check = now
         try:
-            model = self._request("GET", f"/api/kernels/{self.kernel_id}", timeout=5.0)
+            gone = self.check(5.0)
         except GatewayError as exc:
-            if "HTTP 404" in str(exc):
-                self.lost = f"the gateway {self.url} reports the kernel is gone (HTTP 404)"
-                return False
             if now - self._last_ok > DOWN_AFTER:
                 self.lost = f"the gateway stopped answering for {DOWN_AFTER:g} s: {exc}"
                 return False
             return True
-        state = (model or {}).get("execution_state")
-        if state == "dead":
-            self.lost = "the gateway reports the kernel dead"
+        if gone:
+            self.lost = gone
             return False
         return True
+
+    def check(self, timeout: float) -> str:
+        """Ask the gateway about the kernel now: "" while it has it, else why it is gone.
+        Raises ``GatewayError`` when the gateway does not answer."""
+        try:
+            model = self._request("GET", f"/api/kernels/{self.kernel_id}", timeout=timeout)
+        except GatewayError as exc:
+            if "HTTP 404" in str(exc):
+                return f"the gateway {self.url} reports the kernel is gone (HTTP 404)"
+            raise
+        if (model or {}).get("execution_state") == "dead":
+            return "the gateway reports the kernel dead"
+        return ""
 
     def exit_code(self) -> int | None:
         return None

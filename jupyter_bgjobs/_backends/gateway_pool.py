@@ -20,13 +20,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
-from .gateway import GatewayKernel, gateway_settings
+from .base import take_idle
+from .gateway import GatewayError, GatewayKernel
 
 _REAPER = str(Path(__file__).resolve().parent.parent / "_inside" / "reaper.py")
 
@@ -39,13 +37,13 @@ MAX_BACKOFF = 60.0
 CHECK_TIMEOUT = 2.0
 
 
-def default_gateway() -> tuple[str, str]:
-    """(url, token) of the gateway a job without ``gateway=`` names goes to with ``--gateway
-    env``: ``configure(gateway=...)``, else ``$JUPYTER_GATEWAY_URL``; ("", token) if none."""
-    url, token = gateway_settings(None)
-    if url in ("env", "default"):
-        url = os.environ.get("JUPYTER_GATEWAY_URL", "").rstrip("/")
-    return url, token
+def _order(order: dict[str, Any]) -> bytes:
+    """One line of the reaper's input (see ``_inside/reaper.py``)."""
+    return (json.dumps(order) + "\n").encode()
+
+
+def _listing(kernel_id: str, url: str, token: str) -> bytes:
+    return _order({"add": kernel_id, "url": url, "token": token})
 
 
 class Reaper:
@@ -76,16 +74,15 @@ class Reaper:
             return
         with self._lock:
             self._kernels[kernel_id] = (url, token)
-            self._send({"add": kernel_id, "url": url, "token": token})
+            self._send(_listing(kernel_id, url, token))
 
     def drop(self, kernel_id: str) -> None:
         """Unlist a kernel its owner has shut down."""
         with self._lock:
             if self._kernels.pop(kernel_id, None) is not None:
-                self._send({"drop": kernel_id}, start=False)
+                self._send(_order({"drop": kernel_id}), start=False)
 
-    def _send(self, order: dict[str, Any], start: bool = True) -> None:
-        line = (json.dumps(order) + "\n").encode()
+    def _send(self, line: bytes, start: bool = True) -> None:
         for _ in range(2):
             proc = self._proc
             if proc is None or proc.poll() is not None:
@@ -125,9 +122,7 @@ class Reaper:
         assert proc.stdin is not None
         try:
             for kernel_id, (url, token) in self._kernels.items():
-                proc.stdin.write(
-                    (json.dumps({"add": kernel_id, "url": url, "token": token}) + "\n").encode()
-                )
+                proc.stdin.write(_listing(kernel_id, url, token))
             proc.stdin.flush()
         except OSError as exc:
             self.problem = f"the gateway kernels' reaper ended at once: {exc}"
@@ -137,7 +132,7 @@ class Reaper:
         """Tell the reaper to finish (it deletes what it still lists), and reap it."""
         try:
             if proc.stdin is not None:
-                proc.stdin.write(b'{"end": true}\n')
+                proc.stdin.write(_order({"end": True}))
                 proc.stdin.close()
         except (OSError, ValueError):
             pass
@@ -264,16 +259,7 @@ class GatewayPool:
     # -- handing out ---------------------------------------------------------------------
     def acquire(self) -> GatewayKernel:
         """A ready kernel: an idle one the gateway still has, else one started now."""
-        kernel = None
-        while kernel is None:
-            with self._lock:
-                if not self._idle:
-                    break
-                candidate = self._idle.pop(0)
-            if self._usable(candidate):
-                kernel = candidate
-            else:
-                candidate.shutdown(now=True)
+        kernel = take_idle(self._lock, self._idle, self._usable)
         self.refill()
         if kernel is not None:
             return kernel
@@ -284,21 +270,12 @@ class GatewayPool:
         once a second, and a culled kernel given to a job would fail it."""
         if kernel.lost:
             return False
-        req = urllib.request.Request(
-            f"{self.url}/api/kernels/{urllib.parse.quote(kernel.kernel_id, safe='')}"
-        )
-        if self._token:
-            req.add_header("Authorization", f"token {self._token}")
         try:
-            with urllib.request.urlopen(req, timeout=CHECK_TIMEOUT) as resp:
-                model = json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            return exc.code != 404
-        except (OSError, ValueError):
+            return not kernel.check(CHECK_TIMEOUT)
+        except GatewayError:
             # The gateway did not answer: a new kernel would not start either, and the job
             # tells the gateway's own words if the kernel is lost.
             return True
-        return bool(model.get("execution_state") != "dead")
 
     # -- filling -------------------------------------------------------------------------
     def refill(self) -> None:

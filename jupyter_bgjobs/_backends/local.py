@@ -20,7 +20,7 @@ from .._errors import BgJobError
 from .._inside import kernel as _kernel_code
 from .._procs import signal_group, signal_process
 from .._store import owner_tag, sweep_litter
-from .base import KernelBackend, KernelSource
+from .base import KernelBackend, KernelSource, take_idle
 
 _PACKAGE = "_bgjobs_kernel"
 
@@ -336,13 +336,7 @@ class KernelPool:
         name = kernel_name or self.kernel_name
         kernel = None
         if name == self.kernel_name:
-            with self._lock:
-                while self._idle and kernel is None:
-                    candidate = self._idle.pop(0)
-                    if candidate.alive():
-                        kernel = candidate
-                    else:
-                        candidate.shutdown(now=True)
+            kernel = take_idle(self._lock, self._idle, LocalKernel.alive)
         self.refill()
         if kernel is not None:
             return kernel

@@ -43,6 +43,10 @@ class Outbox:
         self.sha256 = digest.hexdigest()
         self.chunk = chunk
 
+    def described(self) -> dict[str, Any]:
+        """What the receiver needs to fetch and check it: size, sha256, chunk size."""
+        return {"nbytes": self.nbytes, "sha256": self.sha256, "chunk": self.chunk}
+
     def count(self) -> int:
         return chunk_count(self.nbytes, self.chunk)
 

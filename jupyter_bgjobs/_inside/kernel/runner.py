@@ -475,7 +475,7 @@ class _Runner:
         if out.get("transport") == "stream":
             # Views of the job's values, fetched by the notebook once the job has ended.
             box = _OUTBOX[self.spec["token"]] = Outbox(parts)
-            result.update(transport="stream", sha256=box.sha256, nbytes=box.nbytes, chunk=box.chunk)
+            result.update(transport="stream", **box.described())
         else:
             reserved = sum(arena.sizes) if arena is not None and prepared else 0
             path = pick_path(out["paths"], info["nbytes"], reserved)
@@ -505,14 +505,7 @@ def resend(request_json: str) -> None:
             if request.get("transport") == "stream":
                 key = f"{token}/{name}"
                 box = _OUTBOX[key] = Outbox(parts)
-                runner.emit(
-                    "resent",
-                    name=name,
-                    key=key,
-                    sha256=box.sha256,
-                    nbytes=box.nbytes,
-                    chunk=box.chunk,
-                )
+                runner.emit("resent", name=name, key=key, **box.described())
                 continue
             path, pieces = write_somewhere(candidates, pick_path(candidates, info["nbytes"]), parts)
             runner.emit("resent", name=name, path=path, pieces=pieces)
