@@ -73,7 +73,7 @@ def no_leaked_processes() -> Iterator[None]:
     manager.forget_finished()
     # Processes that are exiting get a bounded time to be reaped; survivors are leaks.
     _, alive = psutil.wait_procs(
-        list({p.pid: p for p in _children() + _ours()}.values()), timeout=10
+        list({p.pid: p for p in _children() + _ours()}.values()), timeout=30
     )
     leaked = []
     for p in alive:

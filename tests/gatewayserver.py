@@ -53,7 +53,8 @@ class Gateway:
         req = urllib.request.Request(
             f"{self.url}/api/kernels", headers={"Authorization": f"token {TOKEN}"}
         )
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        # A gateway busy ending kernels can be slow to answer; slow is not gone.
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return list(json.loads(resp.read()))
 
     def no_kernels_left(self) -> bool:

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cells import until
 from jupyter_client import KernelManager
 
 import jupyter_bgjobs as bj
+from jupyter_bgjobs import _store
 from jupyter_bgjobs._cli import main as cli
 
 
@@ -126,7 +128,7 @@ def test_two_writers_share_the_store_without_losing_anything(tmp_path: Path) -> 
     ]
     ids = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    from jupyter_bgjobs import _detached, _store
+    from jupyter_bgjobs import _detached
     from jupyter_bgjobs._calls import BgCall
 
     wanted = set(ids[0]) | set(ids[1])
@@ -143,6 +145,10 @@ def test_two_writers_share_the_store_without_losing_anything(tmp_path: Path) -> 
 def test_prune_removes_old_finished_entries_and_reports_the_space(tmp_path: Path) -> None:
     done = bj.bg_call(sum, ([1, 2, 3],), name="finished_one", detach=True)
     assert done.result(60) == 6
+    # Its supervisor records the end, then exits; until then it holds the folder's logs
+    # open, and prune never removes a folder in use.
+    supervisor = done._pids()["supervisor"]
+    until(lambda: not _store.pid_alive(supervisor), "the finished call's supervisor to end")
     running = bj.bg_call(time.sleep, (300,), name="still_running", detach=True)
     kept = bj.prune(older_than="1h")
     assert "finished_one" not in " ".join(kept["removed"])

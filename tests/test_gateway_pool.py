@@ -60,7 +60,11 @@ def gateway() -> Iterator[Gateway]:
 def token(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", TOKEN)
     yield
-    # Each test starts without a pool (ending one deletes its kernels).
+    # A job's driver deletes its kernel, and takes it off the reaper's list, after the
+    # job's wait() returned: once they are all done, the reaper lists nothing and ends
+    # with the pool, and each test starts without a pool (ending one deletes its kernels).
+    for job in manager.jobs():
+        manager.join_worker(job)
     bj.configure(gateway="", gateway_pool_size=0)
 
 
@@ -98,8 +102,11 @@ def test_a_job_takes_a_warm_kernel_and_the_pool_refills(gateway: Gateway) -> Non
     refilled = set(pool.idle_ids())
     assert len(refilled) == 2 and job._kernel.kernel_id not in refilled
     # The job's kernel is deleted once it ended; the gateway keeps the pool's only.
-    until(lambda: ids(gateway) == refilled, "the job's kernel deleted", 30)
-    assert manager.reaper.listed() == refilled
+    until(
+        lambda: ids(gateway) == refilled and manager.reaper.listed() == refilled,
+        "the job's kernel deleted, and taken off the reaper's list",
+        30,
+    )
 
     # A job that asks for kernel variables gets a kernel of its own, not a pooled one.
     own = bj.run_cell(

@@ -159,6 +159,17 @@ def test_a_cell_runs_from_its_context_menu_through_the_dialog(page: Any) -> None
     row = cell.locator(".jp-bgjobs-cellrow .jp-bgjobs-row")
     expect(row).to_have_attribute("data-state", "succeeded", timeout=120_000)
     expect(row).to_contain_text("fit")
+    # JupyterLab's notification told of the end, with "Show output";
+    # it closes itself after 8 s, so it is read before anything else is waited for.
+    toast = page.locator(".Toastify__toast", has_text="Background job fit succeeded").first
+    expect(toast).to_be_visible(timeout=30_000)
+    toast.get_by_role("button", name="Show output").click()
+    panel = page.locator("#jupyter-bgjobs-panel")
+    detail = panel.locator(".jp-bgjobs-detail")
+    expect(detail).to_be_visible()
+    # The output as JupyterLab renders it: the printed line and the DataFrame's table.
+    expect(detail.locator(".jp-OutputArea")).to_contain_text("fitting 40")
+    expect(detail.locator(".jp-OutputArea table")).to_contain_text("score")
     # The results came back: the next cell reads them.
     page.evaluate(
         """() => {
@@ -171,17 +182,7 @@ def test_a_cell_runs_from_its_context_menu_through_the_dialog(page: Any) -> None
     # The merge report, under the job's cell, read from the store.
     expect(cell.locator(".jp-bgjobs-report")).to_contain_text("merged", timeout=30_000)
     expect(cell.locator(".jp-bgjobs-report")).to_contain_text("doubled")
-
-    # JupyterLab's notification told of the end, with "Show output".
-    toast = page.locator(".Toastify__toast", has_text="Background job fit succeeded").first
-    expect(toast).to_be_visible(timeout=30_000)
-    toast.get_by_role("button", name="Show output").click()
-    panel = page.locator("#jupyter-bgjobs-panel")
-    detail = panel.locator(".jp-bgjobs-detail")
-    expect(detail).to_be_visible()
-    # The output as JupyterLab renders it: the printed line and the DataFrame's table.
-    expect(detail.locator(".jp-OutputArea")).to_contain_text("fitting 40")
-    expect(detail.locator(".jp-OutputArea table")).to_contain_text("score")
+    # The detail opened from the notification shows the same report.
     expect(detail.locator(".jp-bgjobs-report")).to_contain_text("merged")
     detail.get_by_role("button", name="Full log").click()
     log = detail.locator(".jp-bgjobs-log")
