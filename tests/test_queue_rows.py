@@ -44,22 +44,25 @@ def plain_texts(kernel: Kernel) -> list[str]:
     ]
 
 
-def ended(kernel: Kernel, name: str, words: str, style: str) -> dict[str, str]:
-    """The row called ``name`` once it shows ``words`` and its bar ``style``."""
+def ended(
+    kernel: Kernel, name: str, words: str, style: str, tasks: int | None = None
+) -> dict[str, str]:
+    """The row called ``name`` once it shows ``words`` and its bar ``style``; with
+    ``tasks``, its bar is full at that many."""
     kernel.until(lambda: kernel.has_row(html.escape(name)))
     ids = kernel.row_models(html.escape(name))
     bar = kernel.models[ids["bar"]]
     # The status text is the last field of a row's refresh.
     kernel.until(lambda: words in kernel.row_text(ids) and bar.get("bar_style") == style)
+    if tasks is not None:
+        assert (bar["value"], bar["max"]) == (tasks, tasks)
     return ids
 
 
 def test_a_named_queue_shows_its_name_on_its_row(kernel: Kernel) -> None:
     kernel.run("q = Queue(workers=2, name='nightly')\nfor i in range(4):\n    q.add(score, (i,))")
     kernel.run("q.start()\nNone")
-    ids = ended(kernel, "nightly", "Queue complete: 4 of 4 tasks done", "success")
-    bar = kernel.models[ids["bar"]]
-    assert (bar["value"], bar["max"]) == (4, 4)
+    ended(kernel, "nightly", "Queue complete: 4 of 4 tasks done", "success", tasks=4)
     assert kernel.run("print(list(q.wait()['result']))").strip() == "[0, -1, -2, -3]"
     assert any(t.startswith("✔ nightly  succeeded  4/4") for t in plain_texts(kernel))
     assert kernel.run("print(repr(q))").startswith("<Queue 'nightly' ")
@@ -85,9 +88,7 @@ def test_default_names_say_what_the_tasks_call_and_differ(kernel: Kernel) -> Non
 def test_a_queue_with_one_failed_task_of_8_ends_amber_not_red(kernel: Kernel) -> None:
     kernel.run("q = Queue(workers=3)\nfor i in range(8):\n    q.add(fit, (i,))")
     kernel.run("q.start()\nNone")
-    ids = ended(kernel, "queue: 8 × fit", "done, 1 of 8 failed", "warning")
-    bar = kernel.models[ids["bar"]]
-    assert (bar["value"], bar["max"]) == (8, 8)
+    ids = ended(kernel, "queue: 8 × fit", "done, 1 of 8 failed", "warning", tasks=8)
     state = kernel.models[ids["state"]]["value"]
     assert "⚠ partial" in state and "#ef6c00" in state
     assert "8/8" in kernel.row_text(ids)
