@@ -221,17 +221,6 @@ class DetachedJob:
     @property
     def report(self) -> str:
         """How it ended, in the words of an attached job's report, and what it saved."""
-        merged = self._record().get("report")
-        if isinstance(merged, str) and merged and not self.detached:
-            # An attached job's own report, written by its notebook's kernel.
-            return merged if merged.startswith(self.name) else f"{self.name}: {merged}"
-        if not self.detached:
-            if not self.done:
-                return ""
-            how = self.state.replace("_", " ")
-            if self.state == "succeeded":
-                return f"{self.name}: succeeded; its results merge into its notebook there"
-            return f"{self.name}: {how}" + (f"; {self.reason}" if self.reason else "")
         info = _store.read_json(self.folder / "results.json") or {}
         names = ", ".join(str(n) for n in info.get("names") or []) or "no names"
         state = self.state

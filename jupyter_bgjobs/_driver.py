@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _context, _snapshot
@@ -41,7 +40,7 @@ from ._states import (
     error_reason,
     now,
 )
-from ._stream import TransferError, fetch, send_seed
+from ._stream import RUNNER, TransferError, fetch, send_seed
 
 if TYPE_CHECKING:
     from ._backends.base import KernelSource
@@ -192,11 +191,7 @@ class Driver:
             )
             self._open_flow()
         # Top-level await runs on the job kernel's loop, as IPython's autoawait runs a cell.
-        entry = (
-            "await __import__('_bgjobs_runner').run_async"
-            if job._awaits
-            else "__import__('_bgjobs_runner').run"
-        )
+        entry = f"await {RUNNER}.run_async" if job._awaits else f"{RUNNER}.run"
         self.msg_id = kernel.execute(f"{entry}({json.dumps(self.runner_spec)!r})")
         return True
 
@@ -430,9 +425,7 @@ def _load_one_by_one(
         for candidates in paths.values():
             job._files.extend(candidates)
         request = {"token": job._token, "paths": paths, "transport": "stream" if stream else "file"}
-        msg_id = kernel.execute(
-            f"__import__('_bgjobs_runner').resend({json.dumps(request)!r})", silent=True
-        )
+        msg_id = kernel.execute(f"{RUNNER}.resend({json.dumps(request)!r})", silent=True)
         # All the answers first: fetching one reads the kernel's messages too.
         answers: list[dict[str, Any]] = []
         deadline = time.monotonic() + 120
@@ -576,8 +569,6 @@ def keep_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
     for key in ("t_compared", "t_encoded", "t_written"):
         if key in info:
             job.timings["results_" + key[2:]] = info[key]
-    # Writes the store refuses (read-only, full) wait in the job for its host to retry.
-    pending: list[Callable[[], None]] = []
     if kept["names"]:
         if info.get("transport") == "stream":
             path = job.folder / "results.snap"
@@ -603,8 +594,8 @@ def keep_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
                 {"name": "*", "type": "results", "reason": "written outside the job's folder"}
             )
     job._kept = kept
-    pending.append(lambda: write_json(job.folder / "results.json", kept))
-    job._unsaved = pending
+    # A write the store refuses (read-only, full) waits in the job for its host to retry.
+    job._unsaved = [lambda: write_json(job.folder / "results.json", kept)]
     save_kept(job)
 
 

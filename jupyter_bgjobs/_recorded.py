@@ -45,6 +45,19 @@ class RecordedJob(DetachedJob):
         return str(self._record().get("notebook") or "")
 
     @property
+    def report(self) -> str:
+        """Its own report, written by its notebook's kernel; else how it ended."""
+        merged = self._record().get("report")
+        if isinstance(merged, str) and merged:
+            return merged if merged.startswith(self.name) else f"{self.name}: {merged}"
+        if not self.done:
+            return ""
+        if self.state == "succeeded":
+            return f"{self.name}: succeeded; its results merge into its notebook there"
+        how = self.state.replace("_", " ")
+        return f"{self.name}: {how}" + (f"; {self.reason}" if self.reason else "")
+
+    @property
     def results(self) -> types.SimpleNamespace | None:
         return None
 

@@ -191,7 +191,6 @@ def write_snapshot(
         values = {k: v for k, v in values.items() if k in set(info["pickled"]) | set(info["dill"])}
         if transport == "stream":
             snap.blob = join_parts(parts)
-            snap.nbytes = len(snap.blob)
         else:
             snap.path, snap.pieces = write_somewhere(paths, pick_path(paths, info["nbytes"]), parts)
     snap.shipped = sorted(values) + sorted(snap.imports)

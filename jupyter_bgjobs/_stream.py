@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import os
 import time
 from typing import Any
 
 from ._errors import BgJobError
 from ._inside.kernel.chunks import CHUNK, Inbox, chunk_count
-from ._inside.kernel.wire import EVENT_MIME
+from ._inside.kernel.wire import EVENT_MIME, _unlink
 
 # Requests in flight: 4 chunks of the seed (16 MiB); 4 fetches of 2 chunks (32 MiB). On
 # loopback more in flight is no faster; fewer leaves the link idle between answers.
@@ -28,7 +27,8 @@ FETCH_WINDOW = 4
 # Seconds without any answer for a chunk in flight before it is asked for again.
 STALL = 20.0
 TRIES = 3
-_RUNNER = "__import__('_bgjobs_runner')"
+# The job runner, as code run in the job's kernel names it.
+RUNNER = "__import__('_bgjobs_runner')"
 
 
 class TransferError(BgJobError):
@@ -69,7 +69,7 @@ def send_seed(kernel: Any, token: str, data: Any) -> str:
     nbytes = view.nbytes
     digest = hashlib.sha256()
     pending = collections.deque(range(chunk_count(nbytes)))
-    inflight: dict[str, int] = {}
+    inflight: dict[str, list[int]] = {}
     tries: collections.Counter[int] = collections.Counter()
     last = time.monotonic()
     hashed = 0
@@ -80,9 +80,9 @@ def send_seed(kernel: Any, token: str, data: Any) -> str:
             meta = {"bgjobs_seed": {"seq": seq, "nbytes": nbytes, "chunk": CHUNK}}
             piece = view[seq * CHUNK : (seq + 1) * CHUNK]
             msg_id = kernel.execute(
-                f"{_RUNNER}.receive({token!r})", silent=True, metadata=meta, buffers=[piece]
+                f"{RUNNER}.receive({token!r})", silent=True, metadata=meta, buffers=[piece]
             )
-            inflight[msg_id] = seq
+            inflight[msg_id] = [seq]
             if seq == hashed:
                 # While the chunk travels; a chunk sent again is hashed once.
                 digest.update(piece)
@@ -91,8 +91,7 @@ def send_seed(kernel: Any, token: str, data: Any) -> str:
         now = time.monotonic()
         if _reconnected(kernel, seen):
             seen = getattr(kernel, "connections", 0)
-            _again(inflight.values(), tries, pending, "the seed's chunk")
-            inflight.clear()
+            _again_all(inflight, tries, pending, "the seed's chunk")
             last = now
             continue
         if msg is not None:
@@ -106,8 +105,7 @@ def send_seed(kernel: Any, token: str, data: Any) -> str:
                 last = now
             continue
         if _stalled(kernel, "the seed could not be sent", last, now):
-            _again(inflight.values(), tries, pending, "the seed's chunk")
-            inflight.clear()
+            _again_all(inflight, tries, pending, "the seed's chunk")
             last = now
     return digest.hexdigest()
 
@@ -123,14 +121,11 @@ def fetch(kernel: Any, key: str, info: dict[str, Any], path: str | None = None) 
     except BaseException:
         box.close()
         if path is not None:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            _unlink(path)
         raise
     finally:
         try:
-            kernel.execute(f"{_RUNNER}.drop_out({key!r})", silent=True)
+            kernel.execute(f"{RUNNER}.drop_out({key!r})", silent=True)
         except Exception:
             pass  # the kernel is going anyway: it ends with the job
     if path is not None:
@@ -148,15 +143,13 @@ def _fill(kernel: Any, key: str, box: Inbox) -> None:
     while want or inflight:
         while want and len(inflight) < FETCH_WINDOW:
             seqs = [want.popleft() for _ in range(min(FETCH_GROUP, len(want)))]
-            msg_id = kernel.execute(f"{_RUNNER}.send_out({key!r}, {seqs!r})", silent=True)
+            msg_id = kernel.execute(f"{RUNNER}.send_out({key!r}, {seqs!r})", silent=True)
             inflight[msg_id] = seqs
         msg = kernel.iopub(timeout=0.5)
         now = time.monotonic()
         if _reconnected(kernel, seen):
             seen = getattr(kernel, "connections", 0)
-            lost = [s for seqs in inflight.values() for s in seqs if s not in box.have]
-            _again(lost, tries, want, "the results' chunk")
-            inflight.clear()
+            _again_all(inflight, tries, want, "the results' chunk", box.have)
             last = now
         if msg is not None:
             parent = msg["parent_header"].get("msg_id")
@@ -182,10 +175,21 @@ def _fill(kernel: Any, key: str, box: Inbox) -> None:
                 last = now
             continue
         if _stalled(kernel, "the results could not be fetched", last, now):
-            lost = [s for seqs in inflight.values() for s in seqs if s not in box.have]
-            _again(lost, tries, want, "the results' chunk")
-            inflight.clear()
+            _again_all(inflight, tries, want, "the results' chunk", box.have)
             last = now
+
+
+def _again_all(
+    inflight: dict[str, list[int]],
+    tries: collections.Counter[int],
+    queue: collections.deque[int],
+    what: str,
+    have: Any = (),
+) -> None:
+    """All in flight may be lost (the connection was opened again, or nothing came for
+    too long): what has not arrived (``have``) is asked for, or sent, again."""
+    _again([s for seqs in inflight.values() for s in seqs if s not in have], tries, queue, what)
+    inflight.clear()
 
 
 def _again(

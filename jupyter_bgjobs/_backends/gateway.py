@@ -117,9 +117,9 @@ def pack_message(msg: dict[str, Any], buffers: list[Any]) -> str | bytes:
 def unpack_message(raw: str | bytes) -> dict[str, Any]:
     """The inverse of ``pack_message``; binary buffers are views of ``raw``, not copies."""
     if isinstance(raw, str):
-        msg = json.loads(raw)
+        msg: dict[str, Any] = json.loads(raw)
         msg.setdefault("buffers", [])
-        return dict(msg)
+        return msg
     view = memoryview(raw)
     if len(view) < 8:
         raise ValueError("a binary message too short to be a kernel message")
@@ -128,7 +128,7 @@ def unpack_message(raw: str | bytes) -> dict[str, Any]:
     parts = [view[offsets[i] : offsets[i + 1]] for i in range(count)]
     msg = json.loads(bytes(parts[0]))
     msg["buffers"] = parts[1:]
-    return dict(msg)
+    return msg
 
 
 class GatewayKernel:
@@ -205,6 +205,10 @@ class GatewayKernel:
         return json.loads(raw) if raw else None
 
     # -- life ------------------------------------------------------------------------------
+    def _named(self) -> None:
+        """Called once the gateway has named the kernel, before anything else is asked of
+        it: a subclass that must know every kernel it could leave behind hooks in here."""
+
     def start(self, timeout: float = 60.0) -> GatewayKernel:
         try:
             model = self._request(
@@ -216,6 +220,7 @@ class GatewayKernel:
         except GatewayError as exc:
             raise KernelStartError(str(exc)) from None
         self.kernel_id = model["id"]
+        self._named()
         try:
             self._connect()
             msg_id = self.execute(runner_boot_code(), silent=True)

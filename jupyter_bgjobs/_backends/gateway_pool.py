@@ -55,7 +55,6 @@ class Reaper:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._kernels: dict[str, tuple[str, str]] = {}
-        self.problem = ""  # why no reaper could be started, in words, if so
 
     @property
     def pid(self) -> int | None:
@@ -102,7 +101,9 @@ class Reaper:
                 proc.wait()
                 self._proc = None
 
-    def _start(self) -> subprocess.Popen[bytes] | None:
+    def _start(self) -> None:
+        # Without a reaper, jobs still run: their kernels are deleted as before when they
+        # end; only a notebook killed meanwhile would leave them.
         try:
             # Its own session: a notebook interrupt, sent to the kernel's process group,
             # does not reach it. Nothing of ours open but the pipe, and no cwd to hold.
@@ -114,19 +115,16 @@ class Reaper:
                 cwd="/",
                 start_new_session=True,
             )
-        except OSError as exc:
-            self.problem = f"cannot start the gateway kernels' reaper: {exc}"
-            return None
+        except OSError:
+            return
         self._proc = proc
-        self.problem = ""
         assert proc.stdin is not None
         try:
             for kernel_id, (url, token) in self._kernels.items():
                 proc.stdin.write(_listing(kernel_id, url, token))
             proc.stdin.flush()
-        except OSError as exc:
-            self.problem = f"the gateway kernels' reaper ended at once: {exc}"
-        return proc
+        except OSError:
+            pass  # ended at once: the next order starts another
 
     def _end(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         """Tell the reaper to finish (it deletes what it still lists), and reap it."""
@@ -174,21 +172,12 @@ class ReapedKernel(GatewayKernel):
         env: dict[str, str] | None = None,
     ) -> None:
         self._reaper = reaper
-        self._reap_url = url.rstrip("/")
-        self._reap_token = token
         super().__init__(url, token, kernel_name, env)
 
-    # The id is set once the gateway has started the kernel, before the runner loads: a
-    # notebook killed during those seconds must not leave the kernel behind either.
-    @property
-    def kernel_id(self) -> str:
-        return str(self.__dict__.get("_kernel_id", ""))
-
-    @kernel_id.setter
-    def kernel_id(self, value: str) -> None:
-        self.__dict__["_kernel_id"] = value
-        if value:
-            self._reaper.add(self._reap_url, self._reap_token, value)
+    # Listed as soon as the gateway names it, before the runner loads: a notebook killed
+    # during those seconds must not leave the kernel behind either.
+    def _named(self) -> None:
+        self._reaper.add(self.url, self._token, self.kernel_id)
 
     def shutdown(self, now: bool = False) -> None:
         try:
@@ -207,16 +196,8 @@ def start_kernel(
 ) -> GatewayKernel:
     """A new kernel on the gateway, listed by ``reaper`` until it is shut down; raises
     ``KernelStartError`` or ``GatewayError`` as ``GatewayKernel`` does."""
-    kernel = ReapedKernel(reaper, url, token, kernel_name, env)
-    try:
-        kernel.start(timeout)
-    except BaseException:
-        # A start that failed has deleted the kernel already (or never had one): unlisted.
-        reaper.drop(kernel.kernel_id)
-        raise
-    # Listed already when its id was set; again in case a start sets it some other way.
-    reaper.add(kernel.url, token, kernel.kernel_id)
-    return kernel
+    # A start that fails shuts the kernel down, which unlists it.
+    return ReapedKernel(reaper, url, token, kernel_name, env).start(timeout)
 
 
 class GatewayPool:
@@ -348,11 +329,6 @@ class GatewayPool:
             self.refill()
 
     # -- looking -------------------------------------------------------------------------
-    def idle_count(self) -> int:
-        """How many ready kernels wait in the pool."""
-        with self._lock:
-            return len(self._idle)
-
     def idle_ids(self) -> list[str]:
         """The gateway's ids of the kernels waiting in the pool."""
         with self._lock:

@@ -12,6 +12,7 @@ the kernel boundary: standard library only.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import mmap
 import os
@@ -55,11 +56,15 @@ class Outbox:
         lo = seq * self.chunk
         hi = min(self.nbytes, lo + self.chunk)
         out = []
-        for start, view in zip(self.starts, self.views, strict=True):
+        # From the part holding byte ``lo`` on: a snapshot of many small values is not
+        # walked whole for each of its chunks.
+        for i in range(max(0, bisect.bisect_right(self.starts, lo) - 1), len(self.views)):
+            start, view = self.starts[i], self.views[i]
+            if start >= hi:
+                break
             end = start + view.nbytes
-            if end <= lo or start >= hi or not view.nbytes:
-                continue
-            out.append(view[max(lo, start) - start : min(hi, end) - start])
+            if end > lo and view.nbytes:
+                out.append(view[max(lo, start) - start : min(hi, end) - start])
         return out
 
 
@@ -70,7 +75,6 @@ class Inbox:
     def __init__(self, nbytes: int, chunk: int = CHUNK, path: str | None = None) -> None:
         self.nbytes = nbytes
         self.chunk = chunk
-        self.path = path
         self.data: Any
         if path is None:
             self.data = bytearray(nbytes)
@@ -100,10 +104,7 @@ class Inbox:
             raise ValueError(f"chunk {seq} has {size} bytes, expected {self.expected(seq)}")
         if seq in self.have:
             return
-        pos = seq * self.chunk
-        for view in views:
-            self.data[pos : pos + view.nbytes] = view
-            pos += view.nbytes
+        _copy_into(self.data, seq * self.chunk, views)
         self.have.add(seq)
         while self._hashed in self.have:
             lo = self._hashed * self.chunk
@@ -139,8 +140,11 @@ def join_parts(parts: list[Any]) -> bytearray:
     notebook changes afterwards cannot change what the job gets."""
     views = [memoryview(p).cast("B") for p in parts]
     out = bytearray(sum(v.nbytes for v in views))
-    pos = 0
-    for view in views:
-        out[pos : pos + view.nbytes] = view
-        pos += view.nbytes
+    _copy_into(out, 0, views)
     return out
+
+
+def _copy_into(dest: Any, pos: int, views: list[memoryview]) -> None:
+    for view in views:
+        dest[pos : pos + view.nbytes] = view
+        pos += view.nbytes

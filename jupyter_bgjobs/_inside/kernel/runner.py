@@ -111,12 +111,24 @@ def drop_out(key: str) -> None:
     _OUTBOX.pop(key, None)
 
 
+def _offer(key: str, parts: list[Any]) -> dict[str, Any]:
+    """Hold ``parts`` under ``key`` for the notebook to fetch; what it needs to do so."""
+    box = _OUTBOX[key] = Outbox(parts)
+    return box.described()
+
+
+def _event_data(payload: dict[str, Any]) -> dict[str, Any]:
+    """A runner event as display data: the notebook's side reads it; a front end shows
+    nothing."""
+    return {EVENT_MIME: payload, "text/plain": ""}
+
+
 def _publish(payload: dict[str, Any], buffers: list[Any]) -> None:
     """An event with binary buffers, through the kernel's display publisher's session so it
     carries the current request as its parent like any display output."""
     ip = _get_ipython()
     pub = ip.display_pub
-    content = {"data": {EVENT_MIME: payload, "text/plain": ""}, "metadata": {}, "transient": {}}
+    content = {"data": _event_data(payload), "metadata": {}, "transient": {}}
     msg = pub.session.msg("display_data", content, parent=pub.parent_header)
     pub.session.send(pub.pub_socket, msg, ident=pub.topic, buffers=buffers)
 
@@ -151,7 +163,7 @@ class _Runner:
         if self.ip is not None:
             from IPython.display import publish_display_data
 
-            publish_display_data({EVENT_MIME: payload, "text/plain": ""})
+            publish_display_data(_event_data(payload))
         else:
             print(json.dumps(payload), file=sys.__stdout__, flush=True)
 
@@ -474,8 +486,7 @@ class _Runner:
             return result
         if out.get("transport") == "stream":
             # Views of the job's values, fetched by the notebook once the job has ended.
-            box = _OUTBOX[self.spec["token"]] = Outbox(parts)
-            result.update(transport="stream", **box.described())
+            result.update(transport="stream", **_offer(self.spec["token"], parts))
         else:
             reserved = sum(arena.sizes) if arena is not None and prepared else 0
             path = pick_path(out["paths"], info["nbytes"], reserved)
@@ -504,8 +515,7 @@ def resend(request_json: str) -> None:
                 raise SnapshotError(skipped[0]["reason"])
             if request.get("transport") == "stream":
                 key = f"{token}/{name}"
-                box = _OUTBOX[key] = Outbox(parts)
-                runner.emit("resent", name=name, key=key, **box.described())
+                runner.emit("resent", name=name, key=key, **_offer(key, parts))
                 continue
             path, pieces = write_somewhere(candidates, pick_path(candidates, info["nbytes"]), parts)
             runner.emit("resent", name=name, path=path, pieces=pieces)
