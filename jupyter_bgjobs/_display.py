@@ -27,6 +27,7 @@ _ICONS = {
     "cancelled": "■",
     "timed_out": "⏱",
     "died": "☠",
+    "partial": "⚠",  # a look of the panel's rows, not a job state
 }
 _COLOURS = {
     "succeeded": "#2e7d32",
@@ -35,6 +36,7 @@ _COLOURS = {
     "cancelled": "#616161",
     "timed_out": "#ef6c00",
     "idle": "#616161",
+    "partial": "#ef6c00",
 }
 KEEPALIVE_ID = "jupyter-bgjobs-keepalive"
 # The IDE's extension renders a job's row from this (the store has its true state, after
@@ -50,9 +52,12 @@ def job_mime(job: Any) -> dict[str, Any]:
     return {JOB_MIME: {"id": job_id, "name": job.name, "state": job.state}}
 
 
-def status_text(job: Job) -> str:
+def status_text(job: Job, look: str | None = None) -> str:
+    """The job's status line; ``look`` shows it in another state's icon and word (a
+    panel row's ``partial``)."""
     done, total = job.progress
-    parts = [f"{_ICONS.get(job.state, '')} {job.name}", job.state.replace("_", " ")]
+    look = look or job.state
+    parts = [f"{_ICONS.get(look, '')} {job.name}", look.replace("_", " ")]
     if total:
         parts.append(f"{done}/{total}")
     if job.section and not job.done:

@@ -9,9 +9,10 @@ rebuilds nbformat outputs in order: log text between the ranges, rich outputs at
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import IO, Any
+
+from ._runtime import open_log
 
 JOURNAL = "outputs.jsonl"
 # A job that draws thousands of plots must not fill the disk: past these, rich outputs
@@ -39,8 +40,7 @@ class Journal:
             self.full = True
         try:
             if self._fh is None:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                self._fh = os.fdopen(fd, "a", encoding="utf-8")
+                self._fh = open_log(self.path)
             self._fh.write(line + "\n")
             self._fh.flush()
         except OSError:  # a full or read-only disk loses rich outputs, never the job

@@ -32,8 +32,6 @@ _BAR = {
 # A look, not a state: a progress row that succeeded with some units failed (a queue with
 # failed tasks) reads apart from both an all-green success and an all-red failure.
 _PARTIAL = "partial"
-_COLOUR = {**_COLOURS, _PARTIAL: "#ef6c00"}
-_ICON = {**_ICONS, _PARTIAL: "⚠"}
 _LOG_LIMIT = 20 << 20
 
 
@@ -44,16 +42,10 @@ def _look(job: Any) -> str:
 
 def row_text(job: Any) -> str:
     """A row as one line of plain text, for front ends without widgets."""
-    if _look(job) != _PARTIAL:
-        return status_text(job)
-    # status_text knows job states only; a partial row's line is made here, in its form.
-    done, total = job.progress
-    parts = [f"{_ICON[_PARTIAL]} {job.name}", _PARTIAL]
-    if total:
-        parts.append(f"{done}/{total}")
-    parts.append(_clock(job.elapsed))
-    line = "  ".join(parts)
-    return line + (f"  ·  {job.status}" if job.status else "")
+    look = _look(job)
+    line = status_text(job, look)
+    # A partial row says what went wrong, as its widget's status does.
+    return line + (f"  ·  {job.status}" if look == _PARTIAL and job.status else "")
 
 
 def widgets_available() -> bool:
@@ -175,10 +167,10 @@ class JobRow(W.VBox):  # type: ignore[misc]
             if key == self._last and not force:
                 return
             self._last = key
-        colour = _COLOUR.get(state, "#1565c0")
+        colour = _COLOURS.get(state, "#1565c0")
         label = state.replace("_", " ")
         style = f"color:{colour};white-space:nowrap"
-        self.icon.value = f'<span style="{style}">{_ICON.get(state, "")} {label}</span>'
+        self.icon.value = f'<span style="{style}">{_ICONS.get(state, "")} {label}</span>'
         self.bar.max = max(total, 1)
         self.bar.value = min(done, max(total, 1)) if total else (1 if job.done else 0)
         self.bar.bar_style = _BAR.get(state, "info")
@@ -283,7 +275,7 @@ class JobsPanel(W.VBox):  # type: ignore[misc]
         if failed:
             parts.append(f'<span style="color:#c62828">{len(failed)} failed</span>')
         if partial:
-            colour = _COLOUR[_PARTIAL]
+            colour = _COLOURS[_PARTIAL]
             parts.append(f'<span style="color:{colour}">{len(partial)} partly failed</span>')
         if running:
             parts.append("running: " + html.escape(_names([j.name for j in running], 5)))

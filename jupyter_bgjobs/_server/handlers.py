@@ -35,6 +35,10 @@ def _jobs() -> list[Any]:
     return recorded_jobs()
 
 
+def _log_file(job: Any) -> Path:
+    return Path(job.log_path or job.folder / "output.log")
+
+
 def _find(job_id: str) -> Any:
     for job in _jobs():
         if job.id == job_id:
@@ -42,20 +46,20 @@ def _find(job_id: str) -> Any:
     raise web.HTTPError(404, f"no job {job_id}")
 
 
-def _relative(path: Any, root: str | None) -> str | None:
+def _relative(path: Any, root: str) -> str | None:
     """A notebook's path as the IDE names it (relative to the server's root), if under it."""
     if not isinstance(path, str) or not path:
         return None
-    if root is None or not os.path.isabs(path):
+    if not os.path.isabs(path):
         return path
     try:
-        rel = os.path.relpath(path, os.path.expanduser(root))
+        rel = os.path.relpath(path, root)
     except ValueError:
         return None
     return None if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
-def summary(job: Any, root: str | None = None) -> dict[str, Any]:
+def summary(job: Any, root: str) -> dict[str, Any]:
     """What a row of the IDE's Jobs panel shows of a job."""
     record = job._record()
     done, total = job.progress
@@ -72,11 +76,51 @@ def summary(job: Any, root: str | None = None) -> dict[str, Any]:
         "where": record.get("where") or "local",
         "notebook": record.get("notebook"),
         "notebook_path": _relative(record.get("notebook"), root),
-        "kind": getattr(job, "kind", None) or "cell",
+        "kind": job.kind,
         "detached": bool(job.detached),
         "reason": job.reason,
         "report": job.report if job.done else "",
     }
+
+
+# What an ended job's row is read from. It changes only when one of these files does, and
+# reading a row whole (its record, its damage check, its report: dozens of files) for every
+# job, every half second, for every open page, is most of the server's work.
+_ROW_FILES = (
+    "spec.json",
+    "state.json",
+    "host.json",
+    "results.json",
+    "results.pkl",
+    "results.snap",
+    "status.json",
+)
+_ended_rows: dict[str, tuple[tuple[tuple[int, int, int], ...], dict[str, Any]]] = {}
+
+
+def _stamp(folder: Path) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for name in _ROW_FILES:
+        try:
+            st = os.stat(folder / name)
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((0, 0, -1))
+    return tuple(out)
+
+
+def row(job: Any, root: str) -> dict[str, Any]:
+    """``summary(job, root)``, read again only when its files changed once it has ended."""
+    stamp = _stamp(job.folder)
+    kept = _ended_rows.get(job.id)
+    if kept is not None and kept[0] == stamp:
+        return kept[1]
+    fresh = summary(job, root)
+    if fresh["state"] in _store.DONE_STATES:
+        _ended_rows[job.id] = (stamp, fresh)
+    else:
+        _ended_rows.pop(job.id, None)
+    return fresh
 
 
 # What the IDE needs of a job's spec to run it again.
@@ -86,7 +130,7 @@ _RERUN_KEYS = ("code", "name", "env", "results", "timeout", "kernel", "workdir",
 class _Handler(APIHandler):
     @property
     def root(self) -> str:
-        return str(self.settings.get("server_root_dir") or os.getcwd())
+        return os.path.expanduser(str(self.settings.get("server_root_dir") or os.getcwd()))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # One line that says what is wrong, as JSON, like jupyter_server's own API.
@@ -100,8 +144,8 @@ class JobsHandler(_Handler):
     @web.authenticated
     def get(self) -> None:
         # The root lets the IDE give a notebook's kernel a script's absolute path.
-        jobs = [summary(j, self.root) for j in _jobs()]
-        self.finish(json.dumps({"jobs": jobs, "root": os.path.expanduser(self.root)}))
+        jobs = [row(j, self.root) for j in _jobs()]
+        self.finish(json.dumps({"jobs": jobs, "root": self.root}))
 
     @web.authenticated
     def post(self) -> None:
@@ -117,7 +161,7 @@ class JobsHandler(_Handler):
             raise web.HTTPError(
                 400, "the body must be a JSON object with a 'path' or a 'code' string"
             )
-        root = Path(self.root).expanduser()
+        root = Path(self.root)
         workdir = body.get("workdir") or None
         if isinstance(workdir, str) and not os.path.isabs(workdir):
             workdir = str(root / workdir)
@@ -146,15 +190,13 @@ class JobHandler(_Handler):
     @web.authenticated
     def get(self, job_id: str) -> None:
         job = _find(job_id)
-        log = Path(job.log_path or job.folder / "output.log")
-        outputs = stored_outputs(job.folder, log, _TAIL)
-        record = job._record()
-        spec = job._spec() if hasattr(job, "_spec") else {}
+        outputs = stored_outputs(job.folder, _log_file(job), _TAIL)
+        spec = job._spec()
         self.finish(
             json.dumps(
                 {
                     **summary(job, self.root),
-                    "record": record,
+                    "record": job._record(),
                     "outputs": outputs,
                     "spec": {k: spec.get(k) for k in _RERUN_KEYS},
                 },
@@ -179,7 +221,7 @@ class LogHandler(_Handler):
     def get(self, job_id: str) -> None:
         """The job's whole log, or the bytes ``Range: bytes=START-END`` asks for."""
         job = _find(job_id)
-        path = job.log_path or job.folder / "output.log"
+        path = _log_file(job)
         try:
             size = os.path.getsize(path)
         except OSError:
@@ -222,13 +264,16 @@ class CancelHandler(_Handler):
 
 
 class EventsHandler(_Handler):
-    def _rows(self) -> dict[str, dict[str, Any]]:
+    def _rows(self) -> dict[str, str]:
+        """Every job's row, encoded."""
         rows = {}
         for job in _jobs():
             try:
-                rows[job.id] = summary(job, self.root)
+                rows[job.id] = json.dumps(row(job, self.root))
             except (OSError, ValueError):  # removed while read: gone from the next look
                 continue
+        for gone in set(_ended_rows) - set(rows):
+            _ended_rows.pop(gone, None)
         return rows
 
     @web.authenticated
@@ -243,20 +288,21 @@ class EventsHandler(_Handler):
         try:
             while True:
                 rows = self._rows()
-                changed = [r for k, r in rows.items() if seen.get(k) != json.dumps(r)]
+                changed = [r for k, r in rows.items() if seen.get(k) != r]
                 removed = [k for k in seen if k not in rows]
                 # The first event lists every job (none too): a reconnected page drops
                 # the rows that went while it was away.
                 if changed or removed or not sent:
                     sent = True
-                    self.write(f"data: {json.dumps({'jobs': changed, 'removed': removed})}\n\n")
+                    event = f'{{"jobs": [{", ".join(changed)}], "removed": {json.dumps(removed)}}}'
+                    self.write(f"data: {event}\n\n")
                     await self.flush()
                     quiet = 0
                 elif (quiet := quiet + 1) * _EVENT_PERIOD >= 15:
                     self.write(": keep-alive\n\n")
                     await self.flush()
                     quiet = 0
-                seen = {k: json.dumps(r) for k, r in rows.items()}
+                seen = rows
                 await asyncio.sleep(_EVENT_PERIOD)
         except StreamClosedError:
             return
