@@ -8,13 +8,7 @@ import * as nbformat from '@jupyterlab/nbformat';
 import { ServerConnection } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
-export const FINAL_STATES = [
-  'succeeded',
-  'failed',
-  'cancelled',
-  'timed_out',
-  'died'
-];
+const FINAL_STATES = ['succeeded', 'failed', 'cancelled', 'timed_out', 'died'];
 
 /** One job, as a row of the Jobs panel shows it. */
 export interface IJob {
@@ -62,8 +56,23 @@ export interface IRunOptions {
   detach: boolean;
 }
 
+/** A cell job's options when nothing was chosen (a script's and the server's differ). */
+export const DEFAULT_OPTIONS: IRunOptions = {
+  name: '',
+  env: 'auto',
+  results: 'globals',
+  workdir: '',
+  kernel: '',
+  timeout: '',
+  detach: false
+};
+
 export function isRunning(job: IJob): boolean {
   return FINAL_STATES.indexOf(job.state) < 0;
+}
+
+function apiUrl(settings: ServerConnection.ISettings, path: string): string {
+  return URLExt.join(settings.baseUrl, 'bgjobs', 'api', path);
 }
 
 /** A request to the server extension; a refusal becomes an Error with its one line. */
@@ -73,8 +82,11 @@ export async function request<T>(
   text = false
 ): Promise<T> {
   const settings = ServerConnection.makeSettings();
-  const url = URLExt.join(settings.baseUrl, 'bgjobs', 'api', path);
-  const response = await ServerConnection.makeRequest(url, init, settings);
+  const response = await ServerConnection.makeRequest(
+    apiUrl(settings, path),
+    init,
+    settings
+  );
   if (!response.ok) {
     let message = response.statusText;
     try {
@@ -97,14 +109,25 @@ export class JobStore {
   private _jobs = new Map<string, IJob>();
   // When each row arrived: running rows tick from their elapsed at that moment.
   private _seenAt = new Map<string, number>();
+  // Sorted newest first, made again only when the rows change: every view reads it.
+  private _sorted: IJob[] | null = null;
+  private _running: IJob[] | null = null;
   private _changed = new Signal<this, void>(this);
   private _ended = new Signal<this, IJob>(this);
+  private _ticked = new Signal<this, void>(this);
+  private _ticker: number;
   private _stopped = false;
   private _ready: Promise<void>;
   private _abort: AbortController | null = null;
 
   constructor() {
     this._ready = this._connect();
+    // One clock for every view's ticking rows; quiet while nothing runs.
+    this._ticker = window.setInterval(() => {
+      if (this.running.length) {
+        this._ticked.emit();
+      }
+    }, 1000);
   }
 
   /** Resolves once the first list of jobs has arrived. */
@@ -121,14 +144,25 @@ export class JobStore {
     return this._ended;
   }
 
+  /** Once a second while jobs run: their clocks move, nothing else changed. */
+  get ticked(): ISignal<this, void> {
+    return this._ticked;
+  }
+
   get jobs(): IJob[] {
-    return Array.from(this._jobs.values()).sort((a, b) =>
-      (b.started || '').localeCompare(a.started || '')
-    );
+    if (!this._sorted) {
+      this._sorted = Array.from(this._jobs.values()).sort((a, b) =>
+        (b.started || '').localeCompare(a.started || '')
+      );
+    }
+    return this._sorted;
   }
 
   get running(): IJob[] {
-    return this.jobs.filter(isRunning);
+    if (!this._running) {
+      this._running = this.jobs.filter(isRunning);
+    }
+    return this._running;
   }
 
   get(id: string): IJob | undefined {
@@ -157,6 +191,7 @@ export class JobStore {
   async remove(id: string): Promise<void> {
     await request(`jobs/${id}`, { method: 'DELETE' });
     this._jobs.delete(id);
+    this._sorted = this._running = null;
     this._changed.emit();
   }
 
@@ -186,6 +221,7 @@ export class JobStore {
 
   dispose(): void {
     this._stopped = true;
+    window.clearInterval(this._ticker);
     this._abort?.abort();
   }
 
@@ -202,14 +238,20 @@ export class JobStore {
     for (const id of removed) {
       this._jobs.delete(id);
     }
+    this._sorted = this._running = null;
     this._changed.emit();
+  }
+
+  /** Every job, and the server's root. */
+  private async _list(): Promise<IJob[]> {
+    const first = await request<{ jobs: IJob[]; root: string }>('jobs');
+    this.root = first.root;
+    return first.jobs;
   }
 
   private async _connect(): Promise<void> {
     try {
-      const first = await request<{ jobs: IJob[]; root: string }>('jobs');
-      this.root = first.root;
-      this._take(first.jobs, []);
+      this._take(await this._list(), []);
     } catch (reason) {
       // The stream below retries; its first event brings every job.
       console.warn(
@@ -239,14 +281,12 @@ export class JobStore {
   private async _stream(): Promise<void> {
     if (!this.root) {
       // The first list failed (the server was starting): the root is asked again.
-      const first = await request<{ jobs: IJob[]; root: string }>('jobs');
-      this.root = first.root;
+      await this._list();
     }
     const settings = ServerConnection.makeSettings();
-    const url = URLExt.join(settings.baseUrl, 'bgjobs', 'api', 'events');
     this._abort = new AbortController();
     const response = await ServerConnection.makeRequest(
-      url,
+      apiUrl(settings, 'events'),
       { signal: this._abort.signal },
       settings
     );

@@ -12,10 +12,10 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { OutputArea } from '@jupyterlab/outputarea';
 import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
-import { IJob, IRunOptions, JobStore } from './api';
+import { DEFAULT_OPTIONS, IJob, IRunOptions, JobStore } from './api';
 import { askOptions, Choices, IDialogContext, OPTION_KEYS } from './dialog';
 import { runJobIcon, jobsIcon } from './icons';
-import { JobsPanel } from './panel';
+import { JobsPanel, PANEL_RANK } from './panel';
 import { cellCode, scriptCode } from './python';
 import { basename } from './rows';
 
@@ -34,6 +34,26 @@ export interface ICommandParts {
   notebooks: INotebookTracker | null;
   editors: IEditorTracker | null;
   browser: IDefaultFileBrowser | null;
+}
+
+/** The command came from the file browser's context menu. */
+function fromFileBrowser(parts: ICommandParts): boolean {
+  return Boolean(
+    parts.app.contextMenuHitTest(node =>
+      node.classList.contains('jp-DirListing-item')
+    )
+  );
+}
+
+/** The current file editor holds a .py file. */
+function inPythonEditor(parts: ICommandParts): boolean {
+  return Boolean(parts.editors?.currentWidget?.context.path.endsWith('.py'));
+}
+
+/** The current notebook is the main area's current widget. */
+function inNotebook(parts: ICommandParts): boolean {
+  const panel = parts.notebooks?.currentWidget;
+  return Boolean(panel && parts.app.shell.currentWidget === panel);
 }
 
 /** One line, where JupyterLab shows what went wrong. */
@@ -69,7 +89,7 @@ async function options(
 }
 
 /** Run ``code`` in a notebook's kernel; into ``cell``'s output when given. */
-export async function runInNotebook(
+async function runInNotebook(
   panel: NotebookPanel,
   code: string,
   cell: CodeCell | null
@@ -228,9 +248,8 @@ async function runSelection(
   parts: ICommandParts,
   args: ReadonlyPartialJSONObject
 ): Promise<void> {
-  const current = parts.app.shell.currentWidget;
   const panel = parts.notebooks?.currentWidget;
-  if (panel && current === panel) {
+  if (panel && inNotebook(parts)) {
     const cell = panel.content.activeCell;
     if (!(cell instanceof CodeCell) || !cell.editor) {
       fail('Select code in a code cell to run it as a background job');
@@ -270,10 +289,7 @@ function pythonFile(
   if (typeof args.path === 'string') {
     return args.path;
   }
-  const fromBrowser = parts.app.contextMenuHitTest(node =>
-    node.classList.contains('jp-DirListing-item')
-  );
-  if (fromBrowser && parts.browser) {
+  if (fromFileBrowser(parts) && parts.browser) {
     for (const item of parts.browser.selectedItems()) {
       if (item.path.endsWith('.py')) {
         return item.path;
@@ -281,10 +297,7 @@ function pythonFile(
     }
   }
   const editor = parts.editors?.currentWidget;
-  if (editor && editor.context.path.endsWith('.py')) {
-    return editor.context.path;
-  }
-  return null;
+  return editor && inPythonEditor(parts) ? editor.context.path : null;
 }
 
 async function runFile(
@@ -335,8 +348,8 @@ export async function rerun(parts: ICommandParts, job: IJob): Promise<void> {
   const spec = detail.spec;
   const o: IRunOptions = {
     name: job.name,
-    env: typeof spec.env === 'string' ? spec.env : 'auto',
-    results: spec.results || 'globals',
+    env: typeof spec.env === 'string' ? spec.env : DEFAULT_OPTIONS.env,
+    results: spec.results || DEFAULT_OPTIONS.results,
     workdir: spec.workdir || '',
     kernel: spec.kernel || '',
     timeout: spec.timeout ? String(spec.timeout) : '',
@@ -367,18 +380,13 @@ export function addCommands(parts: ICommandParts): void {
     isEnabled: hasCodeCell,
     execute: args => runCell(parts, args)
   });
-  const pythonEditor = () =>
-    Boolean(parts.editors?.currentWidget?.context.path.endsWith('.py'));
-  const inNotebook = () =>
-    Boolean(
-      parts.notebooks?.currentWidget &&
-      parts.app.shell.currentWidget === parts.notebooks.currentWidget
-    );
   app.commands.addCommand(CommandIDs.runSelection, {
     label: 'Run Selection as Background Job…',
     caption: 'Run the selected code (or the current line) as a background job',
     isEnabled: args =>
-      typeof args.code === 'string' || inNotebook() || pythonEditor(),
+      typeof args.code === 'string' ||
+      inNotebook(parts) ||
+      inPythonEditor(parts),
     execute: args => runSelection(parts, args)
   });
   app.commands.addCommand(CommandIDs.runFile, {
@@ -386,12 +394,8 @@ export function addCommands(parts: ICommandParts): void {
     caption: 'Run a .py file as a background job',
     isEnabled: args =>
       typeof args.path === 'string' ||
-      Boolean(
-        parts.app.contextMenuHitTest(node =>
-          node.classList.contains('jp-DirListing-item')
-        )
-      ) ||
-      pythonEditor(),
+      fromFileBrowser(parts) ||
+      inPythonEditor(parts),
     icon: runJobIcon,
     execute: args => runFile(parts, args)
   });
@@ -401,7 +405,7 @@ export function addCommands(parts: ICommandParts): void {
     icon: jobsIcon,
     execute: args => {
       if (!parts.panel.isAttached) {
-        app.shell.add(parts.panel, 'right', { rank: 500 });
+        app.shell.add(parts.panel, 'right', { rank: PANEL_RANK });
       }
       app.shell.activateById(parts.panel.id);
       parts.panel.showJob(typeof args.id === 'string' ? args.id : null);

@@ -7,7 +7,7 @@ import { IStateDB } from '@jupyterlab/statedb';
 import { ReadonlyJSONObject } from '@lumino/coreutils';
 import { Widget } from '@lumino/widgets';
 
-import { IRunOptions } from './api';
+import { DEFAULT_OPTIONS, IRunOptions } from './api';
 
 /** What is being run decides which choices make sense. */
 export interface IDialogContext {
@@ -33,16 +33,6 @@ export const OPTION_KEYS: (keyof IRunOptions)[] = [
 
 const STATE_KEY = 'jupyter-bgjobs:dialog';
 
-export const FALLBACK: IRunOptions = {
-  name: '',
-  env: 'auto',
-  results: 'globals',
-  workdir: '',
-  kernel: '',
-  timeout: '',
-  detach: false
-};
-
 /** Remembered choices, per kind of job (a script's results default is not a cell's). */
 export class Choices {
   constructor(private _db: IStateDB | null) {}
@@ -50,9 +40,9 @@ export class Choices {
   async get(kind: string): Promise<IRunOptions> {
     const base: IRunOptions =
       kind === 'cell'
-        ? { ...FALLBACK }
+        ? { ...DEFAULT_OPTIONS }
         : {
-            ...FALLBACK,
+            ...DEFAULT_OPTIONS,
             env: 'none',
             results: kind === 'file' ? 'object' : 'none'
           };

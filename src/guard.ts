@@ -14,6 +14,7 @@ import { ITranslator } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
 import { IJob, JobStore } from './api';
+import { basename, stateLabel } from './rows';
 
 function list(jobs: IJob[]): string {
   return jobs.map(j => j.name).join(', ');
@@ -23,8 +24,7 @@ function list(jobs: IJob[]): string {
 async function confirmEnd(
   store: JobStore,
   path: string,
-  doing: string,
-  cancel: (job: IJob) => Promise<void>
+  doing: string
 ): Promise<boolean> {
   const jobs = store.ofNotebook(path);
   const attached = jobs.filter(j => !j.detached);
@@ -58,7 +58,7 @@ async function confirmEnd(
     })
   );
   const result = await showDialog({
-    title: `${doing} the kernel of ${path.split('/').pop()}?`,
+    title: `${doing} the kernel of ${basename(path)}?`,
     body: new DialogBody(body),
     buttons
   });
@@ -68,7 +68,9 @@ async function confirmEnd(
   if (result.button.label.endsWith('stop all')) {
     // A job that ended while the dialog was open refuses the cancel: that is no reason
     // to keep the kernel.
-    const done = await Promise.allSettled(detached.map(cancel));
+    const done = await Promise.allSettled(
+      detached.map(job => store.cancel(job.id))
+    );
     const refused = done.filter(d => d.status === 'rejected').length;
     if (refused) {
       Notification.warning(`${refused} detached job(s) could not be stopped`, {
@@ -98,13 +100,7 @@ export class GuardedSessionDialogs extends SessionContextDialogs {
     if (!this._store.ofNotebook(sessionContext.path).length) {
       return super.restart(sessionContext);
     }
-    const go = await confirmEnd(
-      this._store,
-      sessionContext.path,
-      'Restart',
-      job => this._store.cancel(job.id)
-    );
-    if (!go) {
+    if (!(await confirmEnd(this._store, sessionContext.path, 'Restart'))) {
       return false;
     }
     await sessionContext.restartKernel();
@@ -138,10 +134,7 @@ export function guard(store: JobStore, openPaths: () => string[]): void {
   proto.shutdown = async function (this: SessionContext): Promise<void> {
     if (
       this.session?.kernel &&
-      store.ofNotebook(this.path).length &&
-      !(await confirmEnd(store, this.path, 'Shut down', job =>
-        store.cancel(job.id)
-      ))
+      !(await confirmEnd(store, this.path, 'Shut down'))
     ) {
       return;
     }
@@ -159,7 +152,7 @@ const ENDED: { [state: string]: 'success' | 'error' | 'warning' | 'info' } = {
 
 export function notifyEnds(store: JobStore, show: (job: IJob) => void): void {
   store.ended.connect((_, job) => {
-    const how = job.state.replace('_', ' ');
+    const how = stateLabel(job.state);
     const why =
       job.reason && job.state !== 'succeeded' ? `: ${job.reason}` : '';
     Notification.emit(

@@ -22,7 +22,7 @@ import { addCommands, CommandIDs, ICommandParts, rerun } from './commands';
 import { Choices } from './dialog';
 import { guard, GuardedSessionDialogs, notifyEnds } from './guard';
 import { rendererFactory } from './mime';
-import { JobsPanel } from './panel';
+import { JobsPanel, PANEL_RANK } from './panel';
 import { IRowActions } from './rows';
 import { JobsStatus } from './status';
 
@@ -94,7 +94,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       browser
     };
     addCommands(parts);
-    app.shell.add(panel, 'right', { rank: 600 });
+    app.shell.add(panel, 'right', { rank: PANEL_RANK });
     restorer?.add(panel, panel.id);
     rendermime.addFactory(rendererFactory(jobs, actions), -20);
     for (const command of Object.values(CommandIDs)) {

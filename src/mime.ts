@@ -7,10 +7,10 @@
 import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 import { Widget } from '@lumino/widgets';
 
-import { isRunning, JobStore } from './api';
-import { IRowActions, renderRow } from './rows';
+import { IJob, isRunning, JobStore } from './api';
+import { IRowActions, renderRow, tickClock } from './rows';
 
-export const JOB_MIME = 'application/vnd.jupyter-bgjobs.job+json';
+const JOB_MIME = 'application/vnd.jupyter-bgjobs.job+json';
 
 class CellRow extends Widget implements IRenderMime.IRenderer {
   constructor(
@@ -23,8 +23,8 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
     this._report = document.createElement('div');
     this._report.className = 'jp-bgjobs-report';
     this.node.append(this._row, this._report);
-    _store.changed.connect(this._render, this);
-    this._ticker = window.setInterval(() => this._tick(), 1000);
+    _store.changed.connect(this._changed, this);
+    _store.ticked.connect(this._tick, this);
   }
 
   async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
@@ -37,20 +37,29 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
   }
 
   dispose(): void {
-    window.clearInterval(this._ticker);
-    this._store.changed.disconnect(this._render, this);
+    this._store.ticked.disconnect(this._tick, this);
+    this._store.changed.disconnect(this._changed, this);
     super.dispose();
   }
 
   private _tick(): void {
     const job = this._store.get(this._id);
     if (job && isRunning(job)) {
+      tickClock(this._row, job, this._store);
+    }
+  }
+
+  private _changed(): void {
+    // The store keeps a row's object until the server sends it anew: the same object is
+    // the same row.
+    if (this._store.get(this._id) !== this._job) {
       this._render();
     }
   }
 
   private _render(): void {
     const job = this._store.get(this._id);
+    this._job = job;
     if (!job) {
       this._row.className = 'jp-bgjobs-row jp-bgjobs-missing';
       this._row.textContent =
@@ -66,7 +75,7 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
   private _report: HTMLElement;
   private _id = '';
   private _name = '';
-  private _ticker: number;
+  private _job: IJob | undefined = undefined;
 }
 
 /** The renderer's factory; preferred over the widget (rank -10) and every text form. */

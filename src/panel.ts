@@ -6,9 +6,12 @@ import { OutputArea, OutputAreaModel } from '@jupyterlab/outputarea';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { Widget } from '@lumino/widgets';
 
-import { IJob, IJobDetail, isRunning, JobStore } from './api';
+import { IJob, isRunning, JobStore } from './api';
 import { jobsIcon } from './icons';
-import { IRowActions, renderRow } from './rows';
+import { IRowActions, renderRow, tickClock } from './rows';
+
+/** Where the panel sits in the right-hand area, opened at start or again later. */
+export const PANEL_RANK = 600;
 
 export class JobsPanel extends Widget {
   constructor(
@@ -32,30 +35,40 @@ export class JobsPanel extends Widget {
       model: new OutputAreaModel({ trusted: false }),
       rendermime: this._rendermime
     });
+    this._listActions = { ..._actions, open: j => this.showJob(j.id) };
     _store.changed.connect(this._render, this);
     // The clocks tick; nothing else is asked of the server.
-    this._ticker = window.setInterval(() => this._tick(), 1000);
+    _store.ticked.connect(this._tick, this);
     this._render();
   }
 
   /** Show one job's detail (``id``) or, with none, the list. */
   showJob(id: string | null): void {
     this._shown = id;
-    this._detail = null;
+    this._fetchedFor = '';
     this._log = null;
     this._render();
   }
 
   dispose(): void {
-    window.clearInterval(this._ticker);
+    this._store.ticked.disconnect(this._tick, this);
     this._store.changed.disconnect(this._render, this);
     this._outputs.dispose();
     super.dispose();
   }
 
   private _tick(): void {
-    if (this.isVisible && this._store.running.length) {
-      this._render();
+    if (!this.isVisible) {
+      return;
+    }
+    const rows = this._shown
+      ? [this._row]
+      : Array.from(this._list.querySelectorAll<HTMLElement>('.jp-bgjobs-row'));
+    for (const node of rows) {
+      const job = this._store.get(node.dataset.jobId || '');
+      if (job && isRunning(job)) {
+        tickClock(node, job, this._store);
+      }
     }
   }
 
@@ -103,10 +116,7 @@ export class JobsPanel extends Widget {
       section.appendChild(h);
       for (const job of group) {
         const row = document.createElement('div');
-        renderRow(row, job, this._store, {
-          ...this._actions,
-          open: j => this.showJob(j.id)
-        });
+        renderRow(row, job, this._store, this._listActions);
         row.addEventListener('click', () => this.showJob(job.id));
         section.appendChild(row);
       }
@@ -153,7 +163,7 @@ export class JobsPanel extends Widget {
       job.section,
       job.report
     ]);
-    if (key !== this._fetchedFor || !this._detail) {
+    if (key !== this._fetchedFor) {
       this._fetchedFor = key;
       void this._fetch(job.id);
     }
@@ -167,7 +177,6 @@ export class JobsPanel extends Widget {
       if (this._shown !== id || seq !== this._seq) {
         return;
       }
-      this._detail = detail;
       this._report.textContent = detail.report;
       this._report.hidden = !detail.report;
       const model = this._outputs.model;
@@ -176,6 +185,7 @@ export class JobsPanel extends Widget {
         model.add(output);
       }
     } catch (reason) {
+      this._fetchedFor = ''; // asked again at the job's next change
       this._report.textContent = `Could not read the job: ${reason}`;
     }
   }
@@ -196,9 +206,8 @@ export class JobsPanel extends Widget {
   private _logNode: HTMLElement = document.createElement('pre');
   private _outputs: OutputArea;
   private _shown: string | null = null;
-  private _detail: IJobDetail | null = null;
   private _fetchedFor = '';
   private _seq = 0;
   private _log: string | null = null;
-  private _ticker: number;
+  private _listActions: IRowActions;
 }

@@ -2,15 +2,15 @@
  * The code the IDE sends to a notebook's kernel to start a job: the public magics, so a
  * job started from a menu is the job a user would have typed.
  */
-import { IRunOptions } from './api';
+import { DEFAULT_OPTIONS, IRunOptions } from './api';
 
 /** A Python string literal of ``text`` (JSON's escapes are Python's too). */
-export function pyString(text: string): string {
+function pyString(text: string): string {
   return JSON.stringify(text);
 }
 
 /** ``text`` as one shell word, for the magics' shlex parsing. */
-export function shellWord(text: string): string {
+function shellWord(text: string): string {
   return /^[\w@%+=:,./-]+$/.test(text)
     ? text
     : "'" + text.replace(/'/g, "'\\''") + "'";
@@ -46,8 +46,8 @@ const LOAD = "get_ipython().run_line_magic('load_ext', 'jupyter_bgjobs')\n";
 /** ``%%bgjob`` of ``source`` with the dialog's options. */
 export function cellCode(source: string, o: IRunOptions): string {
   const words = o.name ? [shellWord(o.name)] : [];
-  words.push('--env', shellWord(o.env || 'auto'));
-  words.push('--results', shellWord(o.results || 'globals'));
+  words.push('--env', shellWord(o.env || DEFAULT_OPTIONS.env));
+  words.push('--results', shellWord(o.results || DEFAULT_OPTIONS.results));
   words.push(...shared(o));
   return (
     LOAD +

@@ -4,7 +4,7 @@
  */
 import { IJob, isRunning, JobStore } from './api';
 
-export const STATE_ICONS: { [state: string]: string } = {
+const STATE_ICONS: { [state: string]: string } = {
   pending: '◌',
   starting: '◌',
   running: '▶',
@@ -15,7 +15,7 @@ export const STATE_ICONS: { [state: string]: string } = {
   died: '☠'
 };
 
-export function clock(seconds: number): string {
+function clock(seconds: number): string {
   const s = Math.max(0, Math.floor(seconds));
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
@@ -25,6 +25,19 @@ export function clock(seconds: number): string {
 
 export function basename(path: string | null): string {
   return path ? path.split('/').pop() || path : '';
+}
+
+/** A state in words: ``timed_out`` is "timed out". */
+export function stateLabel(state: string): string {
+  return state.replace('_', ' ');
+}
+
+/** Move the clock of ``node``, a row ``renderRow`` drew: all a second's tick changes. */
+export function tickClock(node: HTMLElement, job: IJob, store: JobStore): void {
+  const shown = node.querySelector('.jp-bgjobs-clock');
+  if (shown) {
+    shown.textContent = clock(store.elapsed(job));
+  }
 }
 
 /** What a row does when its buttons are pressed. */
@@ -59,7 +72,8 @@ function button(label: string, cls: string, act: () => void): HTMLElement {
   return node;
 }
 
-/** Fill ``node`` with ``job``'s row (all of it: rows are small and redrawn whole). */
+/** Fill ``node`` with ``job``'s row (all of it: rows are small and redrawn whole when
+ * their job changes; ``tickClock`` moves their clocks in between). */
 export function renderRow(
   node: HTMLElement,
   job: IJob,
@@ -76,9 +90,7 @@ export function renderRow(
   icon.setAttribute('aria-hidden', 'true');
   top.appendChild(icon);
   top.appendChild(el('span', 'jp-bgjobs-name', job.name));
-  top.appendChild(
-    el('span', 'jp-bgjobs-statename', job.state.replace('_', ' '))
-  );
+  top.appendChild(el('span', 'jp-bgjobs-statename', stateLabel(job.state)));
   top.appendChild(el('span', 'jp-bgjobs-clock', clock(store.elapsed(job))));
   node.appendChild(top);
 

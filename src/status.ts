@@ -13,12 +13,12 @@ export class JobsStatus extends Widget {
     this.node.title = 'Background jobs: click for the Jobs panel';
     this._text = document.createElement('span');
     this._text.className = 'jp-bgjobs-statusbar-text';
-    this._bar = document.createElement('span');
-    this._bar.className = 'jp-bgjobs-bar jp-bgjobs-statusbar-bar';
+    const bar = document.createElement('span');
+    bar.className = 'jp-bgjobs-bar jp-bgjobs-statusbar-bar';
     this._fill = document.createElement('span');
     this._fill.className = 'jp-bgjobs-bar-fill';
-    this._bar.appendChild(this._fill);
-    this.node.append(this._text, this._bar);
+    bar.appendChild(this._fill);
+    this.node.append(this._text, bar);
     this.node.addEventListener('click', onClick);
     _store.changed.connect(this._render, this);
     this._render();
@@ -32,18 +32,17 @@ export class JobsStatus extends Widget {
       running.length === 1 ? '1 job running' : `${running.length} jobs running`;
     // One bar: the jobs' progress together; a job without a count weighs one unit.
     let done = 0;
-    let total = 0;
     for (const job of running) {
       const [k, n] = job.progress;
       if (n) {
         done += k / n;
       }
-      total += 1;
     }
-    this._fill.style.width = total ? `${(100 * done) / total}%` : '0%';
+    this._fill.style.width = running.length
+      ? `${(100 * done) / running.length}%`
+      : '0%';
   }
 
   private _text: HTMLElement;
-  private _bar: HTMLElement;
   private _fill: HTMLElement;
 }
