@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 _CELLS = itertools.count(1)
 
 
@@ -31,6 +33,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` no longer runs: a zombie nobody has reaped yet counts as
+    gone. Read from the system, not from the package's own view of its processes."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def execute(kc: Any, code: str, timeout: float = 120, seen: Any = None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from cells import free_port, until
+from cells import free_port, gone, until
 from gatewayserver import TOKEN, Gateway
 from jupyter_client import KernelManager
 
@@ -70,13 +70,6 @@ def token(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def ids(gw: Gateway) -> set[str]:
     return {k["id"] for k in gw.kernels()}
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def warm_pool(url: str, size: int) -> GatewayPool:
