@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from cells import free_port
+from cells import free_port, until
 
 TOKEN = "gw-secret-token-4711"
 
@@ -57,13 +57,14 @@ class Gateway:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return list(json.loads(resp.read()))
 
-    def no_kernels_left(self) -> bool:
-        """The gateway ends up with no kernel: the job deleted its own after it ended."""
-        deadline = time.monotonic() + 30
-        while self.kernels():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)  # the job's driver deletes the kernel just after the job ends
+    def no_kernels_left(self, timeout: float = 30) -> bool:
+        """Whether the gateway ends up with no kernel within ``timeout`` seconds: a job's
+        driver deletes its kernel just after the job ends. False rather than a failure, for
+        a fixture's teardown that only waits."""
+        try:
+            until(lambda: not self.kernels(), "the gateway lists no kernel", timeout)
+        except AssertionError:
+            return False
         return True
 
     def stop(self, hard: bool = False) -> None:
