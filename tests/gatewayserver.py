@@ -49,13 +49,20 @@ class Gateway:
                     raise AssertionError("the kernel gateway did not start") from None
                 time.sleep(0.1)  # polling a port that is not open yet
 
-    def kernels(self) -> list[dict[str, Any]]:
+    def _request(self, method: str, path: str, timeout: float) -> bytes:
+        """The body of the gateway's answer to a request with the token."""
         req = urllib.request.Request(
-            f"{self.url}/api/kernels", headers={"Authorization": f"token {TOKEN}"}
+            f"{self.url}{path}", method=method, headers={"Authorization": f"token {TOKEN}"}
         )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return bytes(resp.read())
+
+    def kernels(self) -> list[dict[str, Any]]:
         # A gateway busy ending kernels can be slow to answer; slow is not gone.
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return list(json.loads(resp.read()))
+        return list(json.loads(self._request("GET", "/api/kernels", timeout=30)))
+
+    def delete_kernel(self, kernel_id: str) -> None:
+        self._request("DELETE", f"/api/kernels/{kernel_id}", timeout=10)
 
     def no_kernels_left(self, timeout: float = 30) -> bool:
         """Whether the gateway ends up with no kernel within ``timeout`` seconds: a job's
