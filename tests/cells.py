@@ -48,8 +48,6 @@ def execute(kc: Any, code: str, timeout: float = 120, seen: Any = None) -> str:
     """Run ``code`` on a kernel client as a cell; its stdout once the kernel is idle
     again. ``seen(msg)`` is given every iopub message read meanwhile (others' too); an
     error of the cell is raised with its traceback."""
-    import time
-
     msg_id = kc.execute(code)
     out = []
     deadline = time.monotonic() + timeout
