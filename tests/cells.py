@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 _CELLS = itertools.count(1)
 
 
@@ -33,12 +35,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` no longer runs: a zombie nobody has reaped yet counts as
+    gone. Read from the system, not from the package's own view of its processes."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
 def execute(kc: Any, code: str, timeout: float = 120, seen: Any = None) -> str:
     """Run ``code`` on a kernel client as a cell; its stdout once the kernel is idle
     again. ``seen(msg)`` is given every iopub message read meanwhile (others' too); an
     error of the cell is raised with its traceback."""
-    import time
-
     msg_id = kc.execute(code)
     out = []
     deadline = time.monotonic() + timeout

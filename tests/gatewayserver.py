@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from cells import free_port
+from cells import free_port, until
 
 TOKEN = "gw-secret-token-4711"
 
@@ -49,21 +49,29 @@ class Gateway:
                     raise AssertionError("the kernel gateway did not start") from None
                 time.sleep(0.1)  # polling a port that is not open yet
 
-    def kernels(self) -> list[dict[str, Any]]:
+    def _request(self, method: str, path: str, timeout: float) -> bytes:
+        """The body of the gateway's answer to a request with the token."""
         req = urllib.request.Request(
-            f"{self.url}/api/kernels", headers={"Authorization": f"token {TOKEN}"}
+            f"{self.url}{path}", method=method, headers={"Authorization": f"token {TOKEN}"}
         )
-        # A gateway busy ending kernels can be slow to answer; slow is not gone.
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return list(json.loads(resp.read()))
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return bytes(resp.read())
 
-    def no_kernels_left(self) -> bool:
-        """The gateway ends up with no kernel: the job deleted its own after it ended."""
-        deadline = time.monotonic() + 30
-        while self.kernels():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)  # the job's driver deletes the kernel just after the job ends
+    def kernels(self) -> list[dict[str, Any]]:
+        # A gateway busy ending kernels can be slow to answer; slow is not gone.
+        return list(json.loads(self._request("GET", "/api/kernels", timeout=30)))
+
+    def delete_kernel(self, kernel_id: str) -> None:
+        self._request("DELETE", f"/api/kernels/{kernel_id}", timeout=10)
+
+    def no_kernels_left(self, timeout: float = 30) -> bool:
+        """Whether the gateway ends up with no kernel within ``timeout`` seconds: a job's
+        driver deletes its kernel just after the job ends. False rather than a failure, for
+        a fixture's teardown that only waits."""
+        try:
+            until(lambda: not self.kernels(), "the gateway lists no kernel", timeout)
+        except AssertionError:
+            return False
         return True
 
     def stop(self, hard: bool = False) -> None:

@@ -5,7 +5,6 @@ dead mid-transfer ends in the very values or in one clear error, never in a hang
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,12 +46,7 @@ def _delete_left(gateway: Gateway) -> None:
     if gateway.proc.poll() is not None:
         return
     for kernel in gateway.kernels():
-        req = urllib.request.Request(
-            f"{gateway.url}/api/kernels/{kernel['id']}",
-            method="DELETE",
-            headers={"Authorization": f"token {TOKEN}"},
-        )
-        urllib.request.urlopen(req, timeout=10).close()
+        gateway.delete_kernel(kernel["id"])
 
 
 def _doubled(ip: Any, url: str, name: str) -> Any:

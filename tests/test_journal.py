@@ -8,22 +8,24 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_driver_unit import spec
+import test_driver_unit
+from test_driver_unit import WAIT, submit
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _journal
 from jupyter_bgjobs._backends import fake
-from jupyter_bgjobs._backends.fake import FakeKernel, FakePool
+from jupyter_bgjobs._backends.fake import FakeKernel
 from jupyter_bgjobs._job import Job
 from jupyter_bgjobs._journal import JOURNAL, stored_outputs
 from jupyter_bgjobs._manager import JobManager
 
-WAIT = 10  # seconds; each fake job takes milliseconds
+# The real manager of the driver tests, shut down after each test; bound by assignment so
+# that the tests' parameters of the same name do not read as redefining an import.
+mgr = test_driver_unit.mgr
 WHOLE = 1 << 20  # a tail longer than any log here
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -31,21 +33,12 @@ FIGURE = {"image/png": PNG, "text/plain": "<Figure size 640x480 with 1 Axes>"}
 TABLE = {"text/html": "<table><tr><td>1</td></tr></table>", "text/plain": "   a\n0  1"}
 
 
-@pytest.fixture
-def mgr() -> Iterator[JobManager]:
-    manager = JobManager()
-    yield manager
-    manager.shutdown()
-
-
 def run(mgr: JobManager, *steps: fake.Step) -> Job:
     """A job of the real manager and driver whose kernel replays ``steps``; ended."""
     script = [fake.plan(1), fake.stmt(0, 1), *steps]
     if not isinstance(steps[-1], fake.End):
         script.append(fake.end(done=1))
-    pool = FakePool(FakeKernel(script))
-    mgr.pool = lambda: pool  # type: ignore[method-assign]
-    job = mgr.submit(spec(), None).wait(WAIT)
+    job = submit(mgr, FakeKernel(script)).wait(WAIT)
     mgr.join_worker(job, WAIT)  # its driver has closed the log and the journal
     return job
 

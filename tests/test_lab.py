@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labserver import ARTIFACTS, CHROMIUM, lab_server, skip_without_chromium, write_notebook
+from labserver import (
+    ARTIFACTS,
+    browser,
+    lab_server,
+    skip_without_chromium,
+    wait_for_kernel,
+    write_notebook,
+)
 
 TOKEN = "bgjobs-lab-token"
 skip_without_chromium()
@@ -45,13 +52,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def page(lab: str) -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-        )
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    with browser() as context:
         # Record browser notifications instead of showing them (a headless browser has no
         # desktop to show them on); permission is granted as a user would.
         context.grant_permissions(["notifications"])
@@ -68,18 +69,12 @@ def page(lab: str) -> Iterator[Any]:
         pg = context.new_page()
         pg.set_default_timeout(60_000)
         pg.goto(f"{lab}/lab/tree/jobs.ipynb?token={TOKEN}")
-        pg.wait_for_function(
-            "() => window.jupyterapp?.shell?.currentWidget?.sessionContext?.session?.kernel"
-            "?.status === 'idle'",
-            timeout=120_000,
-        )
+        wait_for_kernel(pg)
         yield pg
         # Shutting the kernel down from the page ends its jobs' kernels with it.
         pg.evaluate(
             "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.shutdown()"
         )
-        context.close()
-        browser.close()
 
 
 def _panel(page: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -116,6 +117,27 @@ class Kernel:
         parts = [self.models[c.removeprefix("IPY_MODEL_")] for c in header["children"]]
         return " ".join(p.get("value", "") for p in parts if p.get("_model_name") == "HTMLModel")
 
+    def ended(self, name: str, words: str, style: str, tasks: int | None = None) -> dict[str, str]:
+        """The row called ``name`` once it shows ``words`` and its bar ``style``; with
+        ``tasks``, its bar is full at that many."""
+        self.until(lambda: self.has_row(html.escape(name)))
+        ids = self.row_models(html.escape(name))
+        bar = self.models[ids["bar"]]
+        # The status text is the last field of a row's refresh.
+        self.until(lambda: words in self.row_text(ids) and bar.get("bar_style") == style)
+        if tasks is not None:
+            assert (bar["value"], bar["max"]) == (tasks, tasks)
+        return ids
+
+    def plain_texts(self) -> list[str]:
+        """The plain-text forms of the widgets shown so far, as a front end without widgets
+        shows them."""
+        return [
+            d["data"].get("text/plain", "")
+            for d in self.displays
+            if "application/vnd.jupyter.widget-view+json" in d.get("data", {})
+        ]
+
     def shown(self, comm_id: str) -> bool:
         """Whether a widget is visible: its Layout model's ``display`` is not ``none``."""
         layout = self.models[comm_id]["layout"].removeprefix("IPY_MODEL_")
@@ -156,12 +178,7 @@ def test_a_row_advances_to_succeeded_through_widget_state(kernel: Kernel) -> Non
     span = max(stamps[-1] - stamps[0], 0.1)
     assert len(stamps) <= 10 * span + 3
     # The row under the cell carries a plain-text form for front ends without widgets.
-    texts = [
-        d["data"].get("text/plain", "")
-        for d in kernel.displays
-        if "application/vnd.jupyter.widget-view+json" in d.get("data", {})
-    ]
-    assert any(t.startswith("✔ many  succeeded  300/300") for t in texts)
+    assert any(t.startswith("✔ many  succeeded  300/300") for t in kernel.plain_texts())
 
 
 def test_stop_button_cancels_and_remove_appears(kernel: Kernel) -> None:
@@ -276,17 +293,9 @@ def test_a_started_queue_is_one_row_with_done_over_total(kernel: Kernel) -> None
         "q.start()\n"
         "None"
     )
-    kernel.until(lambda: kernel.has_row("queue: 40 × abs"))
-    ids = kernel.row_models("queue: 40 × abs")
-    bar = kernel.models[ids["bar"]]
-    # The status text is the last field of a row's refresh.
-    kernel.until(
-        lambda: (
-            "Queue complete: 40 of 40 tasks done" in kernel.row_text(ids)
-            and bar.get("bar_style") == "success"
-        )
+    ids = kernel.ended(
+        "queue: 40 × abs", "Queue complete: 40 of 40 tasks done", "success", tasks=40
     )
-    assert (bar["value"], bar["max"]) == (40, 40)
     assert "40/40" in kernel.row_text(ids)
     assert kernel.run("print(q.wait()['result'].sum())").strip() == str(sum(range(40)))
 

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import psutil
 import pytest
-from cells import notebook
+from cells import gone, notebook
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import Queue, TaskPickleError, TaskTimeoutError, WorkerDiedError, WorkerPool
@@ -47,13 +46,6 @@ COLUMNS = [
     "stderr",
     "error",
 ]
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_the_r_packages_readme_example() -> None:

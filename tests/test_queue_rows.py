@@ -6,7 +6,6 @@ the row, with real worker processes behind each queue.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterator
 
 import pytest
@@ -34,37 +33,12 @@ def kernel() -> Iterator[Kernel]:
     k.close()
 
 
-def plain_texts(kernel: Kernel) -> list[str]:
-    """The plain-text forms of the widgets shown so far, as a front end without widgets
-    shows them."""
-    return [
-        d["data"].get("text/plain", "")
-        for d in kernel.displays
-        if "application/vnd.jupyter.widget-view+json" in d.get("data", {})
-    ]
-
-
-def ended(
-    kernel: Kernel, name: str, words: str, style: str, tasks: int | None = None
-) -> dict[str, str]:
-    """The row called ``name`` once it shows ``words`` and its bar ``style``; with
-    ``tasks``, its bar is full at that many."""
-    kernel.until(lambda: kernel.has_row(html.escape(name)))
-    ids = kernel.row_models(html.escape(name))
-    bar = kernel.models[ids["bar"]]
-    # The status text is the last field of a row's refresh.
-    kernel.until(lambda: words in kernel.row_text(ids) and bar.get("bar_style") == style)
-    if tasks is not None:
-        assert (bar["value"], bar["max"]) == (tasks, tasks)
-    return ids
-
-
 def test_a_named_queue_shows_its_name_on_its_row(kernel: Kernel) -> None:
     kernel.run("q = Queue(workers=2, name='nightly')\nfor i in range(4):\n    q.add(score, (i,))")
     kernel.run("q.start()\nNone")
-    ended(kernel, "nightly", "Queue complete: 4 of 4 tasks done", "success", tasks=4)
+    kernel.ended("nightly", "Queue complete: 4 of 4 tasks done", "success", tasks=4)
     assert kernel.run("print(list(q.wait()['result']))").strip() == "[0, -1, -2, -3]"
-    assert any(t.startswith("✔ nightly  succeeded  4/4") for t in plain_texts(kernel))
+    assert any(t.startswith("✔ nightly  succeeded  4/4") for t in kernel.plain_texts())
     assert kernel.run("print(repr(q))").startswith("<Queue 'nightly' ")
 
 
@@ -76,11 +50,11 @@ def test_default_names_say_what_the_tasks_call_and_differ(kernel: Kernel) -> Non
     )
     kernel.run("a.run()\nNone")
     kernel.run("b.run()\nNone")
-    ended(kernel, "queue: 3 × score", "Queue complete: 3 of 3 tasks done", "success")
+    kernel.ended("queue: 3 × score", "Queue complete: 3 of 3 tasks done", "success")
     # Names of functions only: no argument of any task shows.
     two = "queue: 2 × score, 1 × <lambda> +1 more"
-    ended(kernel, two, "Queue complete: 4 of 4 tasks done", "success")
-    texts = plain_texts(kernel)
+    kernel.ended(two, "Queue complete: 4 of 4 tasks done", "success")
+    texts = kernel.plain_texts()
     assert any(t.startswith("✔ queue: 3 × score  succeeded  3/3") for t in texts)
     assert any(t.startswith(f"✔ {two}  succeeded  4/4") for t in texts)
 
@@ -88,7 +62,7 @@ def test_default_names_say_what_the_tasks_call_and_differ(kernel: Kernel) -> Non
 def test_a_queue_with_one_failed_task_of_8_ends_amber_not_red(kernel: Kernel) -> None:
     kernel.run("q = Queue(workers=3)\nfor i in range(8):\n    q.add(fit, (i,))")
     kernel.run("q.start()\nNone")
-    ids = ended(kernel, "queue: 8 × fit", "done, 1 of 8 failed", "warning", tasks=8)
+    ids = kernel.ended("queue: 8 × fit", "done, 1 of 8 failed", "warning", tasks=8)
     state = kernel.models[ids["state"]]["value"]
     assert "⚠ partial" in state and "#ef6c00" in state
     assert "8/8" in kernel.row_text(ids)
@@ -96,7 +70,7 @@ def test_a_queue_with_one_failed_task_of_8_ends_amber_not_red(kernel: Kernel) ->
     kernel.until(
         lambda: any(
             t.startswith("⚠ queue: 8 × fit  partial  8/8  ") and t.endswith("done, 1 of 8 failed")
-            for t in plain_texts(kernel)
+            for t in kernel.plain_texts()
         )
     )
     # The panel's summary counts it apart from failed jobs, and its plain text says so.
@@ -118,7 +92,7 @@ def test_a_queue_whose_every_task_failed_is_red_and_a_cancelled_one_stays_cancel
 ) -> None:
     kernel.run("q = Queue(workers=2)\nfor i in range(3):\n    q.add(broken, (i,))")
     kernel.run("q.run()\nNone")
-    ids = ended(kernel, "queue: 3 × broken", "3 failed", "danger")
+    ids = kernel.ended("queue: 3 × broken", "3 failed", "danger")
     assert "failed" in kernel.models[ids["state"]]["value"]
 
     kernel.run(
@@ -126,5 +100,5 @@ def test_a_queue_whose_every_task_failed_is_red_and_a_cancelled_one_stays_cancel
         "for _ in range(3):\n    slow.add(time.sleep, (60,))\n"
         "slow.start()\nslow.cancel()\nslow.wait(60)\nNone"
     )
-    ids = ended(kernel, "slow", "Queue stopped", "warning")
+    ids = kernel.ended("slow", "Queue stopped", "warning")
     assert "cancelled" in kernel.models[ids["state"]]["value"]
