@@ -193,7 +193,6 @@ class BgJobMagics(Magics):
         from . import _detached, _recorded
 
         earlier = _recorded.earlier_jobs()
-        detached = [j for j in _recorded.recorded_jobs() if j.detached]
         if not _display.live_frontend():
             rows = manager.jobs()
             print(jobs_table(rows) if rows else "no jobs")
@@ -213,7 +212,7 @@ class BgJobMagics(Magics):
         widget = panel()
         # The store's detached jobs and this notebook's earlier ones get rows too, read
         # from their records; the detached ones live (progress, section, Stop, Output).
-        for job in [*detached, *earlier]:
+        for job in [*_recorded.detached_jobs(), *earlier]:
             row_for(job)
         if args.sidebar:
             try:

@@ -23,6 +23,7 @@ from ._store import (
     FRESH,
     _being_made,
     _job_root_path,
+    attached_folders,
     damage,
     entries,
     newest_mtime,
@@ -105,9 +106,6 @@ def _live_here() -> set[str]:
     if calls is not None:
         live.update(c.id for c in calls.bg_calls() if not c.detached)
     return live
-
-
-_ATTACHED_NAME = re.compile(r"^[0-9a-f]{8}$")
 
 
 def _attached_end(folder: Path, now: float) -> float | None:
@@ -214,15 +212,7 @@ def prune(older_than: Any = "7d") -> dict[str, Any]:
         name = spec.get("name") if isinstance(spec.get("name"), str) else ""
         label = f"{name} ({folder.name})" if name else f"{folder.name} (damaged)"
         remove(folder, label, _detached_end(folder))
-    try:
-        attached = [
-            Path(e.path)
-            for e in os.scandir(jobs)
-            if _ATTACHED_NAME.match(e.name) and e.is_dir(follow_symlinks=False)
-        ]
-    except OSError:
-        attached = []
-    for folder in attached:
+    for folder in attached_folders():
         spec = read_json(folder / "spec.json") or {}
         name = spec.get("name") if isinstance(spec.get("name"), str) else folder.name
         remove(folder, f"{name} ({folder.name})", _attached_end(folder, now))

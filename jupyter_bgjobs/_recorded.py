@@ -5,9 +5,7 @@ earlier kernel) beside the store's detached ones; what the IDE's Jobs pane and
 from __future__ import annotations
 
 import os
-import re
 import types
-from pathlib import Path
 from typing import Any
 
 from . import _store
@@ -74,23 +72,27 @@ class RecordedJob(DetachedJob):
         return f"<RecordedJob {self.name} ({self.id}) {self.state} {done}/{total}>"
 
 
-def recorded_jobs() -> list[DetachedJob]:
-    """Every job with a record under the job root: attached ones of any process (as
-    ``RecordedJob``) and the store's detached ones."""
-    found: list[DetachedJob] = []
-    root = _store._job_root_path()
-    try:
-        folders = sorted(Path(e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
-    except OSError:
-        folders = []
-    for folder in folders:
-        if not re.fullmatch(r"[0-9a-f]{8}", folder.name):
-            continue
+def attached_jobs() -> list[RecordedJob]:
+    """The attached jobs of any process with a record under the job root."""
+    found = []
+    for folder in _store.attached_folders():
         spec = _store.read_json(folder / "spec.json")
         # A folder whose spec cannot be read is listed too, as damaged (unless it is
         # being made right now); calls are not jobs.
         if (spec is None and not _store._being_made(folder)) or (spec or {}).get("kind") == "job":
             found.append(RecordedJob(folder))
+    return found
+
+
+def recorded_jobs() -> list[DetachedJob]:
+    """Every job with a record under the job root: attached ones of any process (as
+    ``RecordedJob``) and the store's detached ones."""
+    return [*attached_jobs(), *detached_jobs()]
+
+
+def detached_jobs() -> list[DetachedJob]:
+    """The store's detached jobs (this process's own handles where it started them)."""
+    found = []
     for folder in _store.entries():
         spec = _store.read_json(folder / "spec.json") or {}
         if spec.get("kind") == "job":
@@ -102,9 +104,7 @@ def find_recorded(name_or_id: str) -> RecordedJob | None:
     """The attached job of another process (or an earlier kernel) with this id, or the
     newest with this name; ``StoreError`` when its record is damaged."""
     match: RecordedJob | None = None
-    for job in recorded_jobs():
-        if not isinstance(job, RecordedJob):
-            continue
+    for job in attached_jobs():
         if job.id == name_or_id:
             match = job
             break
@@ -122,8 +122,4 @@ def earlier_jobs() -> list[RecordedJob]:
     if not session:
         return []
     me = _store.owner_tag()
-    return [
-        j
-        for j in recorded_jobs()
-        if isinstance(j, RecordedJob) and j.notebook == session and j._record().get("owner") != me
-    ]
+    return [j for j in attached_jobs() if j.notebook == session and j._record().get("owner") != me]

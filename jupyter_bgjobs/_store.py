@@ -11,6 +11,7 @@ import datetime as dt
 import errno
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,22 @@ def _job_root_path() -> Path:
     """Where ``settings.job_root()`` is, found without creating or changing anything, so
     that reading a read-only store writes nothing."""
     return settings.job_root_path()
+
+
+_ATTACHED_NAME = re.compile(r"[0-9a-f]{8}")
+
+
+def attached_folders() -> list[Path]:
+    """The folders of attached jobs and calls under the job root (never through a link),
+    in order of their ids."""
+    try:
+        return sorted(
+            Path(e.path)
+            for e in os.scandir(_job_root_path())
+            if _ATTACHED_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+        )
+    except OSError:
+        return []
 
 
 def store_path() -> Path:

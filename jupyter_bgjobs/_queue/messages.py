@@ -121,15 +121,14 @@ class Messages:
         if self.row is not None:
             self.row.set_progress(self.done)
             if interrupted:
-                self.row.set_status(summary)
-                self.row.set_state(CANCELLED)
+                status, state, partly = summary, CANCELLED, 0
             elif failed and failed < self.done:
                 # Some failed, the rest have their results: not the red of a queue that
                 # came to nothing.
-                self.row.set_status(f"done, {failed} of {self.total} failed")
-                self.row.set_state(SUCCEEDED, failed=failed)
+                status, state, partly = f"done, {failed} of {self.total} failed", SUCCEEDED, failed
             else:
-                self.row.set_status(summary)
-                self.row.set_state(FAILED if failed else SUCCEEDED)
+                status, state, partly = summary, FAILED if failed else SUCCEEDED, 0
+            self.row.set_status(status)
+            self.row.set_state(state, failed=partly)
         elif self.terminal:
             print("\r" + summary + " " * 20, file=sys.stderr, flush=True)
