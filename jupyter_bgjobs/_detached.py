@@ -388,8 +388,6 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
 
     Raises ``StoreError`` (one line: the folder, and what to do) when the store cannot be
     written; nothing is left behind then."""
-    import shutil
-
     from ._manager import manager
 
     job, _ = manager.prepare(spec, ns, detached=True)
@@ -409,9 +407,7 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
             )
         _store.write_json(folder / "host.json", {"pid": host.pid})
     except OSError as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        if job._shm_dir:
-            shutil.rmtree(job._shm_dir, ignore_errors=True)
+        manager.discard(job)
         if isinstance(exc, StoreError):
             raise
         raise _store._write_error(folder, "start a detached job", exc) from None

@@ -147,16 +147,21 @@ class JobManager:
         try:
             runner_spec = self._write_job(job, spec, ns)
         except BaseException:
-            if detached:
-                import shutil
-
-                shutil.rmtree(job.folder, ignore_errors=True)
-                if job._shm_dir:
-                    shutil.rmtree(job._shm_dir, ignore_errors=True)
-            for path in job._files:
-                remove_snapshot(path)
+            self.discard(job)
             raise
         return job, runner_spec
+
+    def discard(self, job: Job) -> None:
+        """Remove what ``prepare`` made for a job that will not start: its seed, its
+        shared-memory folder and, detached, its folder in the store."""
+        import shutil
+
+        if job.detached:
+            shutil.rmtree(job.folder, ignore_errors=True)
+            if job._shm_dir:
+                shutil.rmtree(job._shm_dir, ignore_errors=True)
+        for path in job._files:
+            remove_snapshot(path)
 
     def _write_job(self, job: Job, spec: JobSpec, ns: dict[str, Any] | None) -> dict[str, Any]:
         if ns is not None:
@@ -170,7 +175,7 @@ class JobManager:
         job._awaits = _context.awaits(source)
         seed = self._write_seed(job, spec, ns, source, transport)
         seed_spec: dict[str, Any] | None = None
-        if seed is not None and (seed.path or seed.blob is not None):
+        if seed is not None and (seed.path or seed.streamed):
             seed_spec = {
                 "transport": transport,
                 "path": seed.path,
@@ -229,10 +234,6 @@ class JobManager:
                 # them before the job, as a warm kernel here would have.
                 preimport=heavy_imports(),
             )
-            if job._seed_blob is not None:
-                # Its host sends it: it waits in the job's folder, binary, until then.
-                blob, job._seed_blob = job._seed_blob, None
-                _store.write_bytes(job.folder / "seed.stream", blob, "keep the job's seed")
         _store.write_json(job.folder / "spec.json", record)
         job._writer = RecordWriter(job)
         job._listeners.append(job._writer)
@@ -258,7 +259,9 @@ class JobManager:
             paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
         job._files.extend(paths)  # before writing: an interrupted write is cleaned too
         job.timings["snapshot_started"] = time.time()
-        seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport)
+        # A detached job's host sends its seed: it waits in the job's folder, binary.
+        stream_file = job.folder / "seed.stream" if job.detached else None
+        seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport, stream_file)
         job.shipped = seed.shipped
         job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
         job._seed_blob = seed.blob

@@ -7,6 +7,7 @@ import os
 import sys
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._inside.kernel.chunks import join_parts
@@ -17,7 +18,7 @@ from ._inside.kernel.wire import (
     write_somewhere,
 )
 from ._runtime import shm_dir
-from ._store import owner_tag
+from ._store import owner_tag, write_with
 
 
 @dataclass
@@ -30,8 +31,10 @@ class Snapshot:
     path: str | None = None
     pieces: int = 1
     nbytes: int = 0
-    # The snapshot in one buffer, when it travels over the kernel protocol.
+    # The snapshot in one buffer, when it travels over the kernel protocol (or, for a
+    # detached job, in the file its host sends it from: ``streamed``).
     blob: bytearray | None = None
+    streamed: bool = False
 
 
 def free_names(source: str) -> set[str]:
@@ -169,12 +172,18 @@ def snapshot_paths(folder: str, job_id: str, what: str) -> list[str]:
 
 
 def write_snapshot(
-    ns: dict[str, Any], names: list[str], token: str, paths: list[str], transport: str
+    ns: dict[str, Any],
+    names: list[str],
+    token: str,
+    paths: list[str],
+    transport: str,
+    stream_file: Path | None = None,
 ) -> Snapshot:
     """Serialize ``names`` of ``ns`` for a job; unpicklables are skipped and listed.
 
     ``transport`` "file" writes one file (shared memory when it has room); "stream" keeps
-    it in one buffer, to send in binary chunks over the kernel protocol.
+    it in one buffer, to send in binary chunks over the kernel protocol, or writes it to
+    ``stream_file``, for a detached job's host to send.
     """
     snap = Snapshot()
     values: dict[str, Any] = {}
@@ -189,8 +198,13 @@ def write_snapshot(
         snap.skipped = skipped
         snap.nbytes = info["nbytes"]
         values = {k: v for k, v in values.items() if k in set(info["pickled"]) | set(info["dill"])}
-        if transport == "stream":
+        if transport == "stream" and stream_file is not None:
+            # Written as it is taken: the file is the one copy of it.
+            write_with(stream_file, lambda fh: [fh.write(p) for p in parts], "keep the job's seed")
+            snap.streamed = True
+        elif transport == "stream":
             snap.blob = join_parts(parts)
+            snap.streamed = True
         else:
             snap.path, snap.pieces = write_somewhere(paths, pick_path(paths, info["nbytes"]), parts)
     snap.shipped = sorted(values) + sorted(snap.imports)
