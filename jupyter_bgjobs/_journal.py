@@ -9,6 +9,7 @@ rebuilds nbformat outputs in order: log text between the ranges, rich outputs at
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,17 +54,31 @@ class Journal:
             self._fh = None
 
 
-def _read_entries(folder: Path) -> list[dict[str, Any]]:
+# Each line starts with its byte range (``add`` writes "at" first): lines before the
+# stretch asked for are passed over without parsing their outputs (plots, tables).
+_AT = re.compile(r'\{"at": \[(\d+), ')
+
+
+def _read_entries(folder: Path, since: int = 0) -> list[dict[str, Any]]:
+    """The journal's entries whose stretch of the log starts at ``since`` or later."""
     entries = []
     try:
         with open(folder / JOURNAL, encoding="utf-8", errors="replace") as fh:
             for line in fh:
+                head = _AT.match(line)
+                if head is not None and int(head[1]) < since:
+                    continue
                 try:
                     entry = json.loads(line)
                 except ValueError:  # the line being written, or damage: skipped
                     continue
                 at = entry.get("at") if isinstance(entry, dict) else None
-                if isinstance(at, list) and len(at) == 2 and all(isinstance(a, int) for a in at):
+                if (
+                    isinstance(at, list)
+                    and len(at) == 2
+                    and all(isinstance(a, int) for a in at)
+                    and at[0] >= since
+                ):
                     entries.append(entry)
     except OSError:
         pass
@@ -78,7 +93,7 @@ def stored_outputs(folder: Path, log: Path, tail: int) -> list[dict[str, Any]]:
     except OSError:
         size = 0
     start = max(0, size - tail)
-    entries = [e for e in _read_entries(folder) if e["at"][0] >= start and e["at"][1] <= size]
+    entries = [e for e in _read_entries(folder, start) if e["at"][1] <= size]
     try:
         with open(log, "rb") as fh:
             fh.seek(start)
