@@ -12,11 +12,12 @@ the kernel boundary: standard library only.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import mmap
 import os
 from typing import Any
+
+from .wire import SnapshotError, views_in_range
 
 # Under tornado's default limit of 10 MiB a message (jupyter_server's websocket), and
 # large enough that a message's own cost is small beside its bytes.
@@ -54,18 +55,7 @@ class Outbox:
     def piece(self, seq: int) -> list[memoryview]:
         """The views that make chunk ``seq``, in order."""
         lo = seq * self.chunk
-        hi = min(self.nbytes, lo + self.chunk)
-        out = []
-        # From the part holding byte ``lo`` on: a snapshot of many small values is not
-        # walked whole for each of its chunks.
-        for i in range(max(0, bisect.bisect_right(self.starts, lo) - 1), len(self.views)):
-            start, view = self.starts[i], self.views[i]
-            if start >= hi:
-                break
-            end = start + view.nbytes
-            if end > lo and view.nbytes:
-                out.append(view[max(lo, start) - start : min(hi, end) - start])
-        return out
+        return list(views_in_range(self.views, lo, min(self.nbytes, lo + self.chunk), self.starts))
 
 
 class Inbox:
@@ -116,8 +106,6 @@ class Inbox:
 
     def check(self, sha256: str) -> Any:
         """The whole snapshot, once every chunk is in and its sha256 matches."""
-        from .wire import SnapshotError
-
         lost = self.missing()
         if lost:
             raise SnapshotError(

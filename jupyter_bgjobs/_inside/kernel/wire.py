@@ -12,6 +12,7 @@ source into each job's kernel. Standard library only at import time.
 
 from __future__ import annotations
 
+import bisect
 import json
 import mmap
 import os
@@ -19,7 +20,7 @@ import re
 import struct
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # The private MIME type of the runner's events on the kernel's iopub channel.
@@ -237,6 +238,26 @@ def write_somewhere(
         return candidates[-1], write_parts(candidates[-1], parts)
 
 
+def views_in_range(
+    views: list[memoryview], lo: int, hi: int, starts: list[int] | None = None
+) -> Iterator[memoryview]:
+    """The pieces of the concatenated ``views`` that make bytes ``lo:hi``, in order. Given
+    the views' ``starts`` (offsets), the first is found by bisection: a snapshot of many
+    small values is not walked whole for each piece of it."""
+    first, start = 0, 0
+    if starts:
+        first = max(0, bisect.bisect_right(starts, lo) - 1)
+        start = starts[first]
+    for i in range(first, len(views)):
+        if start >= hi:
+            return
+        v = views[i]
+        end = start + v.nbytes
+        if end > lo and v.nbytes:
+            yield v[max(lo, start) - start : min(hi, end) - start]
+        start = end
+
+
 def _write_range(
     path: str,
     views: list[memoryview],
@@ -252,17 +273,12 @@ def _write_range(
     if prepared and os.fstat(fd).st_size > hi - lo:
         os.ftruncate(fd, hi - lo)
     with os.fdopen(fd, "wb", buffering=0) as fh:
-        start = 0
-        for v in views:
-            end = start + v.nbytes
-            if end > lo and start < hi:
-                view = v[max(lo, start) - start : min(hi, end) - start]
-                while view.nbytes:
-                    if stop is not None and stop.is_set():
-                        return
-                    n = fh.write(view[: 64 << 20])
-                    view = view[n:]
-            start = end
+        for view in views_in_range(views, lo, hi):
+            while view.nbytes:
+                if stop is not None and stop.is_set():
+                    return
+                n = fh.write(view[: 64 << 20])
+                view = view[n:]
 
 
 def decode(data: Any, token: str) -> dict[str, Any]:
