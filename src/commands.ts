@@ -76,8 +76,7 @@ async function options(
 ): Promise<IRunOptions | null> {
   const given = OPTION_KEYS.filter(k => args[k] !== undefined);
   if (args.dialog === false || given.length) {
-    const base = await parts.choices.get(context.kind);
-    const scripted = { ...base, ...context.defaults } as unknown as {
+    const scripted = (await parts.choices.initial(context)) as unknown as {
       [key: string]: unknown;
     };
     for (const key of given) {

@@ -59,6 +59,13 @@ export class Choices {
     }
   }
 
+  /** What a job of ``context`` starts from: the remembered choices, then its own. */
+  async initial(
+    context: Pick<IDialogContext, 'kind' | 'defaults'>
+  ): Promise<IRunOptions> {
+    return { ...(await this.get(context.kind)), ...context.defaults };
+  }
+
   async set(kind: string, options: IRunOptions): Promise<void> {
     if (!this._db) {
       return;
@@ -205,8 +212,7 @@ export async function askOptions(
   context: IDialogContext,
   choices: Choices
 ): Promise<IRunOptions | null> {
-  const remembered = await choices.get(context.kind);
-  const body = new OptionsBody(context, { ...remembered, ...context.defaults });
+  const body = new OptionsBody(context, await choices.initial(context));
   const result = await showDialog({
     title: context.title,
     body,
