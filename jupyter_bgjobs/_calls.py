@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from . import _procs
+from . import _procs, _store
 from ._config import settings
 from ._errors import (
     JobCancelledError,
@@ -42,7 +42,7 @@ from ._records import write_call_record
 from ._remote import cell_sources, check_call, check_flag, check_seconds, load_error
 from ._spec import JobSpec
 from ._states import CANCELLED, DIED, FAILED, RUNNING, SUCCEEDED, TIMED_OUT
-from ._store import pid_alive, read_json, store_root
+from ._store import read_json, recorded_alive, store_root
 
 _SCRIPT = str(Path(__file__).with_name("_inside") / "call.py")
 _registry: dict[str, BgCall] = {}
@@ -79,7 +79,8 @@ class BgCall:
     def _load_outcome(self) -> tuple[str, Any, str] | None:
         if self._outcome is None and (self.folder / "result.pkl").exists():
             try:
-                data = (self.folder / "result.pkl").read_bytes()
+                # Only a file we wrote is unpickled: ours, no link, nobody else's to write.
+                data = _store.read_own(self.folder / "result.pkl", _store.MAX_CODE)
                 code, body = data[0], memoryview(data)[1:]
                 if code == CODE_OK:
                     self._outcome = ("ok", pickle.loads(body), "")
@@ -115,8 +116,8 @@ class BgCall:
         return FAILED
 
     def _supervisor_alive(self) -> bool:
-        pids = read_json(self.folder / "pid.json") or {}
-        return pid_alive(pids.get("supervisor")) or (self._status() is not None)
+        """Whether the detached call's supervisor, as ``pid.json`` names it, still runs."""
+        return recorded_alive(self._pids(), "supervisor") or (self._status() is not None)
 
     @property
     def done(self) -> bool:
@@ -222,7 +223,7 @@ class BgCall:
         import codecs
 
         try:
-            with open(self.folder / stream, "rb") as fh:
+            with open(_store.open_own(self.folder / stream), "rb") as fh:
                 fh.seek(self._offsets[stream])
                 data = fh.read()
         except FileNotFoundError:
@@ -240,8 +241,9 @@ class BgCall:
             return
         self._ended_by = INTERRUPTED
         if self._proc is None:
-            # The supervisor records the interruption, then passes it on.
-            _procs.signal_process(self._pids().get("supervisor"), signal.SIGINT)
+            # The supervisor records the interruption, then passes it on; only the very
+            # process recorded is signalled, never one that took its pid since.
+            _procs.signal_identified(str(self._pids().get("supervisor_id", "")), signal.SIGINT)
             return
         _procs.signal_group(self._child_pid(), signal.SIGINT)
 
@@ -252,7 +254,7 @@ class BgCall:
         self._ended_by = CANCELLED
         if self._proc is None:
             # The supervisor records the ending, then kills its child.
-            _procs.signal_process(self._pids().get("supervisor"), signal.SIGTERM)
+            _procs.signal_identified(str(self._pids().get("supervisor_id", "")), signal.SIGTERM)
             return
         _procs.signal_group(self._child_pid(), signal.SIGKILL)
 
@@ -407,7 +409,7 @@ def _start_detached(call: BgCall, timeout: float | None, out: IO[bytes], err: IO
         call.pid = call._pids().get("pid")
         if call.pid is None:
             time.sleep(0.005)
-    _detached_supervisors.append(sup)
+    _procs.reap_when_ended(sup)
     write_call_record(call)
 
 
@@ -420,7 +422,15 @@ def _start_attached(call: BgCall, timeout: float | None, out: IO[bytes], err: IO
     )
     call._proc = proc
     call.pid = proc.pid
-    _write_private_json(call.folder / "pid.json", {"pid": proc.pid, "supervisor": os.getpid()})
+    _write_private_json(
+        call.folder / "pid.json",
+        {
+            "pid": proc.pid,
+            "supervisor": os.getpid(),
+            "pid_id": _procs.identity(proc.pid),
+            "supervisor_id": _procs.identity(),
+        },
+    )
     write_call_record(call)
     threading.Thread(
         target=_watch, args=(call, proc, timeout), name=f"bg-{call.name}", daemon=True
@@ -439,10 +449,6 @@ def bg_calls() -> list[BgCall]:
     """Every call this process started, oldest first: the handles outlive their caller."""
     with _lock:
         return list(_registry.values())
-
-
-# Detached supervisors are reaped when they end, without holding them up.
-_detached_supervisors: list[subprocess.Popen[bytes]] = []
 
 
 @atexit.register

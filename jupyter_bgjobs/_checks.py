@@ -13,7 +13,10 @@ from ._errors import JobSpecError
 
 
 def _got(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of thousands of digits has no repr
+        text = "a number of thousands of digits"
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
@@ -48,6 +51,11 @@ def flag(arg: str, value: Any) -> bool:
     return value
 
 
+# No count, size or time of ours is larger: past it (10**30 seconds, say), clocks and
+# dates overflow.
+_LARGEST = 1e12
+
+
 def number(
     arg: str,
     value: Any,
@@ -68,8 +76,10 @@ def number(
         raise JobSpecError(f"{arg} must be {what}, {bound}, not {_got(value)}")
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise JobSpecError(f"{arg} must be {what}, {bound}, not {_got(value)}") from None
+    if math.isfinite(number) and abs(number) > _LARGEST:
+        raise JobSpecError(f"{arg} must be at most {_LARGEST:g}, not {_got(value)}")
     if not math.isfinite(number):
         raise JobSpecError(
             f"{arg} must be a finite number{' of ' + unit if unit else ''}, not {value!r}; "

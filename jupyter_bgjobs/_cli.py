@@ -67,7 +67,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if path is None:
                 continue
             try:
-                with open(path, "rb") as fh:
+                with open(_store.open_own(path), "rb") as fh:  # the job's own file only
                     fh.seek(offsets.get(path, 0))
                     data = fh.read()
             except FileNotFoundError:

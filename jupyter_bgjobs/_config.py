@@ -35,7 +35,15 @@ class Settings:
 
     def job_root_path(self) -> Path:
         """Where the job root is, found without creating or changing anything (so that
-        reading a read-only store writes nothing)."""
+        reading a read-only store writes nothing). Raises ``StoreError`` when the store
+        is not this user's alone (``_trust``): nothing in it is read then."""
+        from ._trust import check_store
+
+        base = self._store_base()
+        check_store(base)
+        return base / "jobs"
+
+    def _store_base(self) -> Path:
         if self.root:
             base = Path(self.root)
         elif os.environ.get("JUPYTER_BGJOBS_DIR"):
@@ -44,22 +52,29 @@ class Settings:
             from jupyter_core.paths import jupyter_data_dir
 
             base = Path(jupyter_data_dir()) / "bgjobs"
-        return base / "jobs"
+        return base
 
     def job_root(self) -> Path:
-        """The per-user folder that holds one folder per job (created 0700)."""
+        """The per-user folder that holds one folder per job (created 0700); raises
+        ``StoreError`` when the store is not this user's alone."""
+        from ._trust import check_store, forget
+
         jobs = self.job_root_path()
         base = jobs.parent
+        made = not jobs.is_dir()
         jobs.mkdir(parents=True, exist_ok=True, mode=0o700)
         for folder in (base, jobs):
             # Closed to others, but never made writable again: a store its owner made
             # read-only stays read-only.
             try:
                 mode = folder.stat().st_mode & 0o777
-                if mode & 0o077:
+                if mode & 0o077 and folder.lstat().st_uid == os.getuid():
                     os.chmod(folder, mode & 0o700)
             except OSError:
                 pass
+        if made:  # what was made just now, and by whom, is looked at again
+            forget()
+            check_store(base)
         return jobs
 
 

@@ -3,6 +3,7 @@ from the store by any notebook or terminal, before or after a kernel restart."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,12 @@ class DetachedJob:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        spec = _store.read_json(folder / "spec.json") or {}
-        self.id: str = _text(spec.get("id")) or folder.name
+        # While a reader looks at the job as one (``frozen``), each file is read once.
+        self._memo: dict[str, Any] | None = None
+        spec = self._spec()
+        # The folder's name is the id: a spec that claims another id is damage, never a
+        # way to shadow that job.
+        self.id: str = folder.name
         self.name: str = _text(spec.get("name")) or self.id
         self.kind: str = _text(spec.get("job_kind")) or "cell"
         self.submitted = _text(spec.get("submitted"))
@@ -47,15 +52,42 @@ class DetachedJob:
         # Rows of the Jobs panel listen here; they refresh from the record as it changes.
         self._listeners: list[Callable[[Any], Any]] = []
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[DetachedJob]:
+        """Read the job as of one moment: inside, each of its files is read once, however
+        many properties are asked (a row of the IDE's list asks a dozen)."""
+        self._memo = {}
+        try:
+            yield self
+        finally:
+            self._memo = None
+
+    def _remembered(self, key: str, read: Callable[[], Any]) -> Any:
+        memo = self._memo
+        if memo is None:
+            return read()
+        if key not in memo:
+            memo[key] = read()
+        return memo[key]
+
+    def _file(self, name: str) -> dict[str, Any]:
+        return self._remembered(name, lambda: _store.read_json(self.folder / name) or {})  # type: ignore[no-any-return]
+
     def _record(self) -> dict[str, Any]:
-        record = _store.read_json(self.folder / "state.json") or {}
-        # A field of the wrong type would break every property: none is read from it.
-        return {} if _store.check_state(record) else record
+        def read() -> dict[str, Any]:
+            record = self._file("state.json")
+            # A field of the wrong type would break every property: none is read from it.
+            return self._settled({} if _store.check_state(record) else record)
+
+        return self._remembered("record", read)  # type: ignore[no-any-return]
+
+    def _settled(self, record: dict[str, Any]) -> dict[str, Any]:
+        return record
 
     @property
     def damage(self) -> str:
         """What makes the job's record unreadable, or ""."""
-        return _store.damage(self.folder)
+        return self._remembered("damage", lambda: _store.damage(self.folder))  # type: ignore[no-any-return]
 
     @property
     def state(self) -> str:
@@ -67,15 +99,30 @@ class DetachedJob:
         state = str(record.get("state", "pending"))
         if state in DONE_STATES:
             return state
-        if self._host() and not _store.pid_alive(self._host()):
+        if self._host_known() and not self._host_alive():
             return "died"
         return state
 
-    def _host(self) -> int | None:
-        host = self._record().get("host_pid")
-        if not host:
-            host = (_store.read_json(self.folder / "host.json") or {}).get("pid")
-        return host if isinstance(host, int) and not isinstance(host, bool) else None
+    def _host_record(self) -> dict[str, Any]:
+        """The host as the record names it (``host_pid``, ``host_id``), else as the
+        process that started it wrote it in ``host.json`` (``pid``, ``pid_id``)."""
+        record = self._record()
+        if record.get("host_pid"):
+            return {"pid": record.get("host_pid"), "pid_id": record.get("host_id")}
+        return self._file("host.json")
+
+    def _host_known(self) -> bool:
+        host = self._host_record()
+        pid = host.get("pid")
+        return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+
+    def _host_alive(self) -> bool:
+        def ask() -> bool:
+            return _store.recorded_alive(
+                self._host_record(), "pid", heartbeat=self.folder / "host.json"
+            )
+
+        return self._remembered("host_alive", ask)  # type: ignore[no-any-return]
 
     @property
     def done(self) -> bool:
@@ -119,20 +166,25 @@ class DetachedJob:
         return recorded_reason(self._record())
 
     @property
+    def log_note(self) -> str:
+        """Why the job's log is incomplete (the disk refused some output), or ""."""
+        return str(self._record().get("log_note") or "")
+
+    @property
     def log_path(self) -> Path | None:
-        path = self._record().get("log_path")
-        return Path(path) if path else None
+        """The job's log: ``output.log`` in its folder, whatever a record says (a record
+        naming another file is not believed)."""
+        return self.folder / "output.log"
 
     @property
     def output(self) -> str:
         """The last 64 KiB of the job's output log."""
-        path = self.log_path
         try:
-            with open(path or "", "rb") as fh:
+            with os.fdopen(_store.open_own(self.folder / "output.log"), "rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 fh.seek(max(0, fh.tell() - 65536))
                 return fh.read().decode("utf-8", errors="replace")
-        except OSError:  # not written yet, or removed
+        except OSError:  # not written yet, removed, or not the job's
             return ""
 
     @property
@@ -151,11 +203,11 @@ class DetachedJob:
 
     @property
     def can_stop(self) -> bool:
-        return not self.done and self._host() is not None
+        return not self.done and bool(self._host_record().get("pid_id"))
 
     def kept(self) -> dict[str, Any]:
         """What the job's host recorded of its results (``results.json``)."""
-        return _store.read_json(self.folder / "results.json") or {}
+        return self._file("results.json")
 
     @property
     def results(self) -> types.SimpleNamespace | None:
@@ -171,11 +223,19 @@ class DetachedJob:
     def _results_path(self, kept: dict[str, Any], spec: dict[str, Any]) -> str:
         """Where results.json says the results are: the job's folder, or its own folder in
         shared memory; anywhere else is not believed."""
+        from ._inside.kernel.wire import piece_paths
+        from ._runtime import is_private
+
         path = Path(str(kept.get("path")))
         shm = spec.get("shm_dir")
-        if path.parent != self.folder and not (isinstance(shm, str) and str(path.parent) == shm):
+        in_shm = isinstance(shm, str) and str(path.parent) == shm and is_private(shm)
+        if path.parent != self.folder and not in_shm:
             raise StoreError(f"results path {path} is not the job's")
         kept.setdefault("pieces", 1)
+        # Nothing is unpickled from a file we did not write: each piece must be a file of
+        # ours, no link, that nobody else may write.
+        for piece in piece_paths(str(path), int(kept["pieces"])):
+            os.close(_store.open_own(Path(piece)))
         return str(path)
 
     def _load_values(self) -> dict[str, Any] | None:
@@ -185,7 +245,7 @@ class DetachedJob:
             if isinstance(kept.get("path"), str) and kept.get("names"):
                 from ._inside.kernel.wire import load_file
 
-                spec = _store.read_json(self.folder / "spec.json") or {}
+                spec = self._spec()
                 token = str(spec.get("token", ""))
                 try:
                     path = self._results_path(kept, spec)
@@ -197,7 +257,7 @@ class DetachedJob:
             elif legacy.exists():  # written by an older version
                 import cloudpickle
 
-                with open(legacy, "rb") as fh:
+                with os.fdopen(_store.open_own(legacy), "rb") as fh:
                     values = cloudpickle.load(fh)
             elif kept or self.state in DONE_STATES:
                 values = {}
@@ -221,7 +281,7 @@ class DetachedJob:
     @property
     def report(self) -> str:
         """How it ended, in the words of an attached job's report, and what it saved."""
-        info = _store.read_json(self.folder / "results.json") or {}
+        info = self.kept()
         names = ", ".join(str(n) for n in info.get("names") or []) or "no names"
         state = self.state
         how = f"succeeded in {self.elapsed:.1f} s" if state == "succeeded" else state
@@ -236,7 +296,7 @@ class DetachedJob:
 
     # -- what a Job has too --------------------------------------------------------------
     def _spec(self) -> dict[str, Any]:
-        return _store.read_json(self.folder / "spec.json") or {}
+        return self._file("spec.json")
 
     @property
     def shipped(self) -> list[str]:
@@ -322,17 +382,12 @@ class DetachedJob:
         return self
 
     def cancel(self) -> bool:
-        """Ask the job's host to cancel it; returns False when it has already ended."""
+        """Ask the job's host to cancel it; returns False when it has already ended, or
+        when the process its record names is not its host any more (its pid reused)."""
         if self.done:
             return False
-        host = self._host()
-        if not host:
-            return False
-        try:
-            os.kill(host, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        return True
+        tag = self._host_record().get("pid_id")
+        return isinstance(tag, str) and _procs.signal_identified(tag, signal.SIGTERM)
 
     def add_done_callback(self, fn: Callable[[DetachedJob], Any]) -> None:
         """Call ``fn(job)`` from a helper thread once the job has ended."""
@@ -405,13 +460,15 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
                 cwd=spec.workdir or os.getcwd(),
                 env=env,
             )
-        _store.write_json(folder / "host.json", {"pid": host.pid})
+        _store.write_json(
+            folder / "host.json", {"pid": host.pid, "pid_id": _procs.identity(host.pid)}
+        )
     except OSError as exc:
         manager.discard(job)
         if isinstance(exc, StoreError):
             raise
         raise _store._write_error(folder, "start a detached job", exc) from None
-    _hosts.append(host)
+    _procs.reap_when_ended(host)
     _hand_over(job, host.pid)
     started = DetachedJob(folder)
     # This process knows which names it had when the job started: a later merge here can
@@ -438,10 +495,6 @@ def _hand_over(job: Any, host_pid: int) -> None:
 
 # Detached jobs this process started, by id.
 _started: dict[str, DetachedJob] = {}
-
-
-# Hosts started here are reaped when they end; they are never waited for or killed.
-_hosts: list[subprocess.Popen[bytes]] = []
 
 
 def find(name_or_id: str) -> DetachedJob | None:

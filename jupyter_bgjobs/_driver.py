@@ -27,7 +27,7 @@ from ._inside.kernel.wire import (
 from ._job import Job
 from ._journal import Journal
 from ._procs import death_reason
-from ._runtime import open_log
+from ._runtime import JobLog
 from ._states import (
     CANCELLED,
     DIED,
@@ -92,7 +92,7 @@ class Driver:
 
     def run(self) -> None:
         job = self.job
-        with open_log(job.log_path) as self.log:
+        with JobLog(job.log_path, self._log_fault) as self.log:
             try:
                 if self._take_slot():
                     try:
@@ -113,6 +113,14 @@ class Driver:
                     # an orphan if this process dies meanwhile; killing the process group
                     # cannot hang, and it also ends whatever the job left running.
                     job._kernel.shutdown(now=True)
+
+    def _log_fault(self, exc: OSError) -> None:
+        """The disk refused the job's output: the job goes on; its record says why its
+        log is incomplete (the IDE's row shows it)."""
+        import errno
+
+        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
+        self.job._set(log_note=f"its log is incomplete from here on: {why}")
 
     def _finish(self, state: str) -> None:
         self.manager._finish(self.job, state)

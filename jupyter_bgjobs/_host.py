@@ -22,7 +22,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,8 +52,12 @@ def main(folder: Path) -> int:
         print(f"jupyter_bgjobs host: {folder}: {why}; there is nothing to run", flush=True)
         return 1
     try:
+        code = _store.read_code(folder, data)
+        if code is None:
+            raise JobSpecError(f"no {_store.CODE_FILE}")
+        data["code"] = runner["code"] = code
         spec = JobSpec.from_json(data)
-    except (JobSpecError, TypeError) as exc:
+    except (JobSpecError, TypeError, OSError) as exc:
         print(f"jupyter_bgjobs host: {folder}: {exc}; there is nothing to run", flush=True)
         return 1
     configure(pool_size=0)
@@ -62,21 +68,58 @@ def main(folder: Path) -> int:
     job._writer = writer
     signal.signal(signal.SIGTERM, lambda *_: job.cancel())
     signal.signal(signal.SIGINT, lambda *_: job.cancel())
+    ended = threading.Event()
+    gone = threading.Event()
+    threading.Thread(
+        target=_watch_folder, args=(folder, job, ended, gone), name="bgjobs-host", daemon=True
+    ).start()
     try:
         manager.run_here(job, runner)
         deadline = time.monotonic() + FINAL_WAIT
         # A reader that sees a final state must find the results too: results.json first.
-        while not (save_kept(job) and writer.write()):
+        while not gone.is_set() and not (save_kept(job) and writer.write()):
             if time.monotonic() >= deadline:
                 writer.say(f"gave up on writing the job's results and final state to {folder}")
                 break
-            time.sleep(1.0)  # the store is read-only or full: try again until it is not
-        _persist_results(job, writer)
+            # The store is read-only or full: try again until it is not, or until the
+            # job's folder is gone (removed, its temp folder cleaned): nobody is left to
+            # read what it would say.
+            gone.wait(1.0)
+        if not gone.is_set():
+            _persist_results(job, writer)
     finally:
+        ended.set()
         if job._shm_dir:
             shutil.rmtree(job._shm_dir, ignore_errors=True)
         manager.shutdown()
     return 0
+
+
+def _watch_folder(folder: Path, job: Any, ended: threading.Event, gone: threading.Event) -> None:
+    """While the host runs: touch ``host.json`` every ``HEARTBEAT`` seconds (a reader in
+    another pid namespace, which cannot see this process, judges it alive by that), and
+    end the job at once, with this host, when the job's folder is gone."""
+    from ._store import HEARTBEAT
+
+    beat = 0.0
+    while not ended.wait(1.0):
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:
+            gone.set()
+            job._set(reason="its folder in the job store was removed while it ran")
+            job.cancel()
+            return
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        if time.monotonic() - beat >= HEARTBEAT:
+            beat = time.monotonic()
+            try:
+                os.utime(folder / "host.json", follow_symlinks=False)
+            except OSError:
+                pass
 
 
 def _copier(source: str) -> Any:

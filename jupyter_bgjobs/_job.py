@@ -81,6 +81,8 @@ class Job(Tailed, RowClock):
         self.error: ErrorInfo | None = None
         self.exit_code: int | None = None
         self.reason = ""
+        # Set when the disk refused some of the job's output: the log lacks it, and why.
+        self.log_note = ""
         self.skipped: list[dict[str, str]] = []
         self.shipped: list[str] = []
         self.mutated: list[str] = []

@@ -9,6 +9,7 @@ rebuilds nbformat outputs in order: log text between the ranges, rich outputs at
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import IO, Any
@@ -62,8 +63,10 @@ _AT = re.compile(r'\{"at": \[(\d+), ')
 def _read_entries(folder: Path, since: int = 0) -> list[dict[str, Any]]:
     """The journal's entries whose stretch of the log starts at ``since`` or later."""
     entries = []
+    from ._store import open_own
+
     try:
-        with open(folder / JOURNAL, encoding="utf-8", errors="replace") as fh:
+        with open(open_own(folder / JOURNAL), encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 head = _AT.match(line)
                 if head is not None and int(head[1]) < since:
@@ -88,18 +91,18 @@ def _read_entries(folder: Path, since: int = 0) -> list[dict[str, Any]]:
 def stored_outputs(folder: Path, log: Path, tail: int) -> list[dict[str, Any]]:
     """The job's outputs as nbformat outputs: the last ``tail`` bytes of the log, with
     the rich outputs of that stretch in their places."""
-    try:
-        size = log.stat().st_size
-    except OSError:
-        size = 0
-    start = max(0, size - tail)
-    entries = [e for e in _read_entries(folder, start) if e["at"][1] <= size]
-    try:
-        with open(log, "rb") as fh:
+    from ._store import open_own
+
+    try:  # a log of the job's own only: no link, no FIFO, nobody else's
+        with open(open_own(log), "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            start = max(0, size - tail)
             fh.seek(start)
             data = fh.read(size - start)
     except OSError:
+        size = start = 0
         data = b""
+    entries = [e for e in _read_entries(folder, start) if e["at"][1] <= size]
     outputs: list[dict[str, Any]] = []
 
     def text(a: int, b: int) -> None:

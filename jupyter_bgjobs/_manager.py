@@ -211,6 +211,10 @@ class JobManager:
             },
             "env_vars": spec.env_vars,
         }
+        # The code is stored once, in a file of its own: records stay small, and every
+        # reader of the record (the IDE's list, the CLI) reads none of it.
+        described = spec.to_json()
+        _store.write_bytes(job.folder / _store.CODE_FILE, described.pop("code").encode())
         record = {
             "kind": "job",
             "id": job.id,
@@ -220,14 +224,16 @@ class JobManager:
             "shipped": job.shipped,
             "not_shipped": [s for s in job.skipped if s.get("direction") == "in"],
             "awaits": job._awaits,
-            **spec.to_json(),
+            **described,
+            "code_file": _store.CODE_FILE,
         }
         if job.detached:
-            # What the host needs to drive the job: the runner's spec and the token that
-            # opens the results. The file is its owner's only.
+            # What the host needs to drive the job: the runner's spec (its code is the
+            # job's, read by the host) and the token that opens the results. The file
+            # is its owner's only.
             record.update(
                 token=job._token,
-                runner=runner_spec,
+                runner={k: v for k, v in runner_spec.items() if k != "code"},
                 seed_files=list(job._files),
                 shm_dir=job._shm_dir or None,
                 # The slow libraries this notebook has: its host's cold kernel imports

@@ -10,6 +10,7 @@ front end without widgets (nbconvert, ``jupyter execute``) shows the status as t
 from __future__ import annotations
 
 import html
+import os
 import threading
 import time
 from typing import Any
@@ -206,8 +207,17 @@ class JobRow(W.VBox):  # type: ignore[misc]
         path = getattr(self.job, "log_path", None)
         if path is None:
             return
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
+        from ._store import open_own
+
+        try:
+            fh = open(open_own(path), "rb")  # the job's own file: no link, no FIFO
+        except OSError as exc:
+            self.out.outputs = (
+                {"output_type": "stream", "name": "stderr", "text": f"[{path}: {exc}]\n"},
+            )
+            return
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
             if size > _LOG_LIMIT:
                 fh.seek(size - _LOG_LIMIT)
             text = fh.read().decode("utf-8", errors="replace")

@@ -29,6 +29,7 @@ from ._store import (
     newest_mtime,
     read_json,
     read_only_reason,
+    recorded_alive,
     require_writable,
     store_path,
 )
@@ -127,8 +128,7 @@ def _attached_end(folder: Path, now: float) -> float | None:
             return float(ended) if isinstance(ended, _NUM) else newest_mtime(folder)
         pids = read_json(folder / "pid.json") or {}
         for key in ("pid", "supervisor"):
-            pid = pids.get(key)
-            if isinstance(pid, int) and pid_alive(pid):
+            if recorded_alive(pids, key):
                 return None
         age = newest_mtime(folder)
         return age if pids or now - age >= FRESH else None
@@ -159,7 +159,7 @@ def _detached_end(folder: Path) -> float | None:
     info = describe(folder)
     if info["state"] == DAMAGED:
         host = read_json(folder / "host.json") or {}
-        if isinstance(host.get("pid"), int) and pid_alive(host["pid"]):
+        if recorded_alive(host, "pid", heartbeat=folder / "host.json"):
             return None  # its host still runs, and may yet write a sound record
         return newest_mtime(folder)
     if info["state"] not in DONE_STATES:

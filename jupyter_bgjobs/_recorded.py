@@ -23,8 +23,7 @@ class RecordedJob(DetachedJob):
 
     detached = False
 
-    def _record(self) -> dict[str, Any]:
-        record = super()._record()
+    def _settled(self, record: dict[str, Any]) -> dict[str, Any]:
         return settle_orphan(self.folder, record) if record else record
 
     @property
@@ -94,8 +93,10 @@ def detached_jobs() -> list[DetachedJob]:
     """The store's detached jobs (this process's own handles where it started them)."""
     found = []
     for folder in _store.entries():
-        spec = _store.read_json(folder / "spec.json") or {}
-        if spec.get("kind") == "job":
+        spec = _store.read_json(folder / "spec.json")
+        # An entry whose spec cannot be read is listed as a damaged job, so it can be seen
+        # and removed; calls are not jobs.
+        if spec is None or spec.get("kind") == "job":
             found.append(_started.get(folder.name) or DetachedJob(folder))
     return found
 

@@ -41,9 +41,13 @@ def state_record(job: Any) -> dict[str, Any]:
         "reason": job.reason,
         "exit_code": job.exit_code,
         "log_path": str(job.log_path),
+        "log_note": job.log_note,
         "owner": _store.owner_tag(),
         "owner_pid": os.getpid(),
         "host_pid": os.getpid() if job.detached else None,
+        # The host as a process (namespace, pid, start time): only that very process is
+        # ever signalled, and a pid reused by another is not taken for it.
+        "host_id": _store.owner_tag() if job.detached else None,
         "kernel_pid": job.kernel_pid,
         "detached": job.detached,
         "where": spec.gateway or "local",

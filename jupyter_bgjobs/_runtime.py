@@ -21,18 +21,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._inside.procs import identity, identity_alive
+
 
 def owner_tag(pid: int | None = None) -> str:
     """This process (or its child ``pid``) as the owner of files that outlive it if it is
-    killed: its pid, after its pid namespace, since processes of other containers may share
-    the folder."""
-    return f"{_pid_namespace()}.{pid or os.getpid()}"
+    killed: its pid namespace (processes of other containers may share the folder), its
+    pid, and its start time (a later process given the same pid is not its owner)."""
+    return identity(pid)
+
+
+def short_owner_tag() -> str:
+    """``owner_tag()`` without the start time, for names that must stay short (a Unix
+    socket's path holds about 100 bytes): litter, swept once its pid has ended."""
+    return owner_tag().rsplit(".", 1)[0] if owner_tag().count(".") == 2 else owner_tag()
 
 
 def owner_gone(tag: str) -> bool:
-    """Whether the owner named by ``owner_tag()`` has ended; never for another namespace's."""
-    namespace, _, pid = tag.partition(".")
-    return namespace == _pid_namespace() and pid.isdigit() and not pid_alive(int(pid))
+    """Whether the owner named by ``owner_tag()`` has ended, or its pid now belongs to
+    another process; never for another namespace's, which cannot be seen from here."""
+    return identity_alive(tag) is False
 
 
 def sweep_litter(folder: str | Path, name: re.Pattern[str]) -> None:
@@ -50,13 +58,6 @@ def sweep_litter(folder: str | Path, name: re.Pattern[str]) -> None:
                 entry.unlink()
             except OSError:
                 pass
-
-
-def _pid_namespace() -> str:
-    try:
-        return "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit()) or "0"
-    except OSError:
-        return "0"
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -79,7 +80,7 @@ def pid_alive(pid: int | None) -> bool:
 _MAX_SOCKET_DIR = 60
 _lock = threading.Lock()
 _made: dict[str, str] = {}
-_OWN_DIR = re.compile(r"^bgjobs-(?P<owner>\d+\.\d+)-[A-Za-z0-9_]+$")
+_OWN_DIR = re.compile(r"^bgjobs-(?P<owner>\d+\.\d+(?:\.\d+)?)-[A-Za-z0-9_]+$")
 
 
 def is_private(path: str | Path) -> bool:
@@ -257,3 +258,46 @@ def open_log(path: Path) -> Any:
     """A job's log, opened for appending; created readable by its owner only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+
+
+class JobLog:
+    """A job's output log, appended to, that never fails the job: what the disk refuses
+    (full, or over quota) is dropped and counted, and ``on_fault`` is told once, with
+    why, so the job's record can say its log is incomplete. Writes go straight to the
+    file: a buffer that failed to flush would fail every later write too."""
+
+    def __init__(self, path: Path, on_fault: Any) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        self.on_fault = on_fault
+        self.lost = 0
+
+    def write(self, text: str) -> int:
+        data = memoryview(text.encode("utf-8", errors="replace"))
+        while data:
+            try:
+                n = os.write(self.fd, data)
+            except OSError as exc:
+                first = not self.lost
+                self.lost += len(data)
+                if first:
+                    self.on_fault(exc)
+                break
+            data = data[n:]
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is held back: every write has gone to the file already."""
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> JobLog:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from ._config import settings
 from ._errors import StoreError
+from ._inside.procs import identity_alive
 from ._runtime import owner_gone, owner_tag, pid_alive, sweep_litter
 
 DONE_STATES = ("succeeded", "failed", "cancelled", "timed_out", "died")
@@ -33,6 +34,32 @@ FRESH = 60.0
 __all__ = ["owner_gone", "owner_tag", "pid_alive", "sweep_litter"]  # kept here for readers
 
 
+# A host in another pid namespace (another container sharing the store) cannot be seen
+# from here: it is alive while it keeps touching its host.json, as it does this often.
+HEARTBEAT = 10.0
+_HEARTBEAT_STALE = 6 * HEARTBEAT
+
+
+def recorded_alive(record: dict[str, Any], key: str, heartbeat: Path | None = None) -> bool:
+    """Whether the process a record names under ``key`` (its pid) and ``KEY_id`` (its
+    identity: namespace, pid, start time) still runs. A pid now held by another process
+    is gone; one of another namespace is judged by ``heartbeat``'s age, if given. Records
+    of older versions name a pid alone: it is asked as it is."""
+    tag = record.get(f"{key}_id")
+    if isinstance(tag, str) and tag:
+        alive = identity_alive(tag)
+        if alive is None:  # another container's: alive while its heartbeat is fresh
+            if heartbeat is None:
+                return True
+            try:
+                return time.time() - os.lstat(heartbeat).st_mtime < _HEARTBEAT_STALE
+            except OSError:
+                return False
+        return alive
+    pid = record.get(key)
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid_alive(pid)
+
+
 def _job_root_path() -> Path:
     """Where ``settings.job_root()`` is, found without creating or changing anything, so
     that reading a read-only store writes nothing."""
@@ -44,11 +71,12 @@ _ATTACHED_NAME = re.compile(r"[0-9a-f]{8}")
 
 def attached_folders() -> list[Path]:
     """The folders of attached jobs and calls under the job root (never through a link),
-    in order of their ids."""
+    in order of their ids. ``StoreError`` when the store is not this user's alone."""
+    root = _job_root_path()
     try:
         return sorted(
             Path(e.path)
-            for e in os.scandir(_job_root_path())
+            for e in os.scandir(root)
             if _ATTACHED_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
         )
     except OSError:
@@ -182,31 +210,111 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_bytes(path, json.dumps(data, indent=1, default=str).encode())
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+# The most a record (a JSON file of a job's folder) holds; a larger one is damage. The
+# code of a job lives in a file of its own, so records stay small whatever the code.
+MAX_RECORD = 4 << 20
+# The opening flags of every file read from the store: never through a link, and never
+# waiting (a FIFO or a device put in place of a record would hang the reader for good).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class NotOurs(StoreError):
+    """A file of a job's folder that is not one we wrote: a link, not a regular file, of
+    another user, or larger than any we write. Its message says which."""
+
+
+def open_own(path: Path) -> int:
+    """A file descriptor of ``path`` for reading, if it is a regular file of this user
+    that nobody else may write, opened without following a link and without blocking.
+    Raises ``FileNotFoundError``, or ``NotOurs`` saying what it is instead."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotOurs(f"{path.name}: a link, not a file of the job's") from None
+        if exc.errno == errno.ENXIO:  # a socket or FIFO without a writer
+            raise NotOurs(f"{path.name}: not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        problem = ""
+        if not stat.S_ISREG(st.st_mode):
+            problem = f"{path.name}: not a regular file"
+        elif st.st_uid != os.getuid():
+            problem = f"{path.name}: belongs to uid {st.st_uid}, not to you"
+        elif st.st_mode & 0o022:
+            problem = f"{path.name}: may be written by others"
+        if problem:
+            raise NotOurs(problem)
+        # Reads block as usual from here on (a regular file never waits for long).
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_own(path: Path, limit: int = MAX_RECORD) -> bytes:
+    """The bytes of ``path`` (``open_own``'s checks), at most ``limit``; ``NotOurs``
+    ("too large") for a larger file."""
+    fd = open_own(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise NotOurs(f"{path.name}: too large ({size:,} bytes; at most {limit:,})")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew while read
+        raise NotOurs(f"{path.name}: too large (over {limit:,} bytes)")
+    return data
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The object in ``path``, or None when it is missing or damaged (``load_json``)."""
+    return load_json(path)[0]
 
 
 def load_json(path: Path) -> tuple[dict[str, Any] | None, str]:
     """The object in ``path`` and "", or None and what is wrong with it."""
     try:
-        text = path.read_bytes()
+        text = read_own(path)
     except FileNotFoundError:
         return None, f"{path.name}: missing"
+    except NotOurs as exc:
+        return None, str(exc)
     except OSError as exc:
         return None, f"{path.name}: cannot be read ({exc.strerror or exc})"
     if not text.strip():
         return None, f"{path.name}: empty"
     try:
         data = json.loads(text)
+    except RecursionError:
+        return None, f"{path.name}: nested too deep to be a record"
     except ValueError:
         return None, f"{path.name}: not valid JSON (truncated?)"
     if not isinstance(data, dict):
         return None, f"{path.name}: not a JSON object"
     return data, ""
+
+
+# A job's code, beside its spec: stored once, read only by what runs or shows it.
+CODE_FILE = "code.py"
+# The most code a job may have (a script of that size is no script).
+MAX_CODE = 256 << 20
+
+
+def read_code(folder: Path, spec: dict[str, Any], limit: int = MAX_CODE) -> str | None:
+    """A job's code: its code file, or the spec's ``code`` (written by older versions);
+    None when there is none to read (``NotOurs`` propagates for a file not ours)."""
+    if spec.get("code_file") == CODE_FILE:
+        try:
+            return read_own(folder / CODE_FILE, limit).decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+    code = spec.get("code")
+    return code if isinstance(code, str) else None
 
 
 # What each field may hold; a field of another type makes the entry damaged.
@@ -247,12 +355,15 @@ _STATE: _Schema = {
     "reason": (str,),
     "exit_code": (int, type(None)),
     "log_path": (str, type(None)),
+    "log_note": (str,),
     "host_pid": (int, type(None)),
+    "host_id": (str, type(None)),
+    "owner": (str, type(None)),
     "kernel_pid": (int, type(None)),
     "skipped": (list,),
 }
 _STATUS: _Schema = {"returncode": (int, type(None)), "ended_by": (str,), "ended": (int, float)}
-_HOST: _Schema = {"pid": (int,)}
+_HOST: _Schema = {"pid": (int,), "pid_id": (str,)}
 _RESULTS: _Schema = {"names": (list,), "not_saved": (list,)}
 
 
@@ -293,8 +404,17 @@ def check_spec(folder: Path, spec: dict[str, Any]) -> str:
         return f"spec.json: id {spec['id']!r:.40} is not its folder's name"
     if not _iso(spec["submitted"]):
         return f"spec.json: 'submitted' {spec['submitted']!r:.40} is not a time"
-    if spec["kind"] == "job" and not isinstance(spec.get("code"), str):
+    if spec["kind"] == "job" and not (
+        isinstance(spec.get("code"), str) or spec.get("code_file") == CODE_FILE
+    ):
         return "spec.json: no 'code'"
+    if spec.get("code_file") == CODE_FILE:
+        try:
+            st = os.lstat(folder / CODE_FILE)
+        except OSError:
+            return f"{CODE_FILE}: missing"
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            return f"{CODE_FILE}: not a file of the job's"
     return ""
 
 
@@ -326,7 +446,7 @@ def _check_pickle(path: Path, skip: int = 0) -> str:
     """A cheap look at a pickle file's first and last bytes: garbage and truncation show
     without loading it (which may be large, or need modules not imported here)."""
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(open_own(path), "rb") as fh:
             head = fh.read(skip + 2)
             fh.seek(0, os.SEEK_END)
             if fh.tell() <= skip + 2:
@@ -335,6 +455,8 @@ def _check_pickle(path: Path, skip: int = 0) -> str:
             tail = fh.read(1)
     except FileNotFoundError:
         return ""
+    except NotOurs as exc:
+        return str(exc)
     except OSError as exc:
         return f"{path.name}: cannot be read ({exc.strerror or exc})"
     if skip and head[:1] == b"\x02":  # a call's result that could not be pickled: text
@@ -384,10 +506,12 @@ def _check_snapshot(path: Path) -> str:
     from ._inside.kernel.wire import MAGIC
 
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(open_own(path), "rb") as fh:
             head = fh.read(len(MAGIC) + 4)
     except FileNotFoundError:
         return ""
+    except NotOurs as exc:
+        return str(exc)
     except OSError as exc:
         return f"{path.name}: cannot be read ({exc.strerror or exc})"
     if not head.startswith(MAGIC) or len(head) < len(MAGIC) + 4:
@@ -396,9 +520,11 @@ def _check_snapshot(path: Path) -> str:
 
 
 def _entry_folders() -> Iterator[Path]:
-    """The store's folders; a symlink is no entry of ours and is never followed."""
+    """The store's folders; a symlink is no entry of ours and is never followed.
+    ``StoreError`` when the store is not this user's alone."""
+    store = store_path()
     try:
-        found = list(os.scandir(store_path()))
+        found = list(os.scandir(store))
     except OSError:
         return
     for entry in found:

@@ -27,6 +27,8 @@ export interface IJob {
   kind: string;
   detached: boolean;
   reason: string;
+  /** Why the job's log is incomplete (the disk refused some output), or "". */
+  log_note?: string;
   report: string;
 }
 
@@ -319,7 +321,15 @@ export class JobStore {
         if (!data) {
           continue;
         }
-        const change = JSON.parse(data) as { jobs: IJob[]; removed: string[] };
+        const change = JSON.parse(data) as {
+          jobs: IJob[];
+          removed: string[];
+          problem?: string;
+        };
+        if (change.problem) {
+          // The store cannot be read (not the user's alone): the server says why.
+          console.warn('jupyter-bgjobs:', change.problem);
+        }
         if (first) {
           // A new stream starts with every job: what is not in it has gone.
           const ids = new Set(change.jobs.map(j => j.id));

@@ -119,6 +119,11 @@ export function renderRow(
   if (said) {
     meta.appendChild(el('span', 'jp-bgjobs-status', said));
   }
+  if (job.log_note) {
+    const note = el('span', 'jp-bgjobs-lognote', '⚠ log incomplete');
+    note.title = job.log_note;
+    meta.appendChild(note);
+  }
   node.appendChild(meta);
 
   if (running) {

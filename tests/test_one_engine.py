@@ -77,8 +77,11 @@ def test_an_attached_jobs_record_is_current_and_readable_elsewhere(tmp_path: Pat
     ended = record()
     assert ended["state"] == "succeeded" and ended["finished"] and ended["progress"] == [3, 3]
     spec = json.loads((job.folder / "spec.json").read_text())
-    assert spec["kind"] == "job" and spec["name"] == "recorded" and spec["code"].startswith("#")
-    assert JobSpec.from_json(spec) == job.spec
+    assert spec["kind"] == "job" and spec["name"] == "recorded" and "code" not in spec
+    # The code is stored once, beside the spec.
+    code = (job.folder / spec["code_file"]).read_text()
+    assert code.startswith("#")
+    assert JobSpec.from_json({**spec, "code": code}) == job.spec
 
 
 def test_wait_timeout_is_the_same_error_for_attached_and_detached_jobs(tmp_path: Path) -> None:

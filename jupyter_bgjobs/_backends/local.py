@@ -19,7 +19,7 @@ from .. import _runtime
 from .._errors import BgJobError
 from .._inside import kernel as _kernel_code
 from .._procs import signal_group, signal_process
-from .._store import owner_tag, sweep_litter
+from .._runtime import short_owner_tag, sweep_litter
 from .base import KernelBackend, KernelSource, take_idle
 
 _PACKAGE = "_bgjobs_kernel"
@@ -90,7 +90,7 @@ def _ipc_prefix() -> str:
         sweep_litter(base, _SOCKET_NAME)
     # The owner in the name: a kernel ends with its owner, so once the owner is gone its
     # socket and connection files are litter (a killed kernel cannot remove them itself).
-    return str(Path(base) / f"k{owner_tag()}x{uuid.uuid4().hex[:6]}")
+    return str(Path(base) / f"k{short_owner_tag()}x{uuid.uuid4().hex[:6]}")
 
 
 def _kernel_log_dir() -> Path:
@@ -138,7 +138,7 @@ class LocalKernel:
         # The kernel process's own stderr (faulthandler's report of a segfault, a failed
         # import at start) goes to a file, so a dead kernel can say why it died.
         fd, self.stderr_path = tempfile.mkstemp(
-            prefix=f"k{owner_tag()}x", suffix=".log", dir=_kernel_log_dir()
+            prefix=f"k{short_owner_tag()}x", suffix=".log", dir=_kernel_log_dir()
         )
         # What the kernel inherits; a job later applies the notebook's changes since.
         self.launch_env = dict(os.environ)

@@ -85,7 +85,14 @@ def supervise(folder: str, timeout: float) -> None:
     )
     _write_atomic(
         os.path.join(folder, "pid.json"),
-        json.dumps({"pid": child.pid, "supervisor": os.getpid()}).encode(),
+        json.dumps(
+            {
+                "pid": child.pid,
+                "supervisor": os.getpid(),
+                "pid_id": procs.identity(child.pid),
+                "supervisor_id": procs.identity(),
+            }
+        ).encode(),
     )
     ended_by = ""
 

@@ -9,6 +9,9 @@ it (a worker, a call's child) imports it from here, without the package.
   what it started too.
 - ``end``: SIGTERM to the group, a grace period, SIGKILL to what is left, then reap it.
 - ``signal_group`` / ``signal_process``: one signal, to a process that may be gone already.
+- ``identity`` / ``identity_alive`` / ``signal_identified``: a process as a record names it
+  (pid namespace, pid, start time), so a pid reused by another process is never mistaken
+  for ours, nor signalled.
 - ``status_code`` and ``death_reason``: how a process ended, as a code and in words.
 - ``watch_parent``: in a child, end this process as soon as its parent is gone.
 """
@@ -91,6 +94,109 @@ def signal_process(pid: int | None, signum: int) -> bool:
     return True
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command's name, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace, as a number ("0" where it cannot be read)."""
+    try:
+        return "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit()) or "0"
+    except OSError:
+        return "0"
+
+
+def _start_time(pid: int) -> str:
+    """When ``pid`` started, in clock ticks since boot ("" where /proc cannot tell)."""
+    fields = _stat_fields(pid)
+    # starttime is the 22nd field of stat, the 20th after the command's name.
+    return fields[19].decode() if fields is not None and len(fields) > 19 else ""
+
+
+def identity(pid: int | None = None) -> str:
+    """A process (this one by default) as records name it: ``NAMESPACE.PID.START``. The
+    start time tells this process from a later one that was given the same pid."""
+    pid = pid or os.getpid()
+    start = _start_time(pid)
+    return f"{pid_namespace()}.{pid}" + (f".{start}" if start else "")
+
+
+def parse_identity(tag: str) -> tuple[str, int, str] | None:
+    """``(namespace, pid, start)`` of an ``identity()``; None for anything else. Tags
+    written before start times were recorded have no start ("")."""
+    parts = tag.split(".") if isinstance(tag, str) else []
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        return None
+    pid = int(parts[1])
+    return (parts[0], pid, parts[2] if len(parts) == 3 else "") if pid > 0 else None
+
+
+# What ``identity_alive`` answers for a process of another pid namespace: it cannot be seen.
+UNKNOWN = None
+
+
+def identity_alive(tag: str) -> bool | None:
+    """Whether the process ``tag`` names still runs: True, False (ended, a zombie, or its
+    pid now held by another process), or None when it lives in another pid namespace (a
+    container of its own) and cannot be seen from here."""
+    parsed = parse_identity(tag)
+    if parsed is None:
+        return False
+    namespace, pid, start = parsed
+    if namespace != pid_namespace():
+        return UNKNOWN
+    fields = _stat_fields(pid)
+    if fields is None:
+        try:  # no /proc: only the pid can be asked
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not start
+    if fields[0] == b"Z":  # ended; only its parent has not looked yet
+        return False
+    return not start or (len(fields) > 19 and fields[19].decode() == start)
+
+
+def signal_identified(tag: str, signum: int) -> bool:
+    """Send ``signum`` to the process ``tag`` names, only if it is that very process (pid
+    and start time match in this namespace); False otherwise. A pidfd holds the process
+    between the check and the signal, so a pid reused meanwhile is not reached either."""
+    parsed = parse_identity(tag)
+    if parsed is None or not parsed[2]:
+        return False
+    pid = parsed[1]
+    opener = getattr(os, "pidfd_open", None)
+    sender = getattr(signal, "pidfd_send_signal", None)
+    fd = None
+    if opener is not None and sender is not None:
+        try:
+            fd = opener(pid)
+        except OSError:
+            return False
+    try:
+        if identity_alive(tag) is not True:
+            return False
+        if fd is not None and sender is not None:
+            try:
+                sender(fd, signum)
+            except OSError:
+                return False
+            return True
+        return signal_process(pid, signum)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def group_alive(pgid: int) -> bool:
     """True while a process of the group still runs. Zombies do not count: an orphan that
     ended waits for a reaper that, in a container, may never come."""
@@ -112,13 +218,9 @@ def _runs_in_group(pgid: int) -> bool:
     for name in names:
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
+        fields = _stat_fields(int(name))
+        if fields is None:
             continue  # ended meanwhile
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
             return True
     return False
@@ -156,6 +258,13 @@ def reap(proc: subprocess.Popen[Any], timeout: float | None = None) -> int | Non
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:
         return None
+
+
+def reap_when_ended(proc: subprocess.Popen[Any]) -> None:
+    """Collect the exit status of a process that outlives its starter's interest in it
+    (a detached job's host, a detached call's supervisor) as soon as it ends, so a
+    long-lived starter (the server, a notebook kernel) keeps no zombie of it."""
+    threading.Thread(target=proc.wait, name=f"bgjobs-reap-{proc.pid}", daemon=True).start()
 
 
 def status_code(returncode: int) -> int:

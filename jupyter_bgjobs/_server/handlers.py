@@ -1,9 +1,14 @@
-"""REST handlers over the job store: thin, the store and the records do the work.
+"""REST handlers over the job store: thin, the store, the records and the watcher do the
+work, off the event loop.
 
 ``GET jobs``, ``GET jobs/{id}`` (the record and the output tail as nbformat outputs),
-``GET jobs/{id}/log`` (ranged), ``POST jobs/{id}/cancel``, ``DELETE jobs/{id}`` (an ended
-job), ``POST jobs`` (a detached script job), ``GET events`` (server-sent events: every
-change of any job's record, pushed; no polling per row in the browser).
+``GET jobs/{id}/log`` (ranged, streamed), ``POST jobs/{id}/cancel``, ``DELETE jobs/{id}``
+(an ended job), ``POST jobs`` (a detached job: a script under the server's root, or code),
+``GET events`` (server-sent events: every change of any job's row, pushed).
+
+Every method asks jupyter_server's Authorizer first, for the resource ``bgjobs``:
+``read`` to list, show and read logs; ``write`` to start, cancel and delete; ``execute``
+too where code runs (starting a job), as the kernels API does.
 """
 
 from __future__ import annotations
@@ -12,300 +17,476 @@ import asyncio
 import json
 import os
 import re
+import shutil
+import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 from .. import _store
-from .._errors import BgJobError
+from .._errors import BgJobError, StoreError
 from .._journal import stored_outputs
+from .rows import KEEP_ALIVE, Rows, Watcher, handle, job_row, ordered
+
+# The resource of every action on jobs, for Authorizers and JupyterHub's roles
+# (``access:servers!...`` scopes reach it through the server's Authorizer).
+RESOURCE = "bgjobs"
 
 _ID = r"(?P<job_id>[0-9a-f]{8})"
-# How often the event stream looks at the records, and the longest output tail it serves.
-_EVENT_PERIOD = 0.5
+# The longest output tail a job's detail serves, and the most code it returns for a rerun.
 _TAIL = 256 * 1024
-
-
-def _jobs() -> list[Any]:
-    from .._recorded import recorded_jobs
-
-    return recorded_jobs()
-
-
-def _log_file(job: Any) -> Path:
-    return Path(job.log_path or job.folder / "output.log")
-
-
-def _find(job_id: str) -> Any:
-    for job in _jobs():
-        if job.id == job_id:
-            return job
-    raise web.HTTPError(404, f"no job {job_id}")
-
-
-def _relative(path: Any, root: str) -> str | None:
-    """A notebook's path as the IDE names it (relative to the server's root), if under it."""
-    if not isinstance(path, str) or not path:
-        return None
-    if not os.path.isabs(path):
-        return path
-    try:
-        rel = os.path.relpath(path, root)
-    except ValueError:
-        return None
-    return None if rel.startswith("..") else rel.replace(os.sep, "/")
-
-
-def summary(job: Any, root: str) -> dict[str, Any]:
-    """What a row of the IDE's Jobs panel shows of a job."""
-    record = job._record()
-    done, total = job.progress
-    return {
-        "id": job.id,
-        "name": job.name,
-        "state": job.state,
-        "progress": [done, total],
-        "section": job.section,
-        "status": job.status,
-        "started": record.get("started"),
-        "finished": record.get("finished"),
-        "elapsed": job.elapsed,
-        "where": record.get("where") or "local",
-        "notebook": record.get("notebook"),
-        "notebook_path": _relative(record.get("notebook"), root),
-        "kind": job.kind,
-        "detached": bool(job.detached),
-        "reason": job.reason,
-        "report": job.report if job.done else "",
-    }
-
-
-# What an ended job's row is read from. It changes only when one of these files does, and
-# reading a row whole (its record, its damage check, its report: dozens of files) for every
-# job, every half second, for every open page, is most of the server's work.
-_ROW_FILES = (
-    "spec.json",
-    "state.json",
-    "host.json",
-    "results.json",
-    "results.pkl",
-    "results.snap",
-    "status.json",
-)
-_ended_rows: dict[str, tuple[tuple[tuple[int, int, int], ...], dict[str, Any]]] = {}
-
-
-def _stamp(folder: Path) -> tuple[tuple[int, int, int], ...]:
-    out = []
-    for name in _ROW_FILES:
-        try:
-            st = os.stat(folder / name)
-            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        except OSError:
-            out.append((0, 0, -1))
-    return tuple(out)
-
-
-def row(job: Any, root: str) -> dict[str, Any]:
-    """``summary(job, root)``, read again only when its files changed once it has ended."""
-    stamp = _stamp(job.folder)
-    kept = _ended_rows.get(job.id)
-    if kept is not None and kept[0] == stamp:
-        return kept[1]
-    fresh = summary(job, root)
-    if fresh["state"] in _store.DONE_STATES:
-        _ended_rows[job.id] = (stamp, fresh)
-    else:
-        _ended_rows.pop(job.id, None)
-    return fresh
-
-
+_DETAIL_CODE = 16 << 20
+# A log is sent in pieces of this size, each read off the event loop.
+_CHUNK = 256 * 1024
+# The largest body ``POST jobs`` reads: code for a job, not a data set.
+_MAX_BODY = 32 << 20
+# The fields ``POST jobs`` takes.
+_FIELDS = ("path", "code", "name", "timeout", "kernel", "workdir")
 # What the IDE needs of a job's spec to run it again.
 _RERUN_KEYS = ("code", "name", "env", "results", "timeout", "kernel", "workdir", "script")
 
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _may(action: str) -> Callable[[F], F]:
+    """jupyter_server's ``@authorized`` for ``action`` on our resource: the Authorizer is
+    asked before the method runs; 403 when it says no."""
+    return cast("Callable[[F], F]", authorized(action=action, resource=RESOURCE))
+
 
 class _Handler(APIHandler):
+    auth_resource = RESOURCE
+    # A 416's Content-Range survives the clearing of headers an error answer does.
+    _content_range = ""
+
     @property
     def root(self) -> str:
-        return os.path.expanduser(str(self.settings.get("server_root_dir") or os.getcwd()))
+        """The server's root, as the contents API confines paths to it."""
+        cm = self.settings.get("contents_manager")
+        root = getattr(cm, "root_dir", None) or self.settings.get("server_root_dir")
+        return os.path.realpath(os.path.expanduser(str(root or os.getcwd())))
+
+    @property
+    def allow_hidden(self) -> bool:
+        cm = self.settings.get("contents_manager")
+        return bool(getattr(cm, "allow_hidden", False))
+
+    @property
+    def rows(self) -> Rows:
+        return _server_state(self.settings, self.root)[0]
+
+    @property
+    def watcher(self) -> Watcher:
+        return _server_state(self.settings, self.root)[1]
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run store work in a thread: the event loop never waits on a file. A store that
+        cannot be trusted or written answers with its one line."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, fn, *args)
+        except StoreError as exc:
+            raise web.HTTPError(500, str(exc)) from None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # One line that says what is wrong, as JSON, like jupyter_server's own API.
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = getattr(exc, "log_message", None) or str(exc or self._reason)
+        if status_code == 416 and self._content_range:
+            self.set_header("Content-Range", self._content_range)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"message": message, "reason": self._reason}))
 
 
+_STATE_KEY = "jupyter_bgjobs"
+
+
+def _server_state(settings: dict[str, Any], root: str) -> tuple[Rows, Watcher]:
+    """The server's one row cache and one watcher, made on first use."""
+    state = settings.get(_STATE_KEY)
+    if state is None:
+        rows = Rows(root)
+        state = settings[_STATE_KEY] = (rows, Watcher(rows))
+    return cast("tuple[Rows, Watcher]", state)
+
+
+def _folder_of(job_id: str) -> tuple[Path, bool]:
+    """The folder of the job with this id and whether it is detached; 404 for none. Only
+    a real folder (no link) is a job's; a call is not a job."""
+    for folder, detached in (
+        (_store._job_root_path() / job_id, False),
+        (_store.store_path() / job_id, True),
+    ):
+        try:
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                continue
+        except OSError:
+            continue
+        spec = _store.read_json(folder / "spec.json")
+        if spec is not None and spec.get("kind") == "call":
+            break
+        if spec is None and _store._being_made(folder):
+            break
+        return folder, detached
+    raise web.HTTPError(404, f"no job {job_id}")
+
+
+def _find(job_id: str) -> Any:
+    folder, detached = _folder_of(job_id)
+    return handle(folder, detached)
+
+
 class JobsHandler(_Handler):
     @web.authenticated
-    def get(self) -> None:
+    @_may("read")
+    async def get(self) -> None:
         # The root lets the IDE give a notebook's kernel a script's absolute path.
-        jobs = [row(j, self.root) for j in _jobs()]
-        self.finish(json.dumps({"jobs": jobs, "root": self.root}))
+        rows = await self.off_loop(self.rows.read)
+        jobs = ordered(r for r, _ in rows.values())
+        self.finish(json.dumps({"jobs": jobs, "root": self.root}, default=str))
 
     @web.authenticated
-    def post(self) -> None:
-        """Start a detached job: a script, ``{"path": ...}`` (under the server's root or
-        absolute), or code, ``{"code": ...}`` (an editor's selection, a rerun); with
-        ``name``, ``timeout``, ``kernel``, ``workdir`` (relative to the root)."""
-        from .._jobs import run_cell, run_script
-
-        body = self.get_json_body() or {}
-        if not isinstance(body, dict) or not (
-            isinstance(body.get("path"), str) or isinstance(body.get("code"), str)
-        ):
-            raise web.HTTPError(
-                400, "the body must be a JSON object with a 'path' or a 'code' string"
-            )
-        root = Path(self.root)
-        workdir = body.get("workdir") or None
-        if isinstance(workdir, str) and not os.path.isabs(workdir):
-            workdir = str(root / workdir)
+    @_may("write")
+    @_may("execute")
+    async def post(self) -> None:
+        """Start a detached job: a script, ``{"path": ...}`` (relative to the server's
+        root, or absolute inside it), or code, ``{"code": ...}`` (an editor's selection, a
+        rerun); with ``name``, ``timeout``, ``kernel``, ``workdir`` (inside the root)."""
+        body = _body(self.request.body)
+        root, hidden = self.root, self.allow_hidden
         options: dict[str, Any] = {
-            "name": body.get("name") or None,
-            "workdir": workdir,
-            "timeout": body.get("timeout") or None,
-            "kernel": body.get("kernel") or None,
+            "name": _optional_text(body, "name"),
+            "timeout": _timeout(body.get("timeout")),
+            "kernel": _optional_text(body, "kernel"),
             "detach": True,
         }
-        try:
-            if isinstance(body.get("path"), str):
-                path = Path(body["path"])
-                job = run_script(path if path.is_absolute() else root / path, **options)
-            else:
-                # The server has no notebook: the code gets no variables and keeps its
-                # results in the store, for %bgjob_attach.
-                job = run_cell(body["code"], env="none", results="none", **options)
-        except BgJobError as exc:
-            raise web.HTTPError(400, str(exc)) from None
+        workdir = _optional_text(body, "workdir")
+        if workdir:
+            options["workdir"] = await self.off_loop(_confined, "workdir", workdir, root, hidden)
+        path = body.get("path")
+        script = await self.off_loop(_confined, "path", path, root, hidden) if path else None
+        job = await self.off_loop(_start, script, body.get("code"), options)
         self.set_status(201)
-        self.finish(json.dumps(summary(job, self.root)))
+        self.finish(json.dumps(await self.off_loop(job_row, job.folder, True, root)))
+
+
+def _body(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a request's body; 400 naming what is wrong with it."""
+    if len(raw) > _MAX_BODY:
+        raise web.HTTPError(413, f"the body is larger than {_MAX_BODY:,} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise web.HTTPError(400, "the body is not UTF-8 text; send a JSON object") from None
+    try:
+        body = json.loads(text) if text.strip() else None
+    except (ValueError, RecursionError):
+        raise web.HTTPError(400, "the body is not valid JSON; send a JSON object") from None
+    if not isinstance(body, dict):
+        raise web.HTTPError(400, "the body must be a JSON object with a 'path' or a 'code' string")
+    unknown = sorted(set(body) - set(_FIELDS))
+    if unknown:
+        raise web.HTTPError(
+            400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(_FIELDS)}"
+        )
+    path, code = body.get("path"), body.get("code")
+    if (path is None) == (code is None):
+        raise web.HTTPError(400, "give either 'path' (a script) or 'code', not both or none")
+    for key, value in (("path", path), ("code", code)):
+        if value is not None and not (isinstance(value, str) and value):
+            raise web.HTTPError(400, f"{key!r} must be a non-empty string")
+    return body
+
+
+def _optional_text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise web.HTTPError(400, f"{key!r} must be a string or null, not {type(value).__name__}")
+    return value
+
+
+def _timeout(value: Any) -> float | None:
+    """A positive number of seconds, or null for none; 0, [] or {} are refused, never
+    taken for "no limit"."""
+    if value is None:
+        return None
+    from .._checks import timeout
+
+    try:
+        return timeout("timeout", value)
+    except BgJobError as exc:
+        raise web.HTTPError(400, f"{exc} (or null for no limit)") from None
+
+
+def _hidden(parts: tuple[str, ...]) -> bool:
+    return any(p.startswith(".") for p in parts)
+
+
+def _confined(what: str, given: str, root: str, allow_hidden: bool) -> str:
+    """``given`` (relative to ``root``, or absolute) as a real path inside ``root``, links
+    resolved, as the contents API confines its paths; 400 naming the rule otherwise."""
+    if "\0" in given:
+        raise web.HTTPError(400, f"{what} {given!r:.80} holds a NUL character")
+    candidate = Path(given) if os.path.isabs(given) else Path(root) / given
+    real = os.path.realpath(candidate)
+    try:
+        inside = os.path.commonpath([real, root]) == root
+    except ValueError:
+        inside = False
+    if not inside:
+        raise web.HTTPError(
+            400, f"{what} {given!r:.200} is outside the server's root; give a path inside it"
+        )
+    relative = Path(os.path.relpath(real, root)).parts
+    asked = Path(os.path.relpath(os.path.abspath(candidate), root)).parts
+    if not allow_hidden and (_hidden(relative) or _hidden(asked)):
+        raise web.HTTPError(
+            400,
+            f"{what} {given!r:.200} is or lies in a hidden file or folder, which the server "
+            "does not serve (ContentsManager.allow_hidden)",
+        )
+    try:
+        st = os.stat(real)
+    except OSError:
+        raise web.HTTPError(
+            400, f"{what} {given!r:.200}: no such file or folder ({real})"
+        ) from None
+    if what == "workdir" and not stat.S_ISDIR(st.st_mode):
+        raise web.HTTPError(400, f"workdir {given!r:.200} is not a folder")
+    if what == "path":
+        if not stat.S_ISREG(st.st_mode):
+            raise web.HTTPError(400, f"path {given!r:.200} is not a regular file")
+        if st.st_size > _MAX_BODY:
+            raise web.HTTPError(400, f"path {given!r:.200} is larger than {_MAX_BODY:,} bytes")
+    return real
+
+
+def _start(script: str | None, code: str | None, options: dict[str, Any]) -> Any:
+    from .._jobs import run_cell, run_script
+
+    try:
+        if script is not None:
+            return run_script(script, **options)
+        # The server has no notebook: the code gets no variables and keeps its results
+        # in the store, for %bgjob_attach.
+        return run_cell(str(code), env="none", results="none", **options)
+    except StoreError:
+        raise
+    except BgJobError as exc:
+        raise web.HTTPError(400, str(exc)) from None
+
+
+def _detail(job_id: str, root: str) -> dict[str, Any]:
+    folder, detached = _folder_of(job_id)
+    job = handle(folder, detached)
+    with job.frozen():
+        from .rows import summary
+
+        outputs = stored_outputs(folder, folder / "output.log", _TAIL)
+        spec = job._spec()
+        rerun = {k: spec.get(k) for k in _RERUN_KEYS}
+        try:
+            rerun["code"] = _store.read_code(folder, spec, _DETAIL_CODE)
+        except OSError:  # damaged, or more than a rerun can take
+            rerun["code"] = None
+        return {**summary(job, root), "record": job._record(), "outputs": outputs, "spec": rerun}
 
 
 class JobHandler(_Handler):
     @web.authenticated
-    def get(self, job_id: str) -> None:
-        job = _find(job_id)
-        outputs = stored_outputs(job.folder, _log_file(job), _TAIL)
-        spec = job._spec()
-        self.finish(
-            json.dumps(
-                {
-                    **summary(job, self.root),
-                    "record": job._record(),
-                    "outputs": outputs,
-                    "spec": {k: spec.get(k) for k in _RERUN_KEYS},
-                },
-                default=str,
-            )
-        )
+    @_may("read")
+    async def get(self, job_id: str) -> None:
+        detail = await self.off_loop(_detail, job_id, self.root)
+        self.finish(json.dumps(detail, default=str))
 
     @web.authenticated
-    def delete(self, job_id: str) -> None:
-        job = _find(job_id)
-        if not job.done:
-            raise web.HTTPError(409, f"job {job.name!r} is still {job.state}; cancel it first")
-        import shutil
-
-        shutil.rmtree(job.folder, ignore_errors=True)
+    @_may("write")
+    async def delete(self, job_id: str) -> None:
+        await self.off_loop(_delete, job_id)
         self.set_status(204)
         self.finish()
 
 
+def _delete(job_id: str) -> None:
+    """Remove an ended (or damaged) job's folder; 409 saying why when it cannot be."""
+    job = _find(job_id)
+    if not job.done:
+        raise web.HTTPError(409, f"job {job.name!r} is still {job.state}; cancel it first")
+    why = _store.read_only_reason(job.folder)
+    if why:
+        raise web.HTTPError(409, f"job {job.name!r} cannot be removed: {why}")
+    errors: list[str] = []
+    shutil.rmtree(job.folder, onerror=lambda _f, path, exc: errors.append(f"{path}: {exc[1]}"))
+    if errors or os.path.lexists(job.folder):
+        first = errors[0] if errors else "it is still there"
+        raise web.HTTPError(409, f"job {job.name!r} was not removed whole: {first}")
+
+
+# ``Range: bytes=A-B``, ``bytes=A-`` or ``bytes=-N`` (one range; others are answered whole).
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# Longer numbers than this are past any log's end.
+_DIGITS = 18
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The first and last byte ``header`` asks for, None for the whole log; raises 416
+    for a range the log cannot satisfy (past its end, or last before first)."""
+    ranged = _RANGE.fullmatch(header.strip())
+    if not ranged or not (ranged[1] or ranged[2]):
+        return None
+    huge = 10**_DIGITS
+
+    def num(text: str) -> int:
+        return huge if len(text) > _DIGITS else int(text)
+
+    if ranged[1]:
+        start = num(ranged[1])
+        end = min(num(ranged[2]), size - 1) if ranged[2] else size - 1
+        if ranged[2] and num(ranged[2]) < start:
+            raise _unsatisfiable(size, "the range ends before it starts")
+    else:  # the last N bytes
+        suffix = num(ranged[2])
+        if suffix == 0:
+            raise _unsatisfiable(size, "the range asks for no bytes")
+        start, end = max(0, size - suffix), size - 1
+    if start >= size:
+        raise _unsatisfiable(size, "the range starts past the end of the log")
+    return start, end
+
+
+class _Unsatisfiable(web.HTTPError):
+    def __init__(self, size: int, why: str) -> None:
+        super().__init__(416, f"{why} ({size:,} bytes)")
+        self.size = size
+
+
+def _unsatisfiable(size: int, why: str) -> _Unsatisfiable:
+    return _Unsatisfiable(size, why)
+
+
+def _open_log(job_id: str) -> tuple[int, int]:
+    """The job's log, opened inside its folder without following a link (a regular
+    file of ours only): the descriptor and its size."""
+    folder, _ = _folder_of(job_id)
+    try:
+        fd = _store.open_own(folder / "output.log")
+    except FileNotFoundError:
+        raise web.HTTPError(404, f"job {job_id} has no log yet") from None
+    except _store.NotOurs as exc:
+        raise web.HTTPError(404, f"job {job_id}'s log is not served: {exc}") from None
+    return fd, os.fstat(fd).st_size
+
+
 class LogHandler(_Handler):
     @web.authenticated
-    def get(self, job_id: str) -> None:
-        """The job's whole log, or the bytes ``Range: bytes=START-END`` asks for."""
-        job = _find(job_id)
-        path = _log_file(job)
+    @_may("read")
+    async def get(self, job_id: str) -> None:
+        """The job's whole log, or the bytes ``Range: bytes=START-END`` asks for, sent in
+        pieces as they are read."""
+        fd, size = await self.off_loop(_open_log, job_id)
         try:
-            size = os.path.getsize(path)
-        except OSError:
-            raise web.HTTPError(404, f"job {job_id} has no log yet") from None
-        start, end = 0, size - 1
-        ranged = re.fullmatch(r"bytes=(\d*)-(\d*)", self.request.headers.get("Range", ""))
-        if ranged and (ranged[1] or ranged[2]):
-            if ranged[1]:
-                start = int(ranged[1])
-                end = min(int(ranged[2]), size - 1) if ranged[2] else size - 1
-            else:  # the last N bytes
-                start = max(0, size - int(ranged[2]))
-            if start >= size:
-                self.set_header("Content-Range", f"bytes */{size}")
-                raise web.HTTPError(416, "the range starts past the end of the log")
-            self.set_status(206)
-            self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            data = fh.read(max(0, end - start + 1))
-        # APIHandler would call it JSON.
-        self.finish(data, set_content_type="text/plain; charset=utf-8")
+            try:
+                asked = _byte_range(self.request.headers.get("Range", ""), size)
+            except _Unsatisfiable as exc:
+                self._content_range = f"bytes */{exc.size}"
+                raise
+            start, end = asked or (0, size - 1)
+            if asked is not None:
+                self.set_status(206)
+                self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
+            # APIHandler would call it JSON.
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.set_header("Content-Length", str(max(0, end - start + 1)))
+            pos = start
+            while pos <= end:
+                piece = await self.off_loop(os.pread, fd, min(_CHUNK, end - pos + 1), pos)
+                if not piece:  # the log was cut meanwhile: what is left is sent as is
+                    break
+                self.write(piece)
+                pos += len(piece)
+                try:
+                    await self.flush()
+                except StreamClosedError:
+                    return
+            self.finish()
+        finally:
+            os.close(fd)
+
+
+def _cancel(job_id: str) -> dict[str, Any]:
+    job = _find(job_id)
+    if job.done:
+        raise web.HTTPError(409, f"job {job.name!r} has already ended ({job.state})")
+    if job.detached:
+        if not job.cancel():
+            raise web.HTTPError(
+                409,
+                f"job {job.name!r} cannot be stopped from here: its host is not the "
+                "process its record names (ended, or its pid now belongs to another)",
+            )
+    else:
+        # An attached job's driver, in its notebook's kernel, sees the request.
+        try:
+            _store.write_json(job.folder / "cancel.json", {"asked": True})
+        except OSError as exc:
+            raise web.HTTPError(409, f"job {job.name!r} cannot be asked to stop: {exc}") from None
+    return {"id": job.id, "cancel": True}
 
 
 class CancelHandler(_Handler):
     @web.authenticated
-    def post(self, job_id: str) -> None:
-        """Stop a job: a detached one's host is told (SIGTERM); an attached one's driver,
-        in its notebook's kernel, sees the request in the job's folder."""
-        job = _find(job_id)
-        if job.done:
-            raise web.HTTPError(409, f"job {job.name!r} has already ended ({job.state})")
-        if job.detached:
-            asked = job.cancel()
-        else:
-            _store.write_json(job.folder / "cancel.json", {"asked": True})
-            asked = True
+    @_may("write")
+    async def post(self, job_id: str) -> None:
+        """Stop a job: a detached one's host is told (SIGTERM, only if it is still that
+        very process); an attached one's driver sees the request in the job's folder."""
+        answer = await self.off_loop(_cancel, job_id)
         self.set_status(202)
-        self.finish(json.dumps({"id": job.id, "cancel": asked}))
+        self.finish(json.dumps(answer))
 
 
 class EventsHandler(_Handler):
-    def _rows(self) -> dict[str, str]:
-        """Every job's row, encoded."""
-        rows = {}
-        for job in _jobs():
-            try:
-                rows[job.id] = json.dumps(row(job, self.root))
-            except (OSError, ValueError):  # removed while read: gone from the next look
-                continue
-        for gone in set(_ended_rows) - set(rows):
-            _ended_rows.pop(gone, None)
-        return rows
+    _page: asyncio.Queue[str | None] | None = None
+
+    def on_connection_close(self) -> None:
+        # The page went away: its stream ends now, not at the next keep-alive.
+        if self._page is not None:
+            self._page.put_nowait(None)
+        super().on_connection_close()
 
     @web.authenticated
+    @_may("read")
     async def get(self) -> None:
         """Server-sent events: ``data: {"jobs": [...changed...], "removed": [...]}`` each
-        time records change; a comment line every few seconds keeps proxies open."""
+        time rows change (the first lists every job); a comment line every few seconds
+        keeps proxies open. One watcher reads the store for every page."""
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
-        seen: dict[str, str] = {}
-        quiet = 0
-        sent = False
+        watcher = self.watcher
+        page = self._page = await watcher.subscribe()
         try:
             while True:
-                rows = self._rows()
-                changed = [r for k, r in rows.items() if seen.get(k) != r]
-                removed = [k for k in seen if k not in rows]
-                # The first event lists every job (none too): a reconnected page drops
-                # the rows that went while it was away.
-                if changed or removed or not sent:
-                    sent = True
-                    event = f'{{"jobs": [{", ".join(changed)}], "removed": {json.dumps(removed)}}}'
-                    self.write(f"data: {event}\n\n")
-                    await self.flush()
-                    quiet = 0
-                elif (quiet := quiet + 1) * _EVENT_PERIOD >= 15:
-                    self.write(": keep-alive\n\n")
-                    await self.flush()
-                    quiet = 0
-                seen = rows
-                await asyncio.sleep(_EVENT_PERIOD)
+                try:
+                    event = await asyncio.wait_for(page.get(), KEEP_ALIVE)
+                except asyncio.TimeoutError:
+                    event = ": keep-alive\n\n"
+                if event is None:  # let go: too slow to follow, or the server stops
+                    break
+                self.write(event)
+                await self.flush()
         except StreamClosedError:
-            return
+            pass
+        finally:
+            watcher.unsubscribe(page)
+        if not self._finished:
+            self.finish()
 
 
 ROUTES: list[tuple[str, type[APIHandler]]] = [

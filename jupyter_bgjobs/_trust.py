@@ -1,0 +1,118 @@
+"""Whether a folder is ours to trust: the job store is read, and its results unpickled,
+only when no other local user could have put anything in it.
+
+A store is trusted when its own folders are real folders of this user that nobody else
+may write, and every folder above them is this user's or root's and closed to other
+writers (or sticky, as ``/tmp`` is, where nobody may rename what another made). Anything
+else (a store another user made first under ``/tmp``, a folder a group may write) is
+refused with one line that says whose it is and what to do, before anything is read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+from ._errors import StoreError
+
+# A store found trusted is not looked at again for this long: readers ask many times a
+# second, and folders that are ours do not change hands by themselves.
+_TRUSTED_FOR = 2.0
+_checked: dict[str, float] = {}
+_lock = threading.Lock()
+
+
+def _who(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _fix(store: Path) -> str:
+    return (
+        f"remove {store} (as its owner, or root) or point JUPYTER_BGJOBS_DIR (or "
+        "configure(root=...)) at a folder of your own"
+    )
+
+
+def check_store(store: Path) -> None:
+    """Raise ``StoreError`` unless ``store`` (the folder holding the job root) and what is
+    above it can be trusted; parts that do not exist yet are made by us later, 0700."""
+    key = str(store)
+    now = time.monotonic()
+    with _lock:
+        if now - _checked.get(key, -_TRUSTED_FOR) < _TRUSTED_FOR:
+            return
+    _check(store)
+    with _lock:
+        _checked[key] = now
+
+
+def _check(store: Path) -> None:
+    me = os.getuid()
+    absolute = Path(os.path.abspath(store))
+    # A link on the way is as good as the one who may change it: ours or root's.
+    for part in [*reversed(absolute.parents), absolute]:
+        try:
+            st = os.lstat(part)
+        except FileNotFoundError:
+            break
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
+            raise StoreError(
+                f"the job store {store} is reached through {part}, a link of "
+                f"{_who(st.st_uid)} who may point it anywhere; {_fix(store)}"
+            )
+    real = Path(os.path.realpath(absolute))
+    for part in reversed(real.parents):
+        try:
+            st = os.stat(part)
+        except OSError:
+            break
+        open_to_others = st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX
+        if st.st_uid not in (me, 0) or open_to_others:
+            who = _who(st.st_uid) if st.st_uid not in (me, 0) else "another user"
+            why = "owns it" if st.st_uid not in (me, 0) else "may write in it"
+            raise StoreError(
+                f"the job store {store} lies in {part}, which {who} {why}, so the store "
+                f"could be swapped for theirs; {_fix(store)}"
+            )
+    for part in (real, real / "jobs", real / "jobs" / "detached"):
+        check_own_folder(part, store)
+
+
+def check_own_folder(folder: Path, store: Path) -> None:
+    """Raise ``StoreError`` unless ``folder`` (if it exists) is a real folder of this user
+    that nobody else may write."""
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"the job store {store} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"the job store's {folder} is not a folder; {_fix(store)}")
+    if st.st_uid != os.getuid():
+        raise StoreError(
+            f"the job store's folder {folder} belongs to {_who(st.st_uid)}, not to you "
+            f"({_who(os.getuid())}); another user may have made it to plant jobs and "
+            f"results; {_fix(store)}"
+        )
+    if st.st_mode & 0o022:
+        raise StoreError(
+            f"the job store's folder {folder} may be written by others (mode "
+            f"{stat.S_IMODE(st.st_mode):o}); close it (chmod go-w {folder}) or {_fix(store)}"
+        )
+
+
+def forget() -> None:
+    """Look at every store again on the next read (a test changed a store's owner)."""
+    with _lock:
+        _checked.clear()
