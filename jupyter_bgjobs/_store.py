@@ -22,6 +22,7 @@ from ._config import settings
 from ._errors import StoreError
 from ._inside.procs import identity_alive
 from ._runtime import owner_gone, owner_tag, pid_alive, sweep_litter
+from ._trust import MAX_RECORD, NotOurs, open_own, read_own
 
 DONE_STATES = ("succeeded", "failed", "cancelled", "timed_out", "died")
 # An entry whose spec.json or state.json cannot be read: listed, never run, prunable.
@@ -31,7 +32,17 @@ DAMAGED = "damaged"
 FRESH = 60.0
 
 
-__all__ = ["owner_gone", "owner_tag", "pid_alive", "sweep_litter"]  # kept here for readers
+# Kept here for readers: the store's names for what processes and files are ours.
+__all__ = [
+    "MAX_RECORD",
+    "NotOurs",
+    "open_own",
+    "owner_gone",
+    "owner_tag",
+    "pid_alive",
+    "read_own",
+    "sweep_litter",
+]
 
 
 # A host in another pid namespace (another container sharing the store) cannot be seen
@@ -208,67 +219,6 @@ def write_bytes(path: Path, data: bytes, doing: str = "") -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` whole: readers see the old file or the new one, never a mix."""
     write_bytes(path, json.dumps(data, indent=1, default=str).encode())
-
-
-# The most a record (a JSON file of a job's folder) holds; a larger one is damage. The
-# code of a job lives in a file of its own, so records stay small whatever the code.
-MAX_RECORD = 4 << 20
-# The opening flags of every file read from the store: never through a link, and never
-# waiting (a FIFO or a device put in place of a record would hang the reader for good).
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-
-
-class NotOurs(StoreError):
-    """A file of a job's folder that is not one we wrote: a link, not a regular file, of
-    another user, or larger than any we write. Its message says which."""
-
-
-def open_own(path: Path) -> int:
-    """A file descriptor of ``path`` for reading, if it is a regular file of this user
-    that nobody else may write, opened without following a link and without blocking.
-    Raises ``FileNotFoundError``, or ``NotOurs`` saying what it is instead."""
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise NotOurs(f"{path.name}: a link, not a file of the job's") from None
-        if exc.errno == errno.ENXIO:  # a socket or FIFO without a writer
-            raise NotOurs(f"{path.name}: not a regular file") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        problem = ""
-        if not stat.S_ISREG(st.st_mode):
-            problem = f"{path.name}: not a regular file"
-        elif st.st_uid != os.getuid():
-            problem = f"{path.name}: belongs to uid {st.st_uid}, not to you"
-        elif st.st_mode & 0o022:
-            problem = f"{path.name}: may be written by others"
-        if problem:
-            raise NotOurs(problem)
-        # Reads block as usual from here on (a regular file never waits for long).
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_own(path: Path, limit: int = MAX_RECORD) -> bytes:
-    """The bytes of ``path`` (``open_own``'s checks), at most ``limit``; ``NotOurs``
-    ("too large") for a larger file."""
-    fd = open_own(path)
-    try:
-        size = os.fstat(fd).st_size
-        if size > limit:
-            raise NotOurs(f"{path.name}: too large ({size:,} bytes; at most {limit:,})")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:  # grew while read
-        raise NotOurs(f"{path.name}: too large (over {limit:,} bytes)")
-    return data
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -1,5 +1,6 @@
-"""Whether a folder is ours to trust: the job store is read, and its results unpickled,
-only when no other local user could have put anything in it.
+"""Whether a folder or a file is ours to trust: the job store is read, and its results
+unpickled, only when no other local user could have put anything in it, and a file of a
+job's folder only when it is a regular file we wrote (``open_own``).
 
 A store is trusted when its own folders are real folders of this user that nobody else
 may write, and every folder above them is this user's or root's and closed to other
@@ -10,6 +11,7 @@ refused with one line that says whose it is and what to do, before anything is r
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -110,6 +112,67 @@ def check_own_folder(folder: Path, store: Path) -> None:
             f"the job store's folder {folder} may be written by others (mode "
             f"{stat.S_IMODE(st.st_mode):o}); close it (chmod go-w {folder}) or {_fix(store)}"
         )
+
+
+# The most a record (a JSON file of a job's folder) holds; a larger one is damage. The
+# code of a job lives in a file of its own, so records stay small whatever the code.
+MAX_RECORD = 4 << 20
+# The opening flags of every file read from the store: never through a link, and never
+# waiting (a FIFO or a device put in place of a record would hang the reader for good).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class NotOurs(StoreError):
+    """A file of a job's folder that is not one we wrote: a link, not a regular file, of
+    another user, or larger than any we write. Its message says which."""
+
+
+def open_own(path: Path) -> int:
+    """A file descriptor of ``path`` for reading, if it is a regular file of this user
+    that nobody else may write, opened without following a link and without blocking.
+    Raises ``FileNotFoundError``, or ``NotOurs`` saying what it is instead."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotOurs(f"{path.name}: a link, not a file of the job's") from None
+        if exc.errno == errno.ENXIO:  # a socket or FIFO without a writer
+            raise NotOurs(f"{path.name}: not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        problem = ""
+        if not stat.S_ISREG(st.st_mode):
+            problem = f"{path.name}: not a regular file"
+        elif st.st_uid != os.getuid():
+            problem = f"{path.name}: belongs to uid {st.st_uid}, not to you"
+        elif st.st_mode & 0o022:
+            problem = f"{path.name}: may be written by others"
+        if problem:
+            raise NotOurs(problem)
+        # Reads block as usual from here on (a regular file never waits for long).
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_own(path: Path, limit: int = MAX_RECORD) -> bytes:
+    """The bytes of ``path`` (``open_own``'s checks), at most ``limit``; ``NotOurs``
+    ("too large") for a larger file."""
+    fd = open_own(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise NotOurs(f"{path.name}: too large ({size:,} bytes; at most {limit:,})")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew while read
+        raise NotOurs(f"{path.name}: too large (over {limit:,} bytes)")
+    return data
 
 
 def forget() -> None:

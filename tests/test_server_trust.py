@@ -315,7 +315,7 @@ def test_a_large_log_is_streamed_whole_and_in_ranges(server: Server, ended: Any)
 
 
 def test_the_code_of_a_job_is_stored_once(server: Server) -> None:
-    code = "big = " + repr("y" * 200_000) + "\nsize = len(big)"
+    code = "size = len(" + repr("y" * 200_000) + ")"
     made = server.json("POST", "/bgjobs/api/jobs", {"code": code})
     job = bj.get_job(made["id"]).wait(120)
     assert job.state == "succeeded" and job.results.size == 200_000
@@ -329,11 +329,11 @@ def test_the_code_of_a_job_is_stored_once(server: Server) -> None:
 
 @pytest.mark.parametrize(
     "timeout",
-    [0, [], {}, -5, "10", True, 10**30, 1e400, 10**5000],
+    [0, [], {}, -5, "10", True, 10**30, 1e400, "5,000 digits"],
 )
 def test_a_timeout_that_is_not_a_positive_number_is_refused(server: Server, timeout: Any) -> None:
     before = store_ids()
-    if timeout == 10**5000:
+    if timeout == "5,000 digits":
         raw = b'{"code": "x = 1", "timeout": 1' + b"0" * 5000 + b"}"
     else:
         raw = json.dumps({"code": "x = 1", "timeout": timeout}).encode()

@@ -236,12 +236,13 @@ class Watcher:
         self._pages: set[asyncio.Queue[str | None]] = set()
         self._current: dict[str, tuple[dict[str, Any], str]] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._looking = asyncio.Lock()
         self.problem = ""
 
     async def subscribe(self) -> asyncio.Queue[str | None]:
-        """A queue of this page's events, the first of which lists every job."""
-        if self._current is None:
-            await self._look()
+        """A queue of this page's events, the first of which lists every job as it is
+        now (what changed since the last look goes to the other pages first)."""
+        await self._tick()
         page: asyncio.Queue[str | None] = asyncio.Queue()
         rows = self._current or {}
         page.put_nowait(_event(ordered(r for r, _ in rows.values()), [], self.problem))
@@ -252,6 +253,21 @@ class Watcher:
 
     def unsubscribe(self, page: asyncio.Queue[str | None]) -> None:
         self._pages.discard(page)
+
+    async def _tick(self) -> None:
+        """Look at the store once and send what changed to every page."""
+        async with self._looking:  # one look at a time: rows never go back in time
+            problem = self.problem
+            changed, removed = await self._look()
+            if not (changed or removed or problem != self.problem):
+                return
+            event = _event(changed, removed, self.problem)
+            for page in list(self._pages):
+                if page.qsize() >= _BACKLOG:
+                    self._pages.discard(page)
+                    page.put_nowait(None)  # too slow: let go, it reconnects
+                else:
+                    page.put_nowait(event)
 
     async def _look(self) -> tuple[list[dict[str, Any]], list[str]]:
         loop = asyncio.get_running_loop()
@@ -274,19 +290,8 @@ class Watcher:
         try:
             while self._pages:
                 await asyncio.sleep(PERIOD)
-                if not self._pages:
-                    break
-                problem = self.problem
-                changed, removed = await self._look()
-                if not (changed or removed or problem != self.problem):
-                    continue
-                event = _event(changed, removed, self.problem)
-                for page in list(self._pages):
-                    if page.qsize() >= _BACKLOG:
-                        self._pages.discard(page)
-                        page.put_nowait(None)  # too slow: let go, it reconnects
-                    else:
-                        page.put_nowait(event)
+                if self._pages:
+                    await self._tick()
         finally:
             # Nobody listens: the next page starts from a fresh look.
             self._current = None
