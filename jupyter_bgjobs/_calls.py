@@ -245,7 +245,8 @@ class BgCall:
             # process recorded is signalled, never one that took its pid since.
             _procs.signal_identified(str(self._pids().get("supervisor_id", "")), signal.SIGINT)
             return
-        _procs.signal_group(self._child_pid(), signal.SIGINT)
+        if self._proc.poll() is None:  # a reaped child's pid may be another's now
+            _procs.signal_group(self._child_pid(), signal.SIGINT)
 
     def kill(self) -> None:
         """End the process (and what it started) at once; state ``cancelled``."""
@@ -256,7 +257,8 @@ class BgCall:
             # The supervisor records the ending, then kills its child.
             _procs.signal_identified(str(self._pids().get("supervisor_id", "")), signal.SIGTERM)
             return
-        _procs.signal_group(self._child_pid(), signal.SIGKILL)
+        if self._proc.poll() is None:
+            _procs.signal_group(self._child_pid(), signal.SIGKILL)
 
     def _pids(self) -> dict[str, Any]:
         return read_json(self.folder / "pid.json") or {}

@@ -460,6 +460,7 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
                 cwd=spec.workdir or os.getcwd(),
                 env=env,
             )
+        _procs.reap_when_ended(host)  # reaped when it ends, whatever happens next here
         _store.write_json(
             folder / "host.json", {"pid": host.pid, "pid_id": _procs.identity(host.pid)}
         )
@@ -468,7 +469,6 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
         if isinstance(exc, StoreError):
             raise
         raise _store._write_error(folder, "start a detached job", exc) from None
-    _procs.reap_when_ended(host)
     _hand_over(job, host.pid)
     started = DetachedJob(folder)
     # This process knows which names it had when the job started: a later merge here can

@@ -99,6 +99,7 @@ def _watch_folder(folder: Path, job: Any, ended: threading.Event, gone: threadin
     """While the host runs: touch ``host.json`` every ``HEARTBEAT`` seconds (a reader in
     another pid namespace, which cannot see this process, judges it alive by that), and
     end the job at once, with this host, when the job's folder is gone."""
+    from ._config import configure
     from ._store import HEARTBEAT
 
     beat = 0.0
@@ -108,6 +109,7 @@ def _watch_folder(folder: Path, job: Any, ended: threading.Event, gone: threadin
         except FileNotFoundError:
             gone.set()
             job._set(reason="its folder in the job store was removed while it ran")
+            configure(cancel_grace=0)  # nobody is left to wait for: its kernel ends now
             job.cancel()
             return
         except OSError:
@@ -166,6 +168,7 @@ def _persist_results(job: Any, writer: Any) -> None:
 def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
     """What the notebook decided for the job, taken over by its host, which holds the
     seed and the job's shared-memory folder from now on."""
+    from . import _store
     from ._runtime import hand_job_shm, owner_tag
 
     job.shipped = [n for n in data.get("shipped") or [] if isinstance(n, str)]
@@ -187,10 +190,14 @@ def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
     results = (data.get("runner") or {}).get("results") or {}
     job._result_paths = [p for p in results.get("paths") or [] if isinstance(p, str)]
     seed = folder / "seed.stream"
-    if seed.is_file():
+    try:
+        fd = _store.open_own(seed)  # the notebook's seed: a file of ours, no link
+    except OSError:
+        fd = -1
+    if fd >= 0:
         import mmap
 
-        with open(seed, "rb") as fh:
+        with os.fdopen(fd, "rb") as fh:
             job._seed_blob = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         # Removed with the seed's other files once the kernel has loaded it.
         job._files.append(str(seed))

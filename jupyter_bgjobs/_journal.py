@@ -51,13 +51,16 @@ class Journal:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:  # what a full disk refused is lost; closing must not fail
+                pass
 
 
 # Each line starts with its byte range (``add`` writes "at" first): lines before the
 # stretch asked for are passed over without parsing their outputs (plots, tables).
-_AT = re.compile(r'\{"at": \[(\d+), ')
+_AT = re.compile(r'\{"at": \[(\d{1,18}), ')
 
 
 def _read_entries(folder: Path, since: int = 0) -> list[dict[str, Any]]:
@@ -73,7 +76,7 @@ def _read_entries(folder: Path, since: int = 0) -> list[dict[str, Any]]:
                     continue
                 try:
                     entry = json.loads(line)
-                except ValueError:  # the line being written, or damage: skipped
+                except (ValueError, RecursionError):  # being written, or damage: skipped
                     continue
                 at = entry.get("at") if isinstance(entry, dict) else None
                 if (

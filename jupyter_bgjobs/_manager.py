@@ -334,8 +334,11 @@ class JobManager:
                 try:
                     fn(job)
                 except Exception as exc:  # a user callback must not kill the driver
-                    with open_log(job.log_path) as log:
-                        log.write(f"\n[jupyter_bgjobs: done callback {fn!r} raised {exc!r}]\n")
+                    try:
+                        with open_log(job.log_path) as log:
+                            log.write(f"\n[jupyter_bgjobs: done callback {fn!r} raised {exc!r}]\n")
+                    except OSError:  # a full or read-only disk: the note is lost, not the job
+                        pass
         finally:
             job._set(_settled=True, _settling=None)
 

@@ -37,7 +37,7 @@ def state_record(job: Any) -> dict[str, Any]:
         "finished": finished.isoformat() if finished else None,
         "finished_ts": finished.timestamp() if finished else None,
         "elapsed": job.elapsed,
-        "error": list(job.error) if job.error else None,
+        "error": _bounded_error(job.error),
         "reason": job.reason,
         "exit_code": job.exit_code,
         "log_path": str(job.log_path),
@@ -59,6 +59,25 @@ def state_record(job: Any) -> dict[str, Any]:
         # Wall-clock stamps of the job's milestones (benchmarks read them).
         "timings": dict(job.timings),
     }
+
+
+# A record stays small whatever the job raised: the error's text and traceback are cut to
+# this many characters each (the whole traceback is in the job's log).
+_ERROR_TEXT = 64 * 1024
+
+
+def _bounded_error(error: Any) -> list[Any] | None:
+    if not error:
+        return None
+    ename, evalue, traceback = error
+    lines, size = [], 0
+    for line in reversed(list(traceback)):  # the end of a traceback says the most
+        size += len(line)
+        if size > _ERROR_TEXT:
+            lines.append("... (cut; the whole traceback is in the job's log)")
+            break
+        lines.append(line)
+    return [str(ename)[:1000], str(evalue)[:_ERROR_TEXT], lines[::-1]]
 
 
 def call_record(call: Any) -> dict[str, Any]:

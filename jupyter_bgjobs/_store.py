@@ -221,6 +221,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_bytes(path, json.dumps(data, indent=1, default=str).encode())
 
 
+class _NotJSONNumber(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are Python's, not JSON's: a browser cannot parse a row holding one.
+    raise _NotJSONNumber(name)
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """The object in ``path``, or None when it is missing or damaged (``load_json``)."""
     return load_json(path)[0]
@@ -239,7 +248,9 @@ def load_json(path: Path) -> tuple[dict[str, Any] | None, str]:
     if not text.strip():
         return None, f"{path.name}: empty"
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
+    except _NotJSONNumber as exc:
+        return None, f"{path.name}: holds {exc}, which JSON has not"
     except RecursionError:
         return None, f"{path.name}: nested too deep to be a record"
     except ValueError:
@@ -333,9 +344,10 @@ def _names(types_: tuple[type, ...]) -> str:
 
 
 def _iso(value: Any) -> bool:
+    """A time every reader can compute with (a year 1 is text, not a time)."""
     try:
-        dt.datetime.fromisoformat(value)
-    except (TypeError, ValueError):
+        dt.datetime.fromisoformat(value).timestamp()
+    except (TypeError, ValueError, OverflowError, OSError):
         return False
     return True
 

@@ -171,7 +171,9 @@ def signal_identified(tag: str, signum: int) -> bool:
     and start time match in this namespace); False otherwise. A pidfd holds the process
     between the check and the signal, so a pid reused meanwhile is not reached either."""
     parsed = parse_identity(tag)
-    if parsed is None or not parsed[2]:
+    # Without a start time a pid cannot be told from a later one; only where the system
+    # has no /proc to tell start times at all is the pid taken as it is.
+    if parsed is None or (not parsed[2] and os.path.isdir("/proc/self")):
         return False
     pid = parsed[1]
     opener = getattr(os, "pidfd_open", None)
@@ -180,8 +182,10 @@ def signal_identified(tag: str, signum: int) -> bool:
     if opener is not None and sender is not None:
         try:
             fd = opener(pid)
-        except OSError:
+        except ProcessLookupError:
             return False
+        except OSError:  # no pidfds here (an old kernel, a seccomp profile): check, then kill
+            fd = None
     try:
         if identity_alive(tag) is not True:
             return False

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -60,6 +61,21 @@ def _may(action: str) -> Callable[[F], F]:
     return cast("Callable[[F], F]", authorized(action=action, resource=RESOURCE))
 
 
+def _fail(status: int, message: str) -> web.HTTPError:
+    """An error answer of one line; a ``%`` in it (a path) is taken as it is."""
+    return web.HTTPError(status, "%s", message)
+
+
+def _store_status(exc: StoreError) -> int:
+    """The status of a store that refused: read-only, full, or not the user's alone."""
+    text = str(exc)
+    if "read-only" in text:
+        return 409
+    if "no space" in text:
+        return 507
+    return 500
+
+
 class _Handler(APIHandler):
     auth_resource = RESOURCE
     # A 416's Content-Range survives the clearing of headers an error answer does.
@@ -92,12 +108,13 @@ class _Handler(APIHandler):
         try:
             return await loop.run_in_executor(None, fn, *args)
         except StoreError as exc:
-            raise web.HTTPError(500, str(exc)) from None
+            raise _fail(_store_status(exc), str(exc)) from None
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # One line that says what is wrong, as JSON, like jupyter_server's own API.
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = getattr(exc, "log_message", None) or str(exc or self._reason)
+        get = getattr(exc, "get_message", None)
+        message = (get() if get is not None else None) or str(exc or self._reason)
         if status_code == 416 and self._content_range:
             self.set_header("Content-Range", self._content_range)
         self.set_header("Content-Type", "application/json")
@@ -134,7 +151,7 @@ def _folder_of(job_id: str) -> tuple[Path, bool]:
         if spec is None and _store._being_made(folder):
             break
         return folder, detached
-    raise web.HTTPError(404, f"no job {job_id}")
+    raise _fail(404, f"no job {job_id}")
 
 
 def _find(job_id: str) -> Any:
@@ -179,28 +196,34 @@ class JobsHandler(_Handler):
 def _body(raw: bytes) -> dict[str, Any]:
     """The JSON object of a request's body; 400 naming what is wrong with it."""
     if len(raw) > _MAX_BODY:
-        raise web.HTTPError(413, f"the body is larger than {_MAX_BODY:,} bytes")
+        raise _fail(413, f"the body is larger than {_MAX_BODY:,} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise web.HTTPError(400, "the body is not UTF-8 text; send a JSON object") from None
+        raise _fail(400, "the body is not UTF-8 text; send a JSON object") from None
     try:
         body = json.loads(text) if text.strip() else None
     except (ValueError, RecursionError):
-        raise web.HTTPError(400, "the body is not valid JSON; send a JSON object") from None
+        raise _fail(400, "the body is not valid JSON; send a JSON object") from None
     if not isinstance(body, dict):
-        raise web.HTTPError(400, "the body must be a JSON object with a 'path' or a 'code' string")
+        raise _fail(400, "the body must be a JSON object with a 'path' or a 'code' string")
     unknown = sorted(set(body) - set(_FIELDS))
     if unknown:
-        raise web.HTTPError(
+        raise _fail(
             400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(_FIELDS)}"
         )
     path, code = body.get("path"), body.get("code")
     if (path is None) == (code is None):
-        raise web.HTTPError(400, "give either 'path' (a script) or 'code', not both or none")
+        raise _fail(400, "give either 'path' (a script) or 'code', not both or none")
     for key, value in (("path", path), ("code", code)):
         if value is not None and not (isinstance(value, str) and value):
-            raise web.HTTPError(400, f"{key!r} must be a non-empty string")
+            raise _fail(400, f"{key!r} must be a non-empty string")
+    for key in _FIELDS:
+        if isinstance(body.get(key), str):
+            try:
+                body[key].encode("utf-8")
+            except UnicodeEncodeError:
+                raise _fail(400, f"{key!r} holds a lone surrogate, which is no text") from None
     return body
 
 
@@ -209,7 +232,7 @@ def _optional_text(body: dict[str, Any], key: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise web.HTTPError(400, f"{key!r} must be a string or null, not {type(value).__name__}")
+        raise _fail(400, f"{key!r} must be a string or null, not {type(value).__name__}")
     return value
 
 
@@ -223,7 +246,7 @@ def _timeout(value: Any) -> float | None:
     try:
         return timeout("timeout", value)
     except BgJobError as exc:
-        raise web.HTTPError(400, f"{exc} (or null for no limit)") from None
+        raise _fail(400, f"{exc} (or null for no limit)") from None
 
 
 def _hidden(parts: tuple[str, ...]) -> bool:
@@ -234,7 +257,7 @@ def _confined(what: str, given: str, root: str, allow_hidden: bool) -> str:
     """``given`` (relative to ``root``, or absolute) as a real path inside ``root``, links
     resolved, as the contents API confines its paths; 400 naming the rule otherwise."""
     if "\0" in given:
-        raise web.HTTPError(400, f"{what} {given!r:.80} holds a NUL character")
+        raise _fail(400, f"{what} {given!r:.80} holds a NUL character")
     candidate = Path(given) if os.path.isabs(given) else Path(root) / given
     real = os.path.realpath(candidate)
     try:
@@ -242,13 +265,16 @@ def _confined(what: str, given: str, root: str, allow_hidden: bool) -> str:
     except ValueError:
         inside = False
     if not inside:
-        raise web.HTTPError(
+        raise _fail(
             400, f"{what} {given!r:.200} is outside the server's root; give a path inside it"
         )
     relative = Path(os.path.relpath(real, root)).parts
+    # The path as asked, where it is written under the root (not through an alias of it).
     asked = Path(os.path.relpath(os.path.abspath(candidate), root)).parts
+    if asked[:1] == ("..",):
+        asked = ()
     if not allow_hidden and (_hidden(relative) or _hidden(asked)):
-        raise web.HTTPError(
+        raise _fail(
             400,
             f"{what} {given!r:.200} is or lies in a hidden file or folder, which the server "
             "does not serve (ContentsManager.allow_hidden)",
@@ -256,16 +282,22 @@ def _confined(what: str, given: str, root: str, allow_hidden: bool) -> str:
     try:
         st = os.stat(real)
     except OSError:
-        raise web.HTTPError(
-            400, f"{what} {given!r:.200}: no such file or folder ({real})"
-        ) from None
+        raise _fail(400, f"{what} {given!r:.200}: no such file or folder ({real})") from None
     if what == "workdir" and not stat.S_ISDIR(st.st_mode):
-        raise web.HTTPError(400, f"workdir {given!r:.200} is not a folder")
+        raise _fail(400, f"workdir {given!r:.200} is not a folder")
     if what == "path":
         if not stat.S_ISREG(st.st_mode):
-            raise web.HTTPError(400, f"path {given!r:.200} is not a regular file")
+            raise _fail(400, f"path {given!r:.200} is not a regular file")
         if st.st_size > _MAX_BODY:
-            raise web.HTTPError(400, f"path {given!r:.200} is larger than {_MAX_BODY:,} bytes")
+            raise _fail(400, f"path {given!r:.200} is larger than {_MAX_BODY:,} bytes")
+        try:  # readable, and still a regular file when opened (never waiting on a FIFO)
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            is_file = stat.S_ISREG(os.fstat(fd).st_mode)
+            os.close(fd)
+        except OSError as exc:
+            raise _fail(400, f"path {given!r:.200} cannot be read: {exc.strerror or exc}") from None
+        if not is_file:
+            raise _fail(400, f"path {given!r:.200} is not a regular file")
     return real
 
 
@@ -281,7 +313,9 @@ def _start(script: str | None, code: str | None, options: dict[str, Any]) -> Any
     except StoreError:
         raise
     except BgJobError as exc:
-        raise web.HTTPError(400, str(exc)) from None
+        raise _fail(400, str(exc)) from None
+    except OSError as exc:  # the script went away, or cannot be read, meanwhile
+        raise _fail(400, f"the job cannot be started: {exc}") from None
 
 
 def _detail(job_id: str, root: str) -> dict[str, Any]:
@@ -319,15 +353,21 @@ def _delete(job_id: str) -> None:
     """Remove an ended (or damaged) job's folder; 409 saying why when it cannot be."""
     job = _find(job_id)
     if not job.done:
-        raise web.HTTPError(409, f"job {job.name!r} is still {job.state}; cancel it first")
+        raise _fail(409, f"job {job.name!r} is still {job.state}; cancel it first")
     why = _store.read_only_reason(job.folder)
     if why:
-        raise web.HTTPError(409, f"job {job.name!r} cannot be removed: {why}")
+        raise _fail(409, f"job {job.name!r} cannot be removed: {why}")
     errors: list[str] = []
-    shutil.rmtree(job.folder, onerror=lambda _f, path, exc: errors.append(f"{path}: {exc[1]}"))
+
+    def failed(_fn: Any, path: str, exc: Any) -> None:
+        errors.append(f"{path}: {exc[1] if isinstance(exc, tuple) else exc}")
+
+    # Python 3.12 renamed the hook (and warns on the old name).
+    hook: dict[str, Any] = {"onexc" if sys.version_info >= (3, 12) else "onerror": failed}
+    shutil.rmtree(job.folder, **hook)
     if errors or os.path.lexists(job.folder):
         first = errors[0] if errors else "it is still there"
-        raise web.HTTPError(409, f"job {job.name!r} was not removed whole: {first}")
+        raise _fail(409, f"job {job.name!r} was not removed whole: {first}")
 
 
 # ``Range: bytes=A-B``, ``bytes=A-`` or ``bytes=-N`` (one range; others are answered whole).
@@ -379,9 +419,9 @@ def _open_log(job_id: str) -> tuple[int, int]:
     try:
         fd = _store.open_own(folder / "output.log")
     except FileNotFoundError:
-        raise web.HTTPError(404, f"job {job_id} has no log yet") from None
+        raise _fail(404, f"job {job_id} has no log yet") from None
     except _store.NotOurs as exc:
-        raise web.HTTPError(404, f"job {job_id}'s log is not served: {exc}") from None
+        raise _fail(404, f"job {job_id}'s log is not served: {exc}") from None
     return fd, os.fstat(fd).st_size
 
 
@@ -402,9 +442,9 @@ class LogHandler(_Handler):
             if asked is not None:
                 self.set_status(206)
                 self.set_header("Content-Range", f"bytes {start}-{end}/{size}")
-            # APIHandler would call it JSON.
+            # APIHandler would call it JSON. Sent in chunks without a length: a log cut
+            # short while it is read ends the answer where it ends.
             self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.set_header("Content-Length", str(max(0, end - start + 1)))
             pos = start
             while pos <= end:
                 piece = await self.off_loop(os.pread, fd, min(_CHUNK, end - pos + 1), pos)
@@ -424,10 +464,10 @@ class LogHandler(_Handler):
 def _cancel(job_id: str) -> dict[str, Any]:
     job = _find(job_id)
     if job.done:
-        raise web.HTTPError(409, f"job {job.name!r} has already ended ({job.state})")
+        raise _fail(409, f"job {job.name!r} has already ended ({job.state})")
     if job.detached:
         if not job.cancel():
-            raise web.HTTPError(
+            raise _fail(
                 409,
                 f"job {job.name!r} cannot be stopped from here: its host is not the "
                 "process its record names (ended, or its pid now belongs to another)",
@@ -437,7 +477,7 @@ def _cancel(job_id: str) -> dict[str, Any]:
         try:
             _store.write_json(job.folder / "cancel.json", {"asked": True})
         except OSError as exc:
-            raise web.HTTPError(409, f"job {job.name!r} cannot be asked to stop: {exc}") from None
+            raise _fail(409, f"job {job.name!r} cannot be asked to stop: {exc}") from None
     return {"id": job.id, "cancel": True}
 
 

@@ -142,7 +142,7 @@ class Rows:
         except OSError:
             entries = []
         for entry in entries:
-            if entry.name.startswith("."):
+            if not _store._ATTACHED_NAME.fullmatch(entry.name):  # ids are 8 hex digits
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
