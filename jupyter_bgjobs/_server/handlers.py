@@ -41,11 +41,11 @@ RESOURCE = "bgjobs"
 _ID = r"(?P<job_id>[0-9a-f]{8})"
 # The longest output tail a job's detail serves, and the most code it returns for a rerun.
 _TAIL = 256 * 1024
-_DETAIL_CODE = 16 << 20
+_DETAIL_CODE = 100 << 20
 # A log is sent in pieces of this size, each read off the event loop.
 _CHUNK = 256 * 1024
-# The largest body ``POST jobs`` reads: code for a job, not a data set.
-_MAX_BODY = 32 << 20
+# The largest body ``POST jobs`` reads (tornado's own limit): code, not a data set.
+_MAX_BODY = 100 << 20
 # The fields ``POST jobs`` takes.
 _FIELDS = ("path", "code", "name", "timeout", "kernel", "workdir")
 # What the IDE needs of a job's spec to run it again.
@@ -164,9 +164,13 @@ class JobsHandler(_Handler):
     @_may("read")
     async def get(self) -> None:
         # The root lets the IDE give a notebook's kernel a script's absolute path.
-        rows = await self.off_loop(self.rows.read)
-        jobs = ordered(r for r, _ in rows.values())
-        self.finish(json.dumps({"jobs": jobs, "root": self.root}, default=str))
+        root = self.root
+
+        def listing() -> str:
+            jobs = ordered(r for r, _ in self.rows.read().values())
+            return json.dumps({"jobs": jobs, "root": root}, default=str)
+
+        self.finish(await self.off_loop(listing))
 
     @web.authenticated
     @_may("write")
@@ -175,7 +179,7 @@ class JobsHandler(_Handler):
         """Start a detached job: a script, ``{"path": ...}`` (relative to the server's
         root, or absolute inside it), or code, ``{"code": ...}`` (an editor's selection, a
         rerun); with ``name``, ``timeout``, ``kernel``, ``workdir`` (inside the root)."""
-        body = _body(self.request.body)
+        body = await self.off_loop(_body, self.request.body)  # maybe megabytes of code
         root, hidden = self.root, self.allow_hidden
         options: dict[str, Any] = {
             "name": _optional_text(body, "name"),
@@ -338,8 +342,8 @@ class JobHandler(_Handler):
     @web.authenticated
     @_may("read")
     async def get(self, job_id: str) -> None:
-        detail = await self.off_loop(_detail, job_id, self.root)
-        self.finish(json.dumps(detail, default=str))
+        root = self.root
+        self.finish(await self.off_loop(lambda: json.dumps(_detail(job_id, root), default=str)))
 
     @web.authenticated
     @_may("write")
