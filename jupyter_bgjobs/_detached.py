@@ -646,6 +646,7 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
         error=job.error,
         _values=values,
         mutated=[m for m in kept.get("mutated") or [] if isinstance(m, str)],
+        deleted=[m for m in kept.get("deleted") or [] if isinstance(m, str)],
         skipped=[
             dict(s, direction="out") for s in kept.get("not_saved") or [] if isinstance(s, dict)
         ],
@@ -654,6 +655,7 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
             results=mode,
             results_name=_text(spec.get("results_name")) or f"{job.name}_results",
             on_conflict=_text(spec.get("on_conflict")) or "keep",
+            on_failure=_text(spec.get("on_failure")) or "merge",
         ),
     )
     target = ns if ns is not None else target_namespace()

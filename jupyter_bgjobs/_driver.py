@@ -481,6 +481,7 @@ def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
     job.skipped.extend(dict(s, direction="out") for s in info.get("skipped", []))
     values: dict[str, Any] = {}
     job.mutated = list(info.get("mutated", []))
+    job.deleted = [n for n in info.get("deleted") or [] if isinstance(n, str)]
     if info.get("names"):
         try:
             if info.get("transport") == "stream":
@@ -567,6 +568,7 @@ def keep_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
     kept: dict[str, Any] = {
         "names": list(info.get("names") or []),
         "mutated": list(info.get("mutated") or []),
+        "deleted": list(info.get("deleted") or []),
         "modules": dict(info.get("modules") or {}),
         "not_saved": list(info.get("skipped") or []),
         "nbytes": info.get("nbytes", 0),

@@ -86,6 +86,8 @@ class Job(Tailed, RowClock):
         self.skipped: list[dict[str, str]] = []
         self.shipped: list[str] = []
         self.mutated: list[str] = []
+        # Names the job was given and deleted: deleted in the notebook at merge too.
+        self.deleted: list[str] = []
         # Wall-clock stamps (time.time()) of the job's milestones, for benchmarks and logs.
         self.timings: dict[str, float] = {"submitted": time.time()}
         self.report = ""

@@ -53,6 +53,7 @@ def run_cell(
     detach: bool = False,
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
+    on_failure: str = "merge",
 ) -> Any:
     """Run ``code`` (IPython syntax allowed) as a background job and return the Job at once.
 
@@ -64,6 +65,8 @@ def run_cell(
     ``%bgjob_attach`` (a DetachedJob is returned). ``gateway``: run it on a Kernel or
     Enterprise Gateway (a URL; ``configure(gateway=...)`` sets a default), with
     ``kernel_env`` (``KERNEL_*`` variables) passed to the kernel it starts.
+    ``on_failure``: ``merge`` (a failed job's names made before its error come back, as a
+    cell that raises keeps them) or ``keep`` (they stay in ``job.results`` only).
     """
     from ._merge import target_namespace
 
@@ -77,6 +80,7 @@ def run_cell(
         env=env,
         results=results,
         on_conflict=on_conflict,
+        on_failure=on_failure,
         workdir=workdir,
         gateway=gateway,
         kernel_env=kernel_env,

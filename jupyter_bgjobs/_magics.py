@@ -82,6 +82,13 @@ class BgJobMagics(Magics):
         default="keep",
         help="keep or overwrite a name the notebook changed while the job ran",
     )
+    @argument(
+        "--on-failure",
+        dest="on_failure",
+        default="merge",
+        help="merge (default: a failed job's names made before its error come back, as a "
+        "cell that raises keeps them) or keep (in job.results only)",
+    )
     @argument("--notify", action="store_true", help="a browser notification when it ends")
     @argument(
         "--detach",
@@ -108,6 +115,7 @@ class BgJobMagics(Magics):
                 env=args.env,
                 results=args.results,
                 on_conflict=args.on_conflict,
+                on_failure=args.on_failure,
                 workdir=args.workdir,
                 detach=args.detach,
                 gateway=args.gateway,
@@ -289,17 +297,31 @@ def _pre_run_cell(*_: Any) -> None:
         print(report)
 
 
+def _post_run_cell(*_: Any) -> None:
+    """After each cell: what the notebook imports, the warm kernels import too, ahead of
+    the next job (a job's kernel would import numpy and pandas again otherwise)."""
+    from IPython import get_ipython
+
+    from ._backends.local import notebook_imports
+
+    ip = get_ipython()
+    if ip is not None:
+        manager.follow_imports(notebook_imports(ip.user_ns))
+
+
 def load(ip: Any) -> None:
     ip.register_magics(BgJobMagics)
     ip.events.register("pre_run_cell", _pre_run_cell)
+    ip.events.register("post_run_cell", _post_run_cell)
     manager.pool()
 
 
 def unload(ip: Any) -> None:
-    try:
-        ip.events.unregister("pre_run_cell", _pre_run_cell)
-    except ValueError:
-        pass
+    for event, hook in (("pre_run_cell", _pre_run_cell), ("post_run_cell", _post_run_cell)):
+        try:
+            ip.events.unregister(event, hook)
+        except ValueError:
+            pass
     magics = ip.magics_manager.magics
     for kind, names in (("cell", ["bgjob"]), ("line", ["bgjob_script", "bgjobs"])):
         for name in names:

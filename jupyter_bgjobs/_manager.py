@@ -22,7 +22,7 @@ from ._job import Job
 from ._records import RecordWriter
 from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, transformed
-from ._states import SUCCEEDED, now
+from ._states import FAILED, SUCCEEDED, now
 
 
 class JobManager:
@@ -53,6 +53,13 @@ class JobManager:
         # Where the local pool starts warming, the gateway's does too.
         self.gateway_pool()
         return pool
+
+    def follow_imports(self, modules: list[str]) -> None:
+        """The notebook's imports as they are now: the warm kernels import them too."""
+        with self._lock:
+            pool = self._pool
+        if pool is not None:
+            pool.follow(modules)
 
     def resize_pool(self) -> None:
         with self._lock:
@@ -314,7 +321,8 @@ class JobManager:
             thread.join(timeout)
 
     def _finish(self, job: Job, state: str) -> None:
-        if job.spec.results == "none" or job._values is None or state != SUCCEEDED:
+        mergeable = state == SUCCEEDED or (state == FAILED and job.spec.on_failure == "merge")
+        if job.spec.results == "none" or job._values is None or not mergeable:
             job._merged = True
         with self._lock:
             if not job._merged:

@@ -39,6 +39,7 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
     overwrote: list[str] = []
     conflicts: list[str] = []
     where = ""
+    deleted: list[str] = []
     if spec.results == "object":
         ns[spec.results_name] = types.SimpleNamespace(**values)
         merged = sorted(values)
@@ -58,10 +59,20 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
                     overwrote.append(key)
             ns[key] = values[key]
             merged.append(key)
+        # What the job deleted of the names it was given goes from the notebook too,
+        # unless the notebook bound the name anew since the job started.
+        for key in getattr(job, "deleted", None) or []:
+            if key not in ns:
+                continue
+            if job._ns_ids.get(key) != id(ns[key]) and spec.on_conflict == "keep":
+                conflicts.append(key)
+                continue
+            del ns[key]
+            deleted.append(key)
         if aside:
             ns[spec.results_name] = types.SimpleNamespace(**aside)
         where = " into globals"
-    return report_line(job, merged, where, overwrote, conflicts)
+    return report_line(job, merged, where, overwrote, conflicts, deleted=deleted)
 
 
 def outcome(job: Job, state: str = "") -> str:
@@ -76,7 +87,8 @@ def outcome(job: Job, state: str = "") -> str:
         line += f"; {job.reason}"
     elif job.error:
         line += f"; {job.error.ename}: {job.error.evalue}"
-    if job._values:
+    merges_here = state == "failed" and job.spec.on_failure == "merge"
+    if job._values and not (merges_here and job.spec.results != "none"):
         line += f"; partial results kept in get_job({job.name!r}).results"
     return line
 
@@ -88,6 +100,7 @@ def report_line(
     overwrote: list[str] | None = None,
     conflicts: list[str] | None = None,
     state: str = "",
+    deleted: list[str] | None = None,
 ) -> str:
     """One line: the outcome, what was merged and overwritten, what did not travel."""
     spec = job.spec
@@ -95,10 +108,12 @@ def report_line(
     parts = [outcome(job, state)]
     if merged:
         parts.append(f"merged {_names(merged)}{where}")
-    elif spec.results != "none" and state == "succeeded":
+    elif spec.results != "none" and state == "succeeded" and not deleted:
         parts.append("no new names")
     elif state == "succeeded" and job._values:
         parts.append(f"results in get_job({job.name!r}).results: {_names(sorted(job._values))}")
+    if deleted:
+        parts.append(f"deleted {_names(deleted)} (as the job did)")
     if overwrote:
         parts.append(f"overwrote {_names(overwrote)}")
     if job.mutated and merged:

@@ -37,8 +37,10 @@ class Snapshot:
     streamed: bool = False
 
 
-def free_names(source: str) -> set[str]:
-    """Names a piece of code reads that it may not define itself (statically)."""
+def free_names(source: str, depth: int = 0) -> set[str]:
+    """Names a piece of code reads that it may not define itself (statically), those the
+    arguments of IPython's code-running magics read included (``%timeit f(x)`` reads
+    ``f`` and ``x``, though IPython's transformation made it a string)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -51,7 +53,82 @@ def free_names(source: str) -> set[str]:
             names.update(node.names)
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
+        elif isinstance(node, ast.Call) and depth < _MAGIC_DEPTH:
+            names |= _magic_names(node, depth)
     return names
+
+
+# Magics whose argument (after its options) is Python the magic runs in the namespace.
+_CODE_MAGICS = frozenset(("time", "timeit", "prun", "debug", "capture"))
+# Magics nest (``%%time`` around ``%timeit``) only so deep.
+_MAGIC_DEPTH = 4
+
+
+def _magic_names(call: ast.Call, depth: int) -> set[str]:
+    """The names read by the Python in a ``get_ipython().run_line_magic(...)`` or
+    ``run_cell_magic(...)`` call IPython's transformation made of a magic."""
+    func = call.func
+    if not (
+        isinstance(func, ast.Attribute)
+        and func.attr in ("run_line_magic", "run_cell_magic")
+        and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)
+        and len(call.args) in (2, 3)
+    ):
+        return set()
+    magic, line = call.args[0].value, call.args[1].value  # type: ignore[attr-defined]
+    body = call.args[2].value if len(call.args) == 3 else None  # type: ignore[attr-defined]
+    names: set[str] = set()
+    if magic == "run":
+        return _run_names(line, depth)
+    if magic not in _CODE_MAGICS:
+        return names
+    if line.strip():
+        names |= free_names(_code_after_options(line), depth + 1)
+    if body is not None:
+        from ._spec import transformed
+
+        names |= free_names(transformed(body), depth + 1)
+    return names
+
+
+def _code_after_options(line: str) -> str:
+    """``-n 10 -r 3 f(x)`` -> ``f(x)``: the longest tail of the words that is Python."""
+    words = line.split(" ")
+    for i in range(len(words)):
+        tail = " ".join(words[i:]).strip()
+        if not tail:
+            break
+        if i and not words[i - 1].startswith("-") and not _option_value(words, i - 1):
+            break  # code never follows a word that is neither an option nor its value
+        try:
+            ast.parse(tail)
+        except SyntaxError:
+            continue
+        if not tail.startswith("-") or i == len(words) - 1:
+            return tail
+    return ""
+
+
+def _option_value(words: list[str], i: int) -> bool:
+    """Whether ``words[i]`` is the value of the option before it (``-n 10``)."""
+    return i > 0 and words[i - 1].startswith("-") and len(words[i - 1]) == 2
+
+
+def _run_names(line: str, depth: int) -> set[str]:
+    """``%run -i script.py``: the script runs in the notebook's namespace and reads from
+    it what it does not define."""
+    words = line.split()
+    if "-i" not in words:
+        return set()
+    scripts = [w for w in words if not w.startswith("-")]
+    if not scripts:
+        return set()
+    try:
+        with open(os.path.expanduser(scripts[0]), encoding="utf-8") as fh:
+            source = fh.read(4 << 20)
+    except (OSError, ValueError):
+        return set()
+    return free_names(source, depth + 1)
 
 
 def _code_names(code: types.CodeType, out: set[str]) -> None:

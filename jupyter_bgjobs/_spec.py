@@ -11,7 +11,7 @@ from typing import Any
 from . import _checks
 from ._config import settings
 from ._errors import JobSpecError
-from ._states import CONFLICT_MODES, RESULT_MODES
+from ._states import CONFLICT_MODES, FAILURE_MODES, RESULT_MODES
 
 
 @dataclass
@@ -26,6 +26,7 @@ class JobSpec:
     env: str = "none"
     results: str = "globals"
     on_conflict: str = "keep"
+    on_failure: str = "merge"
     workdir: str = ""
     script_path: str | None = None
     results_name: str = ""
@@ -148,6 +149,7 @@ def build_spec(
     results: str,
     on_conflict: str,
     workdir: str | None,
+    on_failure: str = "merge",
     script_path: str | None = None,
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
@@ -160,6 +162,7 @@ def build_spec(
     checked_env = _check_env(env)
     checked_results = _checks.choice("results", results, RESULT_MODES)
     checked_conflict = _checks.choice("on_conflict", on_conflict, CONFLICT_MODES)
+    checked_failure = _checks.choice("on_failure", on_failure, FAILURE_MODES)
     _checks.text("kernel", kernel, optional=True, example="'python3'")
     if kernel is not None and not kernel.strip():
         raise JobSpecError(
@@ -191,6 +194,7 @@ def build_spec(
         env=checked_env,
         results=checked_results,
         on_conflict=checked_conflict,
+        on_failure=checked_failure,
         workdir=(wd if url else os.path.abspath(wd)),
         script_path=script_path,
         gateway=url,

@@ -48,6 +48,9 @@ def transition(current: str, target: str) -> str:
 
 RESULT_MODES = ("globals", "object", "none")
 CONFLICT_MODES = ("keep", "overwrite")
+# What a job that failed does with the names it made before its error: merged, as a
+# notebook cell that raised keeps them, or kept in ``job.results`` only.
+FAILURE_MODES = ("merge", "keep")
 
 
 class ErrorInfo(NamedTuple):

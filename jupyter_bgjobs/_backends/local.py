@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,57 @@ _HEAVY = ("numpy", "pandas", "scipy", "sklearn", "matplotlib", "polars", "pyarro
 def heavy_imports() -> list[str]:
     """The slow-to-import libraries this process has imported: warm kernels import them too."""
     return [m for m in _HEAVY if m in sys.modules]
+
+
+# Modules seen in the notebook, by name: whether they are installed ones (site-packages
+# or the standard library), which a warm kernel may import ahead of a job.
+_installed: dict[str, bool] = {}
+
+
+def _is_installed(name: str) -> bool:
+    known = _installed.get(name)
+    if known is None:
+        import sysconfig
+
+        module = sys.modules.get(name)
+        where = getattr(module, "__file__", None)
+        roots = {sysconfig.get_paths().get(k) for k in ("purelib", "platlib", "stdlib")}
+        known = bool(where) and any(
+            r and os.path.abspath(str(where)).startswith(os.path.abspath(r) + os.sep) for r in roots
+        )
+        _installed[name] = known
+    return known
+
+
+def notebook_imports(ns: dict[str, Any] | None = None) -> list[str]:
+    """What the notebook has imported that a job's kernel would import again: the slow
+    libraries, and the installed modules its names hold or come from (``np``, ``plt``, a
+    class from ``sklearn``). The notebook's own modules are left out: a job imports them
+    with the notebook's path, which a warm kernel has not."""
+    found = dict.fromkeys(heavy_imports())
+    for value in list((ns or {}).values()):
+        try:
+            if isinstance(value, types.ModuleType):
+                name = value.__name__
+            elif isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType)):
+                name = value.__module__
+            else:
+                continue
+        except Exception:  # an object whose attributes raise is nothing to import
+            continue
+        if (
+            isinstance(name, str)
+            and name in sys.modules
+            and name.split(".")[0] not in _NOT_AHEAD
+            and _is_installed(name)
+        ):
+            found[name] = None
+    return list(found)[:_MOST_AHEAD]
+
+
+# Never imported ahead: the kernel's own, and ours.
+_NOT_AHEAD = frozenset(("__main__", "builtins", "IPython", "ipykernel", "jupyter_bgjobs"))
+_MOST_AHEAD = 200
 
 
 class KernelStartError(BgJobError):
@@ -120,6 +172,9 @@ class LocalKernel:
         self.km: Any = None
         self.kc: Any = None
         self._ended = False
+        # What it has imported ahead of a job; held while it imports more.
+        self.imported: set[str] = set()
+        self.busy = threading.Lock()
 
     def start(self, timeout: float = 60.0) -> LocalKernel:
         from jupyter_client import KernelManager
@@ -213,8 +268,10 @@ class LocalKernel:
     def preimport(self, modules: list[str], timeout: float = 60.0) -> None:
         """Import ``modules`` in the kernel ahead of any job, so a job seeded with a
         DataFrame does not wait for pandas to import. No names appear in the namespace."""
+        modules = [m for m in modules if m not in self.imported]
         if not modules:
             return
+        self.imported.update(modules)
         code = "".join(f"try: __import__({m!r})\nexcept Exception: pass\n" for m in modules)
         msg_id = self.execute(code, silent=True)
         deadline = time.monotonic() + timeout
@@ -330,6 +387,8 @@ class KernelPool:
         self._lock = threading.Lock()
         self._closed = False
         self._threads: list[threading.Thread] = []
+        # What the notebook has imported: warm kernels import it too, ahead of the jobs.
+        self.wanted: list[str] = []
 
     def acquire(self, kernel_name: str | None = None) -> LocalKernel:
         """A ready kernel: a warm one when there is one for this kernelspec, else a new one."""
@@ -339,8 +398,32 @@ class KernelPool:
             kernel = take_idle(self._lock, self._idle, LocalKernel.alive)
         self.refill()
         if kernel is not None:
-            return kernel
+            with kernel.busy:  # an import under way finishes first: the job needs it too
+                return kernel
         return LocalKernel(name).start()
+
+    def follow(self, modules: list[str]) -> None:
+        """The notebook has imported ``modules``: kernels started from now on import them
+        ahead of a job, and idle ones import what they lack now, in the background."""
+        with self._lock:
+            if self._closed or modules == self.wanted:
+                return
+            self.wanted = list(modules)
+            idle = [k for k in self._idle if set(modules) - k.imported]
+            self._threads = [t for t in self._threads if t.is_alive()]
+            for kernel in idle:
+                t = threading.Thread(
+                    target=self._top_up, args=(kernel, modules), name="bgjobs-pool", daemon=True
+                )
+                self._threads.append(t)
+                t.start()
+
+    def _top_up(self, kernel: LocalKernel, modules: list[str]) -> None:
+        with kernel.busy:
+            try:
+                kernel.preimport(modules)
+            except Exception:  # a kernel that cannot import is still a kernel
+                pass
 
     def refill(self) -> None:
         with self._lock:
@@ -360,7 +443,7 @@ class KernelPool:
         kernel: LocalKernel | None = None
         try:
             kernel = LocalKernel(self.kernel_name).start()
-            kernel.preimport(heavy_imports())
+            kernel.preimport(list(dict.fromkeys([*heavy_imports(), *self.wanted])))
         except Exception:
             kernel = None
         with self._lock:

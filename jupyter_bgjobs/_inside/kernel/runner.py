@@ -16,11 +16,13 @@ standard library at import time (cloudpickle and dill when a snapshot needs them
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import re
 import sys
 import time
+import tokenize
 import traceback
 import types
 from collections.abc import Callable, Iterator
@@ -57,6 +59,27 @@ def section_of(line: str) -> str | None:
     return m.group("name").strip()
 
 
+_MISSING = re.compile(r"(?:name|variable) '([A-Za-z_][A-Za-z0-9_]*)' is not defined")
+
+
+def _missing_name(exc: BaseException) -> str | None:
+    found = _MISSING.search(str(exc))
+    return found[1] if found else None
+
+
+def ends_with_semicolon(source: str) -> bool:
+    """Whether the cell's last token (comments aside) is a ``;``: IPython then shows no
+    value for its last expression."""
+    last = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type not in _NOT_CODE:
+                last = tok
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last is not None and last.type == tokenize.OP and last.string == ";"
+
+
 def plan(source: str) -> list[tuple[ast.stmt, str]]:
     """Split transformed source into top-level statements, each with its section."""
     tree = ast.parse(source)
@@ -77,6 +100,18 @@ def plan(source: str) -> list[tuple[ast.stmt, str]]:
         out.append((node, current))
     return out
 
+
+# Tokens that say nothing of the code: where the last real one is, is what counts.
+_NOT_CODE = frozenset(
+    (
+        tokenize.COMMENT,
+        tokenize.NL,
+        tokenize.NEWLINE,
+        tokenize.ENDMARKER,
+        tokenize.INDENT,
+        tokenize.DEDENT,
+    )
+)
 
 _INBOX: dict[str, Inbox] = {}
 # Results waiting to be fetched over the kernel protocol, by key (the job's token, or
@@ -208,6 +243,7 @@ class _Runner:
             if self.ip is not None:
                 source = self.ip.transform_cell(source)
             steps = plan(source)
+            quiet = ends_with_semicolon(source)
             self.total = len(steps)
             filename = self._register_source(source)
             self.emit(
@@ -223,7 +259,9 @@ class _Runner:
         for i, (node, section) in enumerate(steps):
             self.emit("stmt", index=i, total=self.total, section=section, line=node.lineno)
             try:
-                if i == self.total - 1 and isinstance(node, ast.Expr):
+                # The last expression's value is shown, as in a cell, unless a trailing
+                # semicolon hides it, as in a cell.
+                if i == self.total - 1 and isinstance(node, ast.Expr) and not quiet:
                     code = compile(ast.Interactive([node]), filename, "single", flags)
                 else:
                     code = compile(ast.Module([node], []), filename, "exec", flags)
@@ -312,10 +350,13 @@ class _Runner:
 
     def _show_exception(self) -> dict[str, Any]:
         etype, value, tb = sys.exc_info()
-        if isinstance(value, NameError) and value.name:
-            hint = self._name_hint(value.name)
+        # A name a library evaluated from a string (pandas' eval and query) misses as the
+        # interpreter's names do, but its error carries the name only in its message.
+        missing = (value.name or _missing_name(value)) if isinstance(value, NameError) else None
+        if missing and value is not None:
+            hint = self._name_hint(missing)
             if hint:
-                value.args = (f"{value.args[0] if value.args else value.name}: {hint}",)
+                value.args = (f"{value.args[0] if value.args else missing}: {hint}",)
         elif (
             type(value) is KeyError
             and len(value.args) == 1
@@ -462,6 +503,8 @@ class _Runner:
             else []
         )
         names = changed + mutated
+        # What the job deleted of the names it was given: gone from the notebook too.
+        deleted = sorted(k for k in self.seeded_ids if k not in self.ns)
         modules = {
             k: self.ns[k].__name__ for k in names if isinstance(self.ns[k], types.ModuleType)
         }
@@ -474,6 +517,7 @@ class _Runner:
         result: dict[str, Any] = {
             "names": travelled,
             "mutated": sorted(set(mutated) & set(travelled)),
+            "deleted": deleted,
             "modules": modules,
             "skipped": skipped,
             "nbytes": info["nbytes"],
