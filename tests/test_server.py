@@ -349,7 +349,7 @@ def test_a_notebooks_job_is_listed_under_its_notebook_with_its_merge_report(
     try:
         notebook.run("%load_ext jupyter_bgjobs\nfrom jupyter_bgjobs import get_job")
         notebook.run(f"%%bgjob srv_nb\n{gate_code(gate)}\nanswer = 6 * 7")
-        job_id = notebook.run("print(get_job('srv_nb').id)").strip()
+        job_id = notebook.run("print(get_job('srv_nb').id)").strip().splitlines()[-1]
         listing = server.json("GET", "/bgjobs/api/jobs")
         assert listing["root"] == str(server.root)
         row = next(j for j in listing["jobs"] if j["id"] == job_id)
