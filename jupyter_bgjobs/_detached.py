@@ -282,7 +282,7 @@ class DetachedJob:
     def report(self) -> str:
         """How it ended, in the words of an attached job's report, and what it saved."""
         info = self.kept()
-        names = ", ".join(str(n) for n in info.get("names") or []) or "no names"
+        names = ", ".join(str(n) for n in _list(info.get("names"))) or "no names"
         state = self.state
         how = f"succeeded in {self.elapsed:.1f} s" if state == "succeeded" else state
         text = f"{self.name}: {how.replace('_', ' ')}"
@@ -301,19 +301,19 @@ class DetachedJob:
     @property
     def shipped(self) -> list[str]:
         """The names sent to the job."""
-        return [n for n in self._spec().get("shipped") or [] if isinstance(n, str)]
+        return [n for n in _list(self._spec().get("shipped")) if isinstance(n, str)]
 
     @property
     def skipped(self) -> list[dict[str, str]]:
         """The names that did not travel, either way, with type and reason."""
-        out = [dict(s, direction="in") for s in self._spec().get("not_shipped") or []]
-        out += [dict(s, direction="out") for s in self.kept().get("not_saved") or []]
+        out = [dict(s, direction="in") for s in _list(self._spec().get("not_shipped"))]
+        out += [dict(s, direction="out") for s in _list(self.kept().get("not_saved"))]
         return [s for s in out if isinstance(s, dict)]
 
     @property
     def mutated(self) -> list[str]:
         """Names the job changed in place."""
-        return [n for n in self.kept().get("mutated") or [] if isinstance(n, str)]
+        return [n for n in _list(self.kept().get("mutated")) if isinstance(n, str)]
 
     @property
     def started(self) -> dt.datetime | None:
@@ -422,6 +422,11 @@ def _when(value: Any) -> dt.datetime | None:
         return None
 
 
+def _list(value: Any) -> list[Any]:
+    """A record's list, or none for a field of another type (a damaged record)."""
+    return value if isinstance(value, list) else []
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -429,7 +434,8 @@ def _text(value: Any) -> str:
 def _not_saved(info: dict[str, Any]) -> list[str]:
     """What results.json says was not saved, as text; odd items are shown as they are."""
     out = []
-    for m in info.get("not_saved") or []:
+    listed = info.get("not_saved")
+    for m in listed if isinstance(listed, list) else []:
         if isinstance(m, dict):
             out.append(f"{m.get('name')} ({m.get('type')}: {m.get('reason')})")
         else:
@@ -645,10 +651,10 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
         reason=job.reason if job.state != "succeeded" else "",
         error=job.error,
         _values=values,
-        mutated=[m for m in kept.get("mutated") or [] if isinstance(m, str)],
-        deleted=[m for m in kept.get("deleted") or [] if isinstance(m, str)],
+        mutated=[m for m in _list(kept.get("mutated")) if isinstance(m, str)],
+        deleted=[m for m in _list(kept.get("deleted")) if isinstance(m, str)],
         skipped=[
-            dict(s, direction="out") for s in kept.get("not_saved") or [] if isinstance(s, dict)
+            dict(s, direction="out") for s in _list(kept.get("not_saved")) if isinstance(s, dict)
         ],
         _ns_ids=mine._ns_ids if mine is not None else {},
         spec=types.SimpleNamespace(

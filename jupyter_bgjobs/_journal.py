@@ -63,31 +63,41 @@ class Journal:
 _AT = re.compile(r'\{"at": \[(\d{1,18}), ')
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
 def _read_entries(folder: Path, since: int = 0) -> list[dict[str, Any]]:
-    """The journal's entries whose stretch of the log starts at ``since`` or later."""
-    entries = []
+    """The journal's entries whose stretch of the log starts at ``since`` or later; a
+    journal larger than any we write, or a line longer, is damage and ends the reading."""
     from ._store import open_own
 
+    entries: list[dict[str, Any]] = []
     try:
-        with open(open_own(folder / JOURNAL), encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                head = _AT.match(line)
-                if head is not None and int(head[1]) < since:
-                    continue
-                try:
-                    entry = json.loads(line)
-                except (ValueError, RecursionError):  # being written, or damage: skipped
-                    continue
-                at = entry.get("at") if isinstance(entry, dict) else None
-                if (
-                    isinstance(at, list)
-                    and len(at) == 2
-                    and all(isinstance(a, int) for a in at)
-                    and at[0] >= since
-                ):
-                    entries.append(entry)
+        fh = open(open_own(folder / JOURNAL), encoding="utf-8", errors="replace")
     except OSError:
-        pass
+        return entries
+    with fh:
+        if os.fstat(fh.fileno()).st_size > _MAX_JOURNAL + _MAX_ONE:
+            return entries
+        while line := fh.readline(_MAX_ONE + 1024):
+            if not line.endswith("\n") and len(line) > _MAX_ONE:
+                break
+            head = _AT.match(line)
+            if head is not None and int(head[1]) < since:
+                continue
+            try:  # NaN and Infinity are no JSON a page can read: damage, as in records
+                entry = json.loads(line, parse_constant=_no_constant)
+            except (ValueError, RecursionError):  # being written, or damage: skipped
+                continue
+            at = entry.get("at") if isinstance(entry, dict) else None
+            if (
+                isinstance(at, list)
+                and len(at) == 2
+                and all(isinstance(a, int) for a in at)
+                and at[0] >= since
+            ):
+                entries.append(entry)
     return entries
 
 

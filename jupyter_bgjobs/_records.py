@@ -218,7 +218,11 @@ def settle_orphan(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     if not settled.get("finished"):
         import datetime as dt
 
-        ended = dt.datetime.fromtimestamp(settled["finished_ts"]).astimezone()
+        try:
+            ended = dt.datetime.fromtimestamp(settled["finished_ts"]).astimezone()
+        except (OverflowError, OSError, ValueError):  # no time: it ended when last changed
+            settled["finished_ts"] = _store.newest_mtime(folder)
+            ended = dt.datetime.fromtimestamp(settled["finished_ts"]).astimezone()
         settled["finished"] = ended.isoformat()
         started = settled.get("started")
         if isinstance(started, str):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._inside.procs import identity, identity_alive
+from ._inside.procs import PID_MAX, identity, identity_alive
 
 
 def owner_tag(pid: int | None = None) -> str:
@@ -61,7 +61,8 @@ def sweep_litter(folder: str | Path, name: re.Pattern[str]) -> None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
+    """Whether process ``pid`` runs (a zombie does not); a number no pid can be, never."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= PID_MAX:
         return False
     try:
         os.kill(pid, 0)

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from ._config import settings
 from ._errors import StoreError
-from ._inside.procs import identity_alive
+from ._inside.procs import PID_MAX, identity_alive
 from ._runtime import owner_gone, owner_tag, pid_alive, sweep_litter
 from ._trust import MAX_RECORD, NotOurs, open_own, read_own
 
@@ -230,6 +230,30 @@ def _no_constant(name: str) -> Any:
     raise _NotJSONNumber(name)
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e999: Infinity by another name
+        raise _NotJSONNumber(f"{text[:20]} (Infinity)")
+    return value
+
+
+# How deep a record of ours nests, at the most (an error's traceback is three levels).
+_MAX_DEPTH = 16
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    todo: list[tuple[Any, int]] = [(data, 0)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1) for v in value)
+    return False
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """The object in ``path``, or None when it is missing or damaged (``load_json``)."""
     return load_json(path)[0]
@@ -248,13 +272,16 @@ def load_json(path: Path) -> tuple[dict[str, Any] | None, str]:
     if not text.strip():
         return None, f"{path.name}: empty"
     try:
-        data = json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except _NotJSONNumber as exc:
         return None, f"{path.name}: holds {exc}, which JSON has not"
     except RecursionError:
         return None, f"{path.name}: nested too deep to be a record"
     except ValueError:
         return None, f"{path.name}: not valid JSON (truncated?)"
+    if _deeper_than(data, _MAX_DEPTH):
+        # Ours nest a few levels; a deep one would break whoever encodes it again.
+        return None, f"{path.name}: nested too deep to be a record"
     if not isinstance(data, dict):
         return None, f"{path.name}: not a JSON object"
     return data, ""
@@ -322,6 +349,12 @@ _STATE: _Schema = {
     "owner": (str, type(None)),
     "kernel_pid": (int, type(None)),
     "skipped": (list,),
+    "where": (str, type(None)),
+    "notebook": (str, type(None)),
+    "kernel": (str, type(None)),
+    "report": (str,),
+    "owner_pid": (int, type(None)),
+    "timings": (dict,),
 }
 _STATUS: _Schema = {"returncode": (int, type(None)), "ended_by": (str,), "ended": (int, float)}
 _HOST: _Schema = {"pid": (int,), "pid_id": (str,)}
@@ -401,7 +434,19 @@ def check_state(record: dict[str, Any]) -> str:
     for key in ("started", "finished"):
         if record.get(key) is not None and not _iso(record[key]):
             return f"state.json: {key!r} {record[key]!r:.40} is not a time"
+    for key in ("finished_ts", "elapsed"):
+        value = record.get(key)
+        if value is not None and not -_LONGEST <= value <= _LONGEST:
+            return f"state.json: {key!r} {value!r:.40} is no time of a job"
+    for key in ("host_pid", "kernel_pid", "owner_pid"):
+        value = record.get(key)
+        if value is not None and not (isinstance(value, int) and 0 < value <= PID_MAX):
+            return f"state.json: {key!r} {value!r:.40} is no pid"
     return ""
+
+
+# Seconds no time of a job is beyond (about 3,000 years either side of 1970).
+_LONGEST = 1e11
 
 
 def _check_pickle(path: Path, skip: int = 0) -> str:
@@ -432,6 +477,12 @@ def _check_pickle(path: Path, skip: int = 0) -> str:
 
 def damage(folder: Path) -> str:
     """What makes a store entry unreadable, or "" for a sound one."""
+    try:
+        st = os.lstat(folder)
+    except OSError as exc:
+        return f"the folder cannot be read ({exc.strerror or exc})"
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return "the folder is not its owner's alone (another user's, or writable by others)"
     spec, problem = load_json(folder / "spec.json")
     if spec is None:
         return problem

@@ -148,6 +148,8 @@ def open_own(path: Path) -> int:
             problem = f"{path.name}: belongs to uid {st.st_uid}, not to you"
         elif st.st_mode & 0o022:
             problem = f"{path.name}: may be written by others"
+        elif st.st_nlink != 1:  # ours are written by rename: one name, in the job's folder
+            problem = f"{path.name}: a hard link, not a file of the job's alone"
         if problem:
             raise NotOurs(problem)
         # Reads block as usual from here on (a regular file never waits for long).

@@ -20,7 +20,7 @@ from cells import until
 from test_server import TOKEN, Server
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _store
+from jupyter_bgjobs import _procs, _store
 
 HERE = Path(__file__).parent
 
@@ -434,3 +434,91 @@ def test_cancelling_an_attached_job_in_a_read_only_folder_says_why(server: Serve
     finally:
         job.cancel()
         job.wait(60)
+
+
+# -- hostile records found by probing: each is one damaged row, never a 500 ---------------
+
+
+def strict_json(data: bytes) -> Any:
+    """JSON as a browser's JSON.parse reads it: NaN and Infinity are not JSON."""
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} in an answer: no browser can parse it")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+def test_records_with_impossible_numbers_are_rows_and_removable(
+    server: Server, ended: Any, tmp_path: Path
+) -> None:
+    namespace = _procs.identity().split(".")[0]
+    cases: dict[str, tuple[str, Any]] = {
+        "huge host pid": ("host.json", {"pid": 5, "pid_id": f"{namespace}.2147483648"}),
+        "digits that are not ASCII": ("host.json", {"pid": 5, "pid_id": f"{namespace}.\u00b2.1"}),
+        "a pid past any": ("state.json", {"host_pid": 10**30}),
+        "a time past any": ("state.json", {"finished_ts": 1e308}),
+        "results not a list": ("results.json", {"names": True, "not_saved": 5}),
+        "nested where": ("state.json", {"where": json.loads("[" * 900 + "]" * 900)}),
+    }
+    made = {}
+    for label, (name, change) in cases.items():
+        copy = copy_of(ended)
+        data = json.loads((copy / name).read_text()) if (copy / name).exists() else {}
+        data.update(change)
+        if name == "state.json" or "host_pid" in change:
+            data.update(state="running", finished=None)
+        (copy / name).write_text(json.dumps(data))
+        made[label] = copy
+    # Infinity written as a number JSON can hold, but no float can.
+    inf = copy_of(ended)
+    text = (inf / "state.json").read_text().replace('"where": "local"', '"where": 1e999')
+    (inf / "state.json").write_text(text)
+    made["1e999"] = inf
+    status, _, listing = server.request("GET", "/bgjobs/api/jobs")
+    assert status == 200
+    rows = {r["id"]: r for r in strict_json(listing)["jobs"]}  # what a browser can parse
+    for label, folder in made.items():
+        assert folder.name in rows, label
+        status, _, data = server.request("GET", f"/bgjobs/api/jobs/{folder.name}")
+        assert status == 200, (label, data[:200])
+        strict_json(data)
+    event = first_event(server)
+    assert {f.name for f in made.values()} <= {r["id"] for r in event["jobs"]}
+    for label, folder in made.items():
+        status, _, data = server.request("DELETE", f"/bgjobs/api/jobs/{folder.name}")
+        assert status in (204, 409), (label, data)
+        if status == 409:  # a row that still runs by its record: stopped first, or said why
+            message(data)
+        else:
+            assert not folder.exists(), label
+
+
+def test_a_sparse_journal_a_hard_linked_log_and_an_open_folder_are_not_read(
+    server: Server, ended: Any, tmp_path: Path
+) -> None:
+    sparse = copy_of(ended)
+    with open(sparse / "outputs.jsonl", "wb") as fh:
+        fh.truncate(2 << 30)  # 2 GiB of nothing, on no disk
+    detail = server.json("GET", f"/bgjobs/api/jobs/{sparse.name}")
+    assert detail["state"] == "succeeded"
+    secret = tmp_path / "secret"
+    secret.write_text("SECRET-LINE\n")
+    os.chmod(secret, 0o600)
+    linked = copy_of(ended)
+    (linked / "output.log").unlink()
+    os.link(secret, linked / "output.log")
+    status, _, data = server.request("GET", f"/bgjobs/api/jobs/{linked.name}/log")
+    assert status == 404 and "hard link" in message(data)
+    opened = copy_of(ended)
+    os.chmod(opened, 0o777)
+    listed = row(server, opened.name)
+    assert listed["state"] == "damaged" and "alone" in listed["reason"]
+    os.chmod(opened, 0o700)
+
+
+def test_code_started_by_the_server_runs_in_its_root(server: Server) -> None:
+    made = server.json("POST", "/bgjobs/api/jobs", {"code": "import os\nwhere = os.getcwd()"})
+    job = bj.get_job(made["id"]).wait(120)
+    assert job.state == "succeeded" and job.results.where == str(server.root)
+    status, _, data = server.request("POST", "/bgjobs/api/jobs", {"path": "fifo.py/"})
+    assert status == 400 and "names a folder" in message(data)

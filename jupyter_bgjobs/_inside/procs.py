@@ -132,10 +132,15 @@ def parse_identity(tag: str) -> tuple[str, int, str] | None:
     """``(namespace, pid, start)`` of an ``identity()``; None for anything else. Tags
     written before start times were recorded have no start ("")."""
     parts = tag.split(".") if isinstance(tag, str) else []
-    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+    if len(parts) not in (2, 3) or not all(p.isascii() and p.isdigit() for p in parts):
         return None
-    pid = int(parts[1])
-    return (parts[0], pid, parts[2] if len(parts) == 3 else "") if pid > 0 else None
+    if len(parts[1]) > 7 or not 0 < int(parts[1]) <= PID_MAX:
+        return None
+    return (parts[0], int(parts[1]), parts[2] if len(parts) == 3 else "")
+
+
+# No pid is larger (Linux's PID_MAX_LIMIT): a record naming a larger one names no process.
+PID_MAX = 4_194_304
 
 
 # What ``identity_alive`` answers for a process of another pid namespace: it cannot be seen.

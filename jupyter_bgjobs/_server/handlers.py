@@ -32,7 +32,7 @@ from tornado.iostream import StreamClosedError
 from .. import _store
 from .._errors import BgJobError, StoreError
 from .._journal import stored_outputs
-from .rows import KEEP_ALIVE, Rows, Watcher, handle, job_row, ordered
+from .rows import KEEP_ALIVE, Rows, Watcher, handle, job_row, ordered, state_of
 
 # The resource of every action on jobs, for Authorizers and JupyterHub's roles
 # (``access:servers!...`` scopes reach it through the server's Authorizer).
@@ -190,6 +190,8 @@ class JobsHandler(_Handler):
         workdir = _optional_text(body, "workdir")
         if workdir:
             options["workdir"] = await self.off_loop(_confined, "workdir", workdir, root, hidden)
+        elif body.get("code") is not None:
+            options["workdir"] = root  # where the server's files are, never its own folder
         path = body.get("path")
         script = await self.off_loop(_confined, "path", path, root, hidden) if path else None
         job = await self.off_loop(_start, script, body.get("code"), options)
@@ -237,7 +239,13 @@ def _optional_text(body: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _fail(400, f"{key!r} must be a string or null, not {type(value).__name__}")
+    if len(value) > _LONGEST_TEXT:
+        raise _fail(400, f"{key!r} is longer than {_LONGEST_TEXT:,} characters")
     return value
+
+
+# No name, kernelspec or folder of ours is longer.
+_LONGEST_TEXT = 4096
 
 
 def _timeout(value: Any) -> float | None:
@@ -262,6 +270,8 @@ def _confined(what: str, given: str, root: str, allow_hidden: bool) -> str:
     resolved, as the contents API confines its paths; 400 naming the rule otherwise."""
     if "\0" in given:
         raise _fail(400, f"{what} {given!r:.80} holds a NUL character")
+    if what == "path" and given.endswith(("/", os.sep)):
+        raise _fail(400, f"path {given!r:.200} names a folder, not a script")
     candidate = Path(given) if os.path.isabs(given) else Path(root) / given
     real = os.path.realpath(candidate)
     try:
@@ -326,7 +336,7 @@ def _detail(job_id: str, root: str) -> dict[str, Any]:
     folder, detached = _folder_of(job_id)
     job = handle(folder, detached)
     with job.frozen():
-        from .rows import summary
+        from .rows import damaged_row, summary
 
         outputs = stored_outputs(folder, folder / "output.log", _TAIL)
         spec = job._spec()
@@ -335,7 +345,11 @@ def _detail(job_id: str, root: str) -> dict[str, Any]:
             rerun["code"] = _store.read_code(folder, spec, _DETAIL_CODE)
         except OSError:  # damaged, or more than a rerun can take
             rerun["code"] = None
-        return {**summary(job, root), "record": job._record(), "outputs": outputs, "spec": rerun}
+        try:
+            row, record = summary(job, root), job._record()
+        except Exception as exc:  # odd in a way no check foresaw: shown as damaged
+            row, record = damaged_row(job, exc), {}
+        return {**row, "record": record, "outputs": outputs, "spec": rerun}
 
 
 class JobHandler(_Handler):
@@ -356,8 +370,9 @@ class JobHandler(_Handler):
 def _delete(job_id: str) -> None:
     """Remove an ended (or damaged) job's folder; 409 saying why when it cannot be."""
     job = _find(job_id)
-    if not job.done:
-        raise _fail(409, f"job {job.name!r} is still {job.state}; cancel it first")
+    state = state_of(job)
+    if state not in (*_store.DONE_STATES, _store.DAMAGED):
+        raise _fail(409, f"job {job.name!r} is still {state}; cancel it first")
     why = _store.read_only_reason(job.folder)
     if why:
         raise _fail(409, f"job {job.name!r} cannot be removed: {why}")
@@ -467,8 +482,9 @@ class LogHandler(_Handler):
 
 def _cancel(job_id: str) -> dict[str, Any]:
     job = _find(job_id)
-    if job.done:
-        raise _fail(409, f"job {job.name!r} has already ended ({job.state})")
+    state = state_of(job)
+    if state in (*_store.DONE_STATES, _store.DAMAGED):
+        raise _fail(409, f"job {job.name!r} has already ended ({state})")
     if job.detached:
         if not job.cancel():
             raise _fail(

@@ -98,6 +98,37 @@ def summary(job: Any, root: str) -> dict[str, Any]:
     }
 
 
+def damaged_row(job: DetachedJob, exc: BaseException) -> dict[str, Any]:
+    """The row of a job whose record could not be read as one: listed, and removable."""
+    return {
+        "id": job.id,
+        "name": job.name,
+        "state": _store.DAMAGED,
+        "progress": [0, 0],
+        "section": "",
+        "status": "",
+        "started": None,
+        "finished": None,
+        "elapsed": 0.0,
+        "where": "local",
+        "notebook": None,
+        "notebook_path": None,
+        "kind": job.kind,
+        "detached": bool(job.detached),
+        "reason": f"its record cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
+        "log_note": "",
+        "report": "",
+    }
+
+
+def state_of(job: DetachedJob) -> str:
+    """A job's state; ``damaged`` for one whose record cannot be read as one."""
+    try:
+        return job.state
+    except Exception:
+        return _store.DAMAGED
+
+
 def handle(folder: Path, detached: bool) -> DetachedJob:
     """A fresh handle of the job in ``folder``: rows never share one with other readers."""
     return DetachedJob(folder) if detached else RecordedJob(folder)
@@ -203,8 +234,10 @@ class Rows:
             with job.frozen():
                 row = summary(job, self.root)
                 alive = _liveness(job)
-        except (OSError, ValueError):  # removed while read: gone from the next look
+        except FileNotFoundError:  # removed while read: gone from the next look
             return None
+        except Exception as exc:  # a record odd in a way no check foresaw: still a row
+            row, alive = damaged_row(job, exc), None
         key = json.dumps({k: v for k, v in row.items() if k != "elapsed"}, default=str)
         self._kept[folder.name] = _Kept(stamp, row, key, _started_ts(row), alive)
         return row, key
