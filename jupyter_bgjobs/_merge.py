@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,42 @@ def _names(names: list[str], limit: int = 12) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def update_in_place(old: Any, new: Any) -> bool:
+    """Make ``old`` hold what ``new`` holds, where its type allows that exactly (numpy
+    arrays of the same shape and dtype, lists, dicts, sets, bytearrays); False elsewhere."""
+    np = sys.modules.get("numpy")
+    if np is not None and type(old) is np.ndarray and type(new) is np.ndarray:
+        if old.shape != new.shape or old.dtype != new.dtype or not old.flags.writeable:
+            return False
+        old[...] = new
+        return True
+    if type(old) is not type(new):
+        return False
+    if type(old) in (list, bytearray):
+        old[:] = new
+    elif type(old) in (dict, set):
+        old.clear()
+        old.update(new)
+    else:
+        return False
+    return True
+
+
+def _references(ns: dict[str, Any], key: str) -> int:
+    return sys.getrefcount(ns[key])
+
+
+def _seen_elsewhere(ns: dict[str, Any], key: str) -> bool:
+    """Whether anything but ``ns[key]`` refers to that object (another name, a view of an
+    array, a list holding it): only then is copying the job's changes into it worth its
+    cost; otherwise the name simply takes the job's object, which costs nothing."""
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(ns[key], np.ndarray) and ns[key].base is not None:
+        return True  # a view: its memory is another array's too
+    alone = {key: object()}  # the same path, for an object nothing else refers to
+    return _references(ns, key) > _references(alone, key)
+
+
 def merge_results(job: Job, ns: dict[str, Any]) -> str:
     """Merge ``job``'s results into ``ns`` per its ``results`` and ``on_conflict`` modes."""
     values = dict(job._values or {})
@@ -57,6 +94,17 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
                     continue
                 if ns[key] is not values[key] and key not in job.mutated:
                     overwrote.append(key)
+                elif (
+                    key in job.mutated
+                    and not rebound
+                    and _seen_elsewhere(ns, key)
+                    and update_in_place(ns[key], values[key])
+                ):
+                    # The notebook's own object takes the job's changes, so every other
+                    # name that reaches it (a view of an array, a list held elsewhere)
+                    # sees them, as after the same cell in the notebook.
+                    merged.append(key)
+                    continue
             ns[key] = values[key]
             merged.append(key)
         # What the job deleted of the names it was given goes from the notebook too,

@@ -111,3 +111,35 @@ def test_warm_kernels_import_what_the_notebook_imported(ip: Any) -> None:
     from jupyter_bgjobs._backends.local import notebook_imports
 
     assert "test_cells_as_jobs" not in notebook_imports({"m": __import__(__name__)})
+
+
+def test_a_change_made_in_place_reaches_every_name_for_the_same_data(ip: Any) -> None:
+    np = pytest.importorskip("numpy")
+    ip.run_cell(
+        "import numpy as np\nbase = np.arange(10)\nwindow = base[2:5]\n"
+        "items = [1, 2]\nsame_items = items\nconfig = {'a': 1}\nheld = [config]"
+    )
+    ip.run_cell_magic("bgjob", "in_place", "base += 100\nitems.append(3)\nconfig['b'] = 2")
+    job = bj.get_job("in_place").wait(120)
+    assert job.state == "succeeded", job.report
+    # As after the same cell in the notebook: the other names see the change.
+    assert list(ip.user_ns["window"]) == [102, 103, 104]
+    assert ip.user_ns["same_items"] == [1, 2, 3] and ip.user_ns["same_items"] is ip.user_ns["items"]
+    assert ip.user_ns["held"][0] == {"a": 1, "b": 2}
+    assert isinstance(ip.user_ns["base"], np.ndarray) and ip.user_ns["base"][0] == 100
+    assert "changed in place by the job" in job.report
+
+
+def test_a_view_and_its_base_travel_together(ip: Any) -> None:
+    pytest.importorskip("numpy")
+    ip.run_cell("import numpy as np\nsignal = np.arange(12.0)\npeak = signal[4:8]")
+    ip.run_cell_magic(
+        "bgjob", "view_travel", "peak[0] = -1.0\nseen = float(signal[4])\ntotal = signal.sum()"
+    )
+    job = bj.get_job("view_travel").wait(120)
+    assert job.state == "succeeded", job.report
+    # In the job, as in the notebook, the change through the view is seen through the base.
+    assert ip.user_ns["seen"] == -1.0 and ip.user_ns["total"] == sum(range(12)) - 5
+    assert ip.user_ns["signal"][4] == -1.0 and ip.user_ns["peak"][0] == -1.0
+    ip.user_ns["signal"][5] = 50.0  # and afterwards they are still one array
+    assert ip.user_ns["peak"][1] == 50.0

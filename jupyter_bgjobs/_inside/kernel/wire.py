@@ -430,8 +430,34 @@ def _dumps(value: Any, buffer_callback: Callable[[Any], Any]) -> bytes:
     import io
 
     sink = io.BytesIO()
-    _pickler_class()(sink, protocol=5, buffer_callback=buffer_callback).dump(value)
+    pickler = _pickler_class()(sink, protocol=5, buffer_callback=buffer_callback)
+    # The objects that travel by name: a numpy view of one of them travels as a view of it.
+    pickler.travelling = {id(v) for v in value.values()} if isinstance(value, dict) else set()
+    pickler.dump(value)
     return sink.getvalue()
+
+
+def _view_reduce(obj: Any, travelling: set[int]) -> Any:
+    """A numpy view travelling by name, whose base travels by name too, goes as a view of
+    it (``np.ndarray`` over the base's buffer, at the view's offset and strides), so a
+    change made through one name is seen through the other, as in the notebook; numpy
+    alone would copy it."""
+    np = sys.modules.get("numpy")
+    if np is None or type(obj) is not np.ndarray:
+        return NotImplemented
+    base = obj.base
+    if (
+        id(obj) not in travelling  # a name's value, not an array inside another object
+        or type(base) is not np.ndarray
+        or id(base) not in travelling
+        or obj.dtype.hasobject
+        or not (base.flags.c_contiguous or base.flags.f_contiguous)
+    ):
+        return NotImplemented
+    offset = obj.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    if offset < 0 or offset > base.nbytes:
+        return NotImplemented
+    return (np.ndarray, (obj.shape, obj.dtype, base, offset, obj.strides))
 
 
 def _out_of_band_reduce(obj: Any) -> Any:
@@ -461,7 +487,9 @@ def _pickler_class() -> Any:
 
         class DataPickler(cloudpickle.Pickler):  # type: ignore[misc]
             def reducer_override(self, obj: Any) -> Any:
-                reduced = _out_of_band_reduce(obj)
+                reduced = _view_reduce(obj, getattr(self, "travelling", set()))
+                if reduced is NotImplemented:
+                    reduced = _out_of_band_reduce(obj)
                 if reduced is not NotImplemented:
                     return reduced
                 return super().reducer_override(obj)
