@@ -22,7 +22,7 @@ from ._config import settings
 from ._errors import StoreError
 from ._inside.procs import PID_MAX, identity_alive
 from ._runtime import owner_gone, owner_tag, pid_alive, sweep_litter
-from ._trust import MAX_RECORD, NotOurs, open_own, read_own
+from ._trust import MAX_RECORD, NotOurs, load_json, open_own, read_json, read_own
 
 DONE_STATES = ("succeeded", "failed", "cancelled", "timed_out", "died")
 # An entry whose spec.json or state.json cannot be read: listed, never run, prunable.
@@ -36,10 +36,12 @@ FRESH = 60.0
 __all__ = [
     "MAX_RECORD",
     "NotOurs",
+    "load_json",
     "open_own",
     "owner_gone",
     "owner_tag",
     "pid_alive",
+    "read_json",
     "read_own",
     "sweep_litter",
 ]
@@ -219,72 +221,6 @@ def write_bytes(path: Path, data: bytes, doing: str = "") -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` whole: readers see the old file or the new one, never a mix."""
     write_bytes(path, json.dumps(data, indent=1, default=str).encode())
-
-
-class _NotJSONNumber(ValueError):
-    pass
-
-
-def _no_constant(name: str) -> Any:
-    # NaN and Infinity are Python's, not JSON's: a browser cannot parse a row holding one.
-    raise _NotJSONNumber(name)
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):  # 1e999: Infinity by another name
-        raise _NotJSONNumber(f"{text[:20]} (Infinity)")
-    return value
-
-
-# How deep a record of ours nests, at the most (an error's traceback is three levels).
-_MAX_DEPTH = 16
-
-
-def _deeper_than(data: Any, limit: int) -> bool:
-    todo: list[tuple[Any, int]] = [(data, 0)]
-    while todo:
-        value, depth = todo.pop()
-        if depth > limit:
-            return True
-        if isinstance(value, dict):
-            todo.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            todo.extend((v, depth + 1) for v in value)
-    return False
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The object in ``path``, or None when it is missing or damaged (``load_json``)."""
-    return load_json(path)[0]
-
-
-def load_json(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """The object in ``path`` and "", or None and what is wrong with it."""
-    try:
-        text = read_own(path)
-    except FileNotFoundError:
-        return None, f"{path.name}: missing"
-    except NotOurs as exc:
-        return None, str(exc)
-    except OSError as exc:
-        return None, f"{path.name}: cannot be read ({exc.strerror or exc})"
-    if not text.strip():
-        return None, f"{path.name}: empty"
-    try:
-        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
-    except _NotJSONNumber as exc:
-        return None, f"{path.name}: holds {exc}, which JSON has not"
-    except RecursionError:
-        return None, f"{path.name}: nested too deep to be a record"
-    except ValueError:
-        return None, f"{path.name}: not valid JSON (truncated?)"
-    if _deeper_than(data, _MAX_DEPTH):
-        # Ours nest a few levels; a deep one would break whoever encodes it again.
-        return None, f"{path.name}: nested too deep to be a record"
-    if not isinstance(data, dict):
-        return None, f"{path.name}: not a JSON object"
-    return data, ""
 
 
 # A job's code, beside its spec: stored once, read only by what runs or shows it.

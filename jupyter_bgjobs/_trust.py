@@ -12,11 +12,13 @@ refused with one line that says whose it is and what to do, before anything is r
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from ._errors import StoreError
 
@@ -175,6 +177,72 @@ def read_own(path: Path, limit: int = MAX_RECORD) -> bytes:
     if len(data) > limit:  # grew while read
         raise NotOurs(f"{path.name}: too large (over {limit:,} bytes)")
     return data
+
+
+class _NotJSONNumber(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are Python's, not JSON's: a browser cannot parse a row holding one.
+    raise _NotJSONNumber(name)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e999: Infinity by another name
+        raise _NotJSONNumber(f"{text[:20]} (Infinity)")
+    return value
+
+
+# How deep a record of ours nests, at the most (an error's traceback is three levels).
+_MAX_DEPTH = 16
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    todo: list[tuple[Any, int]] = [(data, 0)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1) for v in value)
+    return False
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The object in ``path``, or None when it is missing or damaged (``load_json``)."""
+    return load_json(path)[0]
+
+
+def load_json(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The object in ``path`` and "", or None and what is wrong with it."""
+    try:
+        text = read_own(path)
+    except FileNotFoundError:
+        return None, f"{path.name}: missing"
+    except NotOurs as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"{path.name}: cannot be read ({exc.strerror or exc})"
+    if not text.strip():
+        return None, f"{path.name}: empty"
+    try:
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except _NotJSONNumber as exc:
+        return None, f"{path.name}: holds {exc}, which JSON has not"
+    except RecursionError:
+        return None, f"{path.name}: nested too deep to be a record"
+    except ValueError:
+        return None, f"{path.name}: not valid JSON (truncated?)"
+    if _deeper_than(data, _MAX_DEPTH):
+        # Ours nest a few levels; a deep one would break whoever encodes it again.
+        return None, f"{path.name}: nested too deep to be a record"
+    if not isinstance(data, dict):
+        return None, f"{path.name}: not a JSON object"
+    return data, ""
 
 
 def forget() -> None:

@@ -52,13 +52,6 @@ _FIELDS = ("path", "code", "name", "timeout", "kernel", "workdir")
 _RERUN_KEYS = ("code", "name", "env", "results", "timeout", "kernel", "workdir", "script")
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _may(action: str) -> Callable[[F], F]:
-    """jupyter_server's ``@authorized`` for ``action`` on our resource: the Authorizer is
-    asked before the method runs; 403 when it says no."""
-    return cast("Callable[[F], F]", authorized(action=action, resource=RESOURCE))
 
 
 def _fail(status: int, message: str) -> web.HTTPError:
@@ -161,7 +154,7 @@ def _find(job_id: str) -> Any:
 
 class JobsHandler(_Handler):
     @web.authenticated
-    @_may("read")
+    @authorized(action="read", resource=RESOURCE)
     async def get(self) -> None:
         # The root lets the IDE give a notebook's kernel a script's absolute path.
         root = self.root
@@ -173,8 +166,8 @@ class JobsHandler(_Handler):
         self.finish(await self.off_loop(listing))
 
     @web.authenticated
-    @_may("write")
-    @_may("execute")
+    @authorized(action="write", resource=RESOURCE)
+    @authorized(action="execute", resource=RESOURCE)
     async def post(self) -> None:
         """Start a detached job: a script, ``{"path": ...}`` (relative to the server's
         root, or absolute inside it), or code, ``{"code": ...}`` (an editor's selection, a
@@ -354,13 +347,13 @@ def _detail(job_id: str, root: str) -> dict[str, Any]:
 
 class JobHandler(_Handler):
     @web.authenticated
-    @_may("read")
+    @authorized(action="read", resource=RESOURCE)
     async def get(self, job_id: str) -> None:
         root = self.root
         self.finish(await self.off_loop(lambda: json.dumps(_detail(job_id, root), default=str)))
 
     @web.authenticated
-    @_may("write")
+    @authorized(action="write", resource=RESOURCE)
     async def delete(self, job_id: str) -> None:
         await self.off_loop(_delete, job_id)
         self.set_status(204)
@@ -446,7 +439,7 @@ def _open_log(job_id: str) -> tuple[int, int]:
 
 class LogHandler(_Handler):
     @web.authenticated
-    @_may("read")
+    @authorized(action="read", resource=RESOURCE)
     async def get(self, job_id: str) -> None:
         """The job's whole log, or the bytes ``Range: bytes=START-END`` asks for, sent in
         pieces as they are read."""
@@ -503,7 +496,7 @@ def _cancel(job_id: str) -> dict[str, Any]:
 
 class CancelHandler(_Handler):
     @web.authenticated
-    @_may("write")
+    @authorized(action="write", resource=RESOURCE)
     async def post(self, job_id: str) -> None:
         """Stop a job: a detached one's host is told (SIGTERM, only if it is still that
         very process); an attached one's driver sees the request in the job's folder."""
@@ -522,7 +515,7 @@ class EventsHandler(_Handler):
         super().on_connection_close()
 
     @web.authenticated
-    @_may("read")
+    @authorized(action="read", resource=RESOURCE)
     async def get(self) -> None:
         """Server-sent events: ``data: {"jobs": [...changed...], "removed": [...]}`` each
         time rows change (the first lists every job); a comment line every few seconds
