@@ -34,7 +34,8 @@ def owner_tag(pid: int | None = None) -> str:
 def short_owner_tag() -> str:
     """``owner_tag()`` without the start time, for names that must stay short (a Unix
     socket's path holds about 100 bytes): litter, swept once its pid has ended."""
-    return owner_tag().rsplit(".", 1)[0] if owner_tag().count(".") == 2 else owner_tag()
+    tag = owner_tag()
+    return tag.rsplit(".", 1)[0] if tag.count(".") == 2 else tag
 
 
 def owner_gone(tag: str) -> bool:

@@ -44,6 +44,23 @@ def gone(pid: int) -> bool:
         return True
 
 
+class FrontEnd:
+    """A real kernel through jupyter_client, driven as a notebook's front end drives it."""
+
+    def __init__(self) -> None:
+        from jupyter_client import KernelManager
+
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel()
+        self.kc = self.km.blocking_client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
 def execute(kc: Any, code: str, timeout: float = 120, seen: Any = None) -> str:
     """Run ``code`` on a kernel client as a cell; its stdout once the kernel is idle
     again. ``seen(msg)`` is given every iopub message read meanwhile (others' too); an

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cells import execute
+from cells import FrontEnd, execute
 
 pytest.importorskip("pandas")
 
@@ -71,17 +71,8 @@ del __bg_summary
 """
 
 
-class Kernel:
+class Kernel(FrontEnd):
     """A real kernel, run as a notebook's front end runs it."""
-
-    def __init__(self) -> None:
-        from jupyter_client import KernelManager
-
-        self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel()
-        self.kc = self.km.blocking_client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
 
     def run(self, code: str) -> str:
         """A cell; an error it raises is the cell's, as in a notebook (its output kept)."""
@@ -92,10 +83,6 @@ class Kernel:
 
     def names(self) -> dict[str, str]:
         return json.loads(execute(self.kc, SUMMARY).strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from cells import execute
-from jupyter_client import KernelManager
+from cells import FrontEnd, execute
 
 
-class Kernel:
+class Kernel(FrontEnd):
     """A notebook kernel driven like a front end: it sees every iopub message."""
 
     def __init__(self) -> None:
-        self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel()
-        self.kc = self.km.blocking_client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
+        super().__init__()
         self.models: dict[str, dict[str, Any]] = {}
         self.updates: dict[str, list[tuple[float, dict[str, Any]]]] = {}
         self.displays: list[dict[str, Any]] = []
@@ -148,10 +143,6 @@ class Kernel:
         content = {"comm_id": comm_id, "data": {"method": "custom", "content": {"event": "click"}}}
         msg = self.kc.session.msg("comm_msg", content)
         self.kc.shell_channel.send(msg)
-
-    def close(self) -> None:
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
 
 
 @pytest.fixture(scope="module")

@@ -123,9 +123,19 @@ def _start_time(pid: int) -> str:
 def identity(pid: int | None = None) -> str:
     """A process (this one by default) as records name it: ``NAMESPACE.PID.START``. The
     start time tells this process from a later one that was given the same pid."""
-    pid = pid or os.getpid()
+    own = os.getpid()
+    pid = pid or own
+    if pid == own and own in _OWN:  # asked on every record written: read once
+        return _OWN[own]
     start = _start_time(pid)
-    return f"{pid_namespace()}.{pid}" + (f".{start}" if start else "")
+    tag = f"{pid_namespace()}.{pid}" + (f".{start}" if start else "")
+    if pid == own:
+        _OWN[own] = tag
+    return tag
+
+
+# This process's identity, once read, by its pid: a forked child reads its own.
+_OWN: dict[int, str] = {}
 
 
 def parse_identity(tag: str) -> tuple[str, int, str] | None:

@@ -403,14 +403,14 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
         start = num(ranged[1])
         end = min(num(ranged[2]), size - 1) if ranged[2] else size - 1
         if ranged[2] and num(ranged[2]) < start:
-            raise _unsatisfiable(size, "the range ends before it starts")
+            raise _Unsatisfiable(size, "the range ends before it starts")
     else:  # the last N bytes
         suffix = num(ranged[2])
         if suffix == 0:
-            raise _unsatisfiable(size, "the range asks for no bytes")
+            raise _Unsatisfiable(size, "the range asks for no bytes")
         start, end = max(0, size - suffix), size - 1
     if start >= size:
-        raise _unsatisfiable(size, "the range starts past the end of the log")
+        raise _Unsatisfiable(size, "the range starts past the end of the log")
     return start, end
 
 
@@ -418,10 +418,6 @@ class _Unsatisfiable(web.HTTPError):
     def __init__(self, size: int, why: str) -> None:
         super().__init__(416, f"{why} ({size:,} bytes)")
         self.size = size
-
-
-def _unsatisfiable(size: int, why: str) -> _Unsatisfiable:
-    return _Unsatisfiable(size, why)
 
 
 def _open_log(job_id: str) -> tuple[int, int]:

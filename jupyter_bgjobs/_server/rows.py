@@ -11,7 +11,6 @@ jobs, not with jobs times pages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
@@ -328,16 +327,6 @@ class Watcher:
         finally:
             # Nobody listens: the next page starts from a fresh look.
             self._current = None
-
-    async def stop(self) -> None:
-        """End the watcher (the server is stopping)."""
-        for page in list(self._pages):
-            page.put_nowait(None)
-        self._pages.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
 
 
 def ordered(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

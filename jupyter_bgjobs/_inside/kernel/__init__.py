@@ -1,8 +1,9 @@
 """Code that runs inside a job's kernel.
 
 ``wire`` is the snapshot format and ``chunks`` its binary chunks over the kernel protocol
-(both sides use them), ``arena`` the memory checks and the
-results arena, ``console`` the job's stdin and output streams, ``runner`` the statement
+(both sides use them), ``arena`` the memory checks and the results arena, ``console`` the
+job's stdin and output streams, ``cell`` how a cell is read (its statements, sections, a
+trailing semicolon), ``runner`` the statement
 loop and the entry points the notebook side calls. In the notebook these are ordinary
 modules (``jupyter_bgjobs._inside.kernel.wire``); a job's kernel gets them as source, which
 ``_backends.local.runner_boot_code`` registers there as the package ``_bgjobs_kernel`` (the
@@ -12,4 +13,4 @@ inside the package.
 """
 
 # Shipped into a job's kernel in this order: each imports only those before it.
-MODULES = ("wire", "chunks", "arena", "console", "runner")
+MODULES = ("wire", "chunks", "arena", "console", "cell", "runner")

@@ -16,19 +16,17 @@ standard library at import time (cloudpickle and dill when a snapshot needs them
 from __future__ import annotations
 
 import ast
-import io
 import json
 import os
-import re
 import sys
 import time
-import tokenize
 import traceback
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .arena import _Arena, _Fingerprints
+from .cell import missing_name, ends_with_semicolon, plan
 from .chunks import Inbox, Outbox
 from .console import Flow, _bound_stream, _no_keyboard, _restore_io
 from .wire import (
@@ -46,72 +44,6 @@ from .wire import (
 )
 
 _CO_COROUTINE = 0x0080  # inspect.CO_COROUTINE, without importing inspect into every kernel
-
-_SECTION_R = re.compile(r"^\s*#+\s*(?P<name>[^#\s].*?)\s*-{4,}\s*$")
-_SECTION_PY = re.compile(r"^\s*#\s*%%\s*(?P<name>.*?)\s*$")
-
-
-def section_of(line: str) -> str | None:
-    """The section a marker line opens, or None when the line is no marker."""
-    m = _SECTION_R.match(line) or _SECTION_PY.match(line)
-    if not m:
-        return None
-    return m.group("name").strip()
-
-
-_MISSING = re.compile(r"(?:name|variable) '([A-Za-z_][A-Za-z0-9_]*)' is not defined")
-
-
-def _missing_name(exc: BaseException) -> str | None:
-    found = _MISSING.search(str(exc))
-    return found[1] if found else None
-
-
-def ends_with_semicolon(source: str) -> bool:
-    """Whether the cell's last token (comments aside) is a ``;``: IPython then shows no
-    value for its last expression."""
-    last = None
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type not in _NOT_CODE:
-                last = tok
-    except (tokenize.TokenError, SyntaxError):
-        return False
-    return last is not None and last.type == tokenize.OP and last.string == ";"
-
-
-def plan(source: str) -> list[tuple[ast.stmt, str]]:
-    """Split transformed source into top-level statements, each with its section."""
-    tree = ast.parse(source)
-    lines = source.splitlines()
-    markers: list[tuple[int, str]] = []
-    for lineno, line in enumerate(lines, start=1):
-        name = section_of(line)
-        if name is not None:
-            markers.append((lineno, name))
-    out: list[tuple[ast.stmt, str]] = []
-    current = ""
-    mi = 0
-    for node in tree.body:
-        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-        while mi < len(markers) and markers[mi][0] < first:
-            current = markers[mi][1]
-            mi += 1
-        out.append((node, current))
-    return out
-
-
-# Tokens that say nothing of the code: where the last real one is, is what counts.
-_NOT_CODE = frozenset(
-    (
-        tokenize.COMMENT,
-        tokenize.NL,
-        tokenize.NEWLINE,
-        tokenize.ENDMARKER,
-        tokenize.INDENT,
-        tokenize.DEDENT,
-    )
-)
 
 _INBOX: dict[str, Inbox] = {}
 # Results waiting to be fetched over the kernel protocol, by key (the job's token, or
@@ -352,7 +284,7 @@ class _Runner:
         etype, value, tb = sys.exc_info()
         # A name a library evaluated from a string (pandas' eval and query) misses as the
         # interpreter's names do, but its error carries the name only in its message.
-        missing = (value.name or _missing_name(value)) if isinstance(value, NameError) else None
+        missing = (value.name or missing_name(value)) if isinstance(value, NameError) else None
         if missing and value is not None:
             hint = self._name_hint(missing)
             if hint:

@@ -1,0 +1,78 @@
+"""How a cell is read in a job's kernel, as IPython reads it in the notebook: its top-level
+statements with their sections, whether a trailing semicolon hides its value, and the
+name a library's NameError is about."""
+
+from __future__ import annotations
+
+import ast
+import io
+import re
+import tokenize
+
+_SECTION_R = re.compile(r"^\s*#+\s*(?P<name>[^#\s].*?)\s*-{4,}\s*$")
+_SECTION_PY = re.compile(r"^\s*#\s*%%\s*(?P<name>.*?)\s*$")
+
+
+def section_of(line: str) -> str | None:
+    """The section a marker line opens, or None when the line is no marker."""
+    m = _SECTION_R.match(line) or _SECTION_PY.match(line)
+    if not m:
+        return None
+    return m.group("name").strip()
+
+
+_MISSING = re.compile(r"(?:name|variable) '([A-Za-z_][A-Za-z0-9_]*)' is not defined")
+
+
+def missing_name(exc: BaseException) -> str | None:
+    """The name a NameError made by a library (pandas' eval and query) is about: it says
+    so only in its message."""
+    found = _MISSING.search(str(exc))
+    return found[1] if found else None
+
+
+def ends_with_semicolon(source: str) -> bool:
+    """Whether the cell's last token (comments aside) is a ``;``: IPython then shows no
+    value for its last expression."""
+    last = None
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type not in _NOT_CODE:
+                last = tok
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last is not None and last.type == tokenize.OP and last.string == ";"
+
+
+def plan(source: str) -> list[tuple[ast.stmt, str]]:
+    """Split transformed source into top-level statements, each with its section."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    markers: list[tuple[int, str]] = []
+    for lineno, line in enumerate(lines, start=1):
+        name = section_of(line)
+        if name is not None:
+            markers.append((lineno, name))
+    out: list[tuple[ast.stmt, str]] = []
+    current = ""
+    mi = 0
+    for node in tree.body:
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        while mi < len(markers) and markers[mi][0] < first:
+            current = markers[mi][1]
+            mi += 1
+        out.append((node, current))
+    return out
+
+
+# Tokens that say nothing of the code: where the last real one is, is what counts.
+_NOT_CODE = frozenset(
+    (
+        tokenize.COMMENT,
+        tokenize.NL,
+        tokenize.NEWLINE,
+        tokenize.ENDMARKER,
+        tokenize.INDENT,
+        tokenize.DEDENT,
+    )
+)
