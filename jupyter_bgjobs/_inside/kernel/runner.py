@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .arena import _Arena, _Fingerprints
-from .cell import missing_name, ends_with_semicolon, plan
+from .cell import ends_with_semicolon, missing_name, plan
 from .chunks import Inbox, Outbox
 from .console import Flow, _bound_stream, _no_keyboard, _restore_io
 from .wire import (
