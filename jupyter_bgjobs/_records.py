@@ -8,6 +8,7 @@ reason it ended, where it runs, and the notebook that started it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -150,6 +151,7 @@ class RecordWriter:
         self._last = 0.0
         self._last_state = ""
         self.dirty = False
+        self._writing = threading.Lock()
 
     def __call__(self, job: Any) -> None:
         # An ended job changes once more at most (its merge report): written at once,
@@ -169,9 +171,12 @@ class RecordWriter:
     def write(self) -> bool:
         """Write the record now; False when the store refused it."""
         job = self.job
-        self._last, self._last_state, self.dirty = time.monotonic(), job.state, False
         try:
-            _store.write_json(job.folder / "state.json", state_record(job))
+            # The driver's thread and the notebook's (a merge's report) both write: the
+            # record is read and written under one lock, so the last written is the newest.
+            with self._writing:
+                self._last, self._last_state, self.dirty = time.monotonic(), job.state, False
+                _store.write_json(job.folder / "state.json", state_record(job))
         except (StoreError, OSError) as exc:
             if not self.failing:
                 self.say(
