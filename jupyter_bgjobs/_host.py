@@ -100,7 +100,7 @@ def _watch_folder(folder: Path, job: Any, ended: threading.Event, gone: threadin
     another pid namespace, which cannot see this process, judges it alive by that), and
     end the job at once, with this host, when the job's folder is gone."""
     from ._config import configure
-    from ._store import HEARTBEAT
+    from ._store import HEARTBEAT, read_only_reason
 
     beat = 0.0
     while not ended.wait(1.0):
@@ -118,6 +118,8 @@ def _watch_folder(folder: Path, job: Any, ended: threading.Event, gone: threadin
             continue
         if time.monotonic() - beat >= HEARTBEAT:
             beat = time.monotonic()
+            if read_only_reason(folder):  # a store made read-only is never written, not even this
+                continue
             try:
                 os.utime(folder / "host.json", follow_symlinks=False)
             except OSError:
