@@ -1,8 +1,13 @@
-"""What a notebook of short cells costs when every cell runs as a job, against the same
-notebook run as it is, in one run; and how soon a job's first statement runs once the
-notebook has imported numpy and pandas, against an empty notebook's job.
+"""What a notebook costs when every cell runs as a job, against the same notebook run as it
+is, in one run: a notebook of short cells (numpy, pandas) and a working notebook whose
+cells are as long as those of public notebooks (most take milliseconds, a few take
+seconds). Each is run as jobs twice: on warm kernels forked from a template that has
+imported what the notebook imports (the default), and on warm kernels started anew
+(``pool_fork=False``, how every pool kernel started before). Then how soon a job's first
+statement runs once the notebook has imported numpy and pandas, against an empty
+notebook's job; and what a warm kernel costs in memory, forked and started anew.
 
-Prints two tables. Run: python benchmarks/bench_notebook.py [--pool 1] [--trials 5]
+Prints three tables. Run: python benchmarks/bench_notebook.py [--pool 2] [--trials 5]
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from IPython.core.interactiveshell import InteractiveShell
 import jupyter_bgjobs as bj
 from jupyter_bgjobs._jobs import manager
 
+IMPORTS = "import numpy as np\nimport pandas as pd"
+
 # A notebook as people write them: imports, a frame, short steps.
-CELLS = [
-    "import numpy as np\nimport pandas as pd",
+SHORT = [
+    IMPORTS,
     "rng = np.random.default_rng(1)\ndf = pd.DataFrame({'g': rng.integers(0, 5, 2000),"
     " 'v': rng.normal(size=2000)})",
     "df.head();",
@@ -32,24 +39,60 @@ CELLS = [
     "pivot = df.pivot_table(index='g', values='v', aggfunc='median')",
 ]
 
+# A working session: mostly short cells, with the few long ones that hold the work, as in
+# public notebooks (their cells took 9 ms at the median and 0.42 s on average).
+WORKING = [
+    IMPORTS,
+    "rng = np.random.default_rng(7)\nn = 1_000_000",
+    "events = pd.DataFrame({'user': rng.integers(0, 5000, n), 'kind': rng.integers(0, 8, n),"
+    " 'amount': rng.gamma(2.0, 10.0, n)})",
+    "events.shape",
+    "per_user = events.groupby('user')['amount'].agg(['sum', 'mean', 'count'])",
+    "per_user.head();",
+    "def bootstrap(values, rounds):\n"
+    "    draw = np.random.default_rng(0).choice\n"
+    "    return np.array([draw(values, len(values)).mean() for _ in range(rounds)])\n"
+    "spread = bootstrap(events['amount'].to_numpy()[:20_000], 16_000)",
+    "low, high = np.percentile(spread, [2.5, 97.5])",
+    "ranked = per_user.sort_values('sum', ascending=False)",
+    "def widest_walk(walkers, steps, seed):\n"
+    "    gen = np.random.default_rng(seed)\n"
+    "    return max(float(np.abs(gen.normal(size=(walkers, steps)).cumsum(axis=1)).max())\n"
+    "               for _ in range(12))\n"
+    "widest = widest_walk(1000, 2000, 3)",
+    "matrix = rng.normal(size=(1500, 1500))\n"
+    "inverse = np.linalg.inv(matrix @ matrix.T + np.eye(1500))",
+    "check = float(np.abs(inverse).max())",
+    "kinds = events.pivot_table(index='user', columns='kind', values='amount', aggfunc='sum')",
+    "top_kinds = kinds.sum().sort_values()",
+]
 
-def run_plain(ip: Any) -> list[float]:
+
+def reset(ip: Any) -> None:
+    ip.run_cell("get_ipython().run_line_magic('reset', '-f')")
+
+
+def run_plain(ip: Any, cells: list[str]) -> list[float]:
+    reset(ip)
     times = []
-    for cell in CELLS:
+    for cell in cells:
         t0 = time.perf_counter()
         ip.run_cell(cell)
         times.append(time.perf_counter() - t0)
     return times
 
 
-def run_as_jobs(ip: Any, tag: str) -> list[float]:
+def run_as_jobs(ip: Any, cells: list[str], tag: str) -> list[float]:
+    reset(ip)
+    assert manager.pool().wait_warm(120)
     times = []
-    for i, cell in enumerate(CELLS):
+    for i, cell in enumerate(cells):
         name = f"nb_{tag}_{i}"
         t0 = time.perf_counter()
         ip.run_cell_magic("bgjob", name, cell)
-        bj.get_job(name).wait(300)
+        job = bj.get_job(name).wait(300)
         times.append(time.perf_counter() - t0)
+        assert job.state == "succeeded", job.report
     return times
 
 
@@ -86,45 +129,82 @@ def unaware_pool(size: int) -> Any:
     return undo
 
 
+def warm_memory(size: int) -> dict[bool, float]:
+    """Median private memory (USS, MiB) of a ready warm kernel, forked and started anew,
+    numpy and pandas imported in each."""
+    import psutil
+
+    from jupyter_bgjobs._backends.local import KernelPool
+
+    found = {}
+    for fork in (True, False):
+        pool = KernelPool(size, fork=fork)
+        try:
+            pool.refill()
+            assert pool.wait_warm(120)
+            found[fork] = statistics.median(
+                psutil.Process(k.pid).memory_full_info().uss / 2**20 for k in pool._idle
+            )
+        finally:
+            pool.close()
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pool", type=int, default=1)
+    parser.add_argument("--pool", type=int, default=2)
     parser.add_argument("--trials", type=int, default=5)
     args = parser.parse_args()
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "jupyter_bgjobs")
     bj.configure(pool_size=args.pool)
+    rows: list[tuple[str, str, list[float]]] = []
     try:
+        for label, cells in (("short cells", SHORT), ("working notebook", WORKING)):
+            rows.append((label, "run as it is", run_plain(ip, cells)))
+            bj.configure(pool_fork=True)
+            rows.append((label, "as jobs, forked warm kernels", run_as_jobs(ip, cells, "f")))
+            bj.configure(pool_fork=False)
+            rows.append((label, "as jobs, warm kernels started anew", run_as_jobs(ip, cells, "n")))
+            bj.configure(pool_fork=True)
+        reset(ip)
         empty = first_statement(ip, "x = 1", "empty", args.trials)
-        plain = run_plain(ip)
-        ip.run_cell("get_ipython().run_line_magic('reset', '-f')")
-        setup = "import numpy as np\nimport pandas as pd\nframe = pd.DataFrame({'a': range(9)})"
-        ip.run_cell(setup)  # the pool follows: warm kernels import numpy and pandas
+        ip.run_cell(IMPORTS + "\nframe = pd.DataFrame({'a': range(9)})")
         following = first_statement(ip, "n = len(frame)", "follow", args.trials)
         undo = unaware_pool(args.pool)
         cold = first_statement(ip, "n = len(frame)", "cold", args.trials)
         undo()
-        ip.run_cell("get_ipython().run_line_magic('reset', '-f')")
-        jobs = run_as_jobs(ip, "a")
+        memory = warm_memory(args.pool)
     finally:
         ip.run_line_magic("unload_ext", "jupyter_bgjobs")
-    print(f"a notebook of {len(CELLS)} short cells (numpy, pandas), pool_size={args.pool}")
-    print(f"{'':28} {'total s':>8} {'median cell ms':>15} {'vs plain':>9}")
-    for label, times in (("run as it is", plain), ("every cell a job, waited", jobs)):
+    print(f"every cell of a notebook run as a job and waited for, pool_size={args.pool}")
+    print(
+        f"{'':18} {'':36} {'cells':>5} {'total s':>8} {'mean ms':>8} {'median ms':>10} "
+        f"{'vs plain':>9}"
+    )
+    plain = 0.0
+    for label, how, times in rows:
+        if how == "run as it is":
+            plain = sum(times)
         print(
-            f"{label:28} {sum(times):8.2f} {statistics.median(times) * 1000:15.1f} "
-            f"{sum(times) / sum(plain):9.2f}"
+            f"{label:18} {how:36} {len(times):5d} {sum(times):8.2f} "
+            f"{statistics.mean(times) * 1000:8.1f} {statistics.median(times) * 1000:10.1f} "
+            f"{sum(times) / plain:9.2f}"
         )
     print()
     print(f"magic -> first statement, median of {args.trials}, a warm kernel ready")
     print(f"{'':58} {'ms':>7} {'vs empty':>9}")
-    rows = (
+    for label, t in (
         ("empty notebook, job 'x = 1' (the floor)", empty),
         ("numpy+pandas imported, DataFrame shipped; pool follows", following),
         ("the same, warm kernel never told of the imports", cold),
-    )
-    for label, t in rows:
+    ):
         print(f"{label:58} {t * 1000:7.1f} {f'+{(t - empty) * 1000:.0f} ms':>9}")
+    print()
+    print("a ready warm kernel's own memory (USS), numpy and pandas imported")
+    print(f"{'forked from the template':58} {memory[True]:7.1f} MiB")
+    print(f"{'started anew (the peer)':58} {memory[False]:7.1f} MiB")
+    print(f"{'ratio':58} {memory[True] / memory[False]:7.2f}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ from ._errors import JobSpecError
 class Settings:
     """What ``jupyter_bgjobs.configure(...)`` changes."""
 
-    pool_size: int = 1
+    # Two warm kernels: forked from the template, both cost less memory than one started
+    # anew, and a notebook's quick cells rarely wait for a refill.
+    pool_size: int = 2
+    # Warm kernels are forked from a template that has imported what the notebook has.
+    pool_fork: bool = True
     max_concurrent: int = os.cpu_count() or 1
     kernel: str = "python3"
     cancel_grace: float = 3.0
@@ -82,7 +86,9 @@ settings = Settings()
 
 
 def configure(**changes: Any) -> Settings:
-    """Change settings: ``pool_size``, ``max_concurrent``, ``kernel``, ``cancel_grace``,
+    """Change settings: ``pool_size``, ``pool_fork`` (fork warm kernels from a template
+    process that has imported what the notebook imports; False starts each anew),
+    ``max_concurrent``, ``kernel``, ``cancel_grace``,
     ``output_tail``, ``status_interval``, ``root``, ``transport`` (``auto``/``file``: snapshot
     files, in shared memory when there is room; ``stream``: over the kernel protocol),
     ``results_arena`` (while a job runs, make shared memory ready for its results),

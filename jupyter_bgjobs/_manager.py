@@ -47,7 +47,7 @@ class JobManager:
     def pool(self) -> KernelPool:
         with self._lock:
             if self._pool is None:
-                self._pool = KernelPool(settings.pool_size, settings.kernel)
+                self._pool = KernelPool(settings.pool_size, settings.kernel, settings.pool_fork)
                 self._pool.refill()
             pool = self._pool
         # Where the local pool starts warming, the gateway's does too.
@@ -181,6 +181,7 @@ class JobManager:
         job._environ = dict(os.environ)
         job._awaits = _context.awaits(source)
         seed = self._write_seed(job, spec, ns, source, transport)
+        unshipped = _snapshot.unshipped_names(ns, job.shipped) if ns else []
         seed_spec: dict[str, Any] | None = None
         if seed is not None and (seed.path or seed.streamed):
             seed_spec = {
@@ -209,7 +210,8 @@ class JobManager:
             "imports": seed.imports if seed else {},
             "import_origins": _snapshot.import_origins(seed.imports) if seed else {},
             "not_shipped": seed.skipped if seed else [],
-            "notebook_names": _snapshot.unshipped_names(ns, job.shipped) if ns else [],
+            "notebook_names": unshipped,
+            "notebook_rows": _snapshot.who_rows(ns or {}, unshipped, source),
             "context": {} if remote else (spec.import_context or _context.import_context()),
             "results": {
                 "transport": transport,
@@ -443,7 +445,7 @@ manager = JobManager()
 
 
 def _on_settings(changed: set[str]) -> None:
-    if "pool_size" in changed:
+    if changed & {"pool_size", "pool_fork", "kernel"}:
         manager.resize_pool()
     if changed & {"gateway_pool_size", "gateway", "gateway_token", "kernel"}:
         manager.reset_gateway_pool()

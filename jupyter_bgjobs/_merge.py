@@ -34,7 +34,8 @@ def _names(names: list[str], limit: int = 12) -> str:
 
 def update_in_place(old: Any, new: Any) -> bool:
     """Make ``old`` hold what ``new`` holds, where its type allows that exactly (numpy
-    arrays of the same shape and dtype, lists, dicts, sets, bytearrays); False elsewhere."""
+    arrays of the same shape and dtype, pandas frames and series, lists, dicts, sets,
+    bytearrays); False elsewhere."""
     np = sys.modules.get("numpy")
     if np is not None and type(old) is np.ndarray and type(new) is np.ndarray:
         if old.shape != new.shape or old.dtype != new.dtype or not old.flags.writeable:
@@ -43,6 +44,18 @@ def update_in_place(old: Any, new: Any) -> bool:
         return True
     if type(old) is not type(new):
         return False
+    pd = sys.modules.get("pandas")
+    if pd is not None and type(old) in (pd.DataFrame, pd.Series):
+        # pandas' own way for its in-place operations (``inplace=True``, ``df[c] = ...``):
+        # the object keeps its identity and takes the other's data, index and columns.
+        replace = getattr(old, "_update_inplace", None)
+        if replace is None:
+            return False
+        replace(new)
+        old.attrs = new.attrs
+        if type(old) is pd.Series:
+            old.name = new.name
+        return True
     if type(old) in (list, bytearray):
         old[:] = new
     elif type(old) in (dict, set):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -236,6 +237,45 @@ def unshipped_names(ns: dict[str, Any], shipped: list[str], limit: int = 5000) -
         and not (n in hidden and hidden[n] is ns[n])
     ]
     return names[:limit]
+
+
+# A job's code that lists the notebook's names: `%who`, `%whos`, `%who_ls`, as written or
+# as IPython has transformed them.
+_LISTS_NAMES = re.compile(r"%who|run_line_magic\(\s*['\"]who")
+
+
+def who_rows(ns: dict[str, Any], names: list[str], source: str) -> dict[str, dict[str, Any]]:
+    """For a job that runs ``%who``/``%whos``: how IPython's ``%whos`` would describe each
+    of the notebook's names the job was not given (type; length of a list, dict or tuple;
+    shape of an array or frame; else its text as ``%whos`` cuts it), so the job lists
+    them as the notebook would. Empty for any other job: nothing is computed then."""
+    if not _LISTS_NAMES.search(source):
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for name in names:
+        value = ns.get(name)
+        kind = type(value).__name__
+        row: dict[str, Any] = {"type": kind}
+        try:
+            if kind in ("dict", "list", "tuple"):
+                row["len"] = len(value)  # type: ignore[arg-type]
+            elif kind == "ndarray":
+                row.update(
+                    shape=list(value.shape),  # type: ignore[union-attr]
+                    size=int(value.size),  # type: ignore[union-attr]
+                    itemsize=int(value.itemsize),  # type: ignore[union-attr]
+                    dtype=str(value.dtype),  # type: ignore[union-attr]
+                )
+            elif kind in ("DataFrame", "Series"):
+                row["shape"] = list(value.shape)  # type: ignore[union-attr]
+            else:
+                text = str(value).replace("\n", "\\n")
+                # %whos shows the first and last 25 characters of a long text.
+                row["str"] = text if len(text) < 50 else text[:25] + text[-25:]
+        except Exception:
+            row["str"] = f"<object with id {id(value)} (str() failed)>"
+        rows[name] = row
+    return rows
 
 
 def snapshot_paths(folder: str, job_id: str, what: str) -> list[str]:

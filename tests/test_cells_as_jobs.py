@@ -85,6 +85,30 @@ def test_a_trailing_semicolon_hides_the_last_value_as_in_a_cell(ip: Any) -> None
     assert "x;" in shown(bj.get_job("loud2").wait(120))
 
 
+def test_who_and_whos_list_the_notebooks_names_and_the_jobs(ip: Any) -> None:
+    np = pytest.importorskip("numpy")
+    from IPython.utils.capture import capture_output
+
+    ip.user_ns.update(
+        count=123, grid=np.ones((3, 4)), names=["a", "b"], text="word " * 20 + "\nend"
+    )
+    # What the notebook lists once the cell has run in it...
+    with capture_output() as seen:
+        ip.run_cell("made_here = 1\n%whos\n%who")
+    expected = seen.stdout
+    ip.run_cell("del made_here")
+    # ...is what the same cell lists as a job given one name only.
+    ip.run_cell_magic("bgjob", "lister --env count", "made_here = 1\n%whos\n%who")
+    job = bj.get_job("lister").wait(120)
+    assert job.state == "succeeded", job.report
+    assert job.output == expected
+    ip.run_cell_magic("bgjob", "lister_ls --env none", "listed = %who_ls ndarray")
+    bj.get_job("lister_ls").wait(120)
+    assert ip.user_ns["listed"] == ["grid"]
+    for name in ("count", "grid", "names", "text", "made_here", "listed"):
+        ip.user_ns.pop(name, None)
+
+
 def test_a_name_a_library_evaluates_from_a_string_gets_the_hint(ip: Any) -> None:
     pytest.importorskip("pandas")
     ip.run_cell("import pandas as pd\nframe = pd.DataFrame({'a': [1, 5, 9]})\nlimit = 4")
@@ -128,6 +152,27 @@ def test_a_change_made_in_place_reaches_every_name_for_the_same_data(ip: Any) ->
     assert ip.user_ns["held"][0] == {"a": 1, "b": 2}
     assert isinstance(ip.user_ns["base"], np.ndarray) and ip.user_ns["base"][0] == 100
     assert "changed in place by the job" in job.report
+
+
+def test_a_frame_changed_in_place_is_updated_not_rebound(ip: Any) -> None:
+    pytest.importorskip("pandas")
+    ip.run_cell(
+        "import pandas as pd\nsales = pd.DataFrame({'v': [1.0, 2.0, 3.0]})\nalias = sales\n"
+        "frames = {'sales': sales}\ncolumn = pd.Series([1, 2], name='c')\nsame_column = column"
+    )
+    ip.run_cell_magic(
+        "bgjob",
+        "frame_in_place",
+        "sales['z'] = sales['v'] * 2\nsales.drop(index=0, inplace=True)\n"
+        "column.rename('renamed', inplace=True)",
+    )
+    job = bj.get_job("frame_in_place").wait(120)
+    assert job.state == "succeeded", job.report
+    ns = ip.user_ns
+    # Every name for the frame sees what the cell did, as it would in the notebook.
+    assert ns["alias"] is ns["sales"] and ns["frames"]["sales"] is ns["sales"]
+    assert list(ns["alias"].columns) == ["v", "z"] and list(ns["alias"].index) == [1, 2]
+    assert ns["same_column"] is ns["column"] and ns["same_column"].name == "renamed"
 
 
 def test_a_view_and_its_base_travel_together(ip: Any) -> None:

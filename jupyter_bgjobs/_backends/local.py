@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 from .. import _runtime
 from .._errors import BgJobError
 from .._inside import kernel as _kernel_code
+from .._inside.template import RUNNER
 from .._procs import signal_group, signal_process
 from .._runtime import short_owner_tag, sweep_litter
 from .base import KernelBackend, KernelSource, take_idle
+from .template import ForkedProcess, ForkProvisioner, Template, TemplateUnavailable
 
 _PACKAGE = "_bgjobs_kernel"
 
@@ -30,29 +32,46 @@ _PACKAGE = "_bgjobs_kernel"
 # relative imports resolve through sys.modules; the runner is also ``_bgjobs_runner``.
 _BOOT = """
 import sys, types
-package = types.ModuleType(PACKAGE)
-package.__path__ = []
-package.__package__ = PACKAGE
-sys.modules[PACKAGE] = package
-for name, source in SOURCES:
-    module = types.ModuleType(PACKAGE + "." + name)
-    module.__file__ = "<bgjobs-kernel/" + name + ".py>"
-    module.__package__ = PACKAGE
-    sys.modules[module.__name__] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
-    setattr(package, name, module)
-sys.modules["_bgjobs_runner"] = sys.modules[PACKAGE + ".runner"]
+# Loaded already when the kernel was forked from a template that ran this same code.
+if getattr(sys.modules.get(PACKAGE), "__bgjobs_key__", None) != KEY:
+    package = types.ModuleType(PACKAGE)
+    package.__path__ = []
+    package.__package__ = PACKAGE
+    sys.modules[PACKAGE] = package
+    for name, source in SOURCES:
+        module = types.ModuleType(PACKAGE + "." + name)
+        module.__file__ = "<bgjobs-kernel/" + name + ".py>"
+        module.__package__ = PACKAGE
+        sys.modules[module.__name__] = module
+        exec(compile(source, module.__file__, "exec"), module.__dict__)
+        setattr(package, name, module)
+    sys.modules["_bgjobs_runner"] = sys.modules[PACKAGE + ".runner"]
+    package.__bgjobs_key__ = KEY
 """
 
 
 def runner_boot_code() -> str:
     """The code that loads the job runner into a kernel: every kernel module as source,
     so the kernel needs no jupyter_bgjobs installed (it may be another environment's)."""
-    folder = Path(_kernel_code.__file__).parent
-    sources = [
-        (name, (folder / f"{name}.py").read_text(encoding="utf-8")) for name in _kernel_code.MODULES
-    ]
-    return f"exec({_BOOT!r}, {{'PACKAGE': {_PACKAGE!r}, 'SOURCES': {sources!r}}})\n"
+    global _boot_code
+    if _boot_code is None:
+        import hashlib
+
+        folder = Path(_kernel_code.__file__).parent
+        sources = [
+            (name, (folder / f"{name}.py").read_text(encoding="utf-8"))
+            for name in _kernel_code.MODULES
+        ]
+        key = hashlib.sha256(repr(sources).encode()).hexdigest()[:16]
+        _boot_code = (
+            f"exec({_BOOT!r}, {{'PACKAGE': {_PACKAGE!r}, 'KEY': {key!r}, "
+            f"'SOURCES': {sources!r}}})\n"
+        )
+    return _boot_code
+
+
+_boot_code: str | None = None
+_RUNNER_THERE = "import sys as _s; _s.modules['_bgjobs_runner']; del _s\n"
 
 
 # Libraries slow to import that a job is likely to need when the notebook has them.
@@ -163,6 +182,60 @@ _SOCKET_NAME = re.compile(r"^k(?P<owner>\d+\.\d+)x[0-9a-f]+(-\d+|\.json)$")
 _LOG_NAME = re.compile(r"^k(?P<owner>\d+\.\d+)x[A-Za-z0-9_]+\.log$")
 
 
+def _await_sockets(km: Any, proc: Any, timeout: float) -> None:
+    """Wait until the kernel has made its sockets (on Unix sockets, their files exist).
+
+    A client that connects before then is refused and tries again only after zmq's
+    reconnect interval (100 ms), most of a forked kernel's start. Gives up quietly at
+    the deadline or when the process ends: the readiness check then says what is wrong."""
+    if getattr(km, "transport", "") != "ipc":
+        return
+    ports = (km.shell_port, km.iopub_port, km.stdin_port, km.hb_port, km.control_port)
+    paths = [f"{km.ip}-{port}" for port in ports]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        if all(os.path.exists(p) for p in paths):
+            return
+        time.sleep(0.002)  # a file system has no word for "created"; a kernel takes ~60 ms
+
+
+def wait_ready(kc: Any, timeout: float) -> None:
+    """Block until the kernel answers on its shell channel and its IOPub reaches us.
+
+    jupyter_client's ``wait_for_ready`` ends with 0.2 s of listening for stray IOPub
+    messages; a kernel that greets each subscriber (``iopub_welcome``, JEP 65) tells us
+    at once, and the status of our own request is the proof for one that does not."""
+    deadline = time.monotonic() + timeout
+    welcomed = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the kernel did not answer within {timeout:.0f} s")
+        msg_id = kc.kernel_info()
+        try:
+            while True:
+                reply = kc.get_shell_msg(timeout=min(1.0, left))
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+        except queue.Empty:
+            continue
+        # Messages published before our subscription took hold are lost, not late: a
+        # silence means asking again, soon once the kernel has greeted us.
+        while True:
+            quiet = 0.05 if welcomed else 0.25
+            try:
+                msg = kc.get_iopub_msg(timeout=quiet)
+            except queue.Empty:
+                break
+            welcomed = welcomed or msg["msg_type"] == "iopub_welcome"
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "status"
+                and msg["content"].get("execution_state") == "idle"
+            ):
+                return
+
+
 class LocalKernel:
     """One ipykernel process started through jupyter_client, with the runner loaded."""
 
@@ -176,7 +249,9 @@ class LocalKernel:
         self.imported: set[str] = set()
         self.busy = threading.Lock()
 
-    def start(self, timeout: float = 60.0) -> LocalKernel:
+    def start(self, timeout: float = 60.0, template_for: Any = None) -> LocalKernel:
+        """Start the kernel and load the runner. ``template_for(cmd, env)`` may give a
+        warm template to fork it from (``_backends.template``); None starts it anew."""
         from jupyter_client import KernelManager
         from jupyter_client.kernelspec import NoSuchKernel
 
@@ -198,6 +273,8 @@ class LocalKernel:
         # What the kernel inherits; a job later applies the notebook's changes since.
         self.launch_env = dict(os.environ)
         try:
+            if template_for is not None and not km.kernel_spec.metadata.get("kernel_provisioner"):
+                self._fork_through(km, template_for)
             with os.fdopen(fd, "wb") as sink:
                 # stdin is /dev/null: a subprocess of the job that reads it ends at once
                 # instead of waiting for a keyboard nobody has.
@@ -214,12 +291,19 @@ class LocalKernel:
             ) from None
         except Exception as exc:
             raise KernelStartError(f"kernel {self.kernel_name!r} failed to start: {exc}") from exc
+        _await_sockets(km, self._process(), timeout)
         kc = km.blocking_client()
         kc.start_channels()
         self.kc = kc
+        # A forked kernel has what its template imported, the runner among them.
+        forked = isinstance(self._process(), ForkedProcess)
+        if forked:
+            self.imported = set(km.provisioner.imported)
         try:
-            kc.wait_for_ready(timeout=timeout)
-            self._boot(timeout)
+            wait_ready(kc, timeout)
+            # A forked kernel needs only the look that the runner is there; that first
+            # request also readies the kernel's path for the job's own.
+            self._boot(timeout, _RUNNER_THERE if forked else runner_boot_code())
         except BaseException as exc:
             self.shutdown(now=True)
             if isinstance(exc, BgJobError):
@@ -229,8 +313,21 @@ class LocalKernel:
             ) from exc
         return self
 
-    def _boot(self, timeout: float) -> None:
-        msg_id = self.execute(runner_boot_code(), silent=True)
+    def _fork_through(self, km: Any, template_for: Any) -> None:
+        import uuid
+
+        km.kernel_id = str(uuid.uuid4())
+        provisioner = ForkProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+        provisioner.template_for = template_for
+        provisioner.log_path = self.stderr_path
+        km.provisioner = provisioner
+
+    def _process(self) -> Any:
+        """The kernel's process (a ``Popen``, or a ``ForkedProcess``), None before start."""
+        return getattr(getattr(self.km, "provisioner", None), "process", None)
+
+    def _boot(self, timeout: float, code: str) -> None:
+        msg_id = self.execute(code, silent=True)
         deadline = time.monotonic() + timeout
         while True:
             reply = self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
@@ -280,18 +377,17 @@ class LocalKernel:
 
     @property
     def pid(self) -> int | None:
-        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
-        return getattr(proc, "pid", None)
+        return getattr(self._process(), "pid", None)
 
     def exit_code(self) -> int | None:
         """The process's exit code once it has ended, else None."""
-        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        proc = self._process()
         if proc is None:
             return None
         return proc.poll()  # type: ignore[no-any-return]
 
     def alive(self) -> bool:
-        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        proc = self._process()
         return proc is not None and proc.poll() is None
 
     def execute(
@@ -318,11 +414,10 @@ class LocalKernel:
     def _signal(self, signum: int) -> None:
         # Kernels run in their own process group: signalling the group also reaches the
         # job's own subprocesses (`!cmd`, multiprocessing), as jupyter_client does.
-        provisioner = getattr(self.km, "provisioner", None)
-        proc = getattr(provisioner, "process", None)
+        proc = self._process()
         if proc is None or proc.poll() is not None:
             return
-        pgid = getattr(provisioner, "pgid", None)
+        pgid = getattr(self.km.provisioner, "pgid", None)
         if not (pgid and signal_group(pgid, signum)):
             signal_process(proc.pid, signum)
 
@@ -331,7 +426,7 @@ class LocalKernel:
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
-        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        proc = self._process()
         if proc is not None:
             try:
                 proc.wait(5)
@@ -379,7 +474,7 @@ class LocalKernel:
 class KernelPool:
     """Pre-started kernels of the default kernelspec, refilled in the background."""
 
-    def __init__(self, size: int = 1, kernel_name: str = "python3") -> None:
+    def __init__(self, size: int = 1, kernel_name: str = "python3", fork: bool = True) -> None:
         self.size = size
         self.kernel_name = kernel_name
         self._idle: list[LocalKernel] = []
@@ -389,6 +484,13 @@ class KernelPool:
         self._threads: list[threading.Thread] = []
         # What the notebook has imported: warm kernels import it too, ahead of the jobs.
         self.wanted: list[str] = []
+        # The template new kernels are forked from, made on first need; modules whose
+        # import starts a thread stay out of it (a fork copies one thread only).
+        self.fork = fork
+        self._template: Template | None = None
+        self._template_lock = threading.Lock()
+        self._template_failed = False
+        self._unforkable: set[str] = set()
 
     def acquire(self, kernel_name: str | None = None) -> LocalKernel:
         """A ready kernel: a warm one when there is one for this kernelspec, else a new one."""
@@ -400,7 +502,9 @@ class KernelPool:
         if kernel is not None:
             with kernel.busy:  # an import under way finishes first: the job needs it too
                 return kernel
-        return LocalKernel(name).start()
+        # A pool of none (a detached job's host) starts its one kernel without a template.
+        forking = self.fork and self.size > 0 and name == self.kernel_name
+        return LocalKernel(name).start(template_for=self._template_for if forking else None)
 
     def follow(self, modules: list[str]) -> None:
         """The notebook has imported ``modules``: kernels started from now on import them
@@ -409,6 +513,7 @@ class KernelPool:
             if self._closed or modules == self.wanted:
                 return
             self.wanted = list(modules)
+            template = self._template
             idle = [k for k in self._idle if set(modules) - k.imported]
             self._threads = [t for t in self._threads if t.is_alive()]
             for kernel in idle:
@@ -417,6 +522,42 @@ class KernelPool:
                 )
                 self._threads.append(t)
                 t.start()
+        if template is not None:
+            try:  # queued: the next fork has them, the notebook does not wait
+                template.preimport([m for m in modules if m not in self._unforkable], wait=False)
+            except TemplateUnavailable:
+                pass
+
+    def _template_for(self, cmd: list[str], env: dict[str, str]) -> Template | None:
+        """The template to fork a kernel of ``cmd`` from: the pool's, made (or made anew
+        without the module that spoiled it) when needed; None to start the usual way."""
+        with self._template_lock:
+            template = self._template
+            if template is not None and template.alive() and not template.spoiled:
+                return template if template.python == cmd[0] else None
+            if template is not None:
+                if template.spoiled == RUNNER:
+                    self._template_failed = True
+                elif template.spoiled:
+                    self._unforkable.add(template.spoiled)
+                template.close()
+                self._template = None
+            if self._template_failed or self._closed:
+                return None
+            template = None
+            try:
+                template = Template(cmd[0], env, _kernel_log_dir())
+                template.boot(runner_boot_code())
+                wanted = [*heavy_imports(), *self.wanted]
+                template.preimport([m for m in dict.fromkeys(wanted) if m not in self._unforkable])
+            except (TemplateUnavailable, OSError):
+                # A Python that cannot run it (too old, no ipykernel): never again here.
+                self._template_failed = True
+                if template is not None:
+                    template.close()
+                return None
+            self._template = template
+            return template
 
     def _top_up(self, kernel: LocalKernel, modules: list[str]) -> None:
         with kernel.busy:
@@ -442,7 +583,9 @@ class KernelPool:
     def _start_one(self) -> None:
         kernel: LocalKernel | None = None
         try:
-            kernel = LocalKernel(self.kernel_name).start()
+            kernel = LocalKernel(self.kernel_name).start(
+                template_for=self._template_for if self.fork else None
+            )
             kernel.preimport(list(dict.fromkeys([*heavy_imports(), *self.wanted])))
         except Exception:
             kernel = None
@@ -474,6 +617,10 @@ class KernelPool:
             kernel.shutdown(now=True)
         for t in threads:
             t.join(30)
+        with self._template_lock:
+            template, self._template = self._template, None
+        if template is not None:
+            template.close()
 
 
 if TYPE_CHECKING:  # mypy holds both to the driver's interface

@@ -1,6 +1,7 @@
 """Code that runs in other processes: a job's kernel (``kernel/``, shipped there as source
-text), a queue worker, a ``bg()`` call's child and its supervisor, and the process helpers
-they share with the notebook side.
+text), the template its warm kernels are forked from (``template.py``, run from its text),
+a queue worker, a ``bg()`` call's child and its supervisor, and the process helpers they
+share with the notebook side.
 
 Only the standard library and cloudpickle are imported here at import time, so a child
 starts in milliseconds, without the package, IPython, pandas or jupyter_client. The files

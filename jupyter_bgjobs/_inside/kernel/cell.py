@@ -1,13 +1,17 @@
 """How a cell is read in a job's kernel, as IPython reads it in the notebook: its top-level
-statements with their sections, whether a trailing semicolon hides its value, and the
-name a library's NameError is about."""
+statements with their sections, whether a trailing semicolon hides its value, the name a
+library's NameError is about, and what ``%who`` and ``%whos`` list."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import re
 import tokenize
+import types
+from collections.abc import Callable
+from typing import Any
 
 _SECTION_R = re.compile(r"^\s*#+\s*(?P<name>[^#\s].*?)\s*-{4,}\s*$")
 _SECTION_PY = re.compile(r"^\s*#\s*%%\s*(?P<name>.*?)\s*$")
@@ -76,3 +80,64 @@ _NOT_CODE = frozenset(
         tokenize.DEDENT,
     )
 )
+
+
+# The magics that list the notebook's names.
+_WHO_MAGICS = ("who", "whos", "who_ls")
+
+
+def notebook_view(ip: Any, rows: dict[str, dict[str, Any]]) -> Callable[[], None]:
+    """Make ``%who``, ``%whos`` and ``%who_ls`` list what they would in the notebook: its
+    names the job was not given (``rows``, described there: type, length, shape, text)
+    beside the job's own. IPython's own code lists them, from a namespace where each
+    notebook-only name is a stand-in that describes itself as the notebook's value did.
+    Returns what puts the kernel's own magics back."""
+    from IPython.core.magics.namespace import NamespaceMagics
+
+    standins = {name: _standin(row) for name, row in rows.items()}
+
+    class _View:
+        who_ls = NamespaceMagics.who_ls
+        who = NamespaceMagics.who
+        whos = NamespaceMagics.whos
+
+        def __init__(self) -> None:
+            merged = dict(standins)
+            merged.update(ip.user_ns)  # the job's names, and its values, come first
+            self.shell = types.SimpleNamespace(user_ns=merged, user_ns_hidden=ip.user_ns_hidden)
+
+    line = ip.magics_manager.magics["line"]
+    saved = {name: line.get(name) for name in _WHO_MAGICS}
+    for name in _WHO_MAGICS:
+        line[name] = functools.partial(_listed, name, _View)
+
+    def undo() -> None:
+        for name, magic in saved.items():
+            if magic is None:
+                line.pop(name, None)
+            else:
+                line[name] = magic
+
+    return undo
+
+
+def _listed(name: str, view: Callable[[], Any], parameter_s: str = "") -> Any:
+    return getattr(view(), name)(parameter_s)
+
+
+def _standin(row: dict[str, Any]) -> Any:
+    text = str(row.get("str", ""))
+    attrs: dict[str, Any] = {
+        "__str__": lambda self: text,
+        "__repr__": lambda self: text,
+        "__module__": "notebook",
+    }
+    if "len" in row:
+        size = int(row["len"])
+        attrs["__len__"] = lambda self: size
+    if "shape" in row:
+        attrs["shape"] = tuple(row["shape"])
+    for key in ("size", "itemsize", "dtype"):
+        if key in row:
+            attrs[key] = row[key]
+    return type(str(row.get("type", "object")), (), attrs)()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .arena import _Arena, _Fingerprints
-from .cell import ends_with_semicolon, missing_name, plan
+from .cell import ends_with_semicolon, missing_name, notebook_view, plan
 from .chunks import Inbox, Outbox
 from .console import Flow, _bound_stream, _no_keyboard, _restore_io
 from .wire import (
@@ -119,6 +119,7 @@ class _Runner:
         self._saved_io: tuple[Any, ...] | None = None
         self._bounded: list[Callable[[], None]] = []
         self._flow: Flow | None = None
+        self._unview: Callable[[], None] | None = None
 
     def emit(self, kind: str, **fields: Any) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -265,11 +266,16 @@ class _Runner:
         elif spec.get("workdir") and spec["workdir"] not in sys.path:
             sys.path.insert(0, spec["workdir"])
         self._saved_io = _no_keyboard()
+        if self.ip is not None and spec.get("notebook_rows"):
+            self._unview = notebook_view(self.ip, spec["notebook_rows"])
         flow = spec.get("flow")
         self._flow = Flow(flow["path"], int(flow["window"])) if flow else None
         self._bounded = [_bound_stream(s, self._flow) for s in (sys.stdout, sys.stderr)]
 
     def _leave_context(self) -> None:
+        if self._unview is not None:
+            self._unview()
+            self._unview = None
         if self._flow is not None:
             self._flow.close()
             self._flow = None
