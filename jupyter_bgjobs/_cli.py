@@ -22,6 +22,7 @@ from typing import Any
 from . import _detached, _store
 from ._errors import BgJobError
 from ._prune import prune
+from ._states import DAMAGED, ENDED_STATES, label
 
 
 def _entry(name: str, damaged_ok: bool = False) -> tuple[Path, dict[str, Any]]:
@@ -60,7 +61,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     offsets: dict[Path, int] = {}
     while True:
         # Seen before reading: what was written up to the end is read once more.
-        ended = not args.follow or handle.state in (*_store.DONE_STATES, _store.DAMAGED)
+        ended = not args.follow or handle.state in (*ENDED_STATES, DAMAGED)
         if spec.get("kind") != "call":
             paths = [handle.log_path] if handle.log_path is not None else []
         for path in paths:
@@ -83,7 +84,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     folder, spec = _entry(args.name)
     handle = _handle(folder, spec)
-    if handle.state in _store.DONE_STATES:
+    if handle.state in ENDED_STATES:
         print(f"{args.name} has already ended: {handle.state}")
         return 1
     if spec.get("kind") == "call":
@@ -133,6 +134,19 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    folder, spec = _entry(args.name, damaged_ok=True)
+    handle = _handle(folder, spec)
+    print(f"{handle.name} ({folder.name}): {label(handle.state)}")
+    if handle.reason:
+        print(f"  {handle.reason}")
+    for entry in getattr(handle, "history", []):
+        at = entry.get("at", "")[11:19]  # the time of day of an ISO stamp
+        why = f"  ({entry['reason']})" if entry.get("reason") else ""
+        print(f"  {at}  {entry.get('event', ''):<8} -> {label(entry.get('state', ''))}{why}")
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     report = prune(args.older_than)
     print(
@@ -167,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", default=None)
     p = sub.add_parser("results", help="what a job saved")
     p.add_argument("name")
+    p = sub.add_parser("show", help="a job's state, and its story: each transition, when, why")
+    p.add_argument("name")
     p = sub.add_parser("prune", help="remove finished jobs older than --older-than")
     p.add_argument("--older-than", default="7d", help="seconds or 30m, 12h, 7d (default 7d)")
     args = parser.parse_args(argv)
@@ -176,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "cancel": cmd_cancel,
         "run": cmd_run,
         "results": cmd_results,
+        "show": cmd_show,
         "prune": cmd_prune,
     }
     try:

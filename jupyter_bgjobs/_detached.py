@@ -20,8 +20,7 @@ from . import _procs, _store
 from ._config import settings
 from ._errors import JobSpecError, JobStateError, StoreError, WaitTimeout
 from ._spec import JobSpec
-from ._states import FINAL_STATES as DONE_STATES
-from ._states import ErrorInfo, error_reason
+from ._states import DAMAGED, FINAL_STATES, ErrorInfo, error_reason
 
 
 class DetachedJob:
@@ -94,10 +93,10 @@ class DetachedJob:
         """The job's state; ``died`` when its host ended without finishing it, ``damaged``
         when its record cannot be read."""
         if self.damage:
-            return _store.DAMAGED
+            return DAMAGED
         record = self._record()
         state = str(record.get("state", "pending"))
-        if state in DONE_STATES:
+        if state in FINAL_STATES:
             return state
         if self._host_known() and not self._host_alive():
             return "died"
@@ -126,7 +125,7 @@ class DetachedJob:
 
     @property
     def done(self) -> bool:
-        return self.state in DONE_STATES or self.state == _store.DAMAGED
+        return self.state in FINAL_STATES or self.state == DAMAGED
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -161,9 +160,15 @@ class DetachedJob:
         damage = self.damage
         if damage:
             return damage
-        if self.state == "died" and self._record().get("state") not in DONE_STATES:
+        if self.state == "died" and self._record().get("state") not in FINAL_STATES:
             return "its host process ended before the job did"
         return recorded_reason(self._record())
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The job's story as its record tells it: each transition, when, and for an end
+        why (``[]`` for a record that has none)."""
+        return [dict(e) for e in self._record().get("history") or []]
 
     @property
     def log_note(self) -> str:
@@ -259,7 +264,7 @@ class DetachedJob:
 
                 with os.fdopen(_store.open_own(legacy), "rb") as fh:
                     values = cloudpickle.load(fh)
-            elif kept or self.state in DONE_STATES:
+            elif kept or self.state in FINAL_STATES:
                 values = {}
             else:
                 return None
@@ -544,7 +549,7 @@ def describe(folder: Path) -> dict[str, Any]:
         except Exception as exc:  # a record odd in a way no check foresaw: still a row
             damage = f"{type(exc).__name__}: {exc}"
     info.update(
-        state=_store.DAMAGED,
+        state=DAMAGED,
         progress="",
         section="",
         elapsed=0.0,
@@ -595,7 +600,7 @@ def table() -> str:
     rows = [describe(f) for f in _store.entries()]
     if not rows:
         return "no detached jobs"
-    damaged = [r for r in rows if r["state"] == _store.DAMAGED]
+    damaged = [r for r in rows if r["state"] == DAMAGED]
     header = ("name", "id", "kind", "state", "progress", "section", "elapsed")
     body = [
         (

@@ -12,32 +12,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._states import colour_of, icon, label
 from ._text import _clock
 
 if TYPE_CHECKING:
     from ._jobs import Job
 
-_ICONS = {
-    "pending": "…",
-    "starting": "⏳",
-    "running": "▶",
-    "idle": "○",
-    "succeeded": "✔",
-    "failed": "✖",
-    "cancelled": "■",
-    "timed_out": "⏱",
-    "died": "☠",
-    "partial": "⚠",  # a look of the panel's rows, not a job state
-}
-_COLOURS = {
-    "succeeded": "#2e7d32",
-    "failed": "#c62828",
-    "died": "#c62828",
-    "cancelled": "#616161",
-    "timed_out": "#ef6c00",
-    "idle": "#616161",
-    "partial": "#ef6c00",
-}
 KEEPALIVE_ID = "jupyter-bgjobs-keepalive"
 # The IDE's extension renders a job's row from this (the store has its true state, after
 # the kernel is gone too); front ends without it fall back to the widget or the text.
@@ -57,7 +37,7 @@ def status_text(job: Job, look: str | None = None) -> str:
     panel row's ``partial``)."""
     done, total = job.progress
     look = look or job.state
-    parts = [f"{_ICONS.get(look, '')} {job.name}", look.replace("_", " ")]
+    parts = [f"{icon(look)} {job.name}", label(look)]
     if total:
         parts.append(f"{done}/{total}")
     if job.section and not job.done:
@@ -94,7 +74,7 @@ class StatusLine:
 
     def _bundle(self) -> dict[str, str]:
         text = status_text(self.job)
-        colour = _COLOURS.get(self.job.state, "#1565c0")
+        colour = colour_of(self.job.state)
         return {
             "text/plain": text,
             "text/html": f'<div style="font-family:monospace;color:{colour}">'

@@ -32,10 +32,13 @@ from ._states import (
     DIED,
     FAILED,
     FINAL_STATES,
+    MAX_HISTORY,
     PENDING,
     TIMED_OUT,
     ErrorInfo,
     RowClock,
+    event_of,
+    history_entry,
     now,
     transition,
 )
@@ -73,6 +76,10 @@ class Job(Tailed, RowClock):
         self.section = ""
         self.status = ""
         self.submitted = now()
+        # The story of the job: every transition, with its time and, for an end, its reason.
+        self.history: list[dict[str, str]] = [
+            {"event": "submit", "state": PENDING, "at": self.submitted.isoformat(), "reason": ""}
+        ]
         self.started: dt.datetime | None = None
         self.finished: dt.datetime | None = None
         self._t_started: float | None = None
@@ -231,11 +238,16 @@ class Job(Tailed, RowClock):
                 pass
 
     def _set(self, **changes: Any) -> None:
+        event = ""
         if "_state" in changes:
-            changes["_state"] = transition(self._state, changes["_state"])
+            event = event_of(transition(self._state, changes["_state"]))
         with self._cond:
             for key, value in changes.items():
                 setattr(self, key, value)
+            if event:
+                state = self._state
+                why = self.reason if state in FINAL_STATES else ""
+                self.history = [*self.history, history_entry(event, state, why)][:MAX_HISTORY]
             self._cond.notify_all()
         self._notify()
 

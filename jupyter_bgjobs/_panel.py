@@ -17,28 +17,20 @@ from typing import Any
 
 import ipywidgets as W
 
-from ._display import _COLOURS, _ICONS, job_mime, live_frontend, status_text
+from ._display import job_mime, live_frontend, status_text
 from ._merge import _names
+from ._states import FAILED, LOOKS, PARTIAL, colour_of, icon, label
 from ._text import _clock
 from ._text import text_table as _aligned
 
-_BAR = {
-    "succeeded": "success",
-    "failed": "danger",
-    "died": "danger",
-    "timed_out": "warning",
-    "cancelled": "warning",
-    "partial": "warning",
-}
 # A look, not a state: a progress row that succeeded with some units failed (a queue with
 # failed tasks) reads apart from both an all-green success and an all-red failure.
-_PARTIAL = "partial"
 _LOG_LIMIT = 20 << 20
 
 
 def _look(job: Any) -> str:
     """What a row shows as its state: the job's state, or ``partial``."""
-    return _PARTIAL if getattr(job, "partial", False) else str(job.state)
+    return PARTIAL if getattr(job, "partial", False) else str(job.state)
 
 
 def row_text(job: Any) -> str:
@@ -46,7 +38,7 @@ def row_text(job: Any) -> str:
     look = _look(job)
     line = status_text(job, look)
     # A partial row says what went wrong, as its widget's status does.
-    return line + (f"  ·  {job.status}" if look == _PARTIAL and job.status else "")
+    return line + (f"  ·  {job.status}" if look == PARTIAL and job.status else "")
 
 
 def widgets_available() -> bool:
@@ -168,13 +160,11 @@ class JobRow(W.VBox):  # type: ignore[misc]
             if key == self._last and not force:
                 return
             self._last = key
-        colour = _COLOURS.get(state, "#1565c0")
-        label = state.replace("_", " ")
-        style = f"color:{colour};white-space:nowrap"
-        self.icon.value = f'<span style="{style}">{_ICONS.get(state, "")} {label}</span>'
+        style = f"color:{colour_of(state)};white-space:nowrap"
+        self.icon.value = f'<span style="{style}">{icon(state)} {label(state)}</span>'
         self.bar.max = max(total, 1)
         self.bar.value = min(done, max(total, 1)) if total else (1 if job.done else 0)
-        self.bar.bar_style = _BAR.get(state, "info")
+        self.bar.bar_style = LOOKS[state].bar if state in LOOKS else "info"
         self.count.value = f"{done}/{total}" if total else ""
         words = [w for w in (job.section, getattr(job, "status", "")) if w]
         if job.done:
@@ -275,7 +265,7 @@ class JobsPanel(W.VBox):  # type: ignore[misc]
         running = [j for j in jobs if not j.done]
         finished = [j for j in jobs if j.done]
         failed = [j for j in finished if j.state in ("failed", "died", "timed_out")]
-        partial = [j for j in finished if _look(j) == _PARTIAL]
+        partial = [j for j in finished if _look(j) == PARTIAL]
         done_units = sum(j.progress[0] for j in running)
         total_units = sum(max(j.progress[1], 1) for j in running)
         self.overall.max = max(total_units, 1)
@@ -283,9 +273,9 @@ class JobsPanel(W.VBox):  # type: ignore[misc]
         self.overall.layout.display = "" if running else "none"
         parts = [f"<b>Jobs</b>: {len(running)} running", f"{len(finished)} done"]
         if failed:
-            parts.append(f'<span style="color:#c62828">{len(failed)} failed</span>')
+            parts.append(f'<span style="color:{colour_of(FAILED)}">{len(failed)} failed</span>')
         if partial:
-            colour = _COLOURS[_PARTIAL]
+            colour = colour_of(PARTIAL)
             parts.append(f'<span style="color:{colour}">{len(partial)} partly failed</span>')
         if running:
             parts.append("running: " + html.escape(_names([j.name for j in running], 5)))

@@ -18,7 +18,7 @@ from . import _checks
 from ._config import settings
 from ._errors import JobSpecError, JobStateError
 from ._outputs import OutputTail, Tailed
-from ._states import CANCELLED, FAILED, IDLE, RUNNING, SUCCEEDED, RowClock
+from ._states import CANCELLED, FAILED, FINAL_STATES, IDLE, RUNNING, SUCCEEDED, RowClock
 
 PROGRESS_STATES = (IDLE, RUNNING, SUCCEEDED, CANCELLED, FAILED)
 
@@ -90,7 +90,7 @@ class ProgressJob(Tailed, RowClock):
 
     @property
     def done(self) -> bool:
-        return self._state in ("succeeded", "cancelled", "failed")
+        return self._state in FINAL_STATES
 
     @property
     def failed(self) -> int:
@@ -150,7 +150,7 @@ class ProgressJob(Tailed, RowClock):
         failed = int(_checks.number("failed", failed, integer=True))
         if state == "running" and self._t_started is None:
             self._t_started = time.monotonic()
-        if state in ("succeeded", "cancelled", "failed"):
+        if state in FINAL_STATES:
             if self._t_started is None:
                 self._t_started = time.monotonic()
             self._t_finished = time.monotonic()

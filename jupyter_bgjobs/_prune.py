@@ -16,10 +16,9 @@ from typing import Any
 
 from ._errors import JobSpecError
 from ._runtime import owner_gone, pid_alive
+from ._states import DAMAGED, ENDED_STATES
 from ._store import (
     _NUM,
-    DAMAGED,
-    DONE_STATES,
     FRESH,
     _being_made,
     _job_root_path,
@@ -137,7 +136,7 @@ def _attached_end(folder: Path, now: float) -> float | None:
         age = newest_mtime(folder)
         return age if now - age >= FRESH else None
     damaged = bool(damage(folder))
-    if record.get("state") in DONE_STATES and not damaged:
+    if record.get("state") in ENDED_STATES and not damaged:
         ended = record.get("finished_ts")
         return float(ended) if isinstance(ended, _NUM) else newest_mtime(folder)
     # A record nobody can read counts as ended, as in the store, unless its owner lives.
@@ -162,7 +161,7 @@ def _detached_end(folder: Path) -> float | None:
         if recorded_alive(host, "pid", heartbeat=folder / "host.json"):
             return None  # its host still runs, and may yet write a sound record
         return newest_mtime(folder)
-    if info["state"] not in DONE_STATES:
+    if info["state"] not in ENDED_STATES:
         return None
     finished = info.get("finished_ts")
     return float(finished) if isinstance(finished, _NUM) else newest_mtime(folder)

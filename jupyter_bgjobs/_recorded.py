@@ -11,6 +11,7 @@ from typing import Any
 from . import _store
 from ._detached import DetachedJob, _started, check_sound, recorded_reason
 from ._records import settle_orphan
+from ._states import DAMAGED
 
 
 class RecordedJob(DetachedJob):
@@ -29,7 +30,7 @@ class RecordedJob(DetachedJob):
     @property
     def state(self) -> str:
         if self.damage:
-            return _store.DAMAGED
+            return DAMAGED
         return str(self._record().get("state", "pending"))
 
     @property

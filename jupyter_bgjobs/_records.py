@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from . import _store
 from ._errors import StoreError
-from ._states import FINAL_STATES
+from ._states import FINAL_STATES, PENDING, RUNNING, event_of
 
 # Why a job whose notebook kernel went away while it ran is over, in its record.
 KERNEL_ENDED = "its notebook's kernel ended while it ran (restarted, shut down or killed)"
@@ -55,6 +55,8 @@ def state_record(job: Any) -> dict[str, Any]:
         "kernel": spec.kernel,
         "notebook": job._environ.get("JPY_SESSION_NAME") or None,
         "skipped": job.skipped,
+        # Every transition, with its time and, for an end, its reason.
+        "history": list(getattr(job, "history", [])),
         # The merge report of an attached job ("merged a, b into globals"), for the IDE.
         "report": getattr(job, "report", "") or "",
         # Wall-clock stamps of the job's milestones (benchmarks read them).
@@ -121,6 +123,23 @@ def call_record(call: Any) -> dict[str, Any]:
         # A call's results are its return value, never merged: no merge report.
         "report": "",
         "timings": {},
+        # A call runs from its start: its story is its start and, once over, its end.
+        "history": [
+            {"event": "submit", "state": PENDING, "at": started.isoformat(), "reason": ""},
+            {"event": "run", "state": RUNNING, "at": started.isoformat(), "reason": ""},
+            *(
+                [
+                    {
+                        "event": event_of(state),
+                        "state": state,
+                        "at": _iso(ended),
+                        "reason": call.reason,
+                    }
+                ]
+                if done and ended is not None
+                else []
+            ),
+        ],
     }
 
 

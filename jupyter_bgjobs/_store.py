@@ -22,11 +22,9 @@ from ._config import settings
 from ._errors import StoreError
 from ._inside.procs import PID_MAX, identity_alive
 from ._runtime import owner_gone, owner_tag, pid_alive, sweep_litter
+from ._states import MAX_HISTORY, STATES
 from ._trust import MAX_RECORD, NotOurs, load_json, open_own, read_json, read_own
 
-DONE_STATES = ("succeeded", "failed", "cancelled", "timed_out", "died")
-# An entry whose spec.json or state.json cannot be read: listed, never run, prunable.
-DAMAGED = "damaged"
 # A folder that records nothing readable yet may be one being made right now (its spec is
 # written just after its folder): younger than this, prune leaves it alone.
 FRESH = 60.0
@@ -291,6 +289,7 @@ _STATE: _Schema = {
     "report": (str,),
     "owner_pid": (int, type(None)),
     "timings": (dict,),
+    "history": (list,),
 }
 _STATUS: _Schema = {"returncode": (int, type(None)), "ended_by": (str,), "ended": (int, float)}
 _HOST: _Schema = {"pid": (int,), "pid_id": (str,)}
@@ -349,15 +348,12 @@ def check_spec(folder: Path, spec: dict[str, Any]) -> str:
     return ""
 
 
-_KNOWN_STATES = frozenset(("pending", "starting", "running", *DONE_STATES))
-
-
 def check_state(record: dict[str, Any]) -> str:
     """What is wrong with a job's state.json, or ""."""
     problem = _wrong_fields("state.json", record, _STATE)
     if problem:
         return problem
-    if "state" in record and record["state"] not in _KNOWN_STATES:
+    if "state" in record and record["state"] not in STATES:
         return f"state.json: 'state' {record['state']!r:.40} is no state of a job"
     progress = record.get("progress", [0, 0])
     if len(progress) != 2 or not all(
@@ -367,6 +363,11 @@ def check_state(record: dict[str, Any]) -> str:
     error = record.get("error")
     if error is not None and (len(error) != 3 or not isinstance(error[2], list)):
         return "state.json: 'error' is not [ename, evalue, traceback]"
+    history = record.get("history", [])
+    if len(history) > MAX_HISTORY or not all(
+        isinstance(e, dict) and all(isinstance(v, str) for v in e.values()) for e in history
+    ):
+        return "state.json: 'history' is not a list of transitions"
     for key in ("started", "finished"):
         if record.get(key) is not None and not _iso(record[key]):
             return f"state.json: {key!r} {record[key]!r:.40} is not a time"

@@ -8,7 +8,7 @@ import * as nbformat from '@jupyterlab/nbformat';
 import { ServerConnection } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
-const FINAL_STATES = ['succeeded', 'failed', 'cancelled', 'timed_out', 'died'];
+import { FINAL_STATES } from './states';
 
 /** One job, as a row of the Jobs panel shows it. */
 export interface IJob {
@@ -33,8 +33,18 @@ export interface IJob {
 }
 
 /** What the detail view shows of a job. */
+/** One transition of a job: what happened, the state it led to, when, and why. */
+export interface IHistoryEntry {
+  event: string;
+  state: string;
+  at: string;
+  reason: string;
+}
+
 export interface IJobDetail extends IJob {
   outputs: nbformat.IOutput[];
+  /** The job's state record; its ``history`` tells the job's story. */
+  record: { history?: IHistoryEntry[] };
   spec: {
     code: string | null;
     name: string | null;

@@ -15,6 +15,7 @@ import { Widget } from '@lumino/widgets';
 
 import { IJob, JobStore } from './api';
 import { basename, stateLabel } from './rows';
+import { ENDED_NOTICE } from './states';
 
 function list(jobs: IJob[]): string {
   return jobs.map(j => j.name).join(', ');
@@ -142,13 +143,7 @@ export function guard(store: JobStore, openPaths: () => string[]): void {
   };
 }
 
-const ENDED: { [state: string]: 'success' | 'error' | 'warning' | 'info' } = {
-  succeeded: 'success',
-  failed: 'error',
-  died: 'error',
-  timed_out: 'warning',
-  cancelled: 'info'
-};
+type Level = 'success' | 'error' | 'warning' | 'info';
 
 export function notifyEnds(store: JobStore, show: (job: IJob) => void): void {
   store.ended.connect((_, job) => {
@@ -157,7 +152,7 @@ export function notifyEnds(store: JobStore, show: (job: IJob) => void): void {
       job.reason && job.state !== 'succeeded' ? `: ${job.reason}` : '';
     Notification.emit(
       `Background job ${job.name} ${how}${why}`,
-      ENDED[job.state] || 'info',
+      (ENDED_NOTICE[job.state] as Level) || 'info',
       {
         autoClose: 8000,
         actions: [{ label: 'Show output', callback: () => show(job) }]

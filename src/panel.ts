@@ -8,7 +8,7 @@ import { Widget } from '@lumino/widgets';
 
 import { IJob, isRunning, JobStore } from './api';
 import { jobsIcon } from './icons';
-import { IRowActions, renderRow, tickClock } from './rows';
+import { IRowActions, renderRow, stateLabel, tickClock } from './rows';
 
 /** Where the panel sits in the right-hand area, opened at start or again later. */
 export const PANEL_RANK = 600;
@@ -140,6 +140,9 @@ export class JobsPanel extends Widget {
       this._row = document.createElement('div');
       this._report = document.createElement('div');
       this._report.className = 'jp-bgjobs-report';
+      this._history = document.createElement('ol');
+      this._history.className = 'jp-bgjobs-history';
+      this._history.setAttribute('aria-label', 'History');
       const outputs = document.createElement('div');
       outputs.className = 'jp-bgjobs-outputs';
       const logButton = document.createElement('button');
@@ -148,7 +151,14 @@ export class JobsPanel extends Widget {
       logButton.addEventListener('click', () => void this._loadLog(job.id));
       this._logNode = document.createElement('pre');
       this._logNode.className = 'jp-bgjobs-log';
-      node.append(back, this._row, this._report, outputs, logButton);
+      node.append(
+        back,
+        this._row,
+        this._report,
+        this._history,
+        outputs,
+        logButton
+      );
       node.appendChild(this._logNode);
       Widget.attach(this._outputs, outputs);
     }
@@ -179,6 +189,15 @@ export class JobsPanel extends Widget {
       }
       this._report.textContent = detail.report;
       this._report.hidden = !detail.report;
+      this._history.replaceChildren(
+        ...(detail.record?.history || []).map(entry => {
+          const item = document.createElement('li');
+          const why = entry.reason ? ` (${entry.reason})` : '';
+          // The time of day of an ISO stamp, then what happened.
+          item.textContent = `${entry.at.slice(11, 19)} ${entry.event} → ${stateLabel(entry.state)}${why}`;
+          return item;
+        })
+      );
       const model = this._outputs.model;
       model.clear();
       for (const output of detail.outputs) {
@@ -203,6 +222,7 @@ export class JobsPanel extends Widget {
   private _detailNode: HTMLElement;
   private _row: HTMLElement = document.createElement('div');
   private _report: HTMLElement = document.createElement('div');
+  private _history: HTMLElement = document.createElement('ol');
   private _logNode: HTMLElement = document.createElement('pre');
   private _outputs: OutputArea;
   private _shown: string | null = null;

@@ -3,17 +3,7 @@
  * colour, name, notebook, ``k/N``, section or status, a ticking clock, and its buttons.
  */
 import { IJob, isRunning, JobStore } from './api';
-
-const STATE_ICONS: { [state: string]: string } = {
-  pending: '◌',
-  starting: '◌',
-  running: '▶',
-  succeeded: '✔',
-  failed: '✖',
-  cancelled: '■',
-  timed_out: '⏱',
-  died: '☠'
-};
+import { STATE_ICONS, STATE_THEME } from './states';
 
 function clock(seconds: number): string {
   const s = Math.max(0, Math.floor(seconds));
@@ -82,6 +72,10 @@ export function renderRow(
 ): void {
   const running = isRunning(job);
   node.className = `jp-bgjobs-row jp-bgjobs-state-${job.state}`;
+  const theme = STATE_THEME[job.state];
+  if (theme) {
+    node.style.setProperty('--jp-bgjobs-state', `var(${theme})`);
+  }
   node.dataset.jobId = job.id;
   node.dataset.state = job.state;
   node.replaceChildren();

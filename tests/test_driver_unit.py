@@ -346,3 +346,62 @@ def test_a_driver_takes_its_kernel_from_the_source_it_is_given(mgr: JobManager) 
     Driver(job, mgr, runner_spec, kernels=pool).run()
     assert job.state == "succeeded" and pool.asked == [None]
     assert kernel.spec == runner_spec
+
+
+def story(job: Job) -> list[tuple[str, str]]:
+    return [(e["event"], e["state"]) for e in job.history]
+
+
+def test_every_transition_is_told_in_the_jobs_history(mgr: JobManager) -> None:
+    from jupyter_bgjobs._store import read_json
+
+    begun = [("submit", "pending"), ("start", "starting"), ("run", "running")]
+    done = submit(mgr, FakeKernel(two_sections())).wait(WAIT)
+    assert story(done) == [*begun, ("succeed", "succeeded")]
+    err = {"ename": "KeyError", "evalue": "'k'", "traceback": []}
+    failed = submit(
+        mgr, FakeKernel([fake.plan(1), fake.stmt(0, 1), fake.end("error", done=0, error=err)])
+    ).wait(WAIT)
+    assert story(failed) == [*begun, ("fail", "failed")]
+    died = submit(mgr, FakeKernel([fake.plan(1), fake.stmt(0, 1), fake.die(exit_code=3)]))
+    assert story(died.wait(WAIT)) == [*begun, ("die", "died")]
+    late = submit(mgr, FakeKernel([fake.plan(1), fake.stmt(0, 1), fake.hang()]), timeout=0.05)
+    assert story(late.wait(WAIT)) == [*begun, ("time_out", "timed_out")]
+    # The end's reason is in the story; the times run forward.
+    assert died.history[-1]["reason"] == "its kernel exited with code 3"
+    assert late.history[-1]["reason"] == "ran past its timeout of 0.05 s"
+    stamps = [e["at"] for e in late.history]
+    assert stamps == sorted(stamps)
+    # Ended before it started: the story is as short as the job's life.
+    bj.configure(max_concurrent=1)
+    first = FakeKernel([fake.plan(1), fake.stmt(0, 1), fake.hang()])
+    blocker = submit(mgr, first)
+    assert first.hung.wait(WAIT)
+    waiting = submit(mgr, FakeKernel())
+    waiting.cancel()
+    assert story(waiting.wait(WAIT)) == [("submit", "pending"), ("cancel", "cancelled")]
+    blocker.cancel()
+    blocker.wait(WAIT)
+    # The record tells the same story to every reader.
+    mgr.join_worker(late, WAIT)
+    assert read_json(late.folder / "state.json")["history"] == late.history
+
+
+def test_a_transition_no_table_entry_allows_is_refused(mgr: JobManager) -> None:
+    from jupyter_bgjobs._states import TRANSITIONS, TransitionError, event_of, transition
+
+    job = submit(mgr, FakeKernel(two_sections())).wait(WAIT)
+    told = list(job.history)
+    for target in ("running", "failed", "pending"):
+        with pytest.raises(TransitionError, match="no transition from 'succeeded'"):
+            job._set(_state=target)
+    assert job.state == "succeeded" and job.history == told
+    # Every entry of the table, from each state it names and from no other.
+    states = {s for sources, target in TRANSITIONS.values() for s in (*sources, target)}
+    for name, (sources, target) in TRANSITIONS.items():
+        for state in states:
+            if state in sources:
+                assert transition(state, target) == target and event_of(target) == name
+            else:
+                with pytest.raises(TransitionError):
+                    transition(state, target)

@@ -174,6 +174,12 @@ def test_the_bgjobs_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "counter (" in out and "succeeded" in out and "total: int = 6" in out
     assert cli(["list"]) == 0
     assert "counter" in capsys.readouterr().out
+    # Its story, as its host recorded it: each transition in order, with its time.
+    assert cli(["show", "counter"]) == 0
+    told = capsys.readouterr().out.splitlines()
+    assert told[0].startswith("counter (") and told[0].endswith(": succeeded")
+    events = [line.split()[1] for line in told[1:]]
+    assert events == ["submit", "start", "run", "succeed"], told
 
     script.write_text("import time\ntime.sleep(300)\n")
     assert cli(["run", str(script), "--name", "sleeper"]) == 0
@@ -185,6 +191,9 @@ def test_the_bgjobs_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli(["cancel", "sleeper"]) == 0
     job.wait(60)
     assert job.state == "cancelled"
+    assert cli(["show", "sleeper"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "cancel" in last and "-> cancelled" in last
     assert cli(["cancel", "sleeper"]) == 1
     assert cli(["results", "nobody"]) == 2
     assert "no detached job or call named 'nobody'" in capsys.readouterr().err

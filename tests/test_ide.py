@@ -184,6 +184,11 @@ def test_a_cell_runs_from_its_context_menu_through_the_dialog(page: Any) -> None
     expect(cell.locator(".jp-bgjobs-report")).to_contain_text("doubled")
     # The detail opened from the notification shows the same report.
     expect(detail.locator(".jp-bgjobs-report")).to_contain_text("merged")
+    # And the job's story: each transition, in order.
+    story = detail.get_by_role("list", name="History").locator("li")
+    expect(story).to_have_count(4)
+    expect(story.nth(0)).to_contain_text("submit → pending")
+    expect(story.nth(3)).to_contain_text("succeed → succeeded")
     detail.get_by_role("button", name="Full log").click()
     log = detail.locator(".jp-bgjobs-log")
     expect(log).to_contain_text("fitting 40")

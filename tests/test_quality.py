@@ -50,3 +50,26 @@ def test_the_installed_lab_extension_is_this_one() -> None:
     listing = proc.stdout + proc.stderr
     line = next((ln for ln in listing.splitlines() if "jupyter-bgjobs" in ln), "")
     assert "enabled" in line and "OK" in line, listing
+
+
+def test_state_words_are_written_once() -> None:
+    """The extension's state tables are generated from ``_states.py`` (a job's icon is the
+    same in the notebook, the widget panel and the IDE), and no other source lists states."""
+    import re
+
+    from jupyter_bgjobs._states import STATES, typescript
+
+    assert (ROOT / "src" / "states.ts").read_text(encoding="utf-8") == typescript(), (
+        "src/states.ts is stale; write it anew as its docstring in _states.py says"
+    )
+    # A literal list of two or more end states anywhere else is a second vocabulary.
+    listed = re.compile(r"""['"]succeeded['"]\s*[,:)][^`]{0,80}['"](failed|died|cancelled)['"]""")
+    elsewhere = [
+        str(path.relative_to(ROOT))
+        for folder in ("jupyter_bgjobs", "src")
+        for path in (ROOT / folder).rglob("*.[pt][ys]")
+        if path.name not in ("_states.py", "states.ts")
+        and listed.search(path.read_text(encoding="utf-8").replace("\n", " "))
+    ]
+    assert not elsewhere, f"state words listed outside _states.py: {elsewhere}"
+    assert set(STATES) <= set(re.findall(r"'(\w+)'", (ROOT / "src" / "states.ts").read_text()))

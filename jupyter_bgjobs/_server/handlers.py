@@ -32,6 +32,7 @@ from tornado.iostream import StreamClosedError
 from .. import _store
 from .._errors import BgJobError, StoreError
 from .._journal import stored_outputs
+from .._states import DAMAGED, ENDED_STATES
 from .rows import KEEP_ALIVE, Rows, Watcher, handle, job_row, ordered, state_of
 
 # The resource of every action on jobs, for Authorizers and JupyterHub's roles
@@ -364,7 +365,7 @@ def _delete(job_id: str) -> None:
     """Remove an ended (or damaged) job's folder; 409 saying why when it cannot be."""
     job = _find(job_id)
     state = state_of(job)
-    if state not in (*_store.DONE_STATES, _store.DAMAGED):
+    if state not in (*ENDED_STATES, DAMAGED):
         raise _fail(409, f"job {job.name!r} is still {state}; cancel it first")
     why = _store.read_only_reason(job.folder)
     if why:
@@ -472,7 +473,7 @@ class LogHandler(_Handler):
 def _cancel(job_id: str) -> dict[str, Any]:
     job = _find(job_id)
     state = state_of(job)
-    if state in (*_store.DONE_STATES, _store.DAMAGED):
+    if state in (*ENDED_STATES, DAMAGED):
         raise _fail(409, f"job {job.name!r} has already ended ({state})")
     if job.detached:
         if not job.cancel():

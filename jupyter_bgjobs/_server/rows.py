@@ -25,6 +25,7 @@ from .. import _store
 from .._detached import DetachedJob
 from .._errors import StoreError
 from .._recorded import RecordedJob
+from .._states import DAMAGED, ENDED_STATES
 
 # What a row is read from: it changes only when one of these files does (or its process
 # ends, for a running one).
@@ -102,7 +103,7 @@ def damaged_row(job: DetachedJob, exc: BaseException) -> dict[str, Any]:
     return {
         "id": job.id,
         "name": job.name,
-        "state": _store.DAMAGED,
+        "state": DAMAGED,
         "progress": [0, 0],
         "section": "",
         "status": "",
@@ -125,7 +126,7 @@ def state_of(job: DetachedJob) -> str:
     try:
         return job.state
     except Exception:
-        return _store.DAMAGED
+        return DAMAGED
 
 
 def handle(folder: Path, detached: bool) -> DetachedJob:
@@ -242,7 +243,7 @@ class Rows:
         return row, key
 
 
-_ENDED = (*_store.DONE_STATES, _store.DAMAGED)
+_ENDED = (*ENDED_STATES, DAMAGED)
 
 
 def _liveness(job: DetachedJob) -> Any:
