@@ -23,7 +23,7 @@ import time
 from jupyter_client.ioloop import IOLoopKernelManager
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs._jobs import manager
+from jupyter_bgjobs._api import manager
 
 TARGET = 2.0
 

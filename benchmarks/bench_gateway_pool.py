@@ -21,7 +21,7 @@ from typing import Any
 from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs._jobs import manager
+from jupyter_bgjobs._api import manager
 
 TARGET_MS = 100
 

@@ -20,7 +20,7 @@ from typing import Any
 from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs._jobs import manager
+from jupyter_bgjobs._api import manager
 
 IMPORTS = "import numpy as np\nimport pandas as pd"
 

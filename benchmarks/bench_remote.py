@@ -25,7 +25,7 @@ import numpy as np
 from IPython.core.interactiveshell import InteractiveShell
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs._jobs import manager
+from jupyter_bgjobs._api import manager
 
 TOKEN = "bench-remote-token"
 CHUNK = 4 * 1024 * 1024  # as a job's snapshot chunks

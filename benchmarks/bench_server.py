@@ -35,7 +35,7 @@ from typing import Any
 import psutil
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _procs
+from jupyter_bgjobs._inside import procs as _procs
 from jupyter_bgjobs._runtime import pid_alive
 from jupyter_bgjobs._server.rows import Rows, job_row
 

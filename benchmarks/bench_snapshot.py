@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 import jupyter_bgjobs as bj
+from jupyter_bgjobs._api import JobSpec, make_spec, manager
 from jupyter_bgjobs._inside.kernel.wire import encode
-from jupyter_bgjobs._jobs import JobSpec, make_spec, manager
 
 
 def namespace(scale: float) -> dict[str, object]:

@@ -17,7 +17,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from jupyter_client import KernelManager
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs._jobs import manager
+from jupyter_bgjobs._api import manager
 
 
 def pct(values: list[float], q: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._api import Job, WaitTimeout, get_job, jobs, run_cell, run_script
 from ._calls import BgCall, bg, bg_call, bg_calls
 from ._config import configure
 from ._errors import (
@@ -24,7 +25,6 @@ from ._errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from ._jobs import Job, WaitTimeout, get_job, jobs, run_cell, run_script
 from ._progress import add_job, set_progress, set_status
 from ._prune import prune
 from ._queue import Queue, Task, TaskList, WorkerPool
@@ -33,8 +33,8 @@ __version__ = "0.1.0"
 
 # Jobs started from the API (no magic, no status line) keep their kernel active too.
 from . import _progress
+from ._api import manager as _manager
 from ._display import ensure_ticker as _ensure_ticker
-from ._jobs import manager as _manager
 
 _manager.submit_hooks.append(_ensure_ticker)
 

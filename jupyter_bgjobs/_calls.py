@@ -24,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from . import _procs, _store
+from . import _store
+from ._calling import cell_sources, check_call, check_flag, check_seconds, load_error
 from ._config import settings
 from ._errors import (
     JobCancelledError,
@@ -36,11 +37,11 @@ from ._errors import (
     RemoteTraceback,
     WaitTimeout,
 )
+from ._inside import procs as _procs
 from ._inside.call import INTERRUPTED
-from ._procs import CODE_ERROR, CODE_OK
-from ._records import write_call_record
-from ._remote import cell_sources, check_call, check_flag, check_seconds, load_error
+from ._inside.procs import CODE_ERROR, CODE_OK
 from ._spec import JobSpec
+from ._state_record import write_call_record
 from ._states import CANCELLED, DIED, FAILED, RUNNING, SUCCEEDED, TIMED_OUT
 from ._store import read_json, recorded_alive, store_root
 

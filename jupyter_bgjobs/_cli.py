@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import _detached, _store
+from . import _detached, _store, _stored
 from ._errors import BgJobError
 from ._prune import prune
 from ._states import DAMAGED, ENDED_STATES, label
@@ -43,7 +43,7 @@ def _handle(folder: Path, spec: dict[str, Any]) -> Any:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    print(_detached.table())
+    print(_stored.table())
     return 0
 
 
@@ -96,7 +96,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ._jobs import run_script
+    from ._api import run_script
 
     job = run_script(
         args.script,

@@ -26,7 +26,6 @@ class Settings:
     output_tail: int = 1000
     # Characters of output a job keeps in memory; its log on disk keeps everything.
     output_tail_bytes: int = 4 << 20
-    status_interval: float = 1.0
     root: str = ""
     transport: str = "auto"
     results_arena: bool = True
@@ -89,7 +88,7 @@ def configure(**changes: Any) -> Settings:
     """Change settings: ``pool_size``, ``pool_fork`` (fork warm kernels from a template
     process that has imported what the notebook imports; False starts each anew),
     ``max_concurrent``, ``kernel``, ``cancel_grace``,
-    ``output_tail``, ``status_interval``, ``root``, ``transport`` (``auto``/``file``: snapshot
+    ``output_tail``, ``root``, ``transport`` (``auto``/``file``: snapshot
     files, in shared memory when there is room; ``stream``: over the kernel protocol),
     ``results_arena`` (while a job runs, make shared memory ready for its results),
     ``notify`` (a browser notification when a job ends), ``gateway`` (a Kernel or
@@ -128,7 +127,6 @@ _NUMBERS: dict[str, tuple[bool, float, bool]] = {
     "cancel_grace": (False, 0, False),
     "output_tail": (True, 1, False),
     "output_tail_bytes": (True, 1024, False),
-    "status_interval": (False, 0, True),
 }
 
 

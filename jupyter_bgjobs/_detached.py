@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import _procs, _store
+from . import _store
 from ._config import settings
 from ._errors import JobSpecError, JobStateError, StoreError, WaitTimeout
+from ._inside import procs as _procs
 from ._spec import JobSpec
 from ._states import DAMAGED, FINAL_STATES, ErrorInfo, error_reason
 
@@ -485,7 +486,7 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
     # This process knows which names it had when the job started: a later merge here can
     # tell the notebook's own changes from the job's, as for an attached job.
     started._ns_ids = job._ns_ids
-    _started[started.id] = started
+    started_here[started.id] = started
     return started
 
 
@@ -505,7 +506,7 @@ def _hand_over(job: Any, host_pid: int) -> None:
 
 
 # Detached jobs this process started, by id.
-_started: dict[str, DetachedJob] = {}
+started_here: dict[str, DetachedJob] = {}
 
 
 def find(name_or_id: str) -> DetachedJob | None:
@@ -518,7 +519,7 @@ def find(name_or_id: str) -> DetachedJob | None:
     spec = _store.read_json(folder / "spec.json") or {}
     if spec.get("kind") != "job":
         return None
-    return _started.get(folder.name) or DetachedJob(folder)
+    return started_here.get(folder.name) or DetachedJob(folder)
 
 
 def check_sound(folder: Path, name_or_id: str) -> None:
@@ -529,95 +530,6 @@ def check_sound(folder: Path, name_or_id: str) -> None:
             f"the job entry {name_or_id!r} ({folder}) is damaged: {damage}; "
             "`bgjobs prune` removes it"
         )
-
-
-def describe(folder: Path) -> dict[str, Any]:
-    """One line's worth of facts about a store entry, job or call; a damaged one is
-    described as such, with the reason, and never raises."""
-    spec = _store.read_json(folder / "spec.json") or {}
-    info: dict[str, Any] = {
-        "name": _text(spec.get("name")) or folder.name,
-        "id": folder.name,
-        "kind": spec.get("kind") if spec.get("kind") in ("job", "call") else "?",
-        "submitted": _text(spec.get("submitted")),
-        "reason": "",
-    }
-    damage = _store.damage(folder)
-    if not damage:
-        try:
-            return _describe(folder, spec, info)
-        except Exception as exc:  # a record odd in a way no check foresaw: still a row
-            damage = f"{type(exc).__name__}: {exc}"
-    info.update(
-        state=DAMAGED,
-        progress="",
-        section="",
-        elapsed=0.0,
-        finished_ts=None,
-        log_path="",
-        reason=damage,
-    )
-    return info
-
-
-def _describe(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    if spec.get("kind") == "call":
-        from ._calls import BgCall
-
-        call = BgCall(folder, info["name"], detached=True)
-        call._settle_record()
-        status = _store.read_json(folder / "status.json") or {}
-        info.update(
-            state=call.state,
-            progress="",
-            section="",
-            elapsed=0.0,
-            finished_ts=status.get("ended"),
-            log_path=str(folder / "stdout"),
-        )
-        return info
-    job = DetachedJob(folder)
-    record = job._record()
-    done, total = job.progress
-    state = job.state
-    info.update(
-        state=state,
-        progress=f"{done}/{total}",
-        section=job.section,
-        elapsed=job.elapsed,
-        finished_ts=record.get("finished_ts")
-        or (_store.newest_mtime(folder) if state == "died" else None),
-        log_path=str(job.log_path or ""),
-        reason=job.reason if state == "died" else "",
-    )
-    return info
-
-
-def table() -> str:
-    """The store as a plain-text table (``%bgjobs`` and ``bgjobs list``)."""
-    from ._text import _clock, text_table
-
-    rows = [describe(f) for f in _store.entries()]
-    if not rows:
-        return "no detached jobs"
-    damaged = [r for r in rows if r["state"] == DAMAGED]
-    header = ("name", "id", "kind", "state", "progress", "section", "elapsed")
-    body = [
-        (
-            r["name"],
-            r["id"],
-            r["kind"],
-            r["state"],
-            r["progress"],
-            r["section"],
-            _clock(r["elapsed"]) if r["elapsed"] else "",
-        )
-        for r in rows
-    ]
-    text = text_table(header, body)
-    for r in damaged:
-        text += f"\n{r['id']}: damaged: {r['reason']}; `bgjobs prune` removes it"
-    return text
 
 
 def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | None = None) -> str:
@@ -647,7 +559,7 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
         raise JobSpecError(f"--results must be globals, object or none, not {mode!r}")
     values = vars(job.results) if job.results is not None else {}
     kept = job.kept()
-    mine = _started.get(job.id)
+    mine = started_here.get(job.id)
     view = types.SimpleNamespace(
         name=job.name,
         state=job.state,

@@ -16,7 +16,7 @@ from ._states import colour_of, icon, label
 from ._text import _clock
 
 if TYPE_CHECKING:
-    from ._jobs import Job
+    from ._api import Job
 
 KEEPALIVE_ID = "jupyter-bgjobs-keepalive"
 # The IDE's extension renders a job's row from this (the store has its true state, after
@@ -122,7 +122,7 @@ class Ticker:
                 self._thread.start()
 
     def _run(self) -> None:
-        from ._jobs import manager
+        from ._api import manager
 
         while not self._stop.wait(self.interval):
             with self._lock:

@@ -37,12 +37,12 @@ FINAL_WAIT = 3600.0
 def main(folder: Path) -> int:
     from . import _store
     from ._config import configure
-    from ._driver import save_kept
     from ._errors import JobSpecError
     from ._job import Job
     from ._manager import manager
-    from ._records import RecordWriter, open_log_for_notes
+    from ._results import save_kept
     from ._spec import JobSpec
+    from ._state_record import RecordWriter, open_log_for_notes
 
     data, problem = _store.load_json(folder / "spec.json")
     problem = problem or _store.check_spec(folder, data or {})

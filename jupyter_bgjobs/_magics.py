@@ -10,9 +10,9 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import _checks, _display
+from ._api import Job, _parse_kernel_env, manager, run_cell, run_script
 from ._config import settings
 from ._errors import BgJobError
-from ._jobs import Job, _parse_kernel_env, manager, run_cell, run_script
 from ._text import clock, text_table
 
 
@@ -123,7 +123,7 @@ class BgJobMagics(Magics):
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
-        if args.detach:
+        if not isinstance(job, Job):  # detached: it has no row under this cell
             _announce_detached(job)
             return
         _show(job, notify=args.notify)
@@ -167,7 +167,7 @@ class BgJobMagics(Magics):
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
-        if args.detach:
+        if not isinstance(job, Job):  # detached: it has no row under this cell
             _announce_detached(job)
             return
         _show(job)
@@ -198,21 +198,21 @@ class BgJobMagics(Magics):
         """The Jobs panel: every job with its state, progress, section, elapsed time, Stop,
         and its output. A plain-text table where there are no widgets."""
         args = _parse(self.bgjobs, line)
-        from . import _detached, _recorded
+        from . import _stored
 
-        earlier = _recorded.earlier_jobs()
+        earlier = _stored.earlier_jobs()
         if not _display.live_frontend():
             rows = manager.jobs()
             print(jobs_table(rows) if rows else "no jobs")
             if earlier:
                 print("\nrun by this notebook's earlier kernels:\n" + earlier_table(earlier))
             if _store_has_entries():
-                print("\ndetached (they outlive this kernel):\n" + _detached.table())
+                print("\ndetached (they outlive this kernel):\n" + _stored.table())
             return
         if earlier:
             print("run by this notebook's earlier kernels:\n" + earlier_table(earlier))
         if _store_has_entries():
-            print("detached (they outlive this kernel):\n" + _detached.table())
+            print("detached (they outlive this kernel):\n" + _stored.table())
         from IPython.display import display
 
         from ._panel import panel, row_for
@@ -220,7 +220,7 @@ class BgJobMagics(Magics):
         widget = panel()
         # The store's detached jobs and this notebook's earlier ones get rows too, read
         # from their records; the detached ones live (progress, section, Stop, Output).
-        for job in [*_recorded.detached_jobs(), *earlier]:
+        for job in [*_stored.detached_jobs(), *earlier]:
             row_for(job)
         if args.sidebar:
             try:
@@ -302,7 +302,7 @@ def _post_run_cell(*_: Any) -> None:
     the next job (a job's kernel would import numpy and pandas again otherwise)."""
     from IPython import get_ipython
 
-    from ._backends.local import notebook_imports
+    from ._backends.ahead import notebook_imports
 
     ip = get_ipython()
     if ip is not None:
@@ -322,8 +322,9 @@ def unload(ip: Any) -> None:
             ip.events.unregister(event, hook)
         except ValueError:
             pass
+    # Every magic the class registered, whatever is added to it later.
     magics = ip.magics_manager.magics
-    for kind, names in (("cell", ["bgjob"]), ("line", ["bgjob_script", "bgjobs"])):
+    for kind, names in BgJobMagics.magics.items():
         for name in names:
             magics[kind].pop(name, None)
     manager.shutdown(announce=True)

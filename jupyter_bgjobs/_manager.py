@@ -12,16 +12,19 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _context, _snapshot, _store
+from ._backends.ahead import heavy_imports
 from ._backends.gateway import gateway_settings
 from ._backends.gateway_pool import GatewayPool, Reaper, start_kernel
-from ._backends.local import KernelPool, heavy_imports
+from ._backends.local import KernelPool
+from ._backends.providers import provider_for
 from ._config import on_change, settings
-from ._driver import Driver, remove_snapshot
+from ._driver import Driver
 from ._errors import JobSpecError, JobStateError
 from ._job import Job
-from ._records import RecordWriter
+from ._results import remove_snapshot
 from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, transformed
+from ._state_record import RecordWriter
 from ._states import FAILED, SUCCEEDED, now
 
 
@@ -173,8 +176,9 @@ class JobManager:
     def _write_job(self, job: Job, spec: JobSpec, ns: dict[str, Any] | None) -> dict[str, Any]:
         if ns is not None:
             job._ns_ids = {k: id(v) for k, v in ns.items()}
-        # A gateway's kernel shares no files with us: everything travels over its protocol.
-        remote = bool(spec.gateway)
+        # A kernel that shares no files with us (a gateway's): everything travels over its
+        # protocol.
+        remote = not provider_for(spec).shares_files
         transport = "stream" if settings.transport == "stream" or remote else "file"
         source = transformed(spec.code)
         # What the notebook's environment is now, not when a warm kernel was started.

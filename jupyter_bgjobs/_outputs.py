@@ -49,7 +49,6 @@ class OutputTail:
         self._sizes: collections.deque[int] = collections.deque()
         self._chars = 0
         self.version = 0
-        self.dropped_chars = 0
         self._lock = threading.Lock()
 
     def add(self, out: dict[str, Any]) -> None:
@@ -80,11 +79,9 @@ class OutputTail:
                 self._items.popleft()
                 gone = self._sizes.popleft()
                 self._chars -= gone
-                self.dropped_chars += gone
 
     def _shrunk(self, out: dict[str, Any], size: int) -> tuple[dict[str, Any], int]:
         keep = self.max_chars // 2
-        self.dropped_chars += size - keep
         if out.get("output_type") == "stream":
             text = out["text"][-keep:]
             return dict(out, text=text), len(text)

@@ -425,7 +425,7 @@ def remove_row(row: JobRow) -> None:
 
 def panel() -> JobsPanel:
     """The Jobs panel widget (every job of this notebook)."""
-    from ._jobs import manager
+    from ._api import manager
 
     for job in manager.jobs():
         row_for(job)

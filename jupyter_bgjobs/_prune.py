@@ -99,7 +99,7 @@ def _live_here() -> set[str]:
     such a handle reads its state from its folder, and without it would take its call for
     one still running (and end it at exit)."""
     live: set[str] = set()
-    jobs = sys.modules.get("jupyter_bgjobs._jobs")
+    jobs = sys.modules.get("jupyter_bgjobs._api")
     if jobs is not None:
         live.update(j.id for j in jobs.manager.jobs() if not j.done)
     calls = sys.modules.get("jupyter_bgjobs._calls")
@@ -153,7 +153,7 @@ def _attached_end(folder: Path, now: float) -> float | None:
 
 def _detached_end(folder: Path) -> float | None:
     """When a store entry ended (damaged ones count as ended), or None while it runs."""
-    from ._detached import describe
+    from ._stored import describe
 
     info = describe(folder)
     if info["state"] == DAMAGED:

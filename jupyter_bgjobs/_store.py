@@ -546,19 +546,3 @@ def find(name_or_id: str) -> Path | None:
             else:
                 sound = folder
     return sound or damaged
-
-
-def tighten(folder: Path) -> None:
-    """Make everything under ``folder`` its owner's only: files 0600, folders 0700, whatever
-    the umask of the process that made them. Links are left as they are."""
-    if read_only_reason(folder):
-        return
-    for base, dirs, files in os.walk(folder):
-        for name, want in [(d, 0o700) for d in dirs] + [(f, 0o600) for f in files]:
-            path = os.path.join(base, name)
-            try:
-                st = os.lstat(path)
-                if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) != want:
-                    os.chmod(path, want)
-            except OSError:
-                continue  # removed meanwhile, or not ours

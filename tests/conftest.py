@@ -67,7 +67,7 @@ def no_leaked_processes() -> Iterator[None]:
     """After each test module: end what the manager owns; then no process we started may be
     left, neither a child nor an orphan whose parent died."""
     yield
-    from jupyter_bgjobs._jobs import manager
+    from jupyter_bgjobs._api import manager
 
     manager.shutdown()
     manager.forget_finished()

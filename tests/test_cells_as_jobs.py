@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs._jobs import manager
+from jupyter_bgjobs._api import manager
 
 
 def shown(job: Any) -> str:
@@ -132,7 +132,7 @@ def test_warm_kernels_import_what_the_notebook_imported(ip: Any) -> None:
     assert job.state == "succeeded", job.report
     assert ip.user_ns["had_it"] is True
     # The notebook's own modules are never imported ahead: a job imports them its way.
-    from jupyter_bgjobs._backends.local import notebook_imports
+    from jupyter_bgjobs._backends.ahead import notebook_imports
 
     assert "test_cells_as_jobs" not in notebook_imports({"m": __import__(__name__)})
 

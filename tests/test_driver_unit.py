@@ -405,3 +405,18 @@ def test_a_transition_no_table_entry_allows_is_refused(mgr: JobManager) -> None:
             else:
                 with pytest.raises(TransitionError):
                     transition(state, target)
+
+
+def test_where_a_job_runs_is_chosen_once_and_says_what_it_can_do(mgr: JobManager) -> None:
+    from jupyter_bgjobs._backends.providers import provider_for
+
+    local = provider_for(spec())
+    remote = provider_for(spec(gateway="http://127.0.0.1:9"))
+    assert (local.name, local.shares_files) == ("local", True)
+    assert (remote.name, remote.shares_files) == ("gateway", False)
+    # A fake source stands in for the local pool, with a local kernel's abilities.
+    kernel = FakeKernel(two_sections())
+    job = submit(mgr, kernel).wait(WAIT)
+    assert job.state == "succeeded"
+    assert kernel.spec is not None
+    assert kernel.spec["results"]["transport"] == "file"  # it shares our files

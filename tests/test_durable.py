@@ -18,7 +18,7 @@ from cells import until
 from jupyter_client import KernelManager
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _store
+from jupyter_bgjobs import _store, _stored
 from jupyter_bgjobs._cli import main as cli
 
 
@@ -128,7 +128,6 @@ def test_two_writers_share_the_store_without_losing_anything(tmp_path: Path) -> 
     ]
     ids = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    from jupyter_bgjobs import _detached
     from jupyter_bgjobs._calls import BgCall
 
     wanted = set(ids[0]) | set(ids[1])
@@ -136,7 +135,7 @@ def test_two_writers_share_the_store_without_losing_anything(tmp_path: Path) -> 
     folders = {f.name: f for f in _store.entries()}
     assert wanted <= set(folders)
     for call_id in wanted:
-        info = _detached.describe(folders[call_id])
+        info = _stored.describe(folders[call_id])
         call = BgCall(folders[call_id], info["name"], detached=True)
         i = int(info["name"].split("_")[1])
         assert call.result(60) == i * i

@@ -17,8 +17,8 @@ from IPython.core.error import UsageError
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _runtime
+from jupyter_bgjobs._api import manager
 from jupyter_bgjobs._config import settings
-from jupyter_bgjobs._jobs import manager
 
 
 def _folders() -> set[str]:

@@ -20,10 +20,10 @@ from gatewayserver import TOKEN, Gateway
 from jupyter_client import KernelManager
 
 import jupyter_bgjobs as bj
+from jupyter_bgjobs._api import manager
 from jupyter_bgjobs._backends import gateway_pool
 from jupyter_bgjobs._backends.gateway_pool import GatewayPool
 from jupyter_bgjobs._config import settings
-from jupyter_bgjobs._jobs import manager
 
 pytest.importorskip("kernel_gateway")
 
@@ -216,7 +216,7 @@ def _warm_notebook(nb: Notebook, url: str) -> tuple[int, set[str]]:
     """The notebook's pool warm: (its reaper's pid, the pooled kernels' ids)."""
     said = nb.run(
         "import jupyter_bgjobs as bj\n"
-        "from jupyter_bgjobs._jobs import manager\n"
+        "from jupyter_bgjobs._api import manager\n"
         f"bj.configure(pool_size=0, gateway={url!r}, gateway_pool_size=2)\n"
         "pool = manager.gateway_pool()\n"
         "assert pool.wait_warm(60), pool.last_error\n"

@@ -17,10 +17,10 @@ import pytest
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _runtime, _snapshot
+from jupyter_bgjobs._api import manager
 from jupyter_bgjobs._backends import local as _kernels
 from jupyter_bgjobs._config import settings
 from jupyter_bgjobs._inside.kernel.arena import _room_for
-from jupyter_bgjobs._jobs import manager
 
 
 def run(code: str, **kw: object) -> bj.Job:
@@ -285,7 +285,7 @@ class Refuses:
 def test_env_all_ships_the_namespace_and_skips_unpicklables() -> None:
     ns: dict[str, object] = {"a": [1, 2], "gen": Refuses(), "os": os}
     ns["b"] = ns["a"]
-    spec = bj._jobs.make_spec(
+    spec = bj._api.make_spec(
         "same = a is b\nc = len(a) + len(os.sep)\nhas_gen = 'gen' in globals()",
         name=None,
         kind="cell",

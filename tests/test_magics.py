@@ -9,7 +9,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs._jobs import manager
+from jupyter_bgjobs._api import manager
 
 
 def _gate(path: Path) -> str:
@@ -161,5 +161,8 @@ def test_unload_ends_running_jobs_and_pooled_kernels(capsys: pytest.CaptureFixtu
         for p in pids
         if p and psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
     ]
-    assert "bgjob" not in shell.magics_manager.magics["cell"]
+    # None of the extension's magics is left behind.
+    left = shell.magics_manager.magics
+    assert "bgjob" not in left["cell"]
+    assert not {"bgjob_script", "bgjobs", "bgjob_attach"} & set(left["line"])
     shell.run_line_magic("load_ext", "jupyter_bgjobs")

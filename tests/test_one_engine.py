@@ -22,8 +22,8 @@ from test_durable import Notebook
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs import _detached
-from jupyter_bgjobs._records import KERNEL_ENDED, KERNEL_SHUT_DOWN
 from jupyter_bgjobs._spec import JobSpec
+from jupyter_bgjobs._state_record import KERNEL_ENDED, KERNEL_SHUT_DOWN
 
 
 def gate_code(gate: Path) -> str:
@@ -391,8 +391,8 @@ def test_a_detached_job_started_with_results_none_is_not_merged(ip: Any) -> None
 
 def test_a_damaged_record_of_another_kernel_is_one_line_listed_and_pruned() -> None:
     job = bj.run_cell("x = 1", name="to_damage").wait(60)
-    bj._jobs.manager.join_worker(job)  # its driver has closed the log: nothing holds it
-    bj._jobs.manager.remove(job)
+    bj._api.manager.join_worker(job)  # its driver has closed the log: nothing holds it
+    bj._api.manager.remove(job)
     record = json.loads((job.folder / "state.json").read_text())
     # As a kernel that has ended left it: its owner is gone.
     ended = subprocess.Popen([sys.executable, "-c", "pass"])

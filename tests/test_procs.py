@@ -20,10 +20,11 @@ import pytest
 from cells import notebook
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _procs, _states
+from jupyter_bgjobs import _states
 from jupyter_bgjobs._inside import call as inside_call
+from jupyter_bgjobs._inside import procs as _procs
 
-INSIDE = str(Path(_procs.__file__).with_name("_inside"))
+INSIDE = str(Path(_procs.__file__).parent)
 PYTHON = sys.executable
 
 

@@ -20,7 +20,8 @@ from cells import until
 from test_server import TOKEN, Server
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _procs, _store
+from jupyter_bgjobs import _store
+from jupyter_bgjobs._inside import procs as _procs
 
 HERE = Path(__file__).parent
 

@@ -21,7 +21,7 @@ import pytest
 from cells import until
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _detached, _store
+from jupyter_bgjobs import _detached, _store, _stored
 from jupyter_bgjobs._cli import main as cli
 
 
@@ -114,7 +114,7 @@ def test_a_read_only_store_is_read_and_never_written(
     assert (job.state, job.results.total) == ("succeeded", 6)
     assert "tick 2" in job.output
     assert bj.get_job("ro_orphan").state == "died"
-    assert "ro_orphan" in _detached.table()
+    assert "ro_orphan" in _stored.table()
     ip.run_line_magic("bgjobs", "")
     shown = capsys.readouterr().out
     assert "ro_done" in shown and "died" in shown
@@ -232,7 +232,7 @@ def test_damaged_entries_are_listed_and_pruned_and_harm_no_other(
     assert "succeeded" in listing
     for folder, reason in damaged.values():
         assert f"{folder.name}: damaged: {reason}" in listing, listing
-    assert _detached.table() in listing
+    assert _stored.table() in listing
 
     assert bj.get_job("sound").results.total == 6
     ns: dict[str, Any] = {}
@@ -282,7 +282,7 @@ def test_prune_removes_ended_attached_folders_and_never_live_ones(
     done.wait(60)
     # Its driver writes the record last and lets go of the log as it stops the kernel,
     # after wait() returned: the folder is changed below only once the driver is done.
-    bj._jobs.manager.join_worker(done)
+    bj._api.manager.join_worker(done)
     live = bj.run_cell(
         f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\n",
         name="att_live",

@@ -22,8 +22,9 @@ import pytest
 from cells import until
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _procs, _store, _trust
+from jupyter_bgjobs import _store, _trust
 from jupyter_bgjobs._errors import StoreError
+from jupyter_bgjobs._inside import procs as _procs
 
 ROOT_ONLY = pytest.mark.skipif(
     os.getuid() != 0, reason="giving a folder to another user needs root"

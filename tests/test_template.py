@@ -16,8 +16,8 @@ import psutil
 import pytest
 
 import jupyter_bgjobs as bj
+from jupyter_bgjobs._api import manager
 from jupyter_bgjobs._backends.local import KernelPool
-from jupyter_bgjobs._jobs import manager
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork on Linux")
 

@@ -27,7 +27,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 
 from .._inside import template as _template_code
-from .._procs import identity, identity_alive, signal_identified
+from .._inside.procs import identity, identity_alive, signal_identified
 from .._runtime import short_owner_tag
 
 # How long a template may take to answer: imports of large libraries included.

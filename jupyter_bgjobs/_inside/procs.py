@@ -1,9 +1,10 @@
 """The processes we start, and the outcome codes of what runs in them.
 
-One implementation for both sides of the boundary: the notebook side uses it as
-``jupyter_bgjobs._procs`` (a Queue's workers, a ``bg()`` call's child), and a process that
-starts processes of its own (a detached call's supervisor) or watches the one that started
-it (a worker, a call's child) imports it from here, without the package.
+One implementation for both sides of the boundary: the notebook side imports it as
+``jupyter_bgjobs._inside.procs`` (a Queue's workers, a ``bg()`` call's child, kernels), and
+a process that starts processes of its own (a detached call's supervisor) or watches the
+one that started it (a worker, a call's child) imports it by its bare name, without the
+package.
 
 - ``start``: a process in a session, so a process group, of its own: ending the group ends
   what it started too.

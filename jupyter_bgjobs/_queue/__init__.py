@@ -14,18 +14,9 @@ Arrows point one way: queue -> messages, dask -> run -> pool -> tasks; messages 
 
 from __future__ import annotations
 
-from .._procs import CODE_CANCELLED, CODE_ERROR, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
-
-# The names other modules imported from the one-module queue, under those names still.
-from .._remote import cell_sources as _cell_sources
-from .._remote import check_call as _check_call
-from .._remote import check_flag as _check_flag
-from .._remote import check_seconds as _check_seconds
-from .._remote import error_message as _error_message
-from .._remote import load_error as _load_error
+from .._inside.procs import CODE_CANCELLED, CODE_ERROR, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
 from .pool import Worker, WorkerPool
 from .queue import Queue
-from .run import Stopped as _Stopped
 from .tasks import COLUMNS, STATES, Task, TaskList
 
 __all__ = [
@@ -41,11 +32,4 @@ __all__ = [
     "TaskList",
     "Worker",
     "WorkerPool",
-    "_Stopped",
-    "_cell_sources",
-    "_check_call",
-    "_check_flag",
-    "_check_seconds",
-    "_error_message",
-    "_load_error",
 ]

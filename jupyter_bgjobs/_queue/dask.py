@@ -17,10 +17,10 @@ import traceback
 import uuid
 from typing import Any
 
+from .._calling import error_message, load_error
 from .._errors import TaskPickleError, TaskTimeoutError, WorkerDiedError
 from .._inside.outcome import error_payload
-from .._procs import CODE_ERROR, CODE_LOST, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
-from .._remote import error_message, load_error
+from .._inside.procs import CODE_ERROR, CODE_LOST, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
 from .run import Stopped
 from .tasks import ASSIGNED
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._procs import CODE_OK
+from .._inside.procs import CODE_OK
 from .._states import CANCELLED, FAILED, RUNNING, SUCCEEDED
 from .tasks import ASSIGNED, WAITING, Task, TaskList
 

@@ -23,10 +23,10 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from .. import _procs
+from .._calling import check_flag, check_seconds
 from .._errors import JobSpecError, TaskError
+from .._inside import procs as _procs
 from .._inside.worker import FRAME, SLOT, read_capture
-from .._remote import check_flag, check_seconds
 from .._states import STARTING
 from .tasks import Task
 

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _checks
+from .._calling import check_flag, check_seconds
 from .._errors import JobSpecError, JobStateError, TaskError, WaitTimeout
-from .._procs import CODE_CANCELLED
-from .._remote import check_flag, check_seconds
+from .._inside.procs import CODE_CANCELLED
 from .._states import RUNNING
 from .messages import MODES, Messages, describe
 from .pool import WorkerPool

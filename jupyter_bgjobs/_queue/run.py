@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import _procs
+from .._calling import cell_sources, error_message, load_error
 from .._errors import TaskPickleError, TaskTimeoutError, WorkerDiedError
+from .._inside import procs as _procs
 from .._inside.outcome import PLAIN
-from .._procs import CODE_ERROR, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
-from .._remote import cell_sources, error_message, load_error
+from .._inside.procs import CODE_ERROR, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
 from .._states import RUNNING, STARTING
 from .pool import BUSY, FINISHED, IDLE, Worker, WorkerPool
 from .tasks import ASSIGNED, Task

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
+from .._calling import check_call
 from .._errors import JobSpecError, JobStateError
-from .._procs import CODE_OK
-from .._remote import check_call
+from .._inside.procs import CODE_OK
 from .._states import RUNNING
 
 CREATED, WAITING, ASSIGNED, DONE = "created", "waiting", "assigned", "done"

@@ -310,7 +310,7 @@ def _confined(what: str, given: str, root: str, allow_hidden: bool) -> str:
 
 
 def _start(script: str | None, code: str | None, options: dict[str, Any]) -> Any:
-    from .._jobs import run_cell, run_script
+    from .._api import run_cell, run_script
 
     try:
         if script is not None:

@@ -24,8 +24,8 @@ from typing import Any
 from .. import _store
 from .._detached import DetachedJob
 from .._errors import StoreError
-from .._recorded import RecordedJob
 from .._states import DAMAGED, ENDED_STATES
+from .._stored import RecordedJob
 
 # What a row is read from: it changes only when one of these files does (or its process
 # ends, for a running one).

@@ -1,16 +1,18 @@
 """Jobs read from their records: attached jobs of any process (another notebook, an
 earlier kernel) beside the store's detached ones; what the IDE's Jobs pane and
-``jobs(all=True)`` list."""
+``jobs(all=True)`` list; and the store's entries as rows and a table (``bgjobs list``,
+``%bgjobs``, prune)."""
 
 from __future__ import annotations
 
 import os
 import types
+from pathlib import Path
 from typing import Any
 
 from . import _store
-from ._detached import DetachedJob, _started, check_sound, recorded_reason
-from ._records import settle_orphan
+from ._detached import DetachedJob, check_sound, recorded_reason, started_here
+from ._state_record import settle_orphan
 from ._states import DAMAGED
 
 
@@ -98,7 +100,7 @@ def detached_jobs() -> list[DetachedJob]:
         # An entry whose spec cannot be read is listed as a damaged job, so it can be seen
         # and removed; calls are not jobs.
         if spec is None or spec.get("kind") == "job":
-            found.append(_started.get(folder.name) or DetachedJob(folder))
+            found.append(started_here.get(folder.name) or DetachedJob(folder))
     return found
 
 
@@ -125,3 +127,96 @@ def earlier_jobs() -> list[RecordedJob]:
         return []
     me = _store.owner_tag()
     return [j for j in attached_jobs() if j.notebook == session and j._record().get("owner") != me]
+
+
+def describe(folder: Path) -> dict[str, Any]:
+    """One line's worth of facts about a store entry, job or call; a damaged one is
+    described as such, with the reason, and never raises."""
+    spec = _store.read_json(folder / "spec.json") or {}
+    info: dict[str, Any] = {
+        "name": _text(spec.get("name")) or folder.name,
+        "id": folder.name,
+        "kind": spec.get("kind") if spec.get("kind") in ("job", "call") else "?",
+        "submitted": _text(spec.get("submitted")),
+        "reason": "",
+    }
+    damage = _store.damage(folder)
+    if not damage:
+        try:
+            return _describe(folder, spec, info)
+        except Exception as exc:  # a record odd in a way no check foresaw: still a row
+            damage = f"{type(exc).__name__}: {exc}"
+    info.update(
+        state=DAMAGED,
+        progress="",
+        section="",
+        elapsed=0.0,
+        finished_ts=None,
+        log_path="",
+        reason=damage,
+    )
+    return info
+
+
+def _describe(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("kind") == "call":
+        from ._calls import BgCall
+
+        call = BgCall(folder, info["name"], detached=True)
+        call._settle_record()
+        status = _store.read_json(folder / "status.json") or {}
+        info.update(
+            state=call.state,
+            progress="",
+            section="",
+            elapsed=0.0,
+            finished_ts=status.get("ended"),
+            log_path=str(folder / "stdout"),
+        )
+        return info
+    job = DetachedJob(folder)
+    record = job._record()
+    done, total = job.progress
+    state = job.state
+    info.update(
+        state=state,
+        progress=f"{done}/{total}",
+        section=job.section,
+        elapsed=job.elapsed,
+        finished_ts=record.get("finished_ts")
+        or (_store.newest_mtime(folder) if state == "died" else None),
+        log_path=str(job.log_path or ""),
+        reason=job.reason if state == "died" else "",
+    )
+    return info
+
+
+def table() -> str:
+    """The store as a plain-text table (``%bgjobs`` and ``bgjobs list``)."""
+    from ._text import _clock, text_table
+
+    rows = [describe(f) for f in _store.entries()]
+    if not rows:
+        return "no detached jobs"
+    damaged = [r for r in rows if r["state"] == DAMAGED]
+    header = ("name", "id", "kind", "state", "progress", "section", "elapsed")
+    body = [
+        (
+            r["name"],
+            r["id"],
+            r["kind"],
+            r["state"],
+            r["progress"],
+            r["section"],
+            _clock(r["elapsed"]) if r["elapsed"] else "",
+        )
+        for r in rows
+    ]
+    text = text_table(header, body)
+    for r in damaged:
+        text += f"\n{r['id']}: damaged: {r['reason']}; `bgjobs prune` removes it"
+    return text
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import _store
+from ._backends.providers import where
 from ._errors import StoreError
 from ._states import FINAL_STATES, PENDING, RUNNING, event_of
 
@@ -51,7 +52,7 @@ def state_record(job: Any) -> dict[str, Any]:
         "host_id": _store.owner_tag() if job.detached else None,
         "kernel_pid": job.kernel_pid,
         "detached": job.detached,
-        "where": spec.gateway or "local",
+        "where": spec.gateway or where(spec),
         "kernel": spec.kernel,
         "notebook": job._environ.get("JPY_SESSION_NAME") or None,
         "skipped": job.skipped,

@@ -7,17 +7,20 @@ import atexit
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _checks
 from ._config import settings
 from ._errors import BgJobError, JobSpecError, WaitTimeout
+from ._inside.procs import death_reason as _death_reason
 from ._job import Job
 from ._manager import manager
-from ._procs import death_reason as _death_reason
-from ._records import KERNEL_SHUT_DOWN
 from ._spec import JobSpec, _parse_kernel_env, _script_name, build_spec
+from ._state_record import KERNEL_SHUT_DOWN
 from ._states import FINAL_STATES, ErrorInfo
+
+if TYPE_CHECKING:
+    from ._detached import DetachedJob
 
 
 @atexit.register
@@ -54,7 +57,7 @@ def run_cell(
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
     on_failure: str = "merge",
-) -> Any:
+) -> Job | DetachedJob:
     """Run ``code`` (IPython syntax allowed) as a background job and return the Job at once.
 
     ``env``: ``auto`` ships the notebook names the code reads, ``all`` the whole namespace,
@@ -106,7 +109,7 @@ def run_script(
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
     _results: str | None = None,
-) -> Any:
+) -> Job | DetachedJob:
     """Run a script as a background job (rstudioapi's jobRunScript) and return the Job.
 
     ``workdir`` defaults to the script's folder. ``import_env=True`` ships the notebook's
@@ -157,7 +160,7 @@ def run_script(
     return manager.submit(spec, target_namespace())
 
 
-def get_job(name_or_id: str) -> Any:
+def get_job(name_or_id: str) -> Job | DetachedJob:
     """The job with this id, or the latest job with this name: one of this process, else
     a detached one from the store (started here before a restart, or elsewhere), else one
     an earlier kernel or another notebook ran, read from its record."""
@@ -166,7 +169,7 @@ def get_job(name_or_id: str) -> Any:
         return manager.get(name_or_id)
     except JobSpecError:
         from ._detached import find
-        from ._recorded import find_recorded
+        from ._stored import find_recorded
 
         found = find(name_or_id) or find_recorded(name_or_id)
         if found is None:
@@ -178,15 +181,15 @@ def get_job(name_or_id: str) -> Any:
         return found
 
 
-def jobs(all: bool = False) -> list[Any]:
+def jobs(all: bool = False) -> list[Job | DetachedJob]:
     """Every job of this process, oldest first; ``all=True``: every job in the store,
     oldest first: this kernel's, earlier kernels' and other notebooks' (read from their
     records, ended ones with the reason), and the detached ones."""
     _checks.flag("all", all)
-    mine = manager.jobs()
+    mine: list[Job | DetachedJob] = list(manager.jobs())
     if not all:
         return mine
-    from ._recorded import recorded_jobs
+    from ._stored import recorded_jobs
 
     seen = {j.id for j in mine}
     others = [j for j in recorded_jobs() if j.id not in seen]
