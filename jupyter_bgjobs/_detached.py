@@ -37,9 +37,12 @@ class DetachedJob:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        # While a reader looks at the job as one (``frozen``), each file is read once.
-        self._memo: dict[str, Any] | None = None
+        # While a reader looks at the job as one (``frozen``), each file is read once; the
+        # first look takes the spec read here.
+        self._memo: dict[str, Any] | None = {}
         spec = self._spec()
+        self._first: dict[str, Any] | None = self._memo
+        self._memo = None
         # The folder's name is the id: a spec that claims another id is damage, never a
         # way to shadow that job.
         self.id: str = folder.name
@@ -56,7 +59,7 @@ class DetachedJob:
     def frozen(self) -> Iterator[DetachedJob]:
         """Read the job as of one moment: inside, each of its files is read once, however
         many properties are asked (a row of the IDE's list asks a dozen)."""
-        self._memo = {}
+        self._memo, self._first = self._first or {}, None
         try:
             yield self
         finally:
@@ -70,8 +73,13 @@ class DetachedJob:
             memo[key] = read()
         return memo[key]
 
+    def loaded(self, name: str) -> tuple[dict[str, Any] | None, str]:
+        """One of the job's records, read (once a look, in ``frozen``) with every check
+        of a file we trust: its object and "", or None and what is wrong."""
+        return self._remembered(f"file:{name}", lambda: _store.load_json(self.folder / name))  # type: ignore[no-any-return]
+
     def _file(self, name: str) -> dict[str, Any]:
-        return self._remembered(name, lambda: _store.read_json(self.folder / name) or {})  # type: ignore[no-any-return]
+        return self.loaded(name)[0] or {}
 
     def _record(self) -> dict[str, Any]:
         def read() -> dict[str, Any]:
@@ -87,7 +95,11 @@ class DetachedJob:
     @property
     def damage(self) -> str:
         """What makes the job's record unreadable, or ""."""
-        return self._remembered("damage", lambda: _store.damage(self.folder))  # type: ignore[no-any-return]
+
+        def load(path: Path) -> tuple[dict[str, Any] | None, str]:
+            return self.loaded(path.name)
+
+        return self._remembered("damage", lambda: _store.damage(self.folder, load))  # type: ignore[no-any-return]
 
     @property
     def state(self) -> str:

@@ -22,7 +22,7 @@ from ._config import settings
 from ._errors import StoreError
 from ._inside.procs import PID_MAX, identity_alive
 from ._runtime import owner_gone, owner_tag, pid_alive, sweep_litter
-from ._states import MAX_HISTORY, STATES
+from ._states import ENDED_STATES, MAX_HISTORY, STATES
 from ._trust import MAX_RECORD, NotOurs, load_json, open_own, read_json, read_own
 
 # A folder that records nothing readable yet may be one being made right now (its spec is
@@ -412,15 +412,20 @@ def _check_pickle(path: Path, skip: int = 0) -> str:
     return ""
 
 
-def damage(folder: Path) -> str:
-    """What makes a store entry unreadable, or "" for a sound one."""
+def damage(
+    folder: Path, load: Callable[[Path], tuple[dict[str, Any] | None, str]] = load_json
+) -> str:
+    """What makes a store entry unreadable, or "" for a sound one. ``load`` reads its
+    records (a reader that has read them already passes its own, so each file is opened
+    once a look). A job's results are looked at only once its record says it has ended:
+    a running job has none yet."""
     try:
         st = os.lstat(folder)
     except OSError as exc:
         return f"the folder cannot be read ({exc.strerror or exc})"
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
         return "the folder is not its owner's alone (another user's, or writable by others)"
-    spec, problem = load_json(folder / "spec.json")
+    spec, problem = load(folder / "spec.json")
     if spec is None:
         return problem
     problem = check_spec(folder, spec)
@@ -428,7 +433,7 @@ def damage(folder: Path) -> str:
         return problem
     if spec["kind"] == "call":
         for name, schema in (("status.json", _STATUS), ("pid.json", {})):
-            data, problem = load_json(folder / name)
+            data, problem = load(folder / name)
             if data is None and not problem.endswith("missing"):
                 return problem
             if data is not None and schema and _wrong_fields(name, data, schema):
@@ -439,8 +444,11 @@ def damage(folder: Path) -> str:
         ("host.json", _HOST),
         ("results.json", _RESULTS),
     ]
+    ended = False
     for name, schema in checks:
-        data, problem = load_json(folder / name)
+        if name == "results.json" and not ended:
+            break
+        data, problem = load(folder / name)
         if data is None:
             if problem.endswith("missing"):
                 continue
@@ -448,6 +456,9 @@ def damage(folder: Path) -> str:
         problem = check_state(data) if name == "state.json" else _wrong_fields(name, data, schema)
         if problem:
             return problem
+        ended = ended or (name == "state.json" and data.get("state") in ENDED_STATES)
+    if not ended:
+        return ""
     return _check_pickle(folder / "results.pkl") or _check_snapshot(folder / "results.snap")
 
 

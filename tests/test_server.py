@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -422,3 +423,48 @@ def test_pip_install_enabled_the_extension() -> None:
     )
     text = listing.stdout + listing.stderr
     assert "jupyter_bgjobs" in text and "enabled" in text.split("jupyter_bgjobs", 1)[1][:80]
+
+
+# Files of the store the server's reader opens in this process, while ``_counting`` holds
+# a list (a look at a running row also asks /proc whether its process still runs).
+_counting: list[list[str]] = []
+
+
+def _count_opens(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _counting and isinstance(args[0], (str, Path)):
+        # The reader's thread only: an attached job's driver here writes its record.
+        if threading.get_ident() == threading.main_thread().ident and str(args[0]).startswith(
+            os.environ["JUPYTER_BGJOBS_DIR"]
+        ):
+            _counting[-1].append(os.path.basename(str(args[0])))
+
+
+sys.addaudithook(_count_opens)  # an audit hook stays for the process: it counts only here
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["attached", "detached"])
+def test_a_running_row_costs_three_file_opens_a_look(detach: bool) -> None:
+    """Each look of the event stream at a running job whose record changed reads its
+    spec, its state and its host's heartbeat, each once; an unchanged one reads none."""
+    from jupyter_bgjobs._server.rows import Rows
+
+    job = bj.run_cell(
+        "import time\nfor k in range(400):\n    print(k, flush=True)\n    time.sleep(0.02)",
+        name=f"looked_{'detached' if detach else 'attached'}",
+        detach=detach,
+    )
+    rows = Rows("/")
+    until(lambda: job.state == "running", "the job runs")
+    rows.read()
+    looks: list[list[str]] = []
+    while len([look for look in looks if look]) < 3 and job.state == "running":
+        _counting.append([])
+        rows.read()
+        looks.append(_counting.pop())
+    job.cancel()
+    job.wait(60)
+    changed = [look for look in looks if look]
+    assert changed, "the record never changed while the job ran"
+    for look in changed:
+        assert len(look) <= 3 and len(set(look)) == len(look), look
+        assert set(look) <= {"spec.json", "state.json", "host.json"}, look

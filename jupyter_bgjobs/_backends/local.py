@@ -212,9 +212,11 @@ class LocalKernel:
         # What the kernel inherits; a job later applies the notebook's changes since.
         self.launch_env = dict(os.environ)
         try:
-            if template_for is not None and not km.kernel_spec.metadata.get("kernel_provisioner"):
-                self._fork_through(km, template_for)
             with os.fdopen(fd, "wb") as sink:
+                if template_for is not None and not km.kernel_spec.metadata.get(
+                    "kernel_provisioner"
+                ):
+                    self._fork_through(km, template_for)
                 # stdin is /dev/null: a subprocess of the job that reads it ends at once
                 # instead of waiting for a keyboard nobody has.
                 km.start_kernel(
@@ -223,12 +225,14 @@ class LocalKernel:
                     stderr=sink,
                     stdin=subprocess.DEVNULL,
                 )
-        except NoSuchKernel:
-            raise KernelStartError(
-                f"no kernel named {self.kernel_name!r}; `jupyter kernelspec list` shows the "
-                "installed ones"
-            ) from None
         except Exception as exc:
+            # Whatever was made for it goes: its connection file, sockets and log.
+            self.shutdown(now=True)
+            if isinstance(exc, NoSuchKernel):
+                raise KernelStartError(
+                    f"no kernel named {self.kernel_name!r}; `jupyter kernelspec list` shows "
+                    "the installed ones"
+                ) from None
             raise KernelStartError(f"kernel {self.kernel_name!r} failed to start: {exc}") from exc
         _await_sockets(km, self._process(), timeout)
         kc = km.blocking_client()

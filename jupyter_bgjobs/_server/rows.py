@@ -223,15 +223,16 @@ class Rows:
     def _take(
         self, folder: Path, detached: bool, stamp: Stamp
     ) -> tuple[dict[str, Any], str] | None:
-        spec, _ = _store.load_json(folder / "spec.json")
-        if spec is None and _store._being_made(folder):
-            return None  # its spec comes next: looked at again on the next read
-        if spec is not None and spec.get("kind") == "call":  # calls are not jobs
-            self._kept[folder.name] = _Kept(stamp, None, "", None, None)
-            return None
         job = handle(folder, detached)
         try:
             with job.frozen():
+                # Each file read once a look: the spec read here is the one the row uses.
+                spec, _ = job.loaded("spec.json")
+                if spec is None and _store._being_made(folder):
+                    return None  # its spec comes next: looked at again on the next read
+                if spec is not None and spec.get("kind") == "call":  # calls are not jobs
+                    self._kept[folder.name] = _Kept(stamp, None, "", None, None)
+                    return None
                 row = summary(job, self.root)
                 alive = _liveness(job)
         except FileNotFoundError:  # removed while read: gone from the next look
