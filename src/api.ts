@@ -32,7 +32,6 @@ export interface IJob {
   report: string;
 }
 
-/** What the detail view shows of a job. */
 /** One transition of a job: what happened, the state it led to, when, and why. */
 export interface IHistoryEntry {
   event: string;
@@ -41,6 +40,7 @@ export interface IHistoryEntry {
   reason: string;
 }
 
+/** What the detail view shows of a job. */
 export interface IJobDetail extends IJob {
   outputs: nbformat.IOutput[];
   /** The job's state record; its ``history`` tells the job's story. */

@@ -468,3 +468,20 @@ def test_a_running_row_costs_three_file_opens_a_look(detach: bool) -> None:
     for look in changed:
         assert len(look) <= 3 and len(set(look)) == len(look), look
         assert set(look) <= {"spec.json", "state.json", "host.json"}, look
+
+
+def test_the_extensions_job_type_is_the_servers_row() -> None:
+    """``IJob`` in ``src/api.ts`` names exactly the fields of a row the server sends, for
+    a sound job and a damaged one alike."""
+    import re
+
+    from jupyter_bgjobs._server.rows import damaged_row, handle, summary
+
+    source = (Path(__file__).parent.parent / "src" / "api.ts").read_text(encoding="utf-8")
+    body = source.split("export interface IJob {", 1)[1].split("\n}", 1)[0]
+    typed = set(re.findall(r"^\s+(\w+)\??:", body, re.M))
+    job = bj.run_cell("x = 1", name="typed_row", env="none").wait(60)
+    stored = handle(job.folder, detached=False)
+    with stored.frozen():
+        sound = summary(stored, "/")
+    assert typed == set(sound) == set(damaged_row(stored, ValueError("odd")))

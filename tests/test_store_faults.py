@@ -90,10 +90,12 @@ def test_a_read_only_store_is_read_and_never_written(
     sleeper = bj.run_script(tmp_path / "sleep.py", name="ro_orphan", detach=True)
     until(lambda: sleeper.state == "running", "the sleeper to run")
     record = _store.read_json(sleeper.folder / "state.json") or {}
-    # Its host dies hard, with its kernel: the record still says running.
+    # Its host dies hard, with its kernel: the record still says running. (The host is
+    # looked up before it is killed: once dead it is reaped at once, pid and all.)
+    host = psutil.Process(record["host_pid"])
     os.killpg(record["kernel_pid"], signal.SIGKILL)
     os.kill(record["host_pid"], signal.SIGKILL)
-    psutil.wait_procs([psutil.Process(record["host_pid"])], timeout=30)
+    psutil.wait_procs([host], timeout=30)
     until(lambda: not _store.pid_alive(record["kernel_pid"]), "the kernel to end")
     capsys.readouterr()
 
