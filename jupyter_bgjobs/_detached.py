@@ -25,18 +25,21 @@ from ._states import DAMAGED, FINAL_STATES, ErrorInfo, error_reason
 
 
 class DetachedJob:
-    """A job whose host runs apart from this process; its record is in the store.
+    """A job read from its record in the store: one handle for every job not driven by
+    this process. Detached (the default): its host runs apart from this process. Attached
+    (``detached=False``): another process (another notebook, an earlier kernel) ran it;
+    its results went to that notebook, and a record that still says running although its
+    notebook's kernel has ended is a job that ended with that kernel (``cancelled``).
 
     It reads like a Job: ``name``, ``id``, ``state``, ``progress``, ``section``,
-    ``output``, ``log_path``, ``error``, ``results`` (loaded from the store once it has
-    ended), ``wait()``, ``cancel()``. A record that cannot be read makes the state
-    ``damaged``, with ``reason`` saying what is wrong.
+    ``output``, ``log_path``, ``error``, ``history``, ``results`` (a detached job's, loaded
+    from the store once it has ended), ``wait()``, ``cancel()``. A record that cannot be
+    read makes the state ``damaged``, with ``reason`` saying what is wrong.
     """
 
-    detached = True
-
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, detached: bool = True) -> None:
         self.folder = folder
+        self.detached = detached
         # While a reader looks at the job as one (``frozen``), each file is read once; the
         # first look takes the spec read here.
         self._memo: dict[str, Any] | None = {}
@@ -90,7 +93,11 @@ class DetachedJob:
         return self._remembered("record", read)  # type: ignore[no-any-return]
 
     def _settled(self, record: dict[str, Any]) -> dict[str, Any]:
-        return record
+        if self.detached or not record:
+            return record
+        from ._state_record import settle_orphan
+
+        return settle_orphan(self.folder, record)
 
     @property
     def damage(self) -> str:
@@ -109,7 +116,7 @@ class DetachedJob:
             return DAMAGED
         record = self._record()
         state = str(record.get("state", "pending"))
-        if state in FINAL_STATES:
+        if state in FINAL_STATES or not self.detached:
             return state
         if self._host_known() and not self._host_alive():
             return "died"
@@ -171,8 +178,8 @@ class DetachedJob:
     @property
     def reason(self) -> str:
         damage = self.damage
-        if damage:
-            return damage
+        if damage or not self.detached:
+            return damage or recorded_reason(self._record())
         if self.state == "died" and self._record().get("state") not in FINAL_STATES:
             return "its host process ended before the job did"
         return recorded_reason(self._record())
@@ -221,7 +228,8 @@ class DetachedJob:
 
     @property
     def can_stop(self) -> bool:
-        return not self.done and bool(self._host_record().get("pid_id"))
+        # Another process's attached job is stopped from there.
+        return self.detached and not self.done and bool(self._host_record().get("pid_id"))
 
     def kept(self) -> dict[str, Any]:
         """What the job's host recorded of its results (``results.json``)."""
@@ -231,8 +239,9 @@ class DetachedJob:
     def results(self) -> types.SimpleNamespace | None:
         """The names the job created or rebound, loaded from the store once it has ended.
 
-        Raises ``StoreError`` when the saved results cannot be loaded."""
-        if self._results is None and self.done:
+        Raises ``StoreError`` when the saved results cannot be loaded. None for an
+        attached job of another process: its results went to its notebook."""
+        if self._results is None and self.done and self.detached:
             values = self._load_values()
             if values is not None:
                 self._results = types.SimpleNamespace(**values)
@@ -297,8 +306,16 @@ class DetachedJob:
         return values
 
     @property
+    def notebook(self) -> str:
+        """The notebook that ran it (``JPY_SESSION_NAME``), when known."""
+        return str(self._record().get("notebook") or "")
+
+    @property
     def report(self) -> str:
-        """How it ended, in the words of an attached job's report, and what it saved."""
+        """How it ended, in the words of an attached job's report, and what it saved (an
+        attached job of another process: the report its notebook wrote)."""
+        if not self.detached:
+            return self._notebooks_report()
         info = self.kept()
         names = ", ".join(str(n) for n in _list(info.get("names"))) or "no names"
         state = self.state
@@ -313,6 +330,17 @@ class DetachedJob:
         return text
 
     # -- what a Job has too --------------------------------------------------------------
+    def _notebooks_report(self) -> str:
+        merged = self._record().get("report")
+        if isinstance(merged, str) and merged:
+            return merged if merged.startswith(self.name) else f"{self.name}: {merged}"
+        if not self.done:
+            return ""
+        if self.state == "succeeded":
+            return f"{self.name}: succeeded; its results merge into its notebook there"
+        how = self.state.replace("_", " ")
+        return f"{self.name}: {how}" + (f"; {self.reason}" if self.reason else "")
+
     def _spec(self) -> dict[str, Any]:
         return self._file("spec.json")
 
@@ -401,8 +429,9 @@ class DetachedJob:
 
     def cancel(self) -> bool:
         """Ask the job's host to cancel it; returns False when it has already ended, or
-        when the process its record names is not its host any more (its pid reused)."""
-        if self.done:
+        when the process its record names is not its host any more (its pid reused), or
+        for an attached job of another process (it is stopped from there)."""
+        if self.done or not self.detached:
             return False
         tag = self._host_record().get("pid_id")
         return isinstance(tag, str) and _procs.signal_identified(tag, signal.SIGTERM)
@@ -418,7 +447,8 @@ class DetachedJob:
 
     def __repr__(self) -> str:
         done, total = self.progress
-        return f"<DetachedJob {self.name} ({self.id}) {self.state} {done}/{total}>"
+        kind = "DetachedJob" if self.detached else "RecordedJob"
+        return f"<{kind} {self.name} ({self.id}) {self.state} {done}/{total}>"
 
 
 def recorded_reason(record: dict[str, Any]) -> str:

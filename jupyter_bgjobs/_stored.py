@@ -6,75 +6,15 @@ earlier kernel) beside the store's detached ones; what the IDE's Jobs pane and
 from __future__ import annotations
 
 import os
-import types
 from pathlib import Path
 from typing import Any
 
 from . import _store
-from ._detached import DetachedJob, check_sound, recorded_reason, started_here
-from ._state_record import settle_orphan
+from ._detached import DetachedJob, check_sound, started_here
 from ._states import DAMAGED
 
 
-class RecordedJob(DetachedJob):
-    """A job another process (or an earlier kernel) ran attached, read from its record.
-
-    Its results went to the notebook that ran it; its log and how it ended are here. A
-    record that still says running although its notebook's kernel has ended is a job that
-    ended with that kernel: ``cancelled``, and the reason says so.
-    """
-
-    detached = False
-
-    def _settled(self, record: dict[str, Any]) -> dict[str, Any]:
-        return settle_orphan(self.folder, record) if record else record
-
-    @property
-    def state(self) -> str:
-        if self.damage:
-            return DAMAGED
-        return str(self._record().get("state", "pending"))
-
-    @property
-    def reason(self) -> str:
-        return self.damage or recorded_reason(self._record())
-
-    @property
-    def notebook(self) -> str:
-        """The notebook that ran it (``JPY_SESSION_NAME``), when known."""
-        return str(self._record().get("notebook") or "")
-
-    @property
-    def report(self) -> str:
-        """Its own report, written by its notebook's kernel; else how it ended."""
-        merged = self._record().get("report")
-        if isinstance(merged, str) and merged:
-            return merged if merged.startswith(self.name) else f"{self.name}: {merged}"
-        if not self.done:
-            return ""
-        if self.state == "succeeded":
-            return f"{self.name}: succeeded; its results merge into its notebook there"
-        how = self.state.replace("_", " ")
-        return f"{self.name}: {how}" + (f"; {self.reason}" if self.reason else "")
-
-    @property
-    def results(self) -> types.SimpleNamespace | None:
-        return None
-
-    @property
-    def can_stop(self) -> bool:
-        return False
-
-    def cancel(self) -> bool:
-        """Another process's job is stopped from there; False."""
-        return False
-
-    def __repr__(self) -> str:
-        done, total = self.progress
-        return f"<RecordedJob {self.name} ({self.id}) {self.state} {done}/{total}>"
-
-
-def attached_jobs() -> list[RecordedJob]:
+def attached_jobs() -> list[DetachedJob]:
     """The attached jobs of any process with a record under the job root."""
     found = []
     for folder in _store.attached_folders():
@@ -82,13 +22,13 @@ def attached_jobs() -> list[RecordedJob]:
         # A folder whose spec cannot be read is listed too, as damaged (unless it is
         # being made right now); calls are not jobs.
         if (spec is None and not _store._being_made(folder)) or (spec or {}).get("kind") == "job":
-            found.append(RecordedJob(folder))
+            found.append(DetachedJob(folder, detached=False))
     return found
 
 
 def recorded_jobs() -> list[DetachedJob]:
-    """Every job with a record under the job root: attached ones of any process (as
-    ``RecordedJob``) and the store's detached ones."""
+    """Every job with a record under the job root: attached ones of any process and the
+    store's detached ones, each a ``DetachedJob`` (attached ones with ``detached=False``)."""
     return [*attached_jobs(), *detached_jobs()]
 
 
@@ -104,10 +44,10 @@ def detached_jobs() -> list[DetachedJob]:
     return found
 
 
-def find_recorded(name_or_id: str) -> RecordedJob | None:
+def find_recorded(name_or_id: str) -> DetachedJob | None:
     """The attached job of another process (or an earlier kernel) with this id, or the
     newest with this name; ``StoreError`` when its record is damaged."""
-    match: RecordedJob | None = None
+    match: DetachedJob | None = None
     for job in attached_jobs():
         if job.id == name_or_id:
             match = job
@@ -119,7 +59,7 @@ def find_recorded(name_or_id: str) -> RecordedJob | None:
     return match
 
 
-def earlier_jobs() -> list[RecordedJob]:
+def earlier_jobs() -> list[DetachedJob]:
     """The jobs this notebook's earlier kernels ran (same ``JPY_SESSION_NAME``), from
     their records: after a restart, ``%bgjobs`` shows them ended, with their logs."""
     session = os.environ.get("JPY_SESSION_NAME")

@@ -301,9 +301,10 @@ def test_a_job_ended_by_its_notebooks_kernel_says_so_after_a_restart(
         "    if job.done or __import__('time').monotonic() > deadline:\n"
         "        break\n"
         "    __import__('time').sleep(0.05)\n"
-        "print(job.state, '|', job.reason)"
+        "print(job.state, '|', job.reason, '|', type(job).__name__, job.detached)"
     )
-    assert listed.strip() == f"cancelled | {reason}"
+    # Read from its record by the handle every stored job has, marked attached.
+    assert listed.strip() == f"cancelled | {reason} | DetachedJob False"
     # %bgjobs in the new kernel shows it, ended, with its log.
     shown = second.run("%bgjobs")
     assert "run by this notebook's earlier kernels" in shown

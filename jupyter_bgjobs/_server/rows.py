@@ -25,7 +25,6 @@ from .. import _store
 from .._detached import DetachedJob
 from .._errors import StoreError
 from .._states import DAMAGED, ENDED_STATES
-from .._stored import RecordedJob
 
 # What a row is read from: it changes only when one of these files does (or its process
 # ends, for a running one).
@@ -131,7 +130,7 @@ def state_of(job: DetachedJob) -> str:
 
 def handle(folder: Path, detached: bool) -> DetachedJob:
     """A fresh handle of the job in ``folder``: rows never share one with other readers."""
-    return DetachedJob(folder) if detached else RecordedJob(folder)
+    return DetachedJob(folder, detached=detached)
 
 
 def job_row(folder: Path, detached: bool, root: str) -> dict[str, Any]:
