@@ -89,7 +89,7 @@ def run_cell(
         kernel_env=kernel_env,
     )
     if detach:
-        from ._detached import start
+        from ._launch import start
 
         return start(spec, target_namespace())
     return manager.submit(spec, target_namespace())
@@ -154,7 +154,7 @@ def run_script(
     if results == "object" and export_env:
         spec.results_name = export_env
     if detach:
-        from ._detached import start
+        from ._launch import start
 
         return start(spec, target_namespace())
     return manager.submit(spec, target_namespace())

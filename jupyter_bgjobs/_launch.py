@@ -1,0 +1,72 @@
+"""Starting a detached job: written into the store (its spec, its seed), its host
+process started in a session of its own, and what this process held handed over to it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+from . import _store
+from ._config import settings
+from ._detached import DetachedJob, started_here
+from ._errors import StoreError
+from ._inside import procs as _procs
+from ._spec import JobSpec
+
+
+def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
+    """Write the job into the store (its spec, its seed) and start its host, in a session
+    of its own; the host drives it with the same driver an attached job has.
+
+    Raises ``StoreError`` (one line: the folder, and what to do) when the store cannot be
+    written; nothing is left behind then."""
+    from ._manager import manager
+
+    job, _ = manager.prepare(spec, ns, detached=True)
+    folder = job.folder
+    env = dict(os.environ)
+    token = settings.gateway_token
+    if token:  # handed over in the host's environment only, never written down
+        env["JUPYTER_GATEWAY_AUTH_TOKEN"] = token
+    try:
+        with _store.open_private(folder / "host.log") as log:
+            host = _procs.start(
+                [sys.executable, "-m", "jupyter_bgjobs._host", str(folder)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=spec.workdir or os.getcwd(),
+                env=env,
+            )
+        _procs.reap_when_ended(host)  # reaped when it ends, whatever happens next here
+        _store.write_json(
+            folder / "host.json", {"pid": host.pid, "pid_id": _procs.identity(host.pid)}
+        )
+    except OSError as exc:
+        manager.discard(job)
+        if isinstance(exc, StoreError):
+            raise
+        raise _store._write_error(folder, "start a detached job", exc) from None
+    _hand_over(job, host.pid)
+    started = DetachedJob(folder)
+    # This process knows which names it had when the job started: a later merge here can
+    # tell the notebook's own changes from the job's, as for an attached job.
+    started._ns_ids = job._ns_ids
+    started_here[started.id] = started
+    return started
+
+
+def _hand_over(job: Any, host_pid: int) -> None:
+    """From its start on, the job's host holds the seed and the job's shared-memory
+    folder: it removes the seed once the kernel has loaded it, and the folder once the job
+    has ended. This process keeps nothing of them to remove, at its exit or ever."""
+    from ._runtime import hand_job_shm, owner_tag
+
+    if job._shm_dir:
+        try:
+            hand_job_shm(job._shm_dir, owner=owner_tag(host_pid))
+        except OSError:
+            pass  # gone already (the host has ended), or no room: the host takes it too
+    job._files = []
+    job._shm_dir = ""
