@@ -45,9 +45,9 @@ class DetachedJob:
         # The folder's name is the id: a spec that claims another id is damage, never a
         # way to shadow that job.
         self.id: str = folder.name
-        self.name: str = _text(spec.get("name")) or self.id
-        self.kind: str = _text(spec.get("job_kind")) or "cell"
-        self.submitted = _text(spec.get("submitted"))
+        self.name: str = _store.text_field(spec.get("name")) or self.id
+        self.kind: str = _store.text_field(spec.get("job_kind")) or "cell"
+        self.submitted = _store.text_field(spec.get("submitted"))
         self._results: types.SimpleNamespace | None = None
         self._merged = False
         self._ns_ids: dict[str, int] = {}
@@ -471,10 +471,6 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
 def _not_saved(info: dict[str, Any]) -> list[str]:
     """What results.json says was not saved, as text; odd items are shown as they are."""
     out = []
@@ -536,7 +532,7 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
     spec = _store.read_json(job.folder / "spec.json") or {}
     # What the job was started with, as an attached job would have merged them; an
     # explicit ``results`` decides otherwise.
-    mode = results or _text(spec.get("results")) or "globals"
+    mode = results or _store.text_field(spec.get("results")) or "globals"
     if mode not in ("globals", "object", "none"):
         raise JobSpecError(f"--results must be globals, object or none, not {mode!r}")
     values = vars(job.results) if job.results is not None else {}
@@ -558,9 +554,9 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
         _ns_ids=mine._ns_ids if mine is not None else {},
         spec=types.SimpleNamespace(
             results=mode,
-            results_name=_text(spec.get("results_name")) or f"{job.name}_results",
-            on_conflict=_text(spec.get("on_conflict")) or "keep",
-            on_failure=_text(spec.get("on_failure")) or "merge",
+            results_name=_store.text_field(spec.get("results_name")) or f"{job.name}_results",
+            on_conflict=_store.text_field(spec.get("on_conflict")) or "keep",
+            on_failure=_store.text_field(spec.get("on_failure")) or "merge",
         ),
     )
     target = ns if ns is not None else target_namespace()

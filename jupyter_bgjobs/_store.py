@@ -412,6 +412,11 @@ def _check_pickle(path: Path, skip: int = 0) -> str:
     return ""
 
 
+def text_field(value: Any) -> str:
+    """A record's field as text; "" for a field of another type (a damaged record)."""
+    return value if isinstance(value, str) else ""
+
+
 def damage(
     folder: Path, load: Callable[[Path], tuple[dict[str, Any] | None, str]] = load_json
 ) -> str:

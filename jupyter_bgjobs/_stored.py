@@ -74,10 +74,10 @@ def describe(folder: Path) -> dict[str, Any]:
     described as such, with the reason, and never raises."""
     spec = _store.read_json(folder / "spec.json") or {}
     info: dict[str, Any] = {
-        "name": _text(spec.get("name")) or folder.name,
+        "name": _store.text_field(spec.get("name")) or folder.name,
         "id": folder.name,
         "kind": spec.get("kind") if spec.get("kind") in ("job", "call") else "?",
-        "submitted": _text(spec.get("submitted")),
+        "submitted": _store.text_field(spec.get("submitted")),
         "reason": "",
     }
     damage = _store.damage(folder)
@@ -156,7 +156,3 @@ def table() -> str:
     for r in damaged:
         text += f"\n{r['id']}: damaged: {r['reason']}; `bgjobs prune` removes it"
     return text
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""

@@ -324,17 +324,24 @@ def test_a_kernel_that_cannot_start_fails_the_job_saying_why(mgr: JobManager) ->
     assert job.state == "failed" and job.reason == "kernel 'python3' failed to start: no room"
 
 
-def test_cancel_before_the_kernel_is_taken(mgr: JobManager) -> None:
+def cancelled_while_pending(mgr: JobManager) -> Job:
+    """A job cancelled while it waited for the one slot another job holds."""
     bj.configure(max_concurrent=1)
     first = FakeKernel([fake.plan(1), fake.stmt(0, 1), fake.hang()])
     blocker = submit(mgr, first)
     assert first.hung.wait(WAIT)
     pending = submit(mgr, FakeKernel())
     pending.cancel()
-    assert pending.wait(WAIT).state == "cancelled"
-    assert pending.reason == "cancelled while pending"
+    pending.wait(WAIT)
     blocker.cancel()
     blocker.wait(WAIT)
+    return pending
+
+
+def test_cancel_before_the_kernel_is_taken(mgr: JobManager) -> None:
+    pending = cancelled_while_pending(mgr)
+    assert pending.state == "cancelled"
+    assert pending.reason == "cancelled while pending"
 
 
 def test_a_driver_takes_its_kernel_from_the_source_it_is_given(mgr: JobManager) -> None:
@@ -373,15 +380,8 @@ def test_every_transition_is_told_in_the_jobs_history(mgr: JobManager) -> None:
     stamps = [e["at"] for e in late.history]
     assert stamps == sorted(stamps)
     # Ended before it started: the story is as short as the job's life.
-    bj.configure(max_concurrent=1)
-    first = FakeKernel([fake.plan(1), fake.stmt(0, 1), fake.hang()])
-    blocker = submit(mgr, first)
-    assert first.hung.wait(WAIT)
-    waiting = submit(mgr, FakeKernel())
-    waiting.cancel()
-    assert story(waiting.wait(WAIT)) == [("submit", "pending"), ("cancel", "cancelled")]
-    blocker.cancel()
-    blocker.wait(WAIT)
+    waiting = cancelled_while_pending(mgr)
+    assert story(waiting) == [("submit", "pending"), ("cancel", "cancelled")]
     # The record tells the same story to every reader.
     mgr.join_worker(late, WAIT)
     assert read_json(late.folder / "state.json")["history"] == late.history

@@ -58,8 +58,10 @@ class ForkedProcess:
 
     stdin = stdout = stderr = None
 
-    def __init__(self, template: Template, pid: int) -> None:
+    def __init__(self, template: Template, pid: int, imported: set[str]) -> None:
         self.pid = pid
+        # What its template had imported when it forked it: the kernel has it too.
+        self.imported = imported
         self.returncode: int | None = None
         self._template = template
         self._ended = threading.Event()
@@ -230,13 +232,12 @@ class Template:
             {"fork": {"argv0": argv0, "args": args, "cwd": cwd, "env": env, "log": log}}
         )
         pid = int(answer["pid"])
-        child = ForkedProcess(self, pid)
+        child = ForkedProcess(self, pid, imported)
         with self._lock:
             if pid in self._exits:
                 child.exited(self._exits.pop(pid))
             else:
                 self._children[pid] = child
-        child.imported = imported  # type: ignore[attr-defined]
         return child
 
     def close(self) -> None:
