@@ -49,8 +49,8 @@ class DetachedJob:
         self.kind: str = _store.text_field(spec.get("job_kind")) or "cell"
         self.submitted = _store.text_field(spec.get("submitted"))
         self._results: types.SimpleNamespace | None = None
-        self._merged = False
-        self._ns_ids: dict[str, int] = {}
+        # True once its results were attached in this process.
+        self.merged = False
         # Rows of the Jobs panel listen here; they refresh from the record as it changes.
         self._listeners: list[Callable[[Any], Any]] = []
 
@@ -226,6 +226,10 @@ class DetachedJob:
     def can_stop(self) -> bool:
         # Another process's attached job is stopped from there.
         return self.detached and not self.done and bool(self._host_record().get("pid_id"))
+
+    def on_change(self, fn: Callable[[Any], Any]) -> None:
+        """Call ``fn(job)`` when a reader of this process sees the job change."""
+        self._listeners.append(fn)
 
     def kept(self) -> dict[str, Any]:
         """What the job's host recorded of its results (``results.json``)."""
@@ -485,6 +489,9 @@ def _not_saved(info: dict[str, Any]) -> list[str]:
 
 # Detached jobs this process started, by id.
 started_here: dict[str, DetachedJob] = {}
+# The ids of the notebook's objects as each of them started: a later merge here tells the
+# notebook's own changes from the job's, as for an attached job.
+notebook_ids: dict[str, dict[str, int]] = {}
 
 
 def find(name_or_id: str) -> DetachedJob | None:
@@ -517,7 +524,7 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
     ``results``: ``globals``, ``object`` or ``none``; by default what the job was started
     with. A name the notebook has that the job also returns is kept per the job's
     ``--on-conflict`` (``keep``: the job's value goes to ``<name>_results``)."""
-    from ._merge import merge_results, target_namespace
+    from ._merge import MergeRules, Outcome, merge_results, target_namespace
 
     job = find(name_or_id)
     if job is None:
@@ -537,29 +544,28 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
         raise JobSpecError(f"--results must be globals, object or none, not {mode!r}")
     values = vars(job.results) if job.results is not None else {}
     kept = job.kept()
-    mine = started_here.get(job.id)
-    view = types.SimpleNamespace(
+    outcome = Outcome(
         name=job.name,
         state=job.state,
         progress=job.progress,
         elapsed=job.elapsed,
-        reason=job.reason if job.state != "succeeded" else "",
-        error=job.error,
-        _values=values,
-        mutated=[m for m in _list(kept.get("mutated")) if isinstance(m, str)],
-        deleted=[m for m in _list(kept.get("deleted")) if isinstance(m, str)],
-        skipped=[
-            dict(s, direction="out") for s in _list(kept.get("not_saved")) if isinstance(s, dict)
-        ],
-        _ns_ids=mine._ns_ids if mine is not None else {},
-        spec=types.SimpleNamespace(
+        rules=MergeRules(
             results=mode,
             results_name=_store.text_field(spec.get("results_name")) or f"{job.name}_results",
             on_conflict=_store.text_field(spec.get("on_conflict")) or "keep",
             on_failure=_store.text_field(spec.get("on_failure")) or "merge",
         ),
+        reason=job.reason if job.state != "succeeded" else "",
+        error=job.error,
+        values=values,
+        ns_ids=notebook_ids.get(job.id, {}),
+        mutated=[m for m in _list(kept.get("mutated")) if isinstance(m, str)],
+        deleted=[m for m in _list(kept.get("deleted")) if isinstance(m, str)],
+        skipped=[
+            dict(s, direction="out") for s in _list(kept.get("not_saved")) if isinstance(s, dict)
+        ],
     )
     target = ns if ns is not None else target_namespace()
-    report = merge_results(view, target)  # type: ignore[arg-type]
-    job._merged = True
+    report = merge_results(outcome, target)
+    job.merged = True
     return report

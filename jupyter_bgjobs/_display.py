@@ -46,7 +46,7 @@ def status_text(job: Job, look: str | None = None) -> str:
     line = "  ".join(parts)
     if job.report:
         line += "  ·  " + job.report.split(": ", 1)[-1]
-    elif job.done and not getattr(job, "_merged", True):
+    elif job.done and not getattr(job, "merged", True):
         line += "  ·  results merge before the next cell runs (or in job.wait())"
     return line
 

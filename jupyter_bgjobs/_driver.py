@@ -19,7 +19,7 @@ from ._inside.kernel.wire import (
     EVENT_MIME,
 )
 from ._inside.procs import death_reason
-from ._job import Job
+from ._job import Run
 from ._journal import Journal
 from ._results import keep_results, load_results, remove_snapshot
 from ._runtime import JobLog
@@ -27,13 +27,10 @@ from ._states import (
     CANCELLED,
     DIED,
     FAILED,
-    RUNNING,
-    STARTING,
     SUCCEEDED,
     TIMED_OUT,
     ErrorInfo,
     error_reason,
-    now,
 )
 from ._stream import RUNNER, send_seed
 
@@ -50,7 +47,7 @@ class Manager(Protocol):
     def gateway_kernel(
         self, url: str, token: str, kernel_name: str, env: dict[str, str]
     ) -> Any: ...
-    def _finish(self, job: Job, state: str) -> None: ...
+    def finish(self, run: Run, state: str) -> None: ...
 
 
 # Characters of output a job may have written that its notebook has not taken yet: 32
@@ -66,12 +63,13 @@ class Driver:
 
     def __init__(
         self,
-        job: Job,
+        run: Run,
         manager: Manager,
         runner_spec: dict[str, Any],
         kernels: KernelSource | None = None,
     ) -> None:
-        self.job = job
+        self.run = run
+        self.job = job = run.job
         self.manager = manager
         self.runner_spec = runner_spec
         # Where the job's kernel comes from, and what it can do: chosen once, here.
@@ -86,8 +84,9 @@ class Driver:
         self.taken = 0
         self.journal = Journal(job.folder)
 
-    def run(self) -> None:
-        job = self.job
+    def drive(self) -> None:
+        """Move the job from pending to its final state (the body of its thread)."""
+        job, run = self.job, self.run
         with JobLog(job.log_path, self._log_fault) as self.log:
             try:
                 if self._take_slot():
@@ -96,19 +95,19 @@ class Driver:
                     finally:
                         self.manager.release_slot()
             except BaseException as exc:  # a driver fault ends the job, visibly
-                job._set(reason=f"internal error in jupyter_bgjobs: {type(exc).__name__}: {exc}")
+                run.tell(reason=f"internal error in jupyter_bgjobs: {type(exc).__name__}: {exc}")
                 self._finish(FAILED)
             finally:
                 self._close_flow()
                 self.journal.close()
-                for path in job._files:
+                for path in run.files:
                     remove_snapshot(path)
-                if job._kernel is not None:
+                if run.kernel is not None:
                     # The runner has written everything before its end event. A graceful
                     # shutdown request can leave ipykernel hung in zmq's context teardown,
                     # an orphan if this process dies meanwhile; killing the process group
                     # cannot hang, and it also ends whatever the job left running.
-                    job._kernel.shutdown(now=True)
+                    run.kernel.shutdown(now=True)
 
     def _log_fault(self, exc: OSError) -> None:
         """The disk refused the job's output: the job goes on; its record says why its
@@ -116,37 +115,37 @@ class Driver:
         import errno
 
         why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
-        self.job._set(log_note=f"its log is incomplete from here on: {why}")
+        self.run.tell(log_note=f"its log is incomplete from here on: {why}")
 
     def _finish(self, state: str) -> None:
-        self.manager._finish(self.job, state)
+        self.manager.finish(self.run, state)
 
     def _take_slot(self) -> bool:
-        if self.manager.take_slot(self.job._cancel):
+        if self.manager.take_slot(self.run.cancel_asked):
             return True
-        self.job._set(reason="cancelled while pending")
+        self.run.tell(reason="cancelled while pending")
         self._finish(CANCELLED)
         return False
 
     # -- starting -------------------------------------------------------------------------
     def _run_in_kernel(self) -> None:
-        job = self.job
-        job._set(_state=STARTING, started=now(), _t_started=time.monotonic())
+        job, run = self.job, self.run
+        run.start()
         try:
-            self.kernel = job._kernel = self.provider.kernel(job.detached)
+            self.kernel = run.kernel = self.provider.kernel(job.detached)
             job.timings["kernel_ready"] = time.time()
         except BgJobError as exc:
-            job._set(reason=str(exc))
+            run.tell(reason=str(exc))
             self._finish(FAILED)
             return
-        if job._cancel.is_set():
-            job._set(reason="cancelled while starting")
+        if run.cancel_asked.is_set():
+            run.tell(reason="cancelled while starting")
             self._finish(CANCELLED)
             return
         if not self._send():
             self._finish(FAILED)
             return
-        job._set(_state=RUNNING)
+        run.running()
         finished = self._pump()
         # Gone before the job's end is told: whoever waits finds the folder as it stays.
         self._close_flow()
@@ -156,18 +155,18 @@ class Driver:
     def _send(self) -> bool:
         """The seed's chunks (if it travels over the protocol), then the run call; False
         when the seed could not be sent (the job's reason says why)."""
-        job, kernel = self.job, self.kernel
+        run, kernel = self.run, self.kernel
         preimport = getattr(kernel, "preimport", None)
-        if job._preimport and preimport is not None:
-            preimport(job._preimport)
-        if job._seed_blob is not None:
+        if run.preimport and preimport is not None:
+            preimport(run.preimport)
+        if run.seed_blob is not None:
             # Every chunk is in (and acknowledged) before the run call is sent.
-            blob, job._seed_blob = job._seed_blob, None
+            blob, run.seed_blob = run.seed_blob, None
             try:
                 # Hashed as it is sent, not in the notebook's thread that took it.
-                self.runner_spec["seed"]["sha256"] = send_seed(kernel, job._token, blob)
+                self.runner_spec["seed"]["sha256"] = send_seed(kernel, run.token, blob)
             except BgJobError as exc:
-                job._set(reason=str(exc))
+                run.tell(reason=str(exc))
                 return False
             finally:
                 close = getattr(blob, "close", None)
@@ -175,11 +174,11 @@ class Driver:
                     close()  # a detached job's seed file, mapped
         if self.provider.shares_files:
             self.runner_spec["context"].update(
-                _context.environ_changes(job._environ, getattr(kernel, "launch_env", None))
+                _context.environ_changes(run.environ, getattr(kernel, "launch_env", None))
             )
             self._open_flow()
         # Top-level await runs on the job kernel's loop, as IPython's autoawait runs a cell.
-        entry = f"await {RUNNER}.run_async" if job._awaits else f"{RUNNER}.run"
+        entry = f"await {RUNNER}.run_async" if run.awaits else f"{RUNNER}.run"
         self.msg_id = kernel.execute(f"{entry}({json.dumps(self.runner_spec)!r})")
         return True
 
@@ -217,7 +216,7 @@ class Driver:
     def _pump(self) -> bool:
         """Read the kernel's messages until the run call is idle (True), or the kernel
         died and the job has been finished for it (False)."""
-        job, kernel = self.job, self.kernel
+        job, run, kernel = self.job, self.run, self.kernel
         deadline = (time.monotonic() + job.spec.timeout) if job.spec.timeout else None
         last_alive_check = time.monotonic()
         while True:
@@ -226,23 +225,23 @@ class Driver:
                 if self._on_message(msg):
                     return True
             t = time.monotonic()
-            if job._writer is not None:
-                job._writer.flush()
+            if run.writer is not None:
+                run.writer.flush()
             if msg is None or t - last_alive_check > 0.25:
                 last_alive_check = t
                 if not kernel.alive():
                     self._on_death()
                     return False
-                if (job.folder / "cancel.json").exists() and not job._cancel.is_set():
+                if (job.folder / "cancel.json").exists() and not run.cancel_asked.is_set():
                     # Asked from the Jobs pane: the server writes the request in its folder.
-                    job._set(reason=job.reason or "cancelled from the Jobs pane")
-                    job._cancel.set()
+                    run.tell(reason=job.reason or "cancelled from the Jobs pane")
+                    run.cancel_asked.set()
             self._stop_if_asked(t, deadline)
 
     def _on_message(self, msg: dict[str, Any]) -> bool:
         """Take one iopub message of the run call; True once the call is idle."""
         kind, content = msg["msg_type"], msg["content"]
-        job, log = self.job, self.log
+        run, log = self.run, self.log
         if kind == "status":
             return bool(content.get("execution_state") == "idle")
         if kind in ("display_data", "update_display_data") and EVENT_MIME in content.get(
@@ -254,10 +253,10 @@ class Driver:
             self._on_event(event)
         elif kind == "stream":
             out = {"output_type": "stream", "name": content["name"], "text": content["text"]}
-            job._add_output(out, log)
+            run.add_output(out, log)
             self._took(content["text"])
             if content["name"] == "stderr" and "%|" in content["text"]:
-                _tqdm_progress(job, content["text"])
+                _tqdm_progress(run, content["text"])
         elif kind in ("display_data", "execute_result"):
             data, metadata = content.get("data", {}), content.get("metadata", {})
             self._rich({"output_type": kind, "data": data, "metadata": metadata})
@@ -272,18 +271,17 @@ class Driver:
         # too (the record writer's notes), and a range must be where the text landed.
         self.log.flush()
         start = os.fstat(self.log.fileno()).st_size
-        self.job._add_output(out, self.log)
+        self.run.add_output(out, self.log)
         self.journal.add(out, start, os.fstat(self.log.fileno()).st_size)
 
     def _stop_if_asked(self, t: float, deadline: float | None) -> None:
         """Cancel or timeout: interrupt first, kill after ``cancel_grace``."""
-        job = self.job
         if not self.stop_reason:
-            if job._cancel.is_set():
+            if self.run.cancel_asked.is_set():
                 self.stop_reason = "cancel"
             elif deadline is not None and t > deadline:
                 self.stop_reason = "timeout"
-                job._set(reason=f"ran past its timeout of {job.spec.timeout:g} s")
+                self.run.tell(reason=f"ran past its timeout of {self.job.spec.timeout:g} s")
             if self.stop_reason:
                 self.kernel.interrupt()
                 self.kill_at = t + settings.cancel_grace
@@ -297,25 +295,25 @@ class Driver:
             self.kill_at = None
 
     def _on_death(self) -> None:
-        job, kernel = self.job, self.kernel
+        run, kernel = self.run, self.kernel
         code = kernel.exit_code()
         self._drain()
         self._close_flow()
         if self.stop_reason:
             # We killed it after the grace period: the user's intent wins.
-            job._set(exit_code=code)
+            run.tell(exit_code=code)
             self._finish(CANCELLED if self.stop_reason == "cancel" else TIMED_OUT)
             return
         remote_reason = getattr(kernel, "death_reason", None)
         reason = remote_reason() if remote_reason else death_reason(code)
         tail = kernel.stderr_tail(600)
         if tail:
-            job._add_output(
+            run.add_output(
                 {"output_type": "stream", "name": "stderr", "text": tail + "\n"}, self.log
             )
             last = tail.strip().splitlines()[0]
             reason += f" ({last.strip()})" if "Fatal Python error" in last else ""
-        job._set(exit_code=code, reason=reason)
+        run.tell(exit_code=code, reason=reason)
         self._finish(DIED)
 
     def _drain(self) -> None:
@@ -326,86 +324,86 @@ class Driver:
                 return
             if msg["parent_header"].get("msg_id") == self.msg_id and msg["msg_type"] == "stream":
                 content = msg["content"]
-                self.job._add_output(
+                self.run.add_output(
                     {"output_type": "stream", "name": content["name"], "text": content["text"]},
                     self.log,
                 )
                 self._took(content["text"])
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        job = self.job
+        job, run = self.job, self.run
         kind = event.get("type")
         if kind == "plan":
             job.timings["seeded"] = event["t"]
             if job.detached:
                 # The kernel has loaded the seed: its holder, the job's host, removes it now
                 # (a detached job's files are its seed, the results are kept apart).
-                for path in job._files:
+                for path in run.files:
                     remove_snapshot(path)
-                job._files = []
+                run.files = []
             if "t_start" in event:
                 job.timings["runner_started"] = event["t_start"]
             job.skipped.extend(dict(s, direction="in") for s in event.get("skipped", []))
-            job._set(_total=event["total"])
+            run.advance(total=event["total"])
         elif kind == "progress":
             total = event.get("total")
-            job._set(
-                _custom_progress=True,
-                _tqdm_progress=False,
-                _done=int(event["units"]),
-                _total=int(total) if total is not None else job._total,
+            run.advance(
+                int(event["units"]),
+                int(total) if total is not None else None,
+                custom=True,
+                tqdm=False,
             )
         elif kind == "status":
-            job._set(status=str(event["text"]))
+            run.tell(status=str(event["text"]))
         elif kind == "stmt":
             changes: dict[str, Any] = {"section": event["section"]}
-            if not job._custom_progress:
-                changes["_done"] = event["index"]
+            if not run.custom_progress:
+                changes["units"] = event["index"]
             if job.first_statement_at is None:
                 changes["first_statement_at"] = event["t"]
                 job.timings["first_statement"] = event["t"]
-            job._set(**changes)
+            run.advance(**changes)
         elif kind == "end":
             err = event.get("error")
-            changes = {} if job._custom_progress else {"_done": event["done"]}
+            changes = {} if run.custom_progress else {"units": event["done"]}
             if err:
                 changes["error"] = ErrorInfo(err["ename"], err["evalue"], err["traceback"])
-            job._set(**changes)
+            run.advance(**changes)
 
     # -- ending -------------------------------------------------------------------------------
     def _conclude(self) -> None:
-        job = self.job
+        job, run = self.job, self.run
         if job.detached:
-            keep_results(job, self.end, self.kernel)
+            keep_results(run, self.end, self.kernel)
         else:
-            load_results(job, self.end, self.kernel)
+            load_results(run, self.end, self.kernel)
         if self.stop_reason == "cancel":
             self._finish(CANCELLED)
         elif self.stop_reason == "timeout":
             self._finish(TIMED_OUT)
         elif self.end is None:
-            job._set(reason="the job's kernel returned without reporting an outcome")
+            run.tell(reason="the job's kernel returned without reporting an outcome")
             self._finish(FAILED)
         elif self.end["status"] == "ok":
-            self._finish(FAILED if job._results_lost else SUCCEEDED)
+            self._finish(FAILED if run.results_lost else SUCCEEDED)
         elif self.end["status"] == "interrupted":
-            job._set(reason="interrupted inside its kernel")
+            run.tell(reason="interrupted inside its kernel")
             self._finish(CANCELLED)
         else:
             # Never a failure without a reason: the job's own error says it.
-            job._set(reason=job.reason or error_reason(job.error))
+            run.tell(reason=job.reason or error_reason(job.error))
             self._finish(FAILED)
 
 
 _TQDM = re.compile(r"(\d+)/(\d+) \[")
 
 
-def _tqdm_progress(job: Job, text: str) -> None:
+def _tqdm_progress(run: Run, text: str) -> None:
     """A plain tqdm bar in a job (it redraws on stderr with \\r) drives the job's row,
     unless the job reports progress through the API."""
-    if job._custom_progress and not job._tqdm_progress:
+    if run.custom_progress and not run.tqdm_progress:
         return
     found = _TQDM.findall(text.rsplit("\r", 1)[-1]) or _TQDM.findall(text)
     if found:
         done, total = found[-1]
-        job._set(_custom_progress=True, _tqdm_progress=True, _done=int(done), _total=int(total))
+        run.advance(int(done), int(total), custom=True, tqdm=True)

@@ -27,7 +27,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._job import Run
 
 # How long a job that has ended waits for a read-only store to take its results and final
 # state; the host holds them in memory meanwhile.
@@ -38,7 +41,7 @@ def main(folder: Path) -> int:
     from . import _store
     from ._config import configure
     from ._errors import JobSpecError
-    from ._job import Job
+    from ._job import Run
     from ._manager import manager
     from ._results import save_kept
     from ._spec import JobSpec
@@ -61,23 +64,24 @@ def main(folder: Path) -> int:
         print(f"jupyter_bgjobs host: {folder}: {exc}; there is nothing to run", flush=True)
         return 1
     configure(pool_size=0)
-    job = Job(spec, manager, folder=folder, token=str(data.get("token", "")), detached=True)
-    _restore(job, data, folder)
+    run = Run(spec, manager, folder=folder, token=str(data.get("token", "")), detached=True)
+    job = run.job
+    _restore(run, data, folder)
     writer = RecordWriter(job, log=open_log_for_notes(job.log_path))
-    job._listeners.append(writer)
-    job._writer = writer
+    run.listeners.append(writer)
+    run.writer = writer
     signal.signal(signal.SIGTERM, lambda *_: job.cancel())
     signal.signal(signal.SIGINT, lambda *_: job.cancel())
     ended = threading.Event()
     gone = threading.Event()
     threading.Thread(
-        target=_watch_folder, args=(folder, job, ended, gone), name="bgjobs-host", daemon=True
+        target=_watch_folder, args=(folder, run, ended, gone), name="bgjobs-host", daemon=True
     ).start()
     try:
-        manager.run_here(job, runner)
+        manager.run_here(run, runner)
         deadline = time.monotonic() + FINAL_WAIT
         # A reader that sees a final state must find the results too: results.json first.
-        while not gone.is_set() and not (save_kept(job) and writer.write()):
+        while not gone.is_set() and not (save_kept(run) and writer.write()):
             if time.monotonic() >= deadline:
                 writer.say(f"gave up on writing the job's results and final state to {folder}")
                 break
@@ -86,16 +90,16 @@ def main(folder: Path) -> int:
             # read what it would say.
             gone.wait(1.0)
         if not gone.is_set():
-            _persist_results(job, writer)
+            _persist_results(run, writer)
     finally:
         ended.set()
-        if job._shm_dir:
-            shutil.rmtree(job._shm_dir, ignore_errors=True)
+        if run.shm_dir:
+            shutil.rmtree(run.shm_dir, ignore_errors=True)
         manager.shutdown()
     return 0
 
 
-def _watch_folder(folder: Path, job: Any, ended: threading.Event, gone: threading.Event) -> None:
+def _watch_folder(folder: Path, run: Run, ended: threading.Event, gone: threading.Event) -> None:
     """While the host runs: touch ``host.json`` every ``HEARTBEAT`` seconds (a reader in
     another pid namespace, which cannot see this process, judges it alive by that), and
     end the job at once, with this host, when the job's folder is gone."""
@@ -108,9 +112,9 @@ def _watch_folder(folder: Path, job: Any, ended: threading.Event, gone: threadin
             st = os.lstat(folder)
         except FileNotFoundError:
             gone.set()
-            job._set(reason="its folder in the job store was removed while it ran")
+            run.tell(reason="its folder in the job store was removed while it ran")
             configure(cancel_grace=0)  # nobody is left to wait for: its kernel ends now
-            job.cancel()
+            run.job.cancel()
             return
         except OSError:
             continue
@@ -134,14 +138,14 @@ def _copier(source: str) -> Any:
     return copy
 
 
-def _persist_results(job: Any, writer: Any) -> None:
+def _persist_results(run: Run, writer: Any) -> None:
     """Results written to shared memory move into the job's folder, where they outlive
     the machine's memory; whoever attaches meanwhile reads them where they were."""
     from . import _store
     from ._inside.kernel.wire import piece_paths
     from ._runtime import hand_job_shm
 
-    kept = job._kept
+    kept, job = run.kept, run.job
     if not kept or not kept.get("path") or Path(kept["path"]).parent == job.folder:
         return
     pieces = int(kept.get("pieces", 1))
@@ -154,11 +158,11 @@ def _persist_results(job: Any, writer: Any) -> None:
     except OSError as exc:
         writer.say(f"the results stay in shared memory ({kept['path']}): {exc}")
         try:  # they are the only copy: held for the job's entry, gone once it is pruned
-            if job._shm_dir:
-                hand_job_shm(job._shm_dir, entry=str(job.folder))
+            if run.shm_dir:
+                hand_job_shm(run.shm_dir, entry=str(job.folder))
         except OSError:
             pass
-        job._shm_dir = ""  # kept, not removed
+        run.shm_dir = ""  # kept, not removed
         return
     for source in sources:
         try:
@@ -167,30 +171,31 @@ def _persist_results(job: Any, writer: Any) -> None:
             pass
 
 
-def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
+def _restore(run: Run, data: dict[str, Any], folder: Path) -> None:
     """What the notebook decided for the job, taken over by its host, which holds the
     seed and the job's shared-memory folder from now on."""
     from . import _store
     from ._runtime import hand_job_shm, owner_tag
 
+    job = run.job
     job.shipped = [n for n in data.get("shipped") or [] if isinstance(n, str)]
     job.skipped = [
         dict(s, direction="in") for s in data.get("not_shipped") or [] if isinstance(s, dict)
     ]
-    job._awaits = bool(data.get("awaits"))
-    job._environ = dict(os.environ)
-    job._files = [p for p in data.get("seed_files") or [] if isinstance(p, str)]
-    job._shm_dir = data.get("shm_dir") if isinstance(data.get("shm_dir"), str) else ""
-    if job._shm_dir:
+    run.awaits = bool(data.get("awaits"))
+    run.environ = dict(os.environ)
+    run.files = [p for p in data.get("seed_files") or [] if isinstance(p, str)]
+    run.shm_dir = data.get("shm_dir") if isinstance(data.get("shm_dir"), str) else ""
+    if run.shm_dir:
         # Handed over by the notebook as it started this host; taken here as well, should
         # the notebook have ended before it could.
         try:
-            hand_job_shm(job._shm_dir, owner=owner_tag())
+            hand_job_shm(run.shm_dir, owner=owner_tag())
         except OSError:
             pass
-    job._preimport = [m for m in data.get("preimport") or [] if isinstance(m, str)]
+    run.preimport = [m for m in data.get("preimport") or [] if isinstance(m, str)]
     results = (data.get("runner") or {}).get("results") or {}
-    job._result_paths = [p for p in results.get("paths") or [] if isinstance(p, str)]
+    run.result_paths = [p for p in results.get("paths") or [] if isinstance(p, str)]
     seed = folder / "seed.stream"
     try:
         fd = _store.open_own(seed)  # the notebook's seed: a file of ours, no link
@@ -200,9 +205,9 @@ def _restore(job: Any, data: dict[str, Any], folder: Path) -> None:
         import mmap
 
         with os.fdopen(fd, "rb") as fh:
-            job._seed_blob = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            run.seed_blob = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         # Removed with the seed's other files once the kernel has loaded it.
-        job._files.append(str(seed))
+        run.files.append(str(seed))
 
 
 if __name__ == "__main__":

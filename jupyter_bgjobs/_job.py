@@ -1,4 +1,11 @@
-"""Job: the handle of one job, read by the notebook while its driver moves it on."""
+"""A job as two objects: the ``Run`` its driver moves on, and the ``Job`` users hold.
+
+The run is the engine's: its state changes only through named transitions (start, run,
+progress, and an end: succeed, fail, cancel, time out, die), each told in the job's
+history; it also keeps what the engine holds for the job (its kernel, its snapshot files,
+the token that opens them, its results before they merge). The job is the handle: it
+reads the run, waits for it, and asks it to stop. Nothing outside the engine holds a run.
+"""
 
 from __future__ import annotations
 
@@ -34,23 +41,41 @@ from ._states import (
     FINAL_STATES,
     MAX_HISTORY,
     PENDING,
+    RUNNING,
+    STARTING,
     TIMED_OUT,
     ErrorInfo,
     RowClock,
+    TransitionError,
     event_of,
     history_entry,
     now,
     transition,
 )
 
+# The facts of a job its run may tell (besides its state and progress): what users read
+# on the handle. Anything else is refused, so no caller can set a field by a typo.
+_FACTS = frozenset(
+    {
+        "section",
+        "status",
+        "reason",
+        "log_note",
+        "error",
+        "exit_code",
+        "report",
+        "first_statement_at",
+        "results_lost",
+    }
+)
 
-class Job(Tailed, RowClock):
-    """One piece of code running, or done running, in its own kernel.
 
-    Read ``state``, ``progress``, ``section``, ``output`` and, once it has ended,
-    ``results``, ``error`` and ``report``. ``wait()`` blocks until it ends (and merges its
-    results), ``cancel()`` stops it.
-    """
+class Run(Tailed, RowClock):
+    """The engine's side of one job: its state, moved on through named transitions only,
+    and what the engine holds for it. ``job`` is the handle users get.
+
+    The driver moves it (``start``, ``running``, ``advance``, ``end``); the manager, the
+    loader of results and a detached job's host keep here what they hold for the job."""
 
     def __init__(
         self,
@@ -61,18 +86,195 @@ class Job(Tailed, RowClock):
         token: str | None = None,
         detached: bool = False,
     ) -> None:
+        self.cond = threading.Condition()
+        self.state = PENDING
+        self._done = 0
+        self._total = 0
+        # Progress told by the job through the API (or a tqdm bar) wins over statements.
+        self.custom_progress = False
+        self.tqdm_progress = False
+        self._t_started: float | None = None
+        self._t_finished: float | None = None
+        self._tail = OutputTail(settings.output_tail, settings.output_tail_bytes)
+        self.cancel_asked = threading.Event()
+        self.listeners: list[Callable[[Job], Any]] = []
+        self.callbacks: list[Callable[[Job], Any]] = []
+        # wait() returns once the done callbacks have run too, so what they did is seen;
+        # a callback that itself waits is not held up by its own run.
+        self.settled = False
+        self.settling: int | None = None
+        # The results, once loaded, and whether they have gone into the notebook.
+        self.values: dict[str, Any] | None = None
+        self.merged = False
+        # The ids of the notebook's objects as the job started: a merge tells the
+        # notebook's own changes since then from the job's.
+        self.ns_ids: dict[str, int] = {}
+        self.kernel: KernelBackend | None = None
+        # A job loads only what its parent wrote for it: snapshots carry this token.
+        self.token = token or secrets.token_hex(16)
+        self.files: list[str] = []
+        # The seed, when it travels over the kernel protocol: one buffer (a mapped file
+        # for a detached job's host), let go once sent.
+        self.seed_blob: Any = None
+        self.results_lost = False  # the job ran, but its results could not come back
+        self.environ: dict[str, str] = {}
+        self.awaits = False
+        # A detached job's results as its host recorded them (never loaded there), and
+        # the writes of them the store refused so far.
+        self.kept: dict[str, Any] | None = None
+        self.unsaved: list[Callable[[], None]] = []
+        # A detached job's own shared-memory folder ("" where there is none).
+        self.shm_dir: str | None = None
+        self.result_paths: list[str] = []
+        # Libraries a cold kernel imports before the job (a detached job's host sets it).
+        self.preimport: list[str] = []
+        # Keeps the job's state record current (the manager or the host sets it).
+        self.writer: Any = None
+        self.job = Job(self, spec, manager, folder=folder, detached=detached)
+
+    # -- the named transitions ------------------------------------------------------------
+    def start(self) -> None:
+        """pending → starting: a slot is taken, the kernel is being acquired."""
+        self._move(STARTING, started=now(), t_started=time.monotonic())
+
+    def running(self) -> None:
+        """starting → running: the code has been sent to the kernel."""
+        self._move(RUNNING)
+
+    def end(self, state: str, report: str = "") -> None:
+        """Into a final state (succeed, fail, cancel, time out, die); its reason, told
+        before with ``tell``, goes into the history with it."""
+        if state not in FINAL_STATES:
+            raise TransitionError(f"{state!r} is not an end")
+        self._move(state, finished=now(), t_finished=time.monotonic(), report=report)
+
+    def advance(
+        self,
+        units: int | None = None,
+        total: int | None = None,
+        *,
+        custom: bool | None = None,
+        tqdm: bool | None = None,
+        **facts: Any,
+    ) -> None:
+        """Units done and in all (statements, or what the job reports), with any facts
+        that came with them (the section)."""
+        _only_facts(facts)
+        changes: dict[str, Any] = dict(facts)
+        for key, value in (
+            ("units", units),
+            ("total", total),
+            ("custom_progress", custom),
+            ("tqdm_progress", tqdm),
+        ):
+            if value is not None:
+                changes[key] = value
+        self._change(changes)
+
+    def tell(self, **facts: Any) -> None:
+        """Facts of the job that are no transition: its section, status, reason, error,
+        exit code, the note of a log the disk refused, its merge report, whether its
+        results were lost on the way back."""
+        _only_facts(facts)
+        self._change(facts)
+
+    def settle(self, settled: bool) -> None:
+        """The done callbacks are running (False) or have run (True)."""
+        with self.cond:
+            self.settling = None if settled else threading.get_ident()
+            self.settled = settled
+            self.cond.notify_all()
+
+    def add_output(self, out: dict[str, Any], log: Any) -> None:
+        """One output of the job: into the tail users read, and its log."""
+        self._tail.add(out)
+        with self.cond:
+            self.cond.notify_all()
+        self._notify()
+        log.write(output_text(out))
+        log.flush()
+
+    def take_callbacks(self) -> list[Callable[[Job], Any]]:
+        """The done callbacks, once: the job has ended and they are about to run."""
+        with self.cond:
+            callbacks, self.callbacks = self.callbacks, []
+            self.settling = threading.get_ident()
+        return callbacks
+
+    # -- how a change is made and told ---------------------------------------------------
+    def _move(self, target: str, **changes: Any) -> None:
+        transition(self.state, target)  # TransitionError for one no table entry allows
+        self._change({"state": target, **changes})
+
+    def _change(self, changes: dict[str, Any]) -> None:
+        job = self.job
+        with self.cond:
+            for key, value in changes.items():
+                if key in _RUN_FIELDS:
+                    setattr(self, _RUN_FIELDS[key], value)
+                else:
+                    setattr(job, key, value)
+            if "state" in changes:
+                state = self.state
+                why = job.reason if state in FINAL_STATES else ""
+                entry = history_entry(event_of(state), state, why)
+                job.history = [*job.history, entry][:MAX_HISTORY]
+            self.cond.notify_all()
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(self.job)
+            except Exception:  # a row or record writer must not stop the driver
+                pass
+
+
+def _only_facts(facts: dict[str, Any]) -> None:
+    unknown = set(facts) - _FACTS
+    if unknown:
+        raise TypeError(
+            f"a run has no fact {sorted(unknown)}; its state moves by its transitions only"
+        )
+
+
+# What a change may set of the run itself, and the field that holds it.
+_RUN_FIELDS = {
+    "state": "state",
+    "units": "_done",
+    "total": "_total",
+    "custom_progress": "custom_progress",
+    "tqdm_progress": "tqdm_progress",
+    "t_started": "_t_started",
+    "t_finished": "_t_finished",
+    "results_lost": "results_lost",
+}
+
+
+class Job:
+    """One piece of code running, or done running, in its own kernel.
+
+    Read ``state``, ``progress``, ``section``, ``output`` and, once it has ended,
+    ``results``, ``error`` and ``report``. ``wait()`` blocks until it ends (and merges its
+    results), ``cancel()`` stops it.
+    """
+
+    def __init__(
+        self,
+        run: Run,
+        spec: JobSpec,
+        manager: Any,
+        *,
+        folder: Path | None = None,
+        detached: bool = False,
+    ) -> None:
         # A detached job's host takes over the folder (and the token) its notebook made.
         self.id = folder.name if folder is not None else uuid.uuid4().hex[:8]
+        self._run = run
+        self._manager = manager
         self.detached = detached
         self.spec = spec
         self.name = spec.name
-        self._manager = manager
-        self._cond = threading.Condition()
-        self._state = PENDING
-        self._done = 0
-        self._total = 0
-        self._custom_progress = False
-        self._tqdm_progress = False
         self.section = ""
         self.status = ""
         self.submitted = now()
@@ -82,8 +284,6 @@ class Job(Tailed, RowClock):
         ]
         self.started: dt.datetime | None = None
         self.finished: dt.datetime | None = None
-        self._t_started: float | None = None
-        self._t_finished: float | None = None
         self.first_statement_at: float | None = None
         self.error: ErrorInfo | None = None
         self.exit_code: int | None = None
@@ -98,78 +298,93 @@ class Job(Tailed, RowClock):
         # Wall-clock stamps (time.time()) of the job's milestones, for benchmarks and logs.
         self.timings: dict[str, float] = {"submitted": time.time()}
         self.report = ""
-        self._tail = OutputTail(settings.output_tail, settings.output_tail_bytes)
-        self._values: dict[str, Any] | None = None
-        self._merged = False
-        self._ns_ids: dict[str, int] = {}
-        self._cancel = threading.Event()
-        self._callbacks: list[Callable[[Job], Any]] = []
-        # wait() returns once the done callbacks have run too, so what they did is seen;
-        # a callback that itself waits is not held up by its own run.
-        self._settled = False
-        self._settling: int | None = None
-        self._listeners: list[Callable[[Job], Any]] = []
         if folder is None:
             folder = settings.job_root() / self.id
             folder.mkdir(mode=0o700)
         self.folder = folder
         self.log_path = self.folder / "output.log"
-        self._kernel: KernelBackend | None = None
-        # A job loads only what its parent wrote for it: snapshots carry this token.
-        self._token = token or secrets.token_hex(16)
-        self._files: list[str] = []
-        # The seed, when it travels over the kernel protocol: one buffer (a mapped file
-        # for a detached job's host), let go once sent.
-        self._seed_blob: Any = None
-        self._results_lost = False  # the job ran, but its results could not come back
-        self._environ: dict[str, str] = {}
-        self._awaits = False
-        # A detached job's results as its host recorded them (never loaded there).
-        self._kept: dict[str, Any] | None = None
-        self._unsaved: list[Callable[[], None]] = []
-        # A detached job's own shared-memory folder ("" where there is none).
-        self._shm_dir: str | None = None
-        self._result_paths: list[str] = []
-        # Libraries a cold kernel imports before the job (a detached job's host sets it).
-        self._preimport: list[str] = []
-        # Keeps the job's state record current (the manager or the host sets it).
-        self._writer: Any = None
+
+    # -- what every row reads, of the run ------------------------------------------------
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(statements done, statements in all), or the units the job reports."""
+        return self._run.progress
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds it has been running (0 before it starts)."""
+        return self._run.elapsed
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        """The tail of the outputs as nbformat output dicts, in order (bounded in size;
+        ``log_path`` holds the whole output)."""
+        return self._run.outputs
+
+    @property
+    def output_version(self) -> int:
+        """Grows with every output sent, appended text included."""
+        return self._run.output_version
+
+    @property
+    def output(self) -> str:
+        """The tail as text (streams, and rich outputs' text form)."""
+        return self._run.output
+
+    @property
+    def _cond(self) -> threading.Condition:
+        # Tests and the magics' rows wait on it for a change of the job.
+        return self._run.cond
 
     # -- reading -------------------------------------------------------------------
     @property
     def state(self) -> str:
         """One of pending, starting, running, succeeded, failed, cancelled, timed_out, died."""
-        return self._state
+        return self._run.state
 
     @property
     def done(self) -> bool:
         """True once the job has reached a final state."""
-        return self._state in FINAL_STATES
+        return self._run.state in FINAL_STATES
+
+    @property
+    def merged(self) -> bool:
+        """True once the job's results are in the notebook, or there is nothing to merge
+        (False while a merge waits for the next cell)."""
+        return self._run.merged
 
     @property
     def results(self) -> types.SimpleNamespace | None:
         """The names the job created or rebound, once it has ended (None before)."""
-        if not self.done or self._values is None:
+        values = self._run.values
+        if not self.done or values is None:
             return None
-        return types.SimpleNamespace(**self._values)
+        return types.SimpleNamespace(**values)
 
     @property
     def kernel_pid(self) -> int | None:
         """The pid of the job's kernel process while it has one."""
-        return self._kernel.pid if self._kernel is not None else None
+        kernel = self._run.kernel
+        return kernel.pid if kernel is not None else None
+
+    @property
+    def notebook(self) -> str | None:
+        """The notebook that started the job, as its server named it (None outside one)."""
+        return self._run.environ.get("JPY_SESSION_NAME") or None
 
     def exception(self) -> JobError | None:
         """The error matching how the job ended, or None if it succeeded or still runs."""
+        state = self.state
         cls = {
             FAILED: JobFailedError,
             CANCELLED: JobCancelledError,
             TIMED_OUT: JobTimeoutError,
             DIED: KernelDiedError,
-        }.get(self._state)
+        }.get(state)
         if cls is None:
             return None
         err = self.error or ErrorInfo("", "", [])
-        message = f"job {self.name!r} {self._state.replace('_', ' ')}"
+        message = f"job {self.name!r} {state.replace('_', ' ')}"
         if self.reason:
             message += f": {self.reason}"
         elif err.ename:
@@ -177,7 +392,7 @@ class Job(Tailed, RowClock):
         return cls(
             message,
             job_name=self.name,
-            state=self._state,
+            state=state,
             ename=err.ename,
             evalue=err.evalue,
             traceback=err.traceback,
@@ -187,7 +402,7 @@ class Job(Tailed, RowClock):
     def __repr__(self) -> str:
         done, total = self.progress
         return (
-            f"<Job {self.name!r} id={self.id} {self._state} {done}/{total}"
+            f"<Job {self.name!r} id={self.id} {self.state} {done}/{total}"
             f"{' [' + self.section + ']' if self.section else ''} {self.elapsed:.1f}s>"
         )
 
@@ -200,12 +415,13 @@ class Job(Tailed, RowClock):
         if timeout is not None:
             timeout = _checks.number("timeout", timeout, unit="seconds")
         me = threading.get_ident()
-        with self._cond:
-            if not self._cond.wait_for(
-                lambda: self.done and (self._settled or self._settling == me), timeout=timeout
+        run = self._run
+        with run.cond:
+            if not run.cond.wait_for(
+                lambda: self.done and (run.settled or run.settling == me), timeout=timeout
             ):
                 raise WaitTimeout(
-                    f"job {self.name!r} is still {self._state} after {timeout} s; "
+                    f"job {self.name!r} is still {self.state} after {timeout} s; "
                     "call .wait() again or .cancel() it"
                 )
         if threading.current_thread() is threading.main_thread():
@@ -218,43 +434,23 @@ class Job(Tailed, RowClock):
         """Stop the job: interrupt, then kill after a short grace. False if already ended."""
         if self.done:
             return False
-        self._cancel.set()
+        self._run.cancel_asked.set()
         return True
 
     def add_done_callback(self, fn: Callable[[Job], Any]) -> None:
         """Call ``fn(job)`` when the job ends (at once if it has), from a manager thread."""
-        with self._cond:
+        with self._run.cond:
             if not self.done:
-                self._callbacks.append(fn)
+                self._run.callbacks.append(fn)
                 return
         fn(self)
 
-    # -- driven by the manager ---------------------------------------------------------
-    def _notify(self) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(self)
-            except Exception:  # a row or record writer must not stop the driver
-                pass
+    def on_change(self, fn: Callable[[Job], Any]) -> None:
+        """Call ``fn(job)`` after every change of the job (state, progress, output), from
+        the thread that made it; an exception it raises is ignored."""
+        self._run.listeners.append(fn)
 
-    def _set(self, **changes: Any) -> None:
-        event = ""
-        if "_state" in changes:
-            event = event_of(transition(self._state, changes["_state"]))
-        with self._cond:
-            for key, value in changes.items():
-                setattr(self, key, value)
-            if event:
-                state = self._state
-                why = self.reason if state in FINAL_STATES else ""
-                self.history = [*self.history, history_entry(event, state, why)][:MAX_HISTORY]
-            self._cond.notify_all()
-        self._notify()
 
-    def _add_output(self, out: dict[str, Any], log: Any) -> None:
-        self._tail.add(out)
-        with self._cond:
-            self._cond.notify_all()
-        self._notify()
-        log.write(output_text(out))
-        log.flush()
+def run_of(job: Job) -> Run:
+    """The run behind ``job``: for the engine (the manager merges and forgets through it)."""
+    return job._run

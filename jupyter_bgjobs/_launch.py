@@ -10,9 +10,10 @@ from typing import Any
 
 from . import _store
 from ._config import settings
-from ._detached import DetachedJob, started_here
+from ._detached import DetachedJob, notebook_ids, started_here
 from ._errors import StoreError
 from ._inside import procs as _procs
+from ._job import Run
 from ._spec import JobSpec
 
 
@@ -24,8 +25,8 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
     written; nothing is left behind then."""
     from ._manager import manager
 
-    job, _ = manager.prepare(spec, ns, detached=True)
-    folder = job.folder
+    run, _ = manager.prepare(spec, ns, detached=True)
+    folder = run.job.folder
     env = dict(os.environ)
     token = settings.gateway_token
     if token:  # handed over in the host's environment only, never written down
@@ -44,29 +45,29 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
             folder / "host.json", {"pid": host.pid, "pid_id": _procs.identity(host.pid)}
         )
     except OSError as exc:
-        manager.discard(job)
+        manager.discard(run)
         if isinstance(exc, StoreError):
             raise
-        raise _store._write_error(folder, "start a detached job", exc) from None
-    _hand_over(job, host.pid)
+        raise _store.write_error(folder, "start a detached job", exc) from None
+    _hand_over(run, host.pid)
     started = DetachedJob(folder)
     # This process knows which names it had when the job started: a later merge here can
     # tell the notebook's own changes from the job's, as for an attached job.
-    started._ns_ids = job._ns_ids
+    notebook_ids[started.id] = run.ns_ids
     started_here[started.id] = started
     return started
 
 
-def _hand_over(job: Any, host_pid: int) -> None:
+def _hand_over(run: Run, host_pid: int) -> None:
     """From its start on, the job's host holds the seed and the job's shared-memory
     folder: it removes the seed once the kernel has loaded it, and the folder once the job
     has ended. This process keeps nothing of them to remove, at its exit or ever."""
     from ._runtime import hand_job_shm, owner_tag
 
-    if job._shm_dir:
+    if run.shm_dir:
         try:
-            hand_job_shm(job._shm_dir, owner=owner_tag(host_pid))
+            hand_job_shm(run.shm_dir, owner=owner_tag(host_pid))
         except OSError:
             pass  # gone already (the host has ended), or no room: the host takes it too
-    job._files = []
-    job._shm_dir = ""
+    run.files = []
+    run.shm_dir = ""

@@ -30,7 +30,7 @@ def _show(job: Job, notify: bool = False) -> None:
             _display.ticker.add(None)
             return
     line = _display.StatusLine(job)
-    job._listeners.append(lambda j: line.refresh(force=j.done))
+    job.on_change(lambda j: line.refresh(force=j.done))
     line.show()
     _display.ticker.add(line)
 

@@ -20,19 +20,19 @@ from ._backends.providers import provider_for
 from ._config import on_change, settings
 from ._driver import Driver
 from ._errors import JobSpecError, JobStateError
-from ._job import Job
+from ._job import Job, Run, run_of
 from ._results import remove_snapshot
 from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, transformed
 from ._state_record import RecordWriter
-from ._states import FAILED, SUCCEEDED, now
+from ._states import FAILED, SUCCEEDED
 
 
 class JobManager:
     """The process-wide registry of jobs and the threads that drive them."""
 
     def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
+        self._runs: dict[str, Run] = {}
         self._lock = threading.RLock()
         self._slots = threading.Condition(self._lock)
         self._running = 0
@@ -42,7 +42,7 @@ class JobManager:
         # Lists every gateway kernel this process holds for its jobs, pooled or not, so
         # that none outlives a notebook kernel that was killed.
         self.reaper = Reaper()
-        self._unmerged: list[Job] = []
+        self._unmerged: list[Run] = []
         self._listeners: list[Callable[[Job], Any]] = []
         self.submit_hooks: list[Callable[[Job], Any]] = []
 
@@ -114,13 +114,13 @@ class JobManager:
     # -- registry -------------------------------------------------------------------------
     def jobs(self) -> list[Job]:
         with self._lock:
-            return list(self._jobs.values())
+            return [r.job for r in self._runs.values()]
 
     def get(self, name_or_id: str) -> Job:
         with self._lock:
-            if name_or_id in self._jobs:
-                return self._jobs[name_or_id]
-            named = [j for j in self._jobs.values() if j.name == name_or_id]
+            if name_or_id in self._runs:
+                return self._runs[name_or_id].job
+            named = [r.job for r in self._runs.values() if r.job.name == name_or_id]
         if not named:
             raise JobSpecError(
                 f"no job named {name_or_id!r}; jupyter_bgjobs.jobs() lists the jobs there are"
@@ -129,7 +129,7 @@ class JobManager:
 
     def unique_name(self, name: str) -> str:
         with self._lock:
-            busy = {j.name for j in self._jobs.values() if not j.done}
+            busy = {r.job.name for r in self._runs.values() if not r.job.done}
         if name not in busy:
             return name
         n = 2
@@ -143,48 +143,49 @@ class JobManager:
     # -- submitting -------------------------------------------------------------------------
     def submit(self, spec: JobSpec, ns: dict[str, Any] | None = None) -> Job:
         """Start ``spec`` as a job of this process, driven by a thread of its own."""
-        job, runner_spec = self.prepare(spec, ns)
-        self.start(job, runner_spec)
-        return job
+        run, runner_spec = self.prepare(spec, ns)
+        self.start(run, runner_spec)
+        return run.job
 
     def prepare(
         self, spec: JobSpec, ns: dict[str, Any] | None, *, detached: bool = False
-    ) -> tuple[Job, dict[str, Any]]:
+    ) -> tuple[Run, dict[str, Any]]:
         """Make the job's folder, its seed and its spec: everything but the driving, which
         is this process's (``start``) or, detached, a host process's (``run_here``)."""
         folder = _store.new_entry("start a detached job") if detached else None
-        job = Job(spec, self, folder=folder, detached=detached)
+        run = Run(spec, self, folder=folder, detached=detached)
         try:
-            runner_spec = self._write_job(job, spec, ns)
+            runner_spec = self._write_job(run, spec, ns)
         except BaseException:
-            self.discard(job)
+            self.discard(run)
             raise
-        return job, runner_spec
+        return run, runner_spec
 
-    def discard(self, job: Job) -> None:
+    def discard(self, run: Run) -> None:
         """Remove what ``prepare`` made for a job that will not start: its seed, its
         shared-memory folder and, detached, its folder in the store."""
         import shutil
 
-        if job.detached:
-            shutil.rmtree(job.folder, ignore_errors=True)
-            if job._shm_dir:
-                shutil.rmtree(job._shm_dir, ignore_errors=True)
-        for path in job._files:
+        if run.job.detached:
+            shutil.rmtree(run.job.folder, ignore_errors=True)
+            if run.shm_dir:
+                shutil.rmtree(run.shm_dir, ignore_errors=True)
+        for path in run.files:
             remove_snapshot(path)
 
-    def _write_job(self, job: Job, spec: JobSpec, ns: dict[str, Any] | None) -> dict[str, Any]:
+    def _write_job(self, run: Run, spec: JobSpec, ns: dict[str, Any] | None) -> dict[str, Any]:
+        job = run.job
         if ns is not None:
-            job._ns_ids = {k: id(v) for k, v in ns.items()}
+            run.ns_ids = {k: id(v) for k, v in ns.items()}
         # A kernel that shares no files with us (a gateway's): everything travels over its
         # protocol.
         remote = not provider_for(spec).shares_files
         transport = "stream" if settings.transport == "stream" or remote else "file"
         source = transformed(spec.code)
         # What the notebook's environment is now, not when a warm kernel was started.
-        job._environ = dict(os.environ)
-        job._awaits = _context.awaits(source)
-        seed = self._write_seed(job, spec, ns, source, transport)
+        run.environ = dict(os.environ)
+        run.awaits = _context.awaits(source)
+        seed = self._write_seed(run, spec, ns, source, transport)
         unshipped = _snapshot.unshipped_names(ns, job.shipped) if ns else []
         seed_spec: dict[str, Any] | None = None
         if seed is not None and (seed.path or seed.streamed):
@@ -197,11 +198,11 @@ class JobManager:
         if job.detached:
             # Shared memory first, for speed; the host moves them into the job's folder
             # once they are written, where they wait for whoever attaches them.
-            result_paths = _paths_apart(job, "results")
-            job._result_paths = list(result_paths)
+            result_paths = _paths_apart(run, "results")
+            run.result_paths = list(result_paths)
         else:
             result_paths = _snapshot.snapshot_paths(str(job.folder), job.id, "results")
-            job._files.extend(result_paths)
+            run.files.extend(result_paths)
         runner_spec = {
             "job_id": job.id,
             "name": job.name,
@@ -209,7 +210,7 @@ class JobManager:
             "filename": spec.script_path,
             "script_file": spec.script_path,
             "workdir": spec.workdir,
-            "token": job._token,
+            "token": run.token,
             "seed": seed_spec,
             "imports": seed.imports if seed else {},
             "import_origins": _snapshot.import_origins(seed.imports) if seed else {},
@@ -236,7 +237,7 @@ class JobManager:
             "submitted": job.submitted.isoformat(),
             "shipped": job.shipped,
             "not_shipped": [s for s in job.skipped if s.get("direction") == "in"],
-            "awaits": job._awaits,
+            "awaits": run.awaits,
             **described,
             "code_file": _store.CODE_FILE,
         }
@@ -245,23 +246,23 @@ class JobManager:
             # job's, read by the host) and the token that opens the results. The file
             # is its owner's only.
             record.update(
-                token=job._token,
+                token=run.token,
                 runner={k: v for k, v in runner_spec.items() if k != "code"},
-                seed_files=list(job._files),
-                shm_dir=job._shm_dir or None,
+                seed_files=list(run.files),
+                shm_dir=run.shm_dir or None,
                 # The slow libraries this notebook has: its host's cold kernel imports
                 # them before the job, as a warm kernel here would have.
                 preimport=heavy_imports(),
             )
         _store.write_json(job.folder / "spec.json", record)
-        job._writer = RecordWriter(job)
-        job._listeners.append(job._writer)
-        job._writer.write()
+        run.writer = RecordWriter(job)
+        run.listeners.append(run.writer)
+        run.writer.write()
         return runner_spec
 
     def _write_seed(
         self,
-        job: Job,
+        run: Run,
         spec: JobSpec,
         ns: dict[str, Any] | None,
         source: str,
@@ -270,41 +271,43 @@ class JobManager:
         if ns is None or spec.env == "none":
             return None
         names = _snapshot.select_names(ns, spec.env, source)
+        job = run.job
         if job.detached:
             # Not in this process's shared-memory folder, which goes when this process
             # does: a detached job's seed must wait for its kernel even then.
-            paths = _paths_apart(job, "seed")
+            paths = _paths_apart(run, "seed")
         else:
             paths = _snapshot.snapshot_paths(str(job.folder), job.id, "seed")
-        job._files.extend(paths)  # before writing: an interrupted write is cleaned too
+        run.files.extend(paths)  # before writing: an interrupted write is cleaned too
         job.timings["snapshot_started"] = time.time()
         # A detached job's host sends its seed: it waits in the job's folder, binary.
         stream_file = job.folder / "seed.stream" if job.detached else None
-        seed = _snapshot.write_snapshot(ns, names, job._token, paths, transport, stream_file)
+        seed = _snapshot.write_snapshot(ns, names, run.token, paths, transport, stream_file)
         job.shipped = seed.shipped
         job.skipped.extend(dict(s, direction="in") for s in seed.skipped)
-        job._seed_blob = seed.blob
+        run.seed_blob = seed.blob
         job.timings["snapshot_written"] = time.time()
         return seed
 
-    def start(self, job: Job, runner_spec: dict[str, Any]) -> None:
-        """Drive ``job`` from a thread of this process."""
-        job._listeners.extend(self._listeners)
+    def start(self, run: Run, runner_spec: dict[str, Any]) -> None:
+        """Drive ``run`` from a thread of this process."""
+        job = run.job
+        run.listeners.extend(self._listeners)
         with self._lock:
-            self._jobs[job.id] = job
-            driver = Driver(job, self, runner_spec)
-            thread = threading.Thread(target=driver.run, name=f"bgjob-{job.name}", daemon=True)
+            self._runs[job.id] = run
+            driver = Driver(run, self, runner_spec)
+            thread = threading.Thread(target=driver.drive, name=f"bgjob-{job.name}", daemon=True)
             self._threads[job.id] = thread
         self.pool()
         thread.start()
         for hook in list(self.submit_hooks):
             hook(job)
 
-    def run_here(self, job: Job, runner_spec: dict[str, Any]) -> None:
-        """Drive ``job`` in the calling thread (a detached job's host does)."""
+    def run_here(self, run: Run, runner_spec: dict[str, Any]) -> None:
+        """Drive ``run`` in the calling thread (a detached job's host does)."""
         with self._lock:
-            self._jobs[job.id] = job
-        Driver(job, self, runner_spec).run()
+            self._runs[run.job.id] = run
+        Driver(run, self, runner_spec).drive()
 
     def take_slot(self, cancelled: threading.Event) -> bool:
         """Wait for one of ``max_concurrent`` slots; False if cancelled meanwhile."""
@@ -326,23 +329,23 @@ class JobManager:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def _finish(self, job: Job, state: str) -> None:
+    def finish(self, run: Run, state: str) -> None:
+        """End ``run`` in ``state``: its merge waits for the notebook (or there is none,
+        and its report is written now), then its done callbacks run."""
+        job = run.job
         mergeable = state == SUCCEEDED or (state == FAILED and job.spec.on_failure == "merge")
-        if job.spec.results == "none" or job._values is None or not mergeable:
-            job._merged = True
+        if job.spec.results == "none" or run.values is None or not mergeable:
+            run.merged = True
         with self._lock:
-            if not job._merged:
-                self._unmerged.append(job)
-        job._set(_t_finished=time.monotonic())
+            if not run.merged:
+                self._unmerged.append(run)
         report = ""
-        if job._merged:
-            from ._merge import report_line
+        if run.merged:
+            from ._merge import Outcome, report_line
 
-            report = report_line(job, state=state)
-        job._set(_state=state, finished=now(), report=report)
-        with job._cond:
-            callbacks, job._callbacks = job._callbacks, []
-            job._settling = threading.get_ident()
+            report = report_line(Outcome.of_run(run, ended=state), state=state)
+        run.end(state, report)
+        callbacks = run.take_callbacks()
         try:
             for fn in callbacks:
                 try:
@@ -354,37 +357,40 @@ class JobManager:
                     except OSError:  # a full or read-only disk: the note is lost, not the job
                         pass
         finally:
-            job._set(_settled=True, _settling=None)
+            run.settle(True)
 
     # -- merging -------------------------------------------------------------------------
     def merge(self, job: Job, ns: dict[str, Any] | None = None) -> str:
         """Merge one finished job's results into ``ns`` (the notebook's namespace)."""
-        from ._merge import merge_results, target_namespace
+        from ._merge import Outcome, merge_results, target_namespace
 
+        run = run_of(job)
         with self._lock:
-            if job._merged or not job.done:
+            if run.merged or not job.done:
                 return ""
-            job._merged = True
-            if job in self._unmerged:
-                self._unmerged.remove(job)
-        report = merge_results(job, ns if ns is not None else target_namespace())
-        job._set(report=report)
+            run.merged = True
+            if run in self._unmerged:
+                self._unmerged.remove(run)
+        report = merge_results(Outcome.of_run(run), ns if ns is not None else target_namespace())
+        run.tell(report=report)
         return report
 
     def merge_ready(self, ns: dict[str, Any] | None = None) -> list[str]:
         """Merge every finished job not merged yet, in the order they finished."""
         with self._lock:
-            ready = [j for j in self._unmerged if j.done]
+            ready = [r.job for r in self._unmerged if r.job.done]
         return [r for r in (self.merge(j, ns) for j in ready) if r]
 
     # -- ending -------------------------------------------------------------------------
     def shutdown(self, announce: bool = False, stream: Any = None, reason: str = "") -> list[Job]:
         """Cancel running jobs (their records say ``reason``), end the pool, and join
         every driver thread."""
-        active = [j for j in self.jobs() if not j.done]
-        for job in active:
-            if reason and not job.reason:
-                job._set(reason=reason)
+        with self._lock:
+            runs = [r for r in self._runs.values() if not r.job.done]
+        active = [r.job for r in runs]
+        for run in runs:
+            if reason and not run.job.reason:
+                run.tell(reason=reason)
         if announce and active:
             names = ", ".join(
                 f"{j.name} ({j.state} {j.progress[0]}/{j.progress[1]})" for j in active
@@ -394,8 +400,8 @@ class JobManager:
                 flush=True,
                 file=stream or sys.stdout,
             )
-        for job in active:
-            job._cancel.set()
+        for run in runs:
+            run.cancel_asked.set()
         saved_grace = settings.cancel_grace
         for job in active:
             self.join_worker(job, timeout=saved_grace + 15)
@@ -418,29 +424,30 @@ class JobManager:
             raise JobStateError(
                 f"job {job.name!r} is still {job.state}; cancel() it before removing it"
             )
+        run = run_of(job)
         with self._lock:
-            self._jobs.pop(job.id, None)
-            if job in self._unmerged:
-                self._unmerged.remove(job)
-        for path in job._files:
+            self._runs.pop(job.id, None)
+            if run in self._unmerged:
+                self._unmerged.remove(run)
+        for path in run.files:
             remove_snapshot(path)
 
     def forget_finished(self) -> None:
         with self._lock:
-            for key in [k for k, j in self._jobs.items() if j.done]:
-                del self._jobs[key]
+            for key in [k for k, r in self._runs.items() if r.job.done]:
+                del self._runs[key]
                 self._threads.pop(key, None)
 
 
-def _paths_apart(job: Job, what: str) -> list[str]:
+def _paths_apart(run: Run, what: str) -> list[str]:
     """Where a detached job's seed or results may go: a shared-memory folder of the job's
     own (not this process's, which goes when this process does; the job's host removes
     it), else the job's folder."""
-    paths = [str(job.folder / f"{what}.snap")]
-    if job._shm_dir is None:
-        job._shm_dir = job_shm_dir(job.id) or ""
-    if job._shm_dir:
-        paths.insert(0, os.path.join(job._shm_dir, f"{what}.snap"))
+    paths = [str(run.job.folder / f"{what}.snap")]
+    if run.shm_dir is None:
+        run.shm_dir = job_shm_dir(run.job.id) or ""
+    if run.shm_dir:
+        paths.insert(0, os.path.join(run.shm_dir, f"{what}.snap"))
     return paths
 
 

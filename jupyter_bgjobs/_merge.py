@@ -4,10 +4,62 @@ from __future__ import annotations
 
 import sys
 import types
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._job import Job
+    from ._job import Run
+    from ._states import ErrorInfo
+
+
+@dataclass(frozen=True)
+class MergeRules:
+    """How a job's results go into the notebook, as it was started with them."""
+
+    results: str = "globals"
+    results_name: str = ""
+    on_conflict: str = "keep"
+    on_failure: str = "merge"
+
+
+@dataclass
+class Outcome:
+    """What a merge and its report read of an ended job: the same for a job of this
+    process and for a detached job's results attached from the store."""
+
+    name: str
+    state: str
+    progress: tuple[int, int]
+    elapsed: float
+    rules: MergeRules
+    reason: str = ""
+    error: ErrorInfo | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    # The ids of the notebook's objects when the job started, to tell its own changes.
+    ns_ids: dict[str, int] = field(default_factory=dict)
+    mutated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def of_run(cls, run: Run, ended: str = "") -> Outcome:
+        """A job of this process, as it is now (or as it ends in ``ended``)."""
+        job = run.job
+        spec = job.spec
+        return cls(
+            name=job.name,
+            state=ended or job.state,
+            progress=job.progress,
+            elapsed=job.elapsed,
+            rules=MergeRules(spec.results, spec.results_name, spec.on_conflict, spec.on_failure),
+            reason=job.reason,
+            error=job.error,
+            values=dict(run.values or {}),
+            ns_ids=run.ns_ids,
+            mutated=job.mutated,
+            deleted=job.deleted,
+            skipped=job.skipped,
+        )
 
 
 def target_namespace() -> dict[str, Any]:
@@ -81,10 +133,10 @@ def _seen_elsewhere(ns: dict[str, Any], key: str) -> bool:
     return _references(ns, key) > _references(alone, key)
 
 
-def merge_results(job: Job, ns: dict[str, Any]) -> str:
+def merge_results(job: Outcome, ns: dict[str, Any]) -> str:
     """Merge ``job``'s results into ``ns`` per its ``results`` and ``on_conflict`` modes."""
-    values = dict(job._values or {})
-    spec = job.spec
+    values = dict(job.values)
+    spec = job.rules
     merged: list[str] = []
     overwrote: list[str] = []
     conflicts: list[str] = []
@@ -100,7 +152,7 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
             if key in ns and ns[key] is values[key]:
                 continue  # the same object (a module both sides imported): nothing to do
             if key in ns:
-                rebound = job._ns_ids.get(key) != id(ns[key])
+                rebound = job.ns_ids.get(key) != id(ns[key])
                 if rebound and spec.on_conflict == "keep":
                     conflicts.append(key)
                     aside[key] = values[key]
@@ -122,10 +174,10 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
             merged.append(key)
         # What the job deleted of the names it was given goes from the notebook too,
         # unless the notebook bound the name anew since the job started.
-        for key in getattr(job, "deleted", None) or []:
+        for key in job.deleted:
             if key not in ns:
                 continue
-            if job._ns_ids.get(key) != id(ns[key]) and spec.on_conflict == "keep":
+            if job.ns_ids.get(key) != id(ns[key]) and spec.on_conflict == "keep":
                 conflicts.append(key)
                 continue
             del ns[key]
@@ -136,7 +188,7 @@ def merge_results(job: Job, ns: dict[str, Any]) -> str:
     return report_line(job, merged, where, overwrote, conflicts, deleted=deleted)
 
 
-def outcome(job: Job, state: str = "") -> str:
+def outcome(job: Outcome, state: str = "") -> str:
     """How the job ended, in words: ``fit: failed at statement 3/5; ZeroDivisionError: ...``."""
     state = state or job.state
     done, total = job.progress
@@ -148,14 +200,14 @@ def outcome(job: Job, state: str = "") -> str:
         line += f"; {job.reason}"
     elif job.error:
         line += f"; {job.error.ename}: {job.error.evalue}"
-    merges_here = state == "failed" and job.spec.on_failure == "merge"
-    if job._values and not (merges_here and job.spec.results != "none"):
+    merges_here = state == "failed" and job.rules.on_failure == "merge"
+    if job.values and not (merges_here and job.rules.results != "none"):
         line += f"; partial results kept in get_job({job.name!r}).results"
     return line
 
 
 def report_line(
-    job: Job,
+    job: Outcome,
     merged: list[str] | None = None,
     where: str = "",
     overwrote: list[str] | None = None,
@@ -164,15 +216,15 @@ def report_line(
     deleted: list[str] | None = None,
 ) -> str:
     """One line: the outcome, what was merged and overwritten, what did not travel."""
-    spec = job.spec
+    spec = job.rules
     state = state or job.state
     parts = [outcome(job, state)]
     if merged:
         parts.append(f"merged {_names(merged)}{where}")
     elif spec.results != "none" and state == "succeeded" and not deleted:
         parts.append("no new names")
-    elif state == "succeeded" and job._values:
-        parts.append(f"results in get_job({job.name!r}).results: {_names(sorted(job._values))}")
+    elif state == "succeeded" and job.values:
+        parts.append(f"results in get_job({job.name!r}).results: {_names(sorted(job.values))}")
     if deleted:
         parts.append(f"deleted {_names(deleted)} (as the job did)")
     if overwrote:

@@ -170,7 +170,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
         if job.done:
             if job.report:
                 words = [job.report.split(": ", 1)[-1]]
-            elif not getattr(job, "_merged", True):
+            elif not getattr(job, "merged", True):
                 words = ["results merge before the next cell runs"]
         self.text.value = html.escape(" · ".join(words))
         self.clock.value = _clock(job.elapsed)
@@ -326,7 +326,7 @@ class _Updater:
         panel = self.ensure_panel()
         with self.cond:
             self.rows[row.job.id] = row
-            row.job._listeners.append(lambda job: self.mark(job.id))
+            row.job.on_change(lambda job: self.mark(job.id))
             self.stopped = False
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="bgjobs-panel", daemon=True)
@@ -456,7 +456,7 @@ def show_row(obj: Any, notify: bool = False) -> JobRow:
                 last[0] = key
                 handle.update(row)
 
-    obj._listeners.append(on_change)
+    obj.on_change(on_change)
     return row
 
 

@@ -189,6 +189,10 @@ class ProgressJob(Tailed, RowClock):
         failed = f" ({self._failed} failed)" if self.partial else ""
         return f"<ProgressJob {self.name!r} {self._state} {self._done}/{self._total}{failed}>"
 
+    def on_change(self, fn: Callable[[Any], Any]) -> None:
+        """Call ``fn(row)`` after every change of the row."""
+        self._listeners.append(fn)
+
     def _changed(self) -> None:
         if self.in_job:
             self._forward()

@@ -21,15 +21,16 @@ from ._inside.kernel.wire import (
     load_file,
     piece_paths,
 )
-from ._job import Job
+from ._job import Run
 from ._stream import RUNNER, TransferError, fetch
 
 
 def _load_one_by_one(
-    job: Job, kernel: Any, names: list[str], first: Exception, stream: bool
+    run: Run, kernel: Any, names: list[str], first: Exception, stream: bool
 ) -> dict[str, Any]:
     """Ask the job's kernel, still alive, to send each result on its own (over the kernel
     protocol when ``stream``), and load what can be loaded; each name that cannot says why."""
+    job = run.job
     values: dict[str, Any] = {}
     reasons = {name: f"could not be loaded here: {first}" for name in names}
     if kernel is not None and kernel.alive():
@@ -38,8 +39,8 @@ def _load_one_by_one(
             for i, n in enumerate(names)
         }
         for candidates in paths.values():
-            job._files.extend(candidates)
-        request = {"token": job._token, "paths": paths, "transport": "stream" if stream else "file"}
+            run.files.extend(candidates)
+        request = {"token": run.token, "paths": paths, "transport": "stream" if stream else "file"}
         msg_id = kernel.execute(f"{RUNNER}.resend({json.dumps(request)!r})", silent=True)
         # All the answers first: fetching one reads the kernel's messages too.
         answers: list[dict[str, Any]] = []
@@ -63,9 +64,9 @@ def _load_one_by_one(
                     raise SnapshotError(event["error"])
                 if event.get("key"):
                     data = fetch(kernel, event["key"], event)
-                    values.update(decode(data, job._token))
+                    values.update(decode(data, run.token))
                 else:
-                    values.update(load_file(event["path"], job._token, event.get("pieces", 1)))
+                    values.update(load_file(event["path"], run.token, event.get("pieces", 1)))
                 reasons.pop(name, None)
             except Exception as exc:
                 reasons[name] = f"could not be loaded here: {type(exc).__name__}: {exc}"
@@ -74,16 +75,19 @@ def _load_one_by_one(
     return values
 
 
-def _lost_on_the_way(job: Job, names: list[str], exc: BaseException) -> None:
+def _lost_on_the_way(run: Run, names: list[str], exc: BaseException) -> None:
     reason = f"its results were lost on the way back: {exc}"
-    job._set(reason=reason, _results_lost=True)
+    run.tell(reason=reason, results_lost=True)
     for name in names:
-        job.skipped.append({"name": name, "type": "?", "direction": "out", "reason": reason})
+        run.job.skipped.append({"name": name, "type": "?", "direction": "out", "reason": reason})
 
 
-def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> None:
+def load_results(run: Run, end: dict[str, Any] | None, kernel: Any = None) -> None:
+    """Load the results ``end`` announces into ``run`` (its ``values``), and say of each
+    name that could not come back why."""
     if end is None:
         return
+    job = run.job
     info = end.get("results") or {}
     job.skipped.extend(dict(s, direction="out") for s in info.get("skipped", []))
     values: dict[str, Any] = {}
@@ -94,31 +98,31 @@ def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
             if info.get("transport") == "stream":
                 if kernel is None:
                     raise TransferError("the job's kernel is gone")
-                values.update(decode(fetch(kernel, job._token, info), job._token))
+                values.update(decode(fetch(kernel, run.token, info), run.token))
                 job.timings["results_fetched"] = time.time()
-            elif info.get("path") in job._files:
-                values.update(load_file(info["path"], job._token, info.get("pieces", 1)))
+            elif info.get("path") in run.files:
+                values.update(load_file(info["path"], run.token, info.get("pieces", 1)))
                 job.timings["results_mapped"] = time.time()
             else:
                 raise SnapshotError(f"results path {info.get('path')!r} is not this job's")
         except TransferError as exc:
             # Not one name that cannot load here: the link lost them all. The job failed.
-            _lost_on_the_way(job, info["names"], exc)
+            _lost_on_the_way(run, info["names"], exc)
         except Exception as exc:  # one name that cannot load here must not sink the rest
             stream = info.get("transport") == "stream"
-            values.update(_load_one_by_one(job, kernel, info["names"], exc, stream))
+            values.update(_load_one_by_one(run, kernel, info["names"], exc, stream))
     # A function or class that came back as the very object the notebook had under that
     # name (pickled by reference: `from math import sqrt`) is nothing new: no result. Not
     # data: a small int or a short string is one shared object on both sides by chance.
     by_reference = (type, types.FunctionType, types.BuiltinFunctionType)
     for name in [
-        n for n, v in values.items() if isinstance(v, by_reference) and job._ns_ids.get(n) == id(v)
+        n for n, v in values.items() if isinstance(v, by_reference) and run.ns_ids.get(n) == id(v)
     ]:
         del values[name]
     for name, module in (info.get("modules") or {}).items():
         import importlib
 
-        if name in job._ns_ids and job._ns_ids[name] == id(sys.modules.get(module)):
+        if name in run.ns_ids and run.ns_ids[name] == id(sys.modules.get(module)):
             continue  # the notebook has that very module under that name: no result
         try:
             values[name] = importlib.import_module(module)
@@ -131,14 +135,14 @@ def load_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
                     "reason": f"import {module} failed here: {exc}",
                 }
             )
-    job._values = values
+    run.values = values
     job.timings["code_done"] = end.get("code_done", 0.0)
     for key in ("t_compared", "t_encoded", "t_written"):
         if key in info:
             job.timings["results_" + key[2:]] = info[key]
     job.timings["end_received"] = time.time()
     job.timings["results_loaded"] = time.time()
-    for path in job._files:
+    for path in run.files:
         remove_snapshot(path)
 
 
@@ -151,12 +155,13 @@ def remove_snapshot(path: str) -> None:
             pass
 
 
-def keep_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> None:
+def keep_results(run: Run, end: dict[str, Any] | None, kernel: Any = None) -> None:
     """A detached job's results stay, as its kernel wrote them, in its folder for whoever
     attaches them: the host never loads the notebook's values. ``results.json`` says
     where they are, and what did not travel."""
     from ._store import write_json
 
+    job = run.job
     info = (end or {}).get("results") or {}
     kept: dict[str, Any] = {
         "names": list(info.get("names") or []),
@@ -179,35 +184,35 @@ def keep_results(job: Job, end: dict[str, Any] | None, kernel: Any = None) -> No
             try:
                 # Straight into a file, the host never holding the results in memory; named
                 # results.snap once whole, so no reader of the store sees half of it.
-                fetch(kernel, job._token, info, str(partial))
+                fetch(kernel, run.token, info, str(partial))
                 os.replace(partial, path)
                 kept.update(path=str(path), pieces=1)
             except (BgJobError, OSError) as exc:
-                _lost_on_the_way(job, kept["names"], exc)
+                _lost_on_the_way(run, kept["names"], exc)
                 kept["not_saved"].extend(
                     {"name": n, "type": "?", "reason": f"lost on the way back: {exc}"}
                     for n in kept["names"]
                 )
                 kept["names"] = []
-        elif info.get("path") in job._result_paths:
+        elif info.get("path") in run.result_paths:
             kept.update(path=info["path"], pieces=info.get("pieces", 1))
         else:
             kept["names"] = []
             kept["not_saved"].append(
                 {"name": "*", "type": "results", "reason": "written outside the job's folder"}
             )
-    job._kept = kept
+    run.kept = kept
     # A write the store refuses (read-only, full) waits in the job for its host to retry.
-    job._unsaved = [lambda: write_json(job.folder / "results.json", kept)]
-    save_kept(job)
+    run.unsaved = [lambda: write_json(job.folder / "results.json", kept)]
+    save_kept(run)
 
 
-def save_kept(job: Job) -> bool:
+def save_kept(run: Run) -> bool:
     """Write what ``keep_results`` could not write yet; True once all is written."""
-    while job._unsaved:
+    while run.unsaved:
         try:
-            job._unsaved[0]()
+            run.unsaved[0]()
         except OSError:
             return False
-        job._unsaved.pop(0)
+        run.unsaved.pop(0)
     return True

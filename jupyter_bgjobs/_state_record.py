@@ -54,7 +54,7 @@ def state_record(job: Any) -> dict[str, Any]:
         "detached": job.detached,
         "where": spec.gateway or where(spec),
         "kernel": spec.kernel,
-        "notebook": job._environ.get("JPY_SESSION_NAME") or None,
+        "notebook": job.notebook,
         "skipped": job.skipped,
         # Every transition, with its time and, for an end, its reason.
         "history": list(getattr(job, "history", [])),

@@ -109,7 +109,7 @@ def store_root() -> Path:
         if mode & 0o077:  # made by hand, or by an older version: no one else's to read
             os.chmod(root, mode & 0o700)
     except OSError as exc:
-        raise _write_error(store_path(), "make the job store", exc) from None
+        raise write_error(store_path(), "make the job store", exc) from None
     return root
 
 
@@ -125,7 +125,7 @@ def new_entry(doing: str) -> Path:
         folder.mkdir(mode=0o700)
         os.chmod(folder, 0o700)  # whatever the umask
     except OSError as exc:
-        raise _write_error(store, doing, exc) from None
+        raise write_error(store, doing, exc) from None
     return folder
 
 
@@ -165,7 +165,7 @@ def require_writable(folder: Path, doing: str) -> None:
         raise StoreError(f"cannot {doing}: {why}; {_fix(where)}")
 
 
-def _write_error(folder: Path, doing: str, exc: OSError) -> StoreError:
+def write_error(folder: Path, doing: str, exc: OSError) -> StoreError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         what = "on a read-only file system" if exc.errno == errno.EROFS else "read-only"
         where = Path(exc.filename).parent if exc.filename else folder
@@ -207,7 +207,7 @@ def write_with(path: Path, writer: Callable[[IO[bytes]], Any], doing: str = "") 
         except OSError:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, StoreError):
-            raise _write_error(path.parent, doing, exc) from None
+            raise write_error(path.parent, doing, exc) from None
         raise
 
 

@@ -29,7 +29,7 @@ from jupyter_bgjobs._backends.local import KernelStartError
 from jupyter_bgjobs._config import settings
 from jupyter_bgjobs._driver import Driver
 from jupyter_bgjobs._inside.kernel.wire import decode
-from jupyter_bgjobs._job import Job
+from jupyter_bgjobs._job import Job, Run, run_of
 from jupyter_bgjobs._manager import JobManager
 from jupyter_bgjobs._spec import JobSpec, build_spec
 
@@ -127,7 +127,7 @@ def test_a_job_goes_from_starting_through_running_to_succeeded(mgr: JobManager) 
     assert "loading" in job.log_path.read_text()
     # One run call, carrying the job's spec; the kernel is ended with the job's driver.
     mgr.join_worker(job, WAIT)
-    assert kernel.spec is not None and kernel.spec["token"] == job._token
+    assert kernel.spec is not None and kernel.spec["token"] == run_of(job).token
     assert [c.split("(")[1] for c in kernel.executed] == ["'_bgjobs_runner').run"]
     assert kernel.shutdowns == [True] and kernel.interrupts == 0
 
@@ -308,7 +308,7 @@ def test_the_seed_travels_in_chunks_before_the_run_call(mgr: JobManager) -> None
     seed = kernel.requests[0].metadata["bgjobs_seed"]
     (chunk,) = kernel.received
     assert seed["seq"] == 0 and seed["nbytes"] == len(chunk)
-    assert decode(chunk, job._token) == {"a": 1}  # binary, not text
+    assert decode(chunk, run_of(job).token) == {"a": 1}  # binary, not text
     assert kernel.spec is not None and kernel.spec["seed"]["transport"] == "stream"
     assert kernel.spec["seed"]["sha256"] == hashlib.sha256(chunk).hexdigest()
 
@@ -346,11 +346,12 @@ def test_cancel_before_the_kernel_is_taken(mgr: JobManager) -> None:
 
 def test_a_driver_takes_its_kernel_from_the_source_it_is_given(mgr: JobManager) -> None:
     # The seam itself: a Driver run in this thread, its kernel from the source passed in.
-    job = Job(spec(name="seam"), mgr)
+    run = Run(spec(name="seam"), mgr)
+    job = run.job
     kernel = FakeKernel([fake.plan(1), fake.stmt(0, 1), fake.end(done=1)])
     pool = FakePool(kernel)
-    runner_spec = {"token": job._token, "context": {}, "results": None}
-    Driver(job, mgr, runner_spec, kernels=pool).run()
+    runner_spec = {"token": run.token, "context": {}, "results": None}
+    Driver(run, mgr, runner_spec, kernels=pool).drive()
     assert job.state == "succeeded" and pool.asked == [None]
     assert kernel.spec == runner_spec
 
@@ -391,11 +392,24 @@ def test_a_transition_no_table_entry_allows_is_refused(mgr: JobManager) -> None:
     from jupyter_bgjobs._states import TRANSITIONS, TransitionError, event_of, transition
 
     job = submit(mgr, FakeKernel(two_sections())).wait(WAIT)
+    run = run_of(job)
     told = list(job.history)
-    for target in ("running", "failed", "pending"):
+    # An ended run moves no more: not back to running, not into another end.
+    for move in (run.start, run.running, lambda: run.end("failed"), lambda: run.end("died")):
         with pytest.raises(TransitionError, match="no transition from 'succeeded'"):
-            job._set(_state=target)
+            move()
+    with pytest.raises(TransitionError, match="'running' is not an end"):
+        run.end("running")
     assert job.state == "succeeded" and job.history == told
+    # A fresh run cannot skip starting, and no caller sets a field the run does not have.
+    fresh = Run(spec(name="fresh"), mgr)
+    with pytest.raises(TransitionError, match="no transition from 'pending' to 'running'"):
+        fresh.running()
+    with pytest.raises(TypeError, match="moves by its transitions only"):
+        fresh.tell(state="succeeded")
+    with pytest.raises(TypeError, match="no fact"):
+        fresh.advance(3, colour="red")
+    assert fresh.job.state == "pending" and story(fresh.job) == [("submit", "pending")]
     # Every entry of the table, from each state it names and from no other.
     states = {s for sources, target in TRANSITIONS.values() for s in (*sources, target)}
     for name, (sources, target) in TRANSITIONS.items():

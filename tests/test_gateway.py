@@ -14,6 +14,7 @@ from gatewayserver import TOKEN, Gateway
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs._backends import gateway as _gateway
+from jupyter_bgjobs._job import run_of
 
 pytest.importorskip("kernel_gateway")
 
@@ -120,7 +121,7 @@ def test_a_dropped_websocket_is_reopened_and_nothing_is_lost(gateway: Gateway) -
         job._cond.wait_for(lambda: "tick 5" in job.output or job.done, 60)
     # The network drops the connection: cut our end of the websocket, which is the one
     # place a test can reach; the client must reopen it with the same session.
-    job._kernel.drop_connection()
+    run_of(job).kernel.drop_connection()
     job.wait(60)
     assert job.state == "succeeded", job.reason
     ticks = [line for line in job.output.splitlines() if line.startswith("tick")]

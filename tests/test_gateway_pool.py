@@ -24,6 +24,7 @@ from jupyter_bgjobs._api import manager
 from jupyter_bgjobs._backends import gateway_pool
 from jupyter_bgjobs._backends.gateway_pool import GatewayPool
 from jupyter_bgjobs._config import settings
+from jupyter_bgjobs._job import run_of
 
 pytest.importorskip("kernel_gateway")
 
@@ -89,11 +90,11 @@ def test_a_job_takes_a_warm_kernel_and_the_pool_refills(gateway: Gateway) -> Non
     assert job.state == "succeeded", job.reason
     assert job.results is not None and job.results.y == 42
     # It ran in a kernel that was started before it was submitted, and soon after.
-    assert job._kernel.kernel_id in warm
+    assert run_of(job).kernel.kernel_id in warm
     assert job.timings["first_statement"] >= job.timings["submitted"]
     assert pool.wait_warm(60)
     refilled = set(pool.idle_ids())
-    assert len(refilled) == 2 and job._kernel.kernel_id not in refilled
+    assert len(refilled) == 2 and run_of(job).kernel.kernel_id not in refilled
     # The job's kernel is deleted once it ended; the gateway keeps the pool's only.
     until(
         lambda: ids(gateway) == refilled and manager.reaper.listed() == refilled,
@@ -109,7 +110,7 @@ def test_a_job_takes_a_warm_kernel_and_the_pool_refills(gateway: Gateway) -> Non
         kernel_env={"KERNEL_TEAM": "blue"},
     ).wait(60)
     assert own.state == "succeeded" and own.results is not None and own.results.team == "blue"
-    assert own._kernel.kernel_id not in refilled and set(pool.idle_ids()) == refilled
+    assert run_of(own).kernel.kernel_id not in refilled and set(pool.idle_ids()) == refilled
 
     bj.configure(gateway_pool_size=0)
     assert gateway.no_kernels_left()
@@ -122,7 +123,7 @@ def test_a_job_through_the_magic_takes_a_warm_kernel(ip: Any, gateway: Gateway) 
     ip.run_cell_magic("bgjob", "magic", "answer = base * 2")
     job = bj.get_job("magic").wait(60)
     assert job.state == "succeeded", job.reason
-    assert job._kernel.kernel_id in warm
+    assert run_of(job).kernel.kernel_id in warm
     assert ip.user_ns["answer"] == 42
 
 
@@ -217,6 +218,7 @@ def _warm_notebook(nb: Notebook, url: str) -> tuple[int, set[str]]:
     said = nb.run(
         "import jupyter_bgjobs as bj\n"
         "from jupyter_bgjobs._api import manager\n"
+        "from jupyter_bgjobs._job import run_of\n"
         f"bj.configure(pool_size=0, gateway={url!r}, gateway_pool_size=2)\n"
         "pool = manager.gateway_pool()\n"
         "assert pool.wait_warm(60), pool.last_error\n"
@@ -247,7 +249,7 @@ def test_gateway_kernels_end_with_a_killed_notebook_kernel(
         "    with job._cond:\n"
         "        assert job._cond.wait_for(lambda: job.state == 'running', 60), job.reason\n"
         "assert pool.wait_warm(60), pool.last_error\n"
-        "print(jobs[0]._kernel.kernel_id, *manager.reaper.listed())\n"
+        "print(run_of(jobs[0]).kernel.kernel_id, *manager.reaper.listed())\n"
     )
     taken, *listed = said.split()
     assert taken in pooled and taken in listed, "the pooled job's kernel stays the reaper's"
@@ -282,7 +284,7 @@ def test_a_culled_pooled_kernel_gives_a_fresh_kernel(
     job = bj.run_cell("y = 6 * 7", name="fresh", results="none").wait(60)
     assert job.state == "succeeded", job.reason
     assert job.results is not None and job.results.y == 42
-    assert job._kernel.kernel_id not in warm
+    assert run_of(job).kernel.kernel_id not in warm
 
 
 def test_the_pool_replaces_kernels_the_gateway_culled(

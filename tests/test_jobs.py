@@ -93,7 +93,7 @@ def test_section_per_statement_is_reported_live() -> None:
         """,
         name="sections",
     )
-    job._listeners.append(lambda j: seen.append((j.section, j.progress[0])) if lock else None)
+    job.on_change(lambda j: seen.append((j.section, j.progress[0])) if lock else None)
     job.wait(60)
     assert job.progress == (3, 3)
     sections = [s for s, _ in seen if s]

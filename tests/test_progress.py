@@ -66,7 +66,7 @@ def test_custom_progress_and_status_inside_a_job_drive_its_row() -> None:
         """
     )
     job = bj.run_cell(code, results="none", env="none")
-    job._listeners.append(lambda j: seen.append((*j.progress, j.status)))
+    job.on_change(lambda j: seen.append((*j.progress, j.status)))
     job.wait(60)
     assert job.state == "succeeded", job.output
     assert job.progress == (5, 5)  # the job's own units, not its 2 statements

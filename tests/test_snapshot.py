@@ -27,6 +27,7 @@ from jupyter_bgjobs._inside.kernel.wire import (
     load_file,
     piece_paths,
 )
+from jupyter_bgjobs._job import run_of
 
 TORTURE = textwrap.dedent(
     """
@@ -278,7 +279,7 @@ def test_snapshot_files_are_private_and_removed(ip: Any, tmp_path: Path) -> None
     job = bj.get_job("tidy").wait(60)
     assert job.state == "succeeded"
     assert ip.user_ns["shipme"][-1] == 2.0 and ip.user_ns["back"][-1] == 3.0
-    assert not [p for p in job._files for p in glob.glob(glob.escape(p) + "*")]
+    assert not [p for p in run_of(job).files for p in glob.glob(glob.escape(p) + "*")]
 
 
 def test_a_job_refuses_a_snapshot_not_written_for_it(ip: Any, tmp_path: Path) -> None:
@@ -349,7 +350,7 @@ def test_results_written_into_memory_made_ready_while_the_job_ran(ip: Any) -> No
         ip.run_cell_magic("bgjob", name, ready + code)
         job = bj.get_job(name).wait(120)
         assert job.state == "succeeded", job.output
-        assert not [p for p in job._files for p in glob.glob(glob.escape(p) + "*")]
+        assert not [p for p in run_of(job).files for p in glob.glob(glob.escape(p) + "*")]
     np.testing.assert_array_equal(ip.user_ns["small"], np.arange(10))
     assert ip.user_ns["label"] == "done"
     np.testing.assert_array_equal(ip.user_ns["large"], np.arange(40 * 2**20))
