@@ -74,9 +74,9 @@ def panel() -> Any:
 def __getattr__(name: str) -> Any:
     # tqdm is imported only when asked for.
     if name == "tqdm":
-        from ._progress import _make_tqdm
+        from ._progress import make_tqdm
 
-        cls = _make_tqdm()
+        cls = make_tqdm()
         globals()["tqdm"] = cls
         return cls
     raise AttributeError(f"module 'jupyter_bgjobs' has no attribute {name!r}")

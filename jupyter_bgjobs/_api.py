@@ -15,7 +15,7 @@ from ._errors import BgJobError, JobSpecError, WaitTimeout
 from ._inside.procs import death_reason as _death_reason
 from ._job import Job
 from ._manager import manager
-from ._spec import JobSpec, _parse_kernel_env, _script_name, build_spec
+from ._spec import JobSpec, build_spec, parse_kernel_env, script_name
 from ._state_record import KERNEL_SHUT_DOWN
 from ._states import FINAL_STATES, ErrorInfo
 
@@ -139,7 +139,7 @@ def run_script(
     results = _results or results
     spec = make_spec(
         code,
-        name=name if name is not None else _script_name(script),
+        name=name if name is not None else script_name(script),
         kind="script",
         kernel=kernel,
         timeout=timeout,
@@ -209,11 +209,11 @@ __all__ = [
     "JobSpec",
     "WaitTimeout",
     "_death_reason",
-    "_parse_kernel_env",
     "get_job",
     "jobs",
     "make_spec",
     "manager",
+    "parse_kernel_env",
     "run_cell",
     "run_script",
 ]

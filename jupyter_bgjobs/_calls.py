@@ -268,23 +268,22 @@ class BgCall:
         pid = self.pid or self._pids().get("pid")
         return None if pid is None else int(pid)
 
+    def _watch(self, proc: subprocess.Popen[bytes], timeout: float | None) -> None:
+        """The parent's side of a call that is not detached: wait, time out, record the end."""
+        code = _procs.reap(proc, timeout)
+        if code is None:
+            self._ended_by = TIMED_OUT
+            code = _procs.end(proc, grace=0)
+        _write_private_json(
+            self.folder / "status.json",
+            {"returncode": code, "ended_by": self._ended_by, "ended": time.time()},
+        )
+        # The record is final before wait() returns: whoever waited reads the end there too.
+        write_call_record(self)
+        self._ended.set()
+
     def __repr__(self) -> str:
         return f"<BgCall {self.name} ({self.id}) {self.state}, pid {self.pid}>"
-
-
-def _watch(call: BgCall, proc: subprocess.Popen[bytes], timeout: float | None) -> None:
-    """The parent's side of a call that is not detached: wait, time out, record the end."""
-    code = _procs.reap(proc, timeout)
-    if code is None:
-        call._ended_by = TIMED_OUT
-        code = _procs.end(proc, grace=0)
-    _write_private_json(
-        call.folder / "status.json",
-        {"returncode": code, "ended_by": call._ended_by, "ended": time.time()},
-    )
-    # The record is final before wait() returns: whoever waited reads the end there too.
-    write_call_record(call)
-    call._ended.set()
 
 
 def _write_private_json(path: Path, data: dict[str, Any]) -> None:
@@ -436,7 +435,7 @@ def _start_attached(call: BgCall, timeout: float | None, out: IO[bytes], err: IO
     )
     write_call_record(call)
     threading.Thread(
-        target=_watch, args=(call, proc, timeout), name=f"bg-{call.name}", daemon=True
+        target=call._watch, args=(proc, timeout), name=f"bg-{call.name}", daemon=True
     ).start()
 
 

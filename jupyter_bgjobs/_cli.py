@@ -127,7 +127,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     for name in info.get("names") or []:
         value = values.get(name)
         print(f"  {name}: {type(value).__name__} = {_short(value)}")
-    for miss in _detached._not_saved(info):
+    for miss in _detached.not_saved(info):
         print(f"  not saved: {miss}")
     if handle.error:
         print(f"  the job raised {handle.error.ename}: {handle.error.evalue}")

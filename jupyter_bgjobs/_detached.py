@@ -39,7 +39,7 @@ class DetachedJob:
         # While a reader looks at the job as one (``frozen``), each file is read once; the
         # first look takes the spec read here.
         self._memo: dict[str, Any] | None = {}
-        spec = self._spec()
+        spec = self.spec_record()
         self._first: dict[str, Any] | None = self._memo
         self._memo = None
         # The folder's name is the id: a spec that claims another id is damage, never a
@@ -80,7 +80,10 @@ class DetachedJob:
     def _file(self, name: str) -> dict[str, Any]:
         return self.loaded(name)[0] or {}
 
-    def _record(self) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
+        """The job's state record as stored (``state.json``), checked: empty when it
+        cannot be read as one; a running record whose owner has gone says it ended."""
+
         def read() -> dict[str, Any]:
             record = self._file("state.json")
             # A field of the wrong type would break every property: none is read from it.
@@ -110,7 +113,7 @@ class DetachedJob:
         when its record cannot be read."""
         if self.damage:
             return DAMAGED
-        record = self._record()
+        record = self.record()
         state = str(record.get("state", "pending"))
         if state in FINAL_STATES or not self.detached:
             return state
@@ -118,23 +121,23 @@ class DetachedJob:
             return "died"
         return state
 
-    def _host_record(self) -> dict[str, Any]:
+    def host_record(self) -> dict[str, Any]:
         """The host as the record names it (``host_pid``, ``host_id``), else as the
         process that started it wrote it in ``host.json`` (``pid``, ``pid_id``)."""
-        record = self._record()
+        record = self.record()
         if record.get("host_pid"):
             return {"pid": record.get("host_pid"), "pid_id": record.get("host_id")}
         return self._file("host.json")
 
     def _host_known(self) -> bool:
-        host = self._host_record()
+        host = self.host_record()
         pid = host.get("pid")
         return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
 
     def _host_alive(self) -> bool:
         def ask() -> bool:
             return _store.recorded_alive(
-                self._host_record(), "pid", heartbeat=self.folder / "host.json"
+                self.host_record(), "pid", heartbeat=self.folder / "host.json"
             )
 
         return self._remembered("host_alive", ask)  # type: ignore[no-any-return]
@@ -145,20 +148,20 @@ class DetachedJob:
 
     @property
     def progress(self) -> tuple[int, int]:
-        done, total = self._record().get("progress", [0, 0])
+        done, total = self.record().get("progress", [0, 0])
         return int(done), int(total)
 
     @property
     def section(self) -> str:
-        return str(self._record().get("section", ""))
+        return str(self.record().get("section", ""))
 
     @property
     def status(self) -> str:
-        return str(self._record().get("status", ""))
+        return str(self.record().get("status", ""))
 
     @property
     def elapsed(self) -> float:
-        record = self._record()
+        record = self.record()
         started = record.get("started")
         if not started:
             return 0.0
@@ -168,28 +171,28 @@ class DetachedJob:
 
     @property
     def error(self) -> ErrorInfo | None:
-        err = self._record().get("error")
+        err = self.record().get("error")
         return ErrorInfo(*err) if err else None
 
     @property
     def reason(self) -> str:
         damage = self.damage
         if damage or not self.detached:
-            return damage or recorded_reason(self._record())
-        if self.state == "died" and self._record().get("state") not in FINAL_STATES:
+            return damage or recorded_reason(self.record())
+        if self.state == "died" and self.record().get("state") not in FINAL_STATES:
             return "its host process ended before the job did"
-        return recorded_reason(self._record())
+        return recorded_reason(self.record())
 
     @property
     def history(self) -> list[dict[str, str]]:
         """The job's story as its record tells it: each transition, when, and for an end
         why (``[]`` for a record that has none)."""
-        return [dict(e) for e in self._record().get("history") or []]
+        return [dict(e) for e in self.record().get("history") or []]
 
     @property
     def log_note(self) -> str:
         """Why the job's log is incomplete (the disk refused some output), or ""."""
-        return str(self._record().get("log_note") or "")
+        return str(self.record().get("log_note") or "")
 
     @property
     def log_path(self) -> Path | None:
@@ -225,7 +228,7 @@ class DetachedJob:
     @property
     def can_stop(self) -> bool:
         # Another process's attached job is stopped from there.
-        return self.detached and not self.done and bool(self._host_record().get("pid_id"))
+        return self.detached and not self.done and bool(self.host_record().get("pid_id"))
 
     def on_change(self, fn: Callable[[Any], Any]) -> None:
         """Call ``fn(job)`` when a reader of this process sees the job change."""
@@ -272,7 +275,7 @@ class DetachedJob:
             if isinstance(kept.get("path"), str) and kept.get("names"):
                 from ._inside.kernel.wire import load_file
 
-                spec = self._spec()
+                spec = self.spec_record()
                 token = str(spec.get("token", ""))
                 try:
                     path = self._results_path(kept, spec)
@@ -308,7 +311,7 @@ class DetachedJob:
     @property
     def notebook(self) -> str:
         """The notebook that ran it (``JPY_SESSION_NAME``), when known."""
-        return str(self._record().get("notebook") or "")
+        return str(self.record().get("notebook") or "")
 
     @property
     def report(self) -> str:
@@ -324,14 +327,14 @@ class DetachedJob:
         if self.reason and state != "succeeded":
             text += f"; {self.reason}"
         text += f"; saved {names}"
-        missing = _not_saved(info)
+        missing = not_saved(info)
         if missing:
             text += "; not saved: " + ", ".join(missing)
         return text
 
     # -- what a Job has too --------------------------------------------------------------
     def _notebooks_report(self) -> str:
-        merged = self._record().get("report")
+        merged = self.record().get("report")
         if isinstance(merged, str) and merged:
             return merged if merged.startswith(self.name) else f"{self.name}: {merged}"
         if not self.done:
@@ -341,18 +344,19 @@ class DetachedJob:
         how = self.state.replace("_", " ")
         return f"{self.name}: {how}" + (f"; {self.reason}" if self.reason else "")
 
-    def _spec(self) -> dict[str, Any]:
+    def spec_record(self) -> dict[str, Any]:
+        """The job's spec as its notebook stored it (``spec.json``), checked."""
         return self._file("spec.json")
 
     @property
     def shipped(self) -> list[str]:
         """The names sent to the job."""
-        return [n for n in _list(self._spec().get("shipped")) if isinstance(n, str)]
+        return [n for n in _list(self.spec_record().get("shipped")) if isinstance(n, str)]
 
     @property
     def skipped(self) -> list[dict[str, str]]:
         """The names that did not travel, either way, with type and reason."""
-        out = [dict(s, direction="in") for s in _list(self._spec().get("not_shipped"))]
+        out = [dict(s, direction="in") for s in _list(self.spec_record().get("not_shipped"))]
         out += [dict(s, direction="out") for s in _list(self.kept().get("not_saved"))]
         return [s for s in out if isinstance(s, dict)]
 
@@ -363,20 +367,20 @@ class DetachedJob:
 
     @property
     def started(self) -> dt.datetime | None:
-        return _when(self._record().get("started"))
+        return _when(self.record().get("started"))
 
     @property
     def finished(self) -> dt.datetime | None:
-        return _when(self._record().get("finished"))
+        return _when(self.record().get("finished"))
 
     @property
     def exit_code(self) -> int | None:
-        code = self._record().get("exit_code")
+        code = self.record().get("exit_code")
         return code if isinstance(code, int) and not isinstance(code, bool) else None
 
     @property
     def kernel_pid(self) -> int | None:
-        pid = self._record().get("kernel_pid")
+        pid = self.record().get("kernel_pid")
         return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
 
     def exception(self) -> Any:
@@ -433,7 +437,7 @@ class DetachedJob:
         for an attached job of another process (it is stopped from there)."""
         if self.done or not self.detached:
             return False
-        tag = self._host_record().get("pid_id")
+        tag = self.host_record().get("pid_id")
         return isinstance(tag, str) and _procs.signal_identified(tag, signal.SIGTERM)
 
     def add_done_callback(self, fn: Callable[[DetachedJob], Any]) -> None:
@@ -475,7 +479,7 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _not_saved(info: dict[str, Any]) -> list[str]:
+def not_saved(info: dict[str, Any]) -> list[str]:
     """What results.json says was not saved, as text; odd items are shown as they are."""
     out = []
     listed = info.get("not_saved")

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._states import colour_of, icon, label
-from ._text import _clock
+from ._text import clock as clock_text
 
 if TYPE_CHECKING:
     from ._api import Job
@@ -42,7 +42,7 @@ def status_text(job: Job, look: str | None = None) -> str:
         parts.append(f"{done}/{total}")
     if job.section and not job.done:
         parts.append(f"[{job.section}]")
-    parts.append(_clock(job.elapsed))
+    parts.append(clock_text(job.elapsed))
     line = "  ".join(parts)
     if job.report:
         line += "  ·  " + job.report.split(": ", 1)[-1]

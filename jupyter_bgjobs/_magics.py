@@ -10,7 +10,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import _checks, _display
-from ._api import Job, _parse_kernel_env, manager, run_cell, run_script
+from ._api import Job, manager, parse_kernel_env, run_cell, run_script
 from ._config import settings
 from ._errors import BgJobError
 from ._text import clock, text_table
@@ -119,7 +119,7 @@ class BgJobMagics(Magics):
                 workdir=args.workdir,
                 detach=args.detach,
                 gateway=args.gateway,
-                kernel_env=_parse_kernel_env(args.kernel_env),
+                kernel_env=parse_kernel_env(args.kernel_env),
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
@@ -162,7 +162,7 @@ class BgJobMagics(Magics):
                 timeout=_checks.timeout("timeout", args.timeout, text=True),
                 detach=args.detach,
                 gateway=args.gateway,
-                kernel_env=_parse_kernel_env(args.kernel_env),
+                kernel_env=parse_kernel_env(args.kernel_env),
                 _results=args.results,
             )
         except BgJobError as exc:

@@ -79,7 +79,7 @@ def target_namespace() -> dict[str, Any]:
     return ns
 
 
-def _names(names: list[str], limit: int = 12) -> str:
+def listed(names: list[str], limit: int = 12) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
@@ -220,20 +220,20 @@ def report_line(
     state = state or job.state
     parts = [outcome(job, state)]
     if merged:
-        parts.append(f"merged {_names(merged)}{where}")
+        parts.append(f"merged {listed(merged)}{where}")
     elif spec.results != "none" and state == "succeeded" and not deleted:
         parts.append("no new names")
     elif state == "succeeded" and job.values:
-        parts.append(f"results in get_job({job.name!r}).results: {_names(sorted(job.values))}")
+        parts.append(f"results in get_job({job.name!r}).results: {listed(sorted(job.values))}")
     if deleted:
-        parts.append(f"deleted {_names(deleted)} (as the job did)")
+        parts.append(f"deleted {listed(deleted)} (as the job did)")
     if overwrote:
-        parts.append(f"overwrote {_names(overwrote)}")
+        parts.append(f"overwrote {listed(overwrote)}")
     if job.mutated and merged:
-        parts.append(f"{_names(job.mutated)} changed in place by the job")
+        parts.append(f"{listed(job.mutated)} changed in place by the job")
     if conflicts:
         parts.append(
-            f"kept the notebook's {_names(conflicts)} (changed here since the job started; "
+            f"kept the notebook's {listed(conflicts)} (changed here since the job started; "
             f"the job's values are in {spec.results_name}; --on-conflict overwrite replaces them)"
         )
     for direction, label in (("in", "not shipped"), ("out", "not returned")):

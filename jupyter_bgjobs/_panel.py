@@ -18,9 +18,9 @@ from typing import Any
 import ipywidgets as W
 
 from ._display import job_mime, live_frontend, status_text
-from ._merge import _names
+from ._merge import listed
 from ._states import FAILED, LOOKS, PARTIAL, colour_of, icon, label
-from ._text import _clock
+from ._text import clock as clock_text
 from ._text import text_table as _aligned
 
 # A look, not a state: a progress row that succeeded with some units failed (a queue with
@@ -173,7 +173,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
             elif not getattr(job, "merged", True):
                 words = ["results merge before the next cell runs"]
         self.text.value = html.escape(" · ".join(words))
-        self.clock.value = _clock(job.elapsed)
+        self.clock.value = clock_text(job.elapsed)
         stoppable = not job.done and getattr(job, "can_stop", True)
         self.stop.layout.display = "" if stoppable else "none"
         self.drop.layout.display = "" if job.done else "none"
@@ -221,7 +221,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
         state = _look(self.job).replace("_", " ")
         title = f"{self.job.name}: {state}"
         body = (self.job.report or "").split(": ", 1)[-1][:200] or (
-            f"{state} after {_clock(self.job.elapsed)}"
+            f"{state} after {clock_text(self.job.elapsed)}"
         )
         script = (
             "(function(t,b){if(!('Notification' in window))return;"
@@ -278,7 +278,7 @@ class JobsPanel(W.VBox):  # type: ignore[misc]
             colour = colour_of(PARTIAL)
             parts.append(f'<span style="color:{colour}">{len(partial)} partly failed</span>')
         if running:
-            parts.append("running: " + html.escape(_names([j.name for j in running], 5)))
+            parts.append("running: " + html.escape(listed([j.name for j in running], 5)))
         self.summary.value = " · ".join(parts)
 
 
@@ -293,7 +293,7 @@ def text_table(rows: list[Any]) -> str:
             _look(j),
             f"{j.progress[0]}/{j.progress[1]}",
             j.section or getattr(j, "status", ""),
-            _clock(j.elapsed),
+            clock_text(j.elapsed),
         )
         for j in rows
     ]

@@ -267,7 +267,7 @@ def set_status(text: str) -> None:
     runner.report_status(_checks.text("text", text) or "")
 
 
-def _make_tqdm() -> type:
+def make_tqdm() -> type:
     from tqdm import tqdm as std_tqdm
 
     class tqdm(std_tqdm):  # type: ignore[misc]

@@ -18,13 +18,13 @@ from ._errors import JobSpecError
 from ._runtime import owner_gone, pid_alive
 from ._states import DAMAGED, ENDED_STATES
 from ._store import (
-    _NUM,
     FRESH,
-    _being_made,
-    _job_root_path,
+    NUMBERS,
     attached_folders,
+    being_made,
     damage,
     entries,
+    job_root_path,
     newest_mtime,
     read_json,
     read_only_reason,
@@ -119,12 +119,12 @@ def _attached_end(folder: Path, now: float) -> float | None:
     """
     spec = read_json(folder / "spec.json")
     if spec is None:  # unreadable, or being made
-        return None if _being_made(folder) else newest_mtime(folder)
+        return None if being_made(folder) else newest_mtime(folder)
     if spec.get("kind") == "call":
         status = read_json(folder / "status.json")
         if status is not None:
             ended = status.get("ended")
-            return float(ended) if isinstance(ended, _NUM) else newest_mtime(folder)
+            return float(ended) if isinstance(ended, NUMBERS) else newest_mtime(folder)
         pids = read_json(folder / "pid.json") or {}
         for key in ("pid", "supervisor"):
             if recorded_alive(pids, key):
@@ -138,7 +138,7 @@ def _attached_end(folder: Path, now: float) -> float | None:
     damaged = bool(damage(folder))
     if record.get("state") in ENDED_STATES and not damaged:
         ended = record.get("finished_ts")
-        return float(ended) if isinstance(ended, _NUM) else newest_mtime(folder)
+        return float(ended) if isinstance(ended, NUMBERS) else newest_mtime(folder)
     # A record nobody can read counts as ended, as in the store, unless its owner lives.
     owner = record.get("owner")
     owner_pid = record.get("owner_pid")
@@ -164,7 +164,7 @@ def _detached_end(folder: Path) -> float | None:
     if info["state"] not in ENDED_STATES:
         return None
     finished = info.get("finished_ts")
-    return float(finished) if isinstance(finished, _NUM) else newest_mtime(folder)
+    return float(finished) if isinstance(finished, NUMBERS) else newest_mtime(folder)
 
 
 def prune(older_than: Any = "7d") -> dict[str, Any]:
@@ -179,7 +179,7 @@ def prune(older_than: Any = "7d") -> dict[str, Any]:
     now = time.time()
     cutoff = now - parse_age(older_than)
     store = store_path()
-    jobs = _job_root_path()
+    jobs = job_root_path()
     for folder in (store, jobs):
         if folder.is_dir():
             require_writable(folder, "prune the job store")

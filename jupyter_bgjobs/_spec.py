@@ -93,7 +93,7 @@ def _check_kernel_env(env: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def _parse_kernel_env(items: list[str] | None) -> dict[str, str]:
+def parse_kernel_env(items: list[str] | None) -> dict[str, str]:
     """``KEY=VALUE`` strings from the magics' ``--kernel-env``."""
     env: dict[str, str] = {}
     for item in items or []:
@@ -204,7 +204,7 @@ def build_spec(
     return spec
 
 
-def _script_name(script: Path) -> str:
+def script_name(script: Path) -> str:
     stem = "".join(c if c.isalnum() or c == "_" else "_" for c in script.stem)
     return stem if stem.isidentifier() else f"script_{stem}"
 

@@ -71,24 +71,24 @@ def recorded_alive(record: dict[str, Any], key: str, heartbeat: Path | None = No
     return isinstance(pid, int) and not isinstance(pid, bool) and pid_alive(pid)
 
 
-def _job_root_path() -> Path:
+def job_root_path() -> Path:
     """Where ``settings.job_root()`` is, found without creating or changing anything, so
     that reading a read-only store writes nothing."""
     return settings.job_root_path()
 
 
-_ATTACHED_NAME = re.compile(r"[0-9a-f]{8}")
+ATTACHED_NAME = re.compile(r"[0-9a-f]{8}")
 
 
 def attached_folders() -> list[Path]:
     """The folders of attached jobs and calls under the job root (never through a link),
     in order of their ids. ``StoreError`` when the store is not this user's alone."""
-    root = _job_root_path()
+    root = job_root_path()
     try:
         return sorted(
             Path(e.path)
             for e in os.scandir(root)
-            if _ATTACHED_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+            if ATTACHED_NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
         )
     except OSError:
         return []
@@ -96,7 +96,7 @@ def attached_folders() -> list[Path]:
 
 def store_path() -> Path:
     """``<job root>/detached``, whether or not it exists; for readers."""
-    return _job_root_path() / "detached"
+    return job_root_path() / "detached"
 
 
 def store_root() -> Path:
@@ -241,7 +241,7 @@ def read_code(folder: Path, spec: dict[str, Any], limit: int = MAX_CODE) -> str 
 
 # What each field may hold; a field of another type makes the entry damaged.
 _Schema = dict[str, tuple[type, ...]]
-_NUM = (int, float)
+NUMBERS = (int, float)
 _SPEC: _Schema = {
     "env": (str,),
     "results": (str,),
@@ -520,7 +520,7 @@ def newest_mtime(folder: Path) -> float:
     return newest
 
 
-def _being_made(folder: Path) -> bool:
+def being_made(folder: Path) -> bool:
     """A young folder without a spec: its spec is about to be written. (A spec that is
     there is whole, being written by a rename: if it cannot be read it is damaged.)"""
     return not (folder / "spec.json").exists() and time.time() - newest_mtime(folder) < FRESH
@@ -531,7 +531,7 @@ def entries() -> list[Path]:
     found = []
     for folder in _entry_folders():
         spec = read_json(folder / "spec.json")
-        if spec is None and _being_made(folder):
+        if spec is None and being_made(folder):
             continue
         submitted = spec.get("submitted") if spec else None
         if not isinstance(submitted, str) or not _iso(submitted):

@@ -21,7 +21,7 @@ def attached_jobs() -> list[DetachedJob]:
         spec = _store.read_json(folder / "spec.json")
         # A folder whose spec cannot be read is listed too, as damaged (unless it is
         # being made right now); calls are not jobs.
-        if (spec is None and not _store._being_made(folder)) or (spec or {}).get("kind") == "job":
+        if (spec is None and not _store.being_made(folder)) or (spec or {}).get("kind") == "job":
             found.append(DetachedJob(folder, detached=False))
     return found
 
@@ -66,7 +66,7 @@ def earlier_jobs() -> list[DetachedJob]:
     if not session:
         return []
     me = _store.owner_tag()
-    return [j for j in attached_jobs() if j.notebook == session and j._record().get("owner") != me]
+    return [j for j in attached_jobs() if j.notebook == session and j.record().get("owner") != me]
 
 
 def describe(folder: Path) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def _describe(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> dict[
         )
         return info
     job = DetachedJob(folder)
-    record = job._record()
+    record = job.record()
     done, total = job.progress
     state = job.state
     info.update(
@@ -133,7 +133,8 @@ def _describe(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> dict[
 
 def table() -> str:
     """The store as a plain-text table (``%bgjobs`` and ``bgjobs list``)."""
-    from ._text import _clock, text_table
+    from ._text import clock as clock_text
+    from ._text import text_table
 
     rows = [describe(f) for f in _store.entries()]
     if not rows:
@@ -148,7 +149,7 @@ def table() -> str:
             r["state"],
             r["progress"],
             r["section"],
-            _clock(r["elapsed"]) if r["elapsed"] else "",
+            clock_text(r["elapsed"]) if r["elapsed"] else "",
         )
         for r in rows
     ]

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._errors import BgJobError
 from ._inside.kernel.chunks import CHUNK, Inbox, chunk_count
-from ._inside.kernel.wire import EVENT_MIME, _unlink
+from ._inside.kernel.wire import EVENT_MIME, unlink_quietly
 
 # Requests in flight: 4 chunks of the seed (16 MiB); 4 fetches of 2 chunks (32 MiB). On
 # loopback more in flight is no faster; fewer leaves the link idle between answers.
@@ -121,7 +121,7 @@ def fetch(kernel: Any, key: str, info: dict[str, Any], path: str | None = None) 
     except BaseException:
         box.close()
         if path is not None:
-            _unlink(path)
+            unlink_quietly(path)
         raise
     finally:
         try:

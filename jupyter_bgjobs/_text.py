@@ -15,13 +15,10 @@ def text_table(header: tuple[str, ...], body: list[tuple[Any, ...]]) -> str:
 
 
 def clock(seconds: float) -> str:
+    """Seconds as a clock shows them: ``02:05``, ``1:02:05``."""
     s = int(seconds)
     return (
         f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
         if s >= 3600
         else f"{s // 60:02d}:{s % 60:02d}"
     )
-
-
-# The name the display modules have always used.
-_clock = clock

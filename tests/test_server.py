@@ -153,7 +153,7 @@ def first_event(server: Server) -> Any:
 
 def record_of(job_id: str) -> Any:
     """A job's ``state.json``, as any process reads it from the store."""
-    return json.loads((_store._job_root_path() / job_id / "state.json").read_text())
+    return json.loads((_store.job_root_path() / job_id / "state.json").read_text())
 
 
 def test_the_api_refuses_requests_without_the_token(server: Server) -> None:

@@ -120,7 +120,7 @@ class DaskBackend:
             try:
                 cloudpickle.dumps((task.fun, task.args, task.kwargs))
             except Exception as exc:
-                task._finish(
+                task.finish(
                     CODE_PICKLE,
                     f"the function or its arguments cannot be pickled: {exc}",
                     TaskPickleError(f"task {task.id}: cannot be pickled: {exc}"),
@@ -170,7 +170,7 @@ class DaskBackend:
             # otherwise recompute every finished result it still held.
             future.release()
         except Exception as exc:  # the worker died under the task (KilledWorker), or similar
-            task._finish(
+            task.finish(
                 CODE_LOST,
                 f"the Dask worker running it died: {type(exc).__name__}: {exc}",
                 WorkerDiedError(f"task {task.id}: {type(exc).__name__}: {exc}"),
@@ -184,19 +184,19 @@ class DaskBackend:
         if code == CODE_OK:
             try:
                 task.result = pickle.loads(record["payload"])
-                task._finish(CODE_OK, "done")
+                task.finish(CODE_OK, "done")
             except Exception as exc:
-                task._finish(
+                task.finish(
                     CODE_PICKLE,
                     f"the result cannot be loaded here: {exc}",
                     TaskPickleError(f"task {task.id}: the result cannot be loaded here: {exc}"),
                 )
         elif code == CODE_ERROR:
             error, _ = load_error(record["payload"])
-            task._finish(CODE_ERROR, error_message(error), error)
+            task.finish(CODE_ERROR, error_message(error), error)
         elif code == CODE_TIMEOUT:
             limit = f"{task.finished - task.started:.3g} s"
-            task._finish(
+            task.finish(
                 CODE_TIMEOUT,
                 f"timed out after {limit}; its Dask worker was restarted",
                 TaskTimeoutError(f"task {task.id} ran longer than its time limit of {limit}"),
@@ -205,7 +205,7 @@ class DaskBackend:
                 # The runaway thread ends only with its process: the nanny starts a new one.
                 self.client.restart_workers([record["address"]])
         else:
-            task._finish(
+            task.finish(
                 CODE_PICKLE,
                 str(record["payload"]),
                 TaskPickleError(f"task {task.id}: {record['payload']}"),

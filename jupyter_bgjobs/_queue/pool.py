@@ -300,10 +300,7 @@ _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 def _end_all_pools() -> None:
     for pool in list(_live_pools):
-        for w in list(pool.workers):
-            w.kill()
-        _remove_folder(pool._folder)
-        pool._folder = None
+        pool.shutdown()
 
 
 def _remove_folder(folder: Path | None) -> None:

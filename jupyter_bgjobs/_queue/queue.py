@@ -208,7 +208,7 @@ class Queue:
         todo = [t for t in self._tasks if t.state != DONE]
         now = time.time()
         for t in todo:
-            t._requeue()
+            t.requeue()
             t.queued = now
         where = "dask" if self._dask is not None else ""
         display.begin(len(todo), self._name or describe(todo, where))

@@ -130,7 +130,7 @@ class Run:
 
     # -- receiving ----------------------------------------------------------------------
     def _done(self, task: Task, code: int, message: str, error: BaseException | None) -> None:
-        task._finish(code, message, error)
+        task.finish(code, message, error)
         self.left -= 1
         self.on_finished(task)
 
@@ -185,7 +185,7 @@ class Run:
                 self._done(task, code, message, error)
         requeue = [t for t in w.ahead if t is not running]
         for task in reversed(requeue):
-            task._requeue()
+            task.requeue()
             self.waiting.appendleft(task)
         w.ahead.clear()
         w.task = None

@@ -80,7 +80,8 @@ class Task:
         """True when the task is done and its function returned."""
         return self.state == DONE and self.code == CODE_OK
 
-    def _finish(self, code: int, message: str, error: BaseException | None = None) -> None:
+    def finish(self, code: int, message: str, error: BaseException | None = None) -> None:
+        """Done: its code (see `CODE_OK`), message and error, as its worker told them."""
         self.state = DONE
         self.code = code
         self.message = message
@@ -88,7 +89,8 @@ class Task:
         if self.finished is None:
             self.finished = time.time()
 
-    def _requeue(self) -> None:
+    def requeue(self) -> None:
+        """Waiting again: its worker was lost before it ended."""
         self.state = WAITING
         self.worker_id = None
         self.assigned = None

@@ -131,7 +131,7 @@ def _folder_of(job_id: str) -> tuple[Path, bool]:
     """The folder of the job with this id and whether it is detached; 404 for none. Only
     a real folder (no link) is a job's; a call is not a job."""
     for folder, detached in (
-        (_store._job_root_path() / job_id, False),
+        (_store.job_root_path() / job_id, False),
         (_store.store_path() / job_id, True),
     ):
         try:
@@ -142,7 +142,7 @@ def _folder_of(job_id: str) -> tuple[Path, bool]:
         spec = _store.read_json(folder / "spec.json")
         if spec is not None and spec.get("kind") == "call":
             break
-        if spec is None and _store._being_made(folder):
+        if spec is None and _store.being_made(folder):
             break
         return folder, detached
     raise _fail(404, f"no job {job_id}")
@@ -333,14 +333,14 @@ def _detail(job_id: str, root: str) -> dict[str, Any]:
         from .rows import damaged_row, summary
 
         outputs = stored_outputs(folder, folder / "output.log", _TAIL)
-        spec = job._spec()
+        spec = job.spec_record()
         rerun = {k: spec.get(k) for k in _RERUN_KEYS}
         try:
             rerun["code"] = _store.read_code(folder, spec, _DETAIL_CODE)
         except OSError:  # damaged, or more than a rerun can take
             rerun["code"] = None
         try:
-            row, record = summary(job, root), job._record()
+            row, record = summary(job, root), job.record()
         except Exception as exc:  # odd in a way no check foresaw: shown as damaged
             row, record = damaged_row(job, exc), {}
         return {**row, "record": record, "outputs": outputs, "spec": rerun}

@@ -74,7 +74,7 @@ def _relative(path: Any, root: str) -> str | None:
 
 def summary(job: Any, root: str) -> dict[str, Any]:
     """What a row of the IDE's Jobs panel shows of a job."""
-    record = job._record()
+    record = job.record()
     done, total = job.progress
     return {
         "id": job.id,
@@ -172,7 +172,7 @@ class Rows:
         except OSError:
             entries = []
         for entry in entries:
-            if not _store._ATTACHED_NAME.fullmatch(entry.name):  # ids are 8 hex digits
+            if not _store.ATTACHED_NAME.fullmatch(entry.name):  # ids are 8 hex digits
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
@@ -227,7 +227,7 @@ class Rows:
             with job.frozen():
                 # Each file read once a look: the spec read here is the one the row uses.
                 spec, _ = job.loaded("spec.json")
-                if spec is None and _store._being_made(folder):
+                if spec is None and _store.being_made(folder):
                     return None  # its spec comes next: looked at again on the next read
                 if spec is not None and spec.get("kind") == "call":  # calls are not jobs
                     self._kept[folder.name] = _Kept(stamp, None, "", None, None)
@@ -249,9 +249,9 @@ _ENDED = (*ENDED_STATES, DAMAGED)
 def _liveness(job: DetachedJob) -> Any:
     """How to ask, later, whether a running job's row still holds: its host (detached)
     or its notebook's kernel (attached) still runs."""
-    record = job._record()
+    record = job.record()
     if job.detached:
-        host = job._host_record()
+        host = job.host_record()
         heartbeat = job.folder / "host.json"
         return lambda: _store.recorded_alive(host, "pid", heartbeat=heartbeat)
     owner = record.get("owner")

@@ -20,8 +20,8 @@ from .wire import (
     _in_mapping,
     _pickler_class,
     _pieces_for,
-    _unlink,
     piece_paths,
+    unlink_quietly,
 )
 
 
@@ -181,7 +181,7 @@ class _Arena:
     def discard(self) -> None:
         self.stop()
         for path in self.paths:
-            _unlink(path)
+            unlink_quietly(path)
 
 
 def _anon_bytes() -> int:

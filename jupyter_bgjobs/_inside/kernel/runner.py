@@ -33,13 +33,13 @@ from .wire import (
     EVENT_MIME,
     SnapshotError,
     _map_fixed,
-    _unlink,
     decode,
     encode,
     is_internal_name,
     load_file,
     pick_path,
     piece_paths,
+    unlink_quietly,
     write_somewhere,
 )
 
@@ -396,7 +396,7 @@ class _Runner:
                     values = load_file(seed["path"], token, pieces)
                 finally:
                     for path in piece_paths(seed["path"], pieces):
-                        _unlink(path)
+                        unlink_quietly(path)
             self.ns.update(values)
             for key, value in values.items():
                 self.seeded_ids[key] = id(value)

@@ -183,7 +183,7 @@ def write_parts(path: str, parts: list[Any], prepared: int = 0) -> int:
     total = sum(v.nbytes for v in views)
     pieces = _pieces_for(total)
     for extra in piece_paths(path, prepared)[pieces:]:
-        _unlink(extra)
+        unlink_quietly(extra)
     page = mmap.ALLOCATIONGRANULARITY
     step = -(-total // pieces)
     step += (-step) % page
@@ -219,7 +219,7 @@ def write_parts(path: str, parts: list[Any], prepared: int = 0) -> int:
             if t.is_alive():
                 t.join()
         for p in piece_paths(path, max(len(bounds), prepared)):
-            _unlink(p)
+            unlink_quietly(p)
         raise
     return len(bounds)
 
@@ -511,7 +511,7 @@ def _address(raw: memoryview) -> int | None:
         return None
 
 
-def _unlink(path: str) -> None:
+def unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:
