@@ -71,10 +71,23 @@ class BgCall:
         self._offsets = {"stdout": 0, "stderr": 0}
         self._decoders: dict[str, Any] = {}
         self._outcome: tuple[str, Any, str] | None = None
-        self.started = dt.datetime.now().astimezone()
+        self._started: dt.datetime | None = None
+
+    @property
+    def started(self) -> dt.datetime:
+        """When the call was made: as its spec says (a handle of another process reads
+        it there), else now, for a call being made."""
+        if self._started is None:
+            submitted = (read_json(self.folder / "spec.json") or {}).get("submitted")
+            try:
+                self._started = dt.datetime.fromisoformat(str(submitted))
+            except ValueError:
+                self._started = dt.datetime.now().astimezone()
+        return self._started
 
     # -- state ------------------------------------------------------------------------
-    def _status(self) -> dict[str, Any] | None:
+    def ended_status(self) -> dict[str, Any] | None:
+        """How the call ended as its watcher recorded it (``status.json``); None before."""
         return read_json(self.folder / "status.json")
 
     def _load_outcome(self) -> tuple[str, Any, str] | None:
@@ -97,7 +110,7 @@ class BgCall:
     @property
     def state(self) -> str:
         """running, succeeded, failed, timed_out, cancelled or died."""
-        status = self._status()
+        status = self.ended_status()
         if status is None:
             if self.detached and not self._supervisor_alive():
                 return DIED
@@ -118,7 +131,7 @@ class BgCall:
 
     def _supervisor_alive(self) -> bool:
         """Whether the detached call's supervisor, as ``pid.json`` names it, still runs."""
-        return recorded_alive(self._pids(), "supervisor") or (self._status() is not None)
+        return recorded_alive(self.pids(), "supervisor") or (self.ended_status() is not None)
 
     @property
     def done(self) -> bool:
@@ -131,7 +144,7 @@ class BgCall:
     @property
     def exit_code(self) -> int | None:
         """The process's exit code (negative: the signal that ended it), once it ended."""
-        status = self._status()
+        status = self.ended_status()
         return None if status is None else status.get("returncode")
 
     @property
@@ -148,7 +161,7 @@ class BgCall:
         if state == TIMED_OUT:
             return "ran longer than its timeout"
         if state == CANCELLED:
-            status = self._status() or {}
+            status = self.ended_status() or {}
             how = status.get("ended_by") or self._ended_by
             return "interrupted" if how == INTERRUPTED else "killed"
         outcome = self._load_outcome()
@@ -181,10 +194,10 @@ class BgCall:
                 "call .wait() again or .kill() it"
             )
         if self._proc is None:
-            self._settle_record()
+            self.settle_record()
         return self
 
-    def _settle_record(self) -> None:
+    def settle_record(self) -> None:
         """A detached call's supervisor records its end in status.json; the first reader
         that sees it ended brings state.json up to date for every other reader."""
         record = read_json(self.folder / "state.json") or {}
@@ -244,7 +257,7 @@ class BgCall:
         if self._proc is None:
             # The supervisor records the interruption, then passes it on; only the very
             # process recorded is signalled, never one that took its pid since.
-            _procs.signal_identified(str(self._pids().get("supervisor_id", "")), signal.SIGINT)
+            _procs.signal_identified(str(self.pids().get("supervisor_id", "")), signal.SIGINT)
             return
         if self._proc.poll() is None:  # a reaped child's pid may be another's now
             _procs.signal_group(self._child_pid(), signal.SIGINT)
@@ -256,16 +269,17 @@ class BgCall:
         self._ended_by = CANCELLED
         if self._proc is None:
             # The supervisor records the ending, then kills its child.
-            _procs.signal_identified(str(self._pids().get("supervisor_id", "")), signal.SIGTERM)
+            _procs.signal_identified(str(self.pids().get("supervisor_id", "")), signal.SIGTERM)
             return
         if self._proc.poll() is None:
             _procs.signal_group(self._child_pid(), signal.SIGKILL)
 
-    def _pids(self) -> dict[str, Any]:
+    def pids(self) -> dict[str, Any]:
+        """The call's process and its supervisor, with their identities (``pid.json``)."""
         return read_json(self.folder / "pid.json") or {}
 
     def _child_pid(self) -> int | None:
-        pid = self.pid or self._pids().get("pid")
+        pid = self.pid or self.pids().get("pid")
         return None if pid is None else int(pid)
 
     def _watch(self, proc: subprocess.Popen[bytes], timeout: float | None) -> None:
@@ -408,7 +422,7 @@ def _start_detached(call: BgCall, timeout: float | None, out: IO[bytes], err: IO
     # The supervisor records the child's pid; a detached handle reads it from there.
     deadline = time.monotonic() + 30
     while call.pid is None and time.monotonic() < deadline and sup.poll() is None:
-        call.pid = call._pids().get("pid")
+        call.pid = call.pids().get("pid")
         if call.pid is None:
             time.sleep(0.005)
     _procs.reap_when_ended(sup)

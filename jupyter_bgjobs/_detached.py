@@ -17,6 +17,7 @@ from typing import Any
 from . import _store
 from ._errors import JobSpecError, JobStateError, StoreError, WaitTimeout
 from ._inside import procs as _procs
+from ._record import JobRecord
 from ._states import DAMAGED, FINAL_STATES, ErrorInfo, error_reason
 
 
@@ -332,6 +333,28 @@ class DetachedJob:
             text += "; not saved: " + ", ".join(missing)
         return text
 
+    def now(self) -> JobRecord:
+        """The job's record as this handle judges it now: its stored record, with the
+        state, times and reason its processes say (a host that died makes it died)."""
+        stored = self.record()
+        done, total = self.progress
+        return JobRecord(
+            **{k: v for k, v in stored.items() if k in _RECORD_FIELDS},
+            id=self.id,
+            name=self.name,
+            kind=self.kind,
+            state=self.state,
+            progress=[done, total],
+            section=self.section,
+            status=self.status,
+            elapsed=self.elapsed,
+            where=_store.text_field(stored.get("where")) or "local",
+            detached=bool(self.detached),
+            reason=self.reason,
+            log_note=self.log_note,
+            report=self.report if self.done else "",
+        )
+
     # -- what a Job has too --------------------------------------------------------------
     def _notebooks_report(self) -> str:
         merged = self.record().get("report")
@@ -492,6 +515,9 @@ def not_saved(info: dict[str, Any]) -> list[str]:
 
 
 # Detached jobs this process started, by id.
+# What a handle's record takes from the stored one as it is (the rest it judges itself).
+_RECORD_FIELDS = frozenset({"started", "finished", "finished_ts", "notebook", "kernel", "timings"})
+
 started_here: dict[str, DetachedJob] = {}
 # The ids of the notebook's objects as each of them started: a later merge here tells the
 # notebook's own changes from the job's, as for an attached job.

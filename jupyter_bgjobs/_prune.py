@@ -156,14 +156,14 @@ def _detached_end(folder: Path) -> float | None:
     from ._stored import describe
 
     info = describe(folder)
-    if info["state"] == DAMAGED:
+    if info.state == DAMAGED:
         host = read_json(folder / "host.json") or {}
         if recorded_alive(host, "pid", heartbeat=folder / "host.json"):
             return None  # its host still runs, and may yet write a sound record
         return newest_mtime(folder)
-    if info["state"] not in ENDED_STATES:
+    if info.state not in ENDED_STATES:
         return None
-    finished = info.get("finished_ts")
+    finished = info.finished_ts
     return float(finished) if isinstance(finished, NUMBERS) else newest_mtime(folder)
 
 

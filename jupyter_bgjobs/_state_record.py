@@ -16,6 +16,7 @@ from typing import IO, Any
 from . import _store
 from ._backends.providers import where
 from ._errors import StoreError
+from ._record import JobRecord
 from ._states import FINAL_STATES, PENDING, RUNNING, event_of
 
 # Why a job whose notebook kernel went away while it ran is over, in its record.
@@ -23,46 +24,43 @@ KERNEL_ENDED = "its notebook's kernel ended while it ran (restarted, shut down o
 KERNEL_SHUT_DOWN = "its notebook's kernel was shut down or restarted"
 
 
-def state_record(job: Any) -> dict[str, Any]:
-    """What ``state.json`` says of ``job`` now."""
-    done, total = job.progress
+def record_of(job: Any) -> JobRecord:
+    """The record of ``job`` (a ``Job`` of this process) now."""
     started, finished = job.started, job.finished
     spec = job.spec
-    return {
-        "name": job.name,
-        "id": job.id,
-        "state": job.state,
-        "progress": [done, total],
-        "section": job.section,
-        "status": job.status,
-        "started": started.isoformat() if started else None,
-        "finished": finished.isoformat() if finished else None,
-        "finished_ts": finished.timestamp() if finished else None,
-        "elapsed": job.elapsed,
-        "error": _bounded_error(job.error),
-        "reason": job.reason,
-        "exit_code": job.exit_code,
-        "log_path": str(job.log_path),
-        "log_note": job.log_note,
-        "owner": _store.owner_tag(),
-        "owner_pid": os.getpid(),
-        "host_pid": os.getpid() if job.detached else None,
+    return JobRecord(
+        id=job.id,
+        name=job.name,
+        kind=spec.kind,
+        state=job.state,
+        progress=list(job.progress),
+        section=job.section,
+        status=job.status,
+        started=started.isoformat() if started else None,
+        finished=finished.isoformat() if finished else None,
+        finished_ts=finished.timestamp() if finished else None,
+        elapsed=job.elapsed,
+        error=_bounded_error(job.error),
+        reason=job.reason,
+        exit_code=job.exit_code,
+        log_path=str(job.log_path),
+        log_note=job.log_note,
+        owner=_store.owner_tag(),
+        owner_pid=os.getpid(),
         # The host as a process (namespace, pid, start time): only that very process is
         # ever signalled, and a pid reused by another is not taken for it.
-        "host_id": _store.owner_tag() if job.detached else None,
-        "kernel_pid": job.kernel_pid,
-        "detached": job.detached,
-        "where": spec.gateway or where(spec),
-        "kernel": spec.kernel,
-        "notebook": job.notebook,
-        "skipped": job.skipped,
-        # Every transition, with its time and, for an end, its reason.
-        "history": list(getattr(job, "history", [])),
-        # The merge report of an attached job ("merged a, b into globals"), for the IDE.
-        "report": getattr(job, "report", "") or "",
-        # Wall-clock stamps of the job's milestones (benchmarks read them).
-        "timings": dict(job.timings),
-    }
+        host_pid=os.getpid() if job.detached else None,
+        host_id=_store.owner_tag() if job.detached else None,
+        kernel_pid=job.kernel_pid,
+        detached=job.detached,
+        where=spec.gateway or where(spec),
+        kernel=spec.kernel,
+        notebook=job.notebook,
+        skipped=list(job.skipped),
+        history=list(job.history),
+        report=job.report or "",
+        timings=dict(job.timings),
+    )
 
 
 # A record stays small whatever the job raised: the error's text and traceback are cut to
@@ -84,70 +82,53 @@ def _bounded_error(error: Any) -> list[Any] | None:
     return [str(ename)[:1000], str(evalue)[:_ERROR_TEXT], lines[::-1]]
 
 
-def call_record(call: Any) -> dict[str, Any]:
-    """``state.json`` of a ``bg()`` call, in the schema of a job's: calls are read where
-    jobs are (a call has no statements, so no progress or section)."""
+def call_record(call: Any) -> JobRecord:
+    """The record of a ``bg()`` call: calls are read where jobs are (a call has no
+    statements, so no progress or section; its results are its return value, never
+    merged, so no merge report)."""
     state = call.state
     done = state in FINAL_STATES
-    status = (call._status() or {}) if done else {}
+    status = (call.ended_status() or {}) if done else {}
     ended = status.get("ended") if isinstance(status.get("ended"), (int, float)) else None
     started = call.started
-    pids = call._pids()
-    return {
-        "name": call.name,
-        "id": call.id,
-        "kind": "call",
-        "state": state,
-        "progress": [0, 0],
-        "section": "",
-        "status": "",
-        "started": started.isoformat(),
-        "finished": None if ended is None else _iso(ended),
-        "finished_ts": ended,
-        "elapsed": (ended - started.timestamp()) if ended is not None else None,
-        "error": None,
-        "reason": call.reason if done else "",
-        "exit_code": call.exit_code,
-        "log_path": str(call.folder / "stdout"),
-        "log_note": "",
-        "owner": None if call.detached else _store.owner_tag(),
-        "owner_pid": None if call.detached else os.getpid(),
-        "host_pid": pids.get("supervisor") if call.detached else None,
-        "host_id": pids.get("supervisor_id") if call.detached else None,
-        "kernel_pid": None,
-        "pid": pids.get("pid"),
-        "detached": call.detached,
-        "where": "local",
-        "kernel": None,
-        "notebook": os.environ.get("JPY_SESSION_NAME") or None,
-        "skipped": [],
-        # A call's results are its return value, never merged: no merge report.
-        "report": "",
-        "timings": {},
+    pids = call.pids()
+    at = started.isoformat()
+    history = [
+        {"event": "submit", "state": PENDING, "at": at, "reason": ""},
+        {"event": "run", "state": RUNNING, "at": at, "reason": ""},
+    ]
+    if done and ended is not None:
         # A call runs from its start: its story is its start and, once over, its end.
-        "history": [
-            {"event": "submit", "state": PENDING, "at": started.isoformat(), "reason": ""},
-            {"event": "run", "state": RUNNING, "at": started.isoformat(), "reason": ""},
-            *(
-                [
-                    {
-                        "event": event_of(state),
-                        "state": state,
-                        "at": _iso(ended),
-                        "reason": call.reason,
-                    }
-                ]
-                if done and ended is not None
-                else []
-            ),
-        ],
-    }
+        history.append(
+            {"event": event_of(state), "state": state, "at": _iso(ended), "reason": call.reason}
+        )
+    return JobRecord(
+        id=call.id,
+        name=call.name,
+        kind="call",
+        state=state,
+        started=at,
+        finished=None if ended is None else _iso(ended),
+        finished_ts=ended,
+        elapsed=(ended - started.timestamp()) if ended is not None else None,
+        reason=call.reason if done else "",
+        exit_code=call.exit_code,
+        log_path=str(call.folder / "stdout"),
+        owner=None if call.detached else _store.owner_tag(),
+        owner_pid=None if call.detached else os.getpid(),
+        host_pid=pids.get("supervisor") if call.detached else None,
+        host_id=pids.get("supervisor_id") if call.detached else None,
+        pid=pids.get("pid"),
+        detached=call.detached,
+        notebook=os.environ.get("JPY_SESSION_NAME") or None,
+        history=history,
+    )
 
 
 def write_call_record(call: Any) -> None:
     """Write a call's record; a store that refuses it costs the call nothing."""
     try:
-        _store.write_json(call.folder / "state.json", call_record(call))
+        _store.write_json(call.folder / "state.json", call_record(call).to_json())
     except OSError:
         pass
 
@@ -196,7 +177,7 @@ class RecordWriter:
             # record is read and written under one lock, so the last written is the newest.
             with self._writing:
                 self._last, self._last_state, self.dirty = time.monotonic(), job.state, False
-                _store.write_json(job.folder / "state.json", state_record(job))
+                _store.write_json(job.folder / "state.json", record_of(job).to_json())
         except (StoreError, OSError) as exc:
             if not self.failing:
                 self.say(

@@ -20,9 +20,10 @@ from typing import IO, Any
 
 from ._config import settings
 from ._errors import StoreError
-from ._inside.procs import PID_MAX, identity_alive
+from ._inside.procs import identity_alive
+from ._record import JobRecord, is_time
 from ._runtime import owner_gone, owner_tag, pid_alive, sweep_litter
-from ._states import ENDED_STATES, MAX_HISTORY, STATES
+from ._states import ENDED_STATES
 from ._trust import MAX_RECORD, NotOurs, load_json, open_own, read_json, read_own
 
 # A folder that records nothing readable yet may be one being made right now (its spec is
@@ -264,33 +265,6 @@ _SPEC: _Schema = {
     "not_shipped": (list,),
     "cwd": (str,),
 }
-_STATE: _Schema = {
-    "state": (str,),
-    "progress": (list,),
-    "section": (str,),
-    "status": (str,),
-    "started": (str, type(None)),
-    "finished": (str, type(None)),
-    "finished_ts": (int, float, type(None)),
-    "elapsed": (int, float, type(None)),
-    "error": (list, type(None)),
-    "reason": (str,),
-    "exit_code": (int, type(None)),
-    "log_path": (str, type(None)),
-    "log_note": (str,),
-    "host_pid": (int, type(None)),
-    "host_id": (str, type(None)),
-    "owner": (str, type(None)),
-    "kernel_pid": (int, type(None)),
-    "skipped": (list,),
-    "where": (str, type(None)),
-    "notebook": (str, type(None)),
-    "kernel": (str, type(None)),
-    "report": (str,),
-    "owner_pid": (int, type(None)),
-    "timings": (dict,),
-    "history": (list,),
-}
 _STATUS: _Schema = {"returncode": (int, type(None)), "ended_by": (str,), "ended": (int, float)}
 _HOST: _Schema = {"pid": (int,), "pid_id": (str,)}
 _RESULTS: _Schema = {"names": (list,), "not_saved": (list,)}
@@ -311,15 +285,6 @@ def _names(types_: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types_)
 
 
-def _iso(value: Any) -> bool:
-    """A time every reader can compute with (a year 1 is text, not a time)."""
-    try:
-        dt.datetime.fromisoformat(value).timestamp()
-    except (TypeError, ValueError, OverflowError, OSError):
-        return False
-    return True
-
-
 def check_spec(folder: Path, spec: dict[str, Any]) -> str:
     """What is wrong with an entry's spec, or ""."""
     problem = _wrong_fields("spec.json", spec, _SPEC)
@@ -332,7 +297,7 @@ def check_spec(folder: Path, spec: dict[str, Any]) -> str:
         return f"spec.json: kind {spec['kind']!r:.40} is neither job nor call"
     if spec["id"] != folder.name:
         return f"spec.json: id {spec['id']!r:.40} is not its folder's name"
-    if not _iso(spec["submitted"]):
+    if not is_time(spec["submitted"]):
         return f"spec.json: 'submitted' {spec['submitted']!r:.40} is not a time"
     if spec["kind"] == "job" and not (
         isinstance(spec.get("code"), str) or spec.get("code_file") == CODE_FILE
@@ -349,41 +314,8 @@ def check_spec(folder: Path, spec: dict[str, Any]) -> str:
 
 
 def check_state(record: dict[str, Any]) -> str:
-    """What is wrong with a job's state.json, or ""."""
-    problem = _wrong_fields("state.json", record, _STATE)
-    if problem:
-        return problem
-    if "state" in record and record["state"] not in STATES:
-        return f"state.json: 'state' {record['state']!r:.40} is no state of a job"
-    progress = record.get("progress", [0, 0])
-    if len(progress) != 2 or not all(
-        isinstance(n, int) and not isinstance(n, bool) for n in progress
-    ):
-        return f"state.json: 'progress' {progress!r:.40} is not [done, total]"
-    error = record.get("error")
-    if error is not None and (len(error) != 3 or not isinstance(error[2], list)):
-        return "state.json: 'error' is not [ename, evalue, traceback]"
-    history = record.get("history", [])
-    if len(history) > MAX_HISTORY or not all(
-        isinstance(e, dict) and all(isinstance(v, str) for v in e.values()) for e in history
-    ):
-        return "state.json: 'history' is not a list of transitions"
-    for key in ("started", "finished"):
-        if record.get(key) is not None and not _iso(record[key]):
-            return f"state.json: {key!r} {record[key]!r:.40} is not a time"
-    for key in ("finished_ts", "elapsed"):
-        value = record.get(key)
-        if value is not None and not -_LONGEST <= value <= _LONGEST:
-            return f"state.json: {key!r} {value!r:.40} is no time of a job"
-    for key in ("host_pid", "kernel_pid", "owner_pid"):
-        value = record.get(key)
-        if value is not None and not (isinstance(value, int) and 0 < value <= PID_MAX):
-            return f"state.json: {key!r} {value!r:.40} is no pid"
-    return ""
-
-
-# Seconds no time of a job is beyond (about 3,000 years either side of 1970).
-_LONGEST = 1e11
+    """What is wrong with a job's state.json, or "" (the record's own check)."""
+    return JobRecord.problem(record)
 
 
 def _check_pickle(path: Path, skip: int = 0) -> str:
@@ -445,7 +377,7 @@ def damage(
                 return _wrong_fields(name, data, schema)
         return _check_pickle(folder / "result.pkl", skip=1)
     checks: list[tuple[str, _Schema]] = [
-        ("state.json", _STATE),
+        ("state.json", {}),
         ("host.json", _HOST),
         ("results.json", _RESULTS),
     ]
@@ -534,7 +466,7 @@ def entries() -> list[Path]:
         if spec is None and being_made(folder):
             continue
         submitted = spec.get("submitted") if spec else None
-        if not isinstance(submitted, str) or not _iso(submitted):
+        if not isinstance(submitted, str) or not is_time(submitted):
             submitted = dt.datetime.fromtimestamp(newest_mtime(folder)).astimezone().isoformat()
         found.append((_sort_key(submitted), folder.name, folder))
     return [f for _, _, f in sorted(found)]

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import _store
 from ._detached import DetachedJob, check_sound, started_here
+from ._record import JobRecord
 from ._states import DAMAGED
 
 
@@ -69,66 +70,34 @@ def earlier_jobs() -> list[DetachedJob]:
     return [j for j in attached_jobs() if j.notebook == session and j.record().get("owner") != me]
 
 
-def describe(folder: Path) -> dict[str, Any]:
-    """One line's worth of facts about a store entry, job or call; a damaged one is
-    described as such, with the reason, and never raises."""
+def describe(folder: Path) -> JobRecord:
+    """The record of a store entry, job or call, as its handle judges it now; a damaged
+    one is described as such, with the reason, and never raises."""
     spec = _store.read_json(folder / "spec.json") or {}
-    info: dict[str, Any] = {
-        "name": _store.text_field(spec.get("name")) or folder.name,
-        "id": folder.name,
-        "kind": spec.get("kind") if spec.get("kind") in ("job", "call") else "?",
-        "submitted": _store.text_field(spec.get("submitted")),
-        "reason": "",
-    }
+    name = _store.text_field(spec.get("name")) or folder.name
+    kind = "call" if spec.get("kind") == "call" else _store.text_field(spec.get("job_kind"))
     damage = _store.damage(folder)
     if not damage:
         try:
-            return _describe(folder, spec, info)
+            return _describe(folder, spec, name)
         except Exception as exc:  # a record odd in a way no check foresaw: still a row
             damage = f"{type(exc).__name__}: {exc}"
-    info.update(
-        state=DAMAGED,
-        progress="",
-        section="",
-        elapsed=0.0,
-        finished_ts=None,
-        log_path="",
-        reason=damage,
-    )
-    return info
+    return JobRecord.damaged(folder.name, name, damage, kind or "cell", detached=True)
 
 
-def _describe(folder: Path, spec: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+def _describe(folder: Path, spec: dict[str, Any], name: str) -> JobRecord:
     if spec.get("kind") == "call":
         from ._calls import BgCall
+        from ._state_record import call_record
 
-        call = BgCall(folder, info["name"], detached=True)
-        call._settle_record()
-        status = _store.read_json(folder / "status.json") or {}
-        info.update(
-            state=call.state,
-            progress="",
-            section="",
-            elapsed=0.0,
-            finished_ts=status.get("ended"),
-            log_path=str(folder / "stdout"),
-        )
-        return info
+        call = BgCall(folder, name, detached=True)
+        call.settle_record()
+        return call_record(call)
     job = DetachedJob(folder)
-    record = job.record()
-    done, total = job.progress
-    state = job.state
-    info.update(
-        state=state,
-        progress=f"{done}/{total}",
-        section=job.section,
-        elapsed=job.elapsed,
-        finished_ts=record.get("finished_ts")
-        or (_store.newest_mtime(folder) if state == "died" else None),
-        log_path=str(job.log_path or ""),
-        reason=job.reason if state == "died" else "",
-    )
-    return info
+    record = job.now()
+    if record.state == "died" and not record.finished_ts:
+        record.finished_ts = _store.newest_mtime(folder)
+    return record
 
 
 def table() -> str:
@@ -139,21 +108,21 @@ def table() -> str:
     rows = [describe(f) for f in _store.entries()]
     if not rows:
         return "no detached jobs"
-    damaged = [r for r in rows if r["state"] == DAMAGED]
+    damaged = [r for r in rows if r.state == DAMAGED]
     header = ("name", "id", "kind", "state", "progress", "section", "elapsed")
     body = [
         (
-            r["name"],
-            r["id"],
-            r["kind"],
-            r["state"],
-            r["progress"],
-            r["section"],
-            clock_text(r["elapsed"]) if r["elapsed"] else "",
+            r.name,
+            r.id,
+            r.kind,
+            r.state,
+            "" if r.state == DAMAGED or r.kind == "call" else "{}/{}".format(*r.progress),
+            r.section,
+            clock_text(r.elapsed) if r.elapsed else "",
         )
         for r in rows
     ]
     text = text_table(header, body)
     for r in damaged:
-        text += f"\n{r['id']}: damaged: {r['reason']}; `bgjobs prune` removes it"
+        text += f"\n{r.id}: damaged: {r.reason}; `bgjobs prune` removes it"
     return text

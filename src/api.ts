@@ -8,43 +8,16 @@ import * as nbformat from '@jupyterlab/nbformat';
 import { ServerConnection } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { IHistoryEntry, IJob, IJobRecord } from './record';
 import { FINAL_STATES } from './states';
 
-/** One job, as a row of the Jobs panel shows it. */
-export interface IJob {
-  id: string;
-  name: string;
-  state: string;
-  progress: [number, number | null];
-  section: string;
-  status: string;
-  started: string | null;
-  finished: string | null;
-  elapsed: number;
-  where: string;
-  notebook: string | null;
-  notebook_path: string | null;
-  kind: string;
-  detached: boolean;
-  reason: string;
-  /** Why the job's log is incomplete (the disk refused some output), or "". */
-  log_note?: string;
-  report: string;
-}
-
-/** One transition of a job: what happened, the state it led to, when, and why. */
-export interface IHistoryEntry {
-  event: string;
-  state: string;
-  at: string;
-  reason: string;
-}
+export { IHistoryEntry, IJob, IJobRecord };
 
 /** What the detail view shows of a job. */
 export interface IJobDetail extends IJob {
   outputs: nbformat.IOutput[];
   /** The job's state record; its ``history`` tells the job's story. */
-  record: { history?: IHistoryEntry[] };
+  record: Partial<IJobRecord>;
   spec: {
     code: string | null;
     name: string | null;

@@ -136,8 +136,8 @@ def test_two_writers_share_the_store_without_losing_anything(tmp_path: Path) -> 
     assert wanted <= set(folders)
     for call_id in wanted:
         info = _stored.describe(folders[call_id])
-        call = BgCall(folders[call_id], info["name"], detached=True)
-        i = int(info["name"].split("_")[1])
+        call = BgCall(folders[call_id], info.name, detached=True)
+        i = int(info.name.split("_")[1])
         assert call.result(60) == i * i
 
 
@@ -146,7 +146,7 @@ def test_prune_removes_old_finished_entries_and_reports_the_space(tmp_path: Path
     assert done.result(60) == 6
     # Its supervisor records the end, then exits; until then it holds the folder's logs
     # open, and prune never removes a folder in use.
-    supervisor = done._pids()["supervisor"]
+    supervisor = done.pids()["supervisor"]
     until(lambda: not _store.pid_alive(supervisor), "the finished call's supervisor to end")
     running = bj.bg_call(time.sleep, (300,), name="still_running", detach=True)
     kept = bj.prune(older_than="1h")

@@ -471,17 +471,30 @@ def test_a_running_row_costs_three_file_opens_a_look(detach: bool) -> None:
 
 
 def test_the_extensions_job_type_is_the_servers_row() -> None:
-    """``IJob`` in ``src/api.ts`` names exactly the fields of a row the server sends, for
-    a sound job and a damaged one alike."""
+    """``IJob`` and ``IJobRecord`` in ``src/record.ts`` are generated from the record's
+    schema, and name exactly the fields the server sends: of a row, sound or damaged, and
+    of a record."""
     import re
 
+    from jupyter_bgjobs._record import ROW, typescript
     from jupyter_bgjobs._server.rows import damaged_row, handle, summary
 
-    source = (Path(__file__).parent.parent / "src" / "api.ts").read_text(encoding="utf-8")
-    body = source.split("export interface IJob {", 1)[1].split("\n}", 1)[0]
-    typed = set(re.findall(r"^\s+(\w+)\??:", body, re.M))
+    source = (Path(__file__).parent.parent / "src" / "record.ts").read_text(encoding="utf-8")
+    assert source == typescript(), (
+        "src/record.ts is stale; write it anew as its docstring in _record.py says"
+    )
+
+    def typed(interface: str) -> set[str]:
+        body = source.split(f"export interface {interface} {{", 1)[1].split("\n}", 1)[0]
+        return set(re.findall(r"^\s+(\w+)\??:", body, re.M))
+
     job = bj.run_cell("x = 1", name="typed_row", env="none").wait(60)
     stored = handle(job.folder, detached=False)
     with stored.frozen():
         sound = summary(stored, "/")
-    assert typed == set(sound) == set(damaged_row(stored, ValueError("odd")))
+        record = stored.record()
+    assert typed("IJob") == set(ROW) == set(sound) == set(damaged_row(stored, ValueError("odd")))
+    assert typed("IJobRecord") == set(record)
+    # No other TypeScript declares a job's fields by hand.
+    api = (Path(__file__).parent.parent / "src" / "api.ts").read_text(encoding="utf-8")
+    assert "interface IJob {" not in api and "interface IHistoryEntry" not in api

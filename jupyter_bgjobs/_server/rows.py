@@ -24,6 +24,7 @@ from typing import Any
 from .. import _store
 from .._detached import DetachedJob
 from .._errors import StoreError
+from .._record import JobRecord
 from .._states import DAMAGED, ENDED_STATES
 
 # What a row is read from: it changes only when one of these files does (or its process
@@ -72,52 +73,16 @@ def _relative(path: Any, root: str) -> str | None:
     return None if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
-def summary(job: Any, root: str) -> dict[str, Any]:
+def summary(job: DetachedJob, root: str) -> dict[str, Any]:
     """What a row of the IDE's Jobs panel shows of a job."""
-    record = job.record()
-    done, total = job.progress
-    return {
-        "id": job.id,
-        "name": job.name,
-        "state": job.state,
-        "progress": [done, total],
-        "section": job.section,
-        "status": job.status,
-        "started": record.get("started"),
-        "finished": record.get("finished"),
-        "elapsed": job.elapsed,
-        "where": record.get("where") or "local",
-        "notebook": record.get("notebook"),
-        "notebook_path": _relative(record.get("notebook"), root),
-        "kind": job.kind,
-        "detached": bool(job.detached),
-        "reason": job.reason,
-        "log_note": job.log_note,
-        "report": job.report if job.done else "",
-    }
+    record = job.now()
+    return record.row(notebook_path=_relative(record.notebook, root))
 
 
 def damaged_row(job: DetachedJob, exc: BaseException) -> dict[str, Any]:
     """The row of a job whose record could not be read as one: listed, and removable."""
-    return {
-        "id": job.id,
-        "name": job.name,
-        "state": DAMAGED,
-        "progress": [0, 0],
-        "section": "",
-        "status": "",
-        "started": None,
-        "finished": None,
-        "elapsed": 0.0,
-        "where": "local",
-        "notebook": None,
-        "notebook_path": None,
-        "kind": job.kind,
-        "detached": bool(job.detached),
-        "reason": f"its record cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
-        "log_note": "",
-        "report": "",
-    }
+    why = f"its record cannot be read: {type(exc).__name__}: {str(exc)[:200]}"
+    return JobRecord.damaged(job.id, job.name, why, job.kind, bool(job.detached)).row()
 
 
 def state_of(job: DetachedJob) -> str:

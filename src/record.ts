@@ -1,0 +1,67 @@
+/**
+ * A job's record and the row of the Jobs pane, generated from the Python
+ * package's `_record.py`. Do not edit: a test holds this file to it.
+ */
+
+/** One transition of a job: what happened, the state it led to, when, and why. */
+export interface IHistoryEntry {
+  event: string;
+  state: string;
+  at: string;
+  reason: string;
+}
+
+/** What a job is, as its record (`state.json`) says. */
+export interface IJobRecord {
+  id: string;
+  name: string;
+  kind: string;
+  state: string;
+  progress: [number, number];
+  section: string;
+  status: string;
+  started: string | null;
+  finished: string | null;
+  finished_ts: number | null;
+  elapsed: number | null;
+  error: [string, string, string[]] | null;
+  reason: string;
+  exit_code: number | null;
+  log_path: string | null;
+  log_note: string;
+  owner: string | null;
+  owner_pid: number | null;
+  host_pid: number | null;
+  host_id: string | null;
+  kernel_pid: number | null;
+  pid: number | null;
+  detached: boolean;
+  where: string | null;
+  kernel: string | null;
+  notebook: string | null;
+  skipped: { [key: string]: string }[];
+  history: IHistoryEntry[];
+  report: string;
+  timings: { [milestone: string]: number };
+}
+
+/** A row of the Jobs pane, as the server sends it. */
+export interface IJob {
+  id: string;
+  name: string;
+  state: string;
+  progress: [number, number];
+  section: string;
+  status: string;
+  started: string | null;
+  finished: string | null;
+  elapsed: number;
+  where: string;
+  notebook: string | null;
+  notebook_path: string | null;
+  kind: string;
+  detached: boolean;
+  reason: string;
+  log_note: string;
+  report: string;
+}
