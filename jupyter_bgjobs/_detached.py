@@ -231,6 +231,24 @@ class DetachedJob:
         # Another process's attached job is stopped from there.
         return self.detached and not self.done and bool(self.host_record().get("pid_id"))
 
+    @property
+    def partial(self) -> bool:
+        """False: a job's statements do not fail one by one."""
+        return False
+
+    @property
+    def removed(self) -> bool:
+        """False: a stored job leaves a panel when its entry is pruned."""
+        return False
+
+    @property
+    def auto_remove(self) -> bool:
+        """False: an ended job stays listed until it is removed."""
+        return False
+
+    def forget(self) -> None:
+        """Nothing to forget here: a stored job is the store's (``bgjobs prune``)."""
+
     def on_change(self, fn: Callable[[Any], Any]) -> None:
         """Call ``fn(job)`` when a reader of this process sees the job change."""
         self._listeners.append(fn)

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._handle import Handle
 from ._states import colour_of, icon, label
 from ._text import clock as clock_text
 
@@ -24,15 +25,14 @@ KEEPALIVE_ID = "jupyter-bgjobs-keepalive"
 JOB_MIME = "application/vnd.jupyter-bgjobs.job+json"
 
 
-def job_mime(job: Any) -> dict[str, Any]:
+def job_mime(job: Handle) -> dict[str, Any]:
     """The IDE's form of ``job``'s row, for a job with a record in the store."""
-    job_id, folder = getattr(job, "id", None), getattr(job, "folder", None)
-    if not isinstance(job_id, str) or folder is None:
+    if job.folder is None:
         return {}
-    return {JOB_MIME: {"id": job_id, "name": job.name, "state": job.state}}
+    return {JOB_MIME: {"id": job.id, "name": job.name, "state": job.state}}
 
 
-def status_text(job: Job, look: str | None = None) -> str:
+def status_text(job: Handle, look: str | None = None) -> str:
     """The job's status line; ``look`` shows it in another state's icon and word (a
     panel row's ``partial``)."""
     done, total = job.progress
@@ -46,7 +46,7 @@ def status_text(job: Job, look: str | None = None) -> str:
     line = "  ".join(parts)
     if job.report:
         line += "  ·  " + job.report.split(": ", 1)[-1]
-    elif job.done and not getattr(job, "merged", True):
+    elif job.done and not job.merged:
         line += "  ·  results merge before the next cell runs (or in job.wait())"
     return line
 

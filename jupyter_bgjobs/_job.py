@@ -368,6 +368,26 @@ class Job:
         return kernel.pid if kernel is not None else None
 
     @property
+    def can_stop(self) -> bool:
+        """True: a job can always be asked to stop until it has ended."""
+        return True
+
+    @property
+    def partial(self) -> bool:
+        """False: a job's statements do not fail one by one."""
+        return False
+
+    @property
+    def removed(self) -> bool:
+        """False: a job leaves the panel when it is forgotten."""
+        return False
+
+    @property
+    def auto_remove(self) -> bool:
+        """False: an ended job stays listed until it is removed."""
+        return False
+
+    @property
     def notebook(self) -> str | None:
         """The notebook that started the job, as its server named it (None outside one)."""
         return self._run.environ.get("JPY_SESSION_NAME") or None
@@ -444,6 +464,10 @@ class Job:
                 self._run.callbacks.append(fn)
                 return
         fn(self)
+
+    def forget(self) -> None:
+        """Take the ended job out of this process's list (its log stays on disk)."""
+        self._manager.remove(self)
 
     def on_change(self, fn: Callable[[Job], Any]) -> None:
         """Call ``fn(job)`` after every change of the job (state, progress, output), from

@@ -18,7 +18,9 @@ from typing import Any
 import ipywidgets as W
 
 from ._display import job_mime, live_frontend, status_text
+from ._handle import Handle
 from ._merge import listed
+from ._progress import ProgressJob
 from ._states import FAILED, LOOKS, PARTIAL, colour_of, icon, label
 from ._text import clock as clock_text
 from ._text import text_table as _aligned
@@ -28,12 +30,12 @@ from ._text import text_table as _aligned
 _LOG_LIMIT = 20 << 20
 
 
-def _look(job: Any) -> str:
+def _look(job: Handle) -> str:
     """What a row shows as its state: the job's state, or ``partial``."""
-    return PARTIAL if getattr(job, "partial", False) else str(job.state)
+    return PARTIAL if job.partial else job.state
 
 
-def row_text(job: Any) -> str:
+def row_text(job: Handle) -> str:
     """A row as one line of plain text, for front ends without widgets."""
     look = _look(job)
     line = status_text(job, look)
@@ -65,9 +67,8 @@ def _recent(outputs: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
     return tuple(reversed(kept))
 
 
-def _version(job: Any) -> int:
-    version = getattr(job, "output_version", None)
-    return int(version) if version is not None else len(job.outputs)
+def _version(job: Handle) -> int:
+    return job.output_version
 
 
 def _fit() -> W.Layout:
@@ -78,7 +79,7 @@ def _fit() -> W.Layout:
 class JobRow(W.VBox):  # type: ignore[misc]
     """One job's live row; the same widget shows under its cell and in the panel."""
 
-    def __init__(self, job: Any, notify: bool = False) -> None:
+    def __init__(self, job: Handle, notify: bool = False) -> None:
         self.job = job
         self.notify = notify
         self._lock = threading.Lock()
@@ -149,7 +150,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
             done,
             total,
             job.section,
-            getattr(job, "status", ""),
+            job.status,
             job.report,
             int(job.elapsed),
             self.toggle.value,
@@ -166,15 +167,15 @@ class JobRow(W.VBox):  # type: ignore[misc]
         self.bar.value = min(done, max(total, 1)) if total else (1 if job.done else 0)
         self.bar.bar_style = LOOKS[state].bar if state in LOOKS else "info"
         self.count.value = f"{done}/{total}" if total else ""
-        words = [w for w in (job.section, getattr(job, "status", "")) if w]
+        words = [w for w in (job.section, job.status) if w]
         if job.done:
             if job.report:
                 words = [job.report.split(": ", 1)[-1]]
-            elif not getattr(job, "merged", True):
+            elif not job.merged:
                 words = ["results merge before the next cell runs"]
         self.text.value = html.escape(" · ".join(words))
         self.clock.value = clock_text(job.elapsed)
-        stoppable = not job.done and getattr(job, "can_stop", True)
+        stoppable = not job.done and job.can_stop
         self.stop.layout.display = "" if stoppable else "none"
         self.drop.layout.display = "" if job.done else "none"
         self.detail.layout.display = "" if self.toggle.value else "none"
@@ -194,7 +195,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
 
     def open_log(self) -> None:
         """Show the whole log from disk (its last 20 MiB when it is larger)."""
-        path = getattr(self.job, "log_path", None)
+        path = self.job.log_path
         if path is None:
             return
         from ._store import open_own
@@ -292,7 +293,7 @@ def text_table(rows: list[Any]) -> str:
             j.name,
             _look(j),
             f"{j.progress[0]}/{j.progress[1]}",
-            j.section or getattr(j, "status", ""),
+            j.section or j.status,
             clock_text(j.elapsed),
         )
         for j in rows
@@ -370,9 +371,7 @@ class _Updater:
                 try:
                     row.refresh()
                     job = row.job
-                    if getattr(job, "removed", False) or (
-                        job.done and getattr(job, "auto_remove", False)
-                    ):
+                    if job.removed or (job.done and job.auto_remove):
                         remove_row(row)
                 except Exception:
                     pass
@@ -393,7 +392,7 @@ class _Updater:
 updater = _Updater()
 
 
-def row_for(job: Any, notify: bool = False) -> JobRow:
+def row_for(job: Handle, notify: bool = False) -> JobRow:
     """The live row of ``job``, made on first use and added to the panel."""
     row = updater.rows.get(job.id)
     if row is None:
@@ -408,7 +407,7 @@ def row_for(job: Any, notify: bool = False) -> JobRow:
 
 def remove_row(row: JobRow) -> None:
     """Take a finished job's row out of the panel (and a finished job out of the list)."""
-    if not row.job.done and not getattr(row.job, "removed", False):
+    if not row.job.done and not row.job.removed:
         return
     with updater.cond:
         updater.rows.pop(row.job.id, None)
@@ -418,9 +417,7 @@ def remove_row(row: JobRow) -> None:
     if panel is not None:
         panel.rows.children = tuple(r for r in panel.rows.children if r is not row)
         panel.refresh()
-    forget = getattr(getattr(row.job, "_manager", None), "remove", None)
-    if forget is not None:
-        forget(row.job)
+    row.job.forget()
 
 
 def panel() -> JobsPanel:
@@ -434,7 +431,7 @@ def panel() -> JobsPanel:
     return p
 
 
-def show_row(obj: Any, notify: bool = False) -> JobRow:
+def show_row(obj: Handle, notify: bool = False) -> JobRow:
     """Display ``obj``'s live row under the current cell.
 
     The widget updates itself; its plain-text form is refreshed at each change of state,
@@ -447,7 +444,7 @@ def show_row(obj: Any, notify: bool = False) -> JobRow:
     last: list[tuple[str, str]] = [(obj.state, obj.report)]
     lock = threading.Lock()
 
-    def on_change(o: Any) -> None:
+    def on_change(o: Handle) -> None:
         # Two threads can report one change (the driver ends the job, the notebook merges
         # it): the text is rendered under the lock, so the last update sent is the latest.
         with lock:
@@ -460,13 +457,13 @@ def show_row(obj: Any, notify: bool = False) -> JobRow:
     return row
 
 
-def on_submit(job: Any) -> None:
+def on_submit(job: Handle) -> None:
     """Submit hook: once a panel exists, every new job gets a row in it."""
     if updater.panel is not None:
         row_for(job)
 
 
-def on_new_handle(handle: Any) -> None:
+def on_new_handle(handle: ProgressJob) -> None:
     """A new ``add_job`` row: in the panel, and under the current cell if ``show``."""
     if not widgets_available():
         return

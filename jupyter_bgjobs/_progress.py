@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -63,6 +64,7 @@ class ProgressJob(Tailed, RowClock):
         self.status = status
         self.section = ""
         self.report = ""
+        self.reason = ""
         self.actions = dict(actions or {})
         self.auto_remove = auto_remove
         self.show = show
@@ -76,6 +78,10 @@ class ProgressJob(Tailed, RowClock):
         self._listeners: list[Callable[[Any], Any]] = []
         self._lock = threading.Lock()
         self.removed = False
+        # A progress row has no log or folder of its own, and nothing to merge.
+        self.log_path: Path | None = None
+        self.folder: Path | None = None
+        self.merged = True
         self.in_job = _runner() is not None
         if running:
             self.set_state("running")
@@ -188,6 +194,9 @@ class ProgressJob(Tailed, RowClock):
     def __repr__(self) -> str:
         failed = f" ({self._failed} failed)" if self.partial else ""
         return f"<ProgressJob {self.name!r} {self._state} {self._done}/{self._total}{failed}>"
+
+    def forget(self) -> None:
+        """Nothing to forget: a progress row lives in its panel only."""
 
     def on_change(self, fn: Callable[[Any], Any]) -> None:
         """Call ``fn(row)`` after every change of the row."""
