@@ -184,7 +184,7 @@ class BgJobMagics(Magics):
     def bgjob_attach(self, line: str) -> None:
         """Merge a detached job's saved results into the notebook, after a restart too."""
         args = _parse(self.bgjob_attach, line)
-        from ._detached import attach
+        from ._stored import attach
 
         try:
             print(attach(args.name, args.results, self.shell.user_ns if self.shell else None))

@@ -19,9 +19,10 @@ from . import _checks
 from ._config import settings
 from ._errors import JobSpecError, JobStateError
 from ._outputs import OutputTail, Tailed
-from ._states import CANCELLED, FAILED, FINAL_STATES, IDLE, RUNNING, SUCCEEDED, RowClock
+from ._states import FINAL_STATES, PROGRESS_MOVES, SUCCEEDED, RowClock
 
-PROGRESS_STATES = (IDLE, RUNNING, SUCCEEDED, CANCELLED, FAILED)
+# The words a row's state may be, in the order they are said.
+PROGRESS_STATES = tuple(PROGRESS_MOVES.moves[m][1] for m in PROGRESS_MOVES.moves)
 
 
 def _runner() -> Any:
@@ -164,7 +165,7 @@ class ProgressJob(Tailed, RowClock):
                 self._done = self._total
         # One change for both: a row must never be seen succeeded before it is partial.
         self._failed = failed
-        self._state = state
+        self._state = PROGRESS_MOVES.move(self._state, state)
         self._changed()
 
     def remove(self) -> None:

@@ -108,36 +108,106 @@ def typescript() -> str:
     )
 
 
-# The named transitions of a job: each event, from which states, to which state. A call
-# (``bg()``) and a progress row move through the same names where they mean the same.
-TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
-    "start": (frozenset({PENDING}), STARTING),
-    "run": (frozenset({STARTING}), RUNNING),
-    "succeed": (frozenset({RUNNING}), SUCCEEDED),
-    "fail": (frozenset({PENDING, STARTING, RUNNING}), FAILED),
-    "cancel": (frozenset({PENDING, STARTING, RUNNING}), CANCELLED),
-    "time_out": (frozenset({STARTING, RUNNING}), TIMED_OUT),
-    "die": (frozenset({STARTING, RUNNING}), DIED),
-}
-_BY_TARGET = {target: name for name, (_, target) in TRANSITIONS.items()}
-
-
 class TransitionError(RuntimeError):
     """A state change no transition allows: a bug of the engine, never of the user."""
 
 
+class Machine:
+    """The named moves of one kind of thing that runs: each event, the states it may
+    start from, and the state it leads to. Every state change of that thing is checked
+    here, and named by its event (a job's history tells the events)."""
+
+    def __init__(self, kind: str, moves: dict[str, tuple[frozenset[str], str]]) -> None:
+        self.kind = kind
+        self.moves = moves
+        self._by_target = {target: name for name, (_, target) in moves.items()}
+        self.states = frozenset(s for sources, target in moves.values() for s in (*sources, target))
+
+    def move(self, current: str, target: str) -> str:
+        """``target`` if a move leads there from ``current``, else ``TransitionError``
+        naming both (a final state is final)."""
+        name = self._by_target.get(target)
+        if name is None or current not in self.moves[name][0]:
+            raise TransitionError(f"no transition from {current!r} to {target!r} of a {self.kind}")
+        return target
+
+    def event_of(self, target: str) -> str:
+        """The name of the move into ``target``: ``fail`` for ``failed``."""
+        return self._by_target.get(target, target)
+
+
+_STARTED = frozenset({STARTING, RUNNING})
+_UNENDED = frozenset({PENDING, STARTING, RUNNING})
+
+# A job: pending until a slot is free, starting while its kernel is acquired, running
+# once its code is sent; an end from there (a start that fails is a failure).
+JOB_MOVES = Machine(
+    "job",
+    {
+        "start": (frozenset({PENDING}), STARTING),
+        "run": (frozenset({STARTING}), RUNNING),
+        "succeed": (frozenset({RUNNING}), SUCCEEDED),
+        "fail": (_UNENDED, FAILED),
+        "cancel": (_UNENDED, CANCELLED),
+        "time_out": (_STARTED, TIMED_OUT),
+        "die": (_STARTED, DIED),
+    },
+)
+TRANSITIONS = JOB_MOVES.moves
+
+# A progress row (``add_job``) is set by its owner's code, in any order, as rstudioapi's
+# jobSetState is: every state may follow every other; only the words are checked.
+_PROGRESS = frozenset({IDLE, RUNNING, SUCCEEDED, CANCELLED, FAILED})
+PROGRESS_MOVES = Machine(
+    "progress row",
+    {
+        "idle": (_PROGRESS, IDLE),
+        "run": (_PROGRESS, RUNNING),
+        "succeed": (_PROGRESS, SUCCEEDED),
+        "cancel": (_PROGRESS, CANCELLED),
+        "fail": (_PROGRESS, FAILED),
+    },
+)
+
+# A queue task (R's queue): its words are the R package's, and its end is one state,
+# ``done``, whose code says how; a task whose worker was lost waits again.
+CREATED, WAITING, ASSIGNED, DONE = "created", "waiting", "assigned", "done"
+TASK_MOVES = Machine(
+    "queue task",
+    {
+        "queue": (frozenset({CREATED, WAITING, ASSIGNED, RUNNING}), WAITING),
+        "assign": (frozenset({WAITING}), ASSIGNED),
+        "run": (frozenset({ASSIGNED}), RUNNING),
+        "finish": (frozenset({CREATED, WAITING, ASSIGNED, RUNNING, DONE}), DONE),
+    },
+)
+
+# A queue worker: a process that runs one task after another, so it goes back to idle
+# (and a busy one is given the next tasks ahead); a spare is kept warm for one that dies.
+W_IDLE, BUSY, SPARE, FINISHED = "idle", "busy", "spare", "finished"
+WORKER_MOVES = Machine(
+    "queue worker",
+    {
+        "ready": (frozenset({STARTING, SPARE, BUSY}), W_IDLE),
+        "keep": (frozenset({STARTING}), SPARE),
+        "take": (frozenset({W_IDLE, BUSY}), BUSY),
+        "end": (frozenset({STARTING, W_IDLE, SPARE, BUSY, FINISHED}), FINISHED),
+    },
+)
+
+# A ``bg()`` call has no moves: its state is read, each time, from the files its process
+# and its watcher write (``status.json``), so that any process reads the same.
+
+
 def transition(current: str, target: str) -> str:
-    """``target`` if a named transition leads there from ``current`` (``event_of`` names
-    it), else ``TransitionError`` naming both (a final state is final)."""
-    name = _BY_TARGET.get(target)
-    if name is None or current not in TRANSITIONS[name][0]:
-        raise TransitionError(f"no transition from {current!r} to {target!r}")
-    return target
+    """A job's move: ``target`` if one leads there from ``current`` (``event_of`` names
+    it), else ``TransitionError`` naming both."""
+    return JOB_MOVES.move(current, target)
 
 
 def event_of(target: str) -> str:
-    """The name of the transition into ``target``: ``fail`` for ``failed``."""
-    return _BY_TARGET.get(target, target)
+    """The name of a job's move into ``target``: ``fail`` for ``failed``."""
+    return JOB_MOVES.event_of(target)
 
 
 # The entries of a job's history are small and few: one a transition, at most one a state.

@@ -344,6 +344,11 @@ def _check_pickle(path: Path, skip: int = 0) -> str:
     return ""
 
 
+def list_field(value: Any) -> list[Any]:
+    """A record's field as a list; [] for a field of another type (a damaged record)."""
+    return value if isinstance(value, list) else []
+
+
 def text_field(value: Any) -> str:
     """A record's field as text; "" for a field of another type (a damaged record)."""
     return value if isinstance(value, str) else ""

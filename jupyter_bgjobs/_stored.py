@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _store
-from ._detached import DetachedJob, check_sound, started_here
+from ._detached import DetachedJob, check_sound, find, notebook_ids, started_here
+from ._errors import JobSpecError, JobStateError
 from ._record import JobRecord
 from ._states import DAMAGED
 
@@ -126,3 +127,59 @@ def table() -> str:
     for r in damaged:
         text += f"\n{r.id}: damaged: {r.reason}; `bgjobs prune` removes it"
     return text
+
+
+def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | None = None) -> str:
+    """Merge a detached job's saved results into ``ns`` (the notebook's globals) with the
+    merge and conflict report of an attached job; returns the report line.
+
+    ``results``: ``globals``, ``object`` or ``none``; by default what the job was started
+    with. A name the notebook has that the job also returns is kept per the job's
+    ``--on-conflict`` (``keep``: the job's value goes to ``<name>_results``)."""
+    from ._merge import MergeRules, Outcome, merge_results, target_namespace
+
+    job = find(name_or_id)
+    if job is None:
+        raise JobSpecError(
+            f"no detached job named {name_or_id!r}; `%bgjobs` lists the ones in the store"
+        )
+    if not job.done:  # a damaged one raised in find()
+        raise JobStateError(
+            f"job {job.name!r} is still {job.state} ({job.progress[0]}/{job.progress[1]}); "
+            "attach once it has ended, or job.wait()"
+        )
+    spec = _store.read_json(job.folder / "spec.json") or {}
+    # What the job was started with, as an attached job would have merged them; an
+    # explicit ``results`` decides otherwise.
+    mode = results or _store.text_field(spec.get("results")) or "globals"
+    if mode not in ("globals", "object", "none"):
+        raise JobSpecError(f"--results must be globals, object or none, not {mode!r}")
+    values = vars(job.results) if job.results is not None else {}
+    kept = job.kept()
+    outcome = Outcome(
+        name=job.name,
+        state=job.state,
+        progress=job.progress,
+        elapsed=job.elapsed,
+        rules=MergeRules(
+            results=mode,
+            results_name=_store.text_field(spec.get("results_name")) or f"{job.name}_results",
+            on_conflict=_store.text_field(spec.get("on_conflict")) or "keep",
+            on_failure=_store.text_field(spec.get("on_failure")) or "merge",
+        ),
+        reason=job.reason if job.state != "succeeded" else "",
+        error=job.error,
+        values=values,
+        ns_ids=notebook_ids.get(job.id, {}),
+        mutated=[m for m in _store.list_field(kept.get("mutated")) if isinstance(m, str)],
+        deleted=[m for m in _store.list_field(kept.get("deleted")) if isinstance(m, str)],
+        skipped=[
+            dict(s, direction="out")
+            for s in _store.list_field(kept.get("not_saved"))
+            if isinstance(s, dict)
+        ],
+    )
+    target = ns if ns is not None else target_namespace()
+    report = merge_results(outcome, target)
+    job.merged = True
+    return report

@@ -421,6 +421,37 @@ def test_a_transition_no_table_entry_allows_is_refused(mgr: JobManager) -> None:
                     transition(state, target)
 
 
+def test_every_thing_that_runs_moves_by_one_helper() -> None:
+    """Queue tasks, queue workers and progress rows move by the same helper as jobs, each
+    with its own table; a move no table allows is refused, naming what refused it."""
+    from jupyter_bgjobs._queue.tasks import Task
+    from jupyter_bgjobs._states import (
+        PROGRESS_MOVES,
+        TASK_MOVES,
+        WORKER_MOVES,
+        TransitionError,
+    )
+
+    task = Task("t1", print, (), {})
+    with pytest.raises(TransitionError, match="'created' to 'running' of a queue task"):
+        task.move("running")
+    for step in ("waiting", "assigned", "running"):
+        task.move(step)
+    task.requeue()  # its worker was lost: it waits again
+    assert task.state == "waiting"
+    task.finish(0, "done")
+    with pytest.raises(TransitionError, match="of a queue task"):
+        task.move("assigned")
+    assert WORKER_MOVES.move("starting", "spare") == "spare"
+    with pytest.raises(TransitionError, match="'finished' to 'idle' of a queue worker"):
+        WORKER_MOVES.move("finished", "idle")
+    # A progress row is its owner's to set, in any order; only the words are checked.
+    assert PROGRESS_MOVES.move("succeeded", "running") == "running"
+    with pytest.raises(TransitionError):
+        PROGRESS_MOVES.move("idle", "timed_out")
+    assert TASK_MOVES.event_of("done") == "finish" and WORKER_MOVES.states >= {"busy", "spare"}
+
+
 def test_where_a_job_runs_is_chosen_once_and_says_what_it_can_do(mgr: JobManager) -> None:
     from jupyter_bgjobs._backends.providers import provider_for
 

@@ -21,7 +21,7 @@ from gatewayserver import TOKEN, Gateway
 from test_durable import Notebook
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _detached
+from jupyter_bgjobs import _stored
 from jupyter_bgjobs._spec import JobSpec
 from jupyter_bgjobs._state_record import KERNEL_ENDED, KERNEL_SHUT_DOWN
 
@@ -211,14 +211,14 @@ def test_every_option_works_detached(ip: Any, tmp_path: Path) -> None:
     gate.touch()
     job.wait(120)
     assert job.state == "succeeded", job.reason
-    report = _detached.attach("opts", ns=ip.user_ns)
+    report = _stored.attach("opts", ns=ip.user_ns)
     assert "merged made" in report and "kept the notebook's base" in report
     assert ip.user_ns["base"] == 99 and ip.user_ns["made"] == 22
     assert ip.user_ns["opts_results"].base == 11
     # --results object, and the shipped names are exactly what the cell reads.
     obj = bj.run_cell("total = base + 1", name="opts_obj", detach=True, results="object")
     obj.wait(120)
-    assert "into opts_obj_results" in _detached.attach("opts_obj", ns=ip.user_ns)
+    assert "into opts_obj_results" in _stored.attach("opts_obj", ns=ip.user_ns)
     assert ip.user_ns["opts_obj_results"].total == 100
     spec = json.loads((obj.folder / "spec.json").read_text())
     assert spec["shipped"] == ["base"]
@@ -384,9 +384,9 @@ def test_a_detached_job_started_with_results_none_is_not_merged(ip: Any) -> None
     ip.user_ns.pop("kept_apart", None)
     job = bj.run_cell("kept_apart = 1", name="apart", detach=True, results="none")
     job.wait(120)
-    report = _detached.attach("apart", ns=ip.user_ns)
+    report = _stored.attach("apart", ns=ip.user_ns)
     assert "kept_apart" not in ip.user_ns and "results in get_job('apart').results" in report
-    _detached.attach("apart", results="globals", ns=ip.user_ns)  # asked for: merged
+    _stored.attach("apart", results="globals", ns=ip.user_ns)  # asked for: merged
     assert ip.user_ns["kept_apart"] == 1
 
 

@@ -21,7 +21,7 @@ import pytest
 from cells import until
 
 import jupyter_bgjobs as bj
-from jupyter_bgjobs import _detached, _store, _stored
+from jupyter_bgjobs import _store, _stored
 from jupyter_bgjobs._cli import main as cli
 
 
@@ -238,7 +238,7 @@ def test_damaged_entries_are_listed_and_pruned_and_harm_no_other(
 
     assert bj.get_job("sound").results.total == 6
     ns: dict[str, Any] = {}
-    report = _detached.attach("sound", results="globals", ns=ns)
+    report = _stored.attach("sound", results="globals", ns=ns)
     assert report.startswith("sound: succeeded in") and "merged i, total" in report
     assert ns["total"] == 6
     for folder, reason in damaged.values():
@@ -246,7 +246,7 @@ def test_damaged_entries_are_listed_and_pruned_and_harm_no_other(
             bj.get_job(folder.name)
         assert reason in str(caught.value) and "\n" not in str(caught.value)
         with pytest.raises(bj.BgJobError, match="is damaged"):
-            _detached.attach(folder.name, ns={})
+            _stored.attach(folder.name, ns={})
         assert cli(["results", folder.name]) == 2
         assert reason in one_line(capsys.readouterr().err)
     # Its log is sound: it is shown.

@@ -21,8 +21,8 @@ from .._calling import error_message, load_error
 from .._errors import TaskPickleError, TaskTimeoutError, WorkerDiedError
 from .._inside.outcome import error_payload
 from .._inside.procs import CODE_ERROR, CODE_LOST, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
+from .._states import ASSIGNED
 from .run import Stopped
-from .tasks import ASSIGNED
 
 
 class _ThreadStreams(io.TextIOBase):
@@ -136,7 +136,7 @@ class DaskBackend:
                 key=f"bgjobs-{task.id}-{tag}",
                 pure=False,
             )
-            task.state = ASSIGNED
+            task.move(ASSIGNED)
             task.assigned = time.time()
             futures[future] = task
         pending = set(futures)

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._inside.procs import CODE_OK
-from .._states import CANCELLED, FAILED, RUNNING, SUCCEEDED
-from .tasks import ASSIGNED, WAITING, Task, TaskList
+from .._states import ASSIGNED, CANCELLED, FAILED, RUNNING, SUCCEEDED, WAITING
+from .tasks import Task, TaskList
 
 MODES = ("none", "minimal", "verbose")
 

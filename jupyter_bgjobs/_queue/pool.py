@@ -27,12 +27,13 @@ from .._calling import check_flag, check_seconds
 from .._errors import JobSpecError, TaskError
 from .._inside import procs as _procs
 from .._inside.worker import FRAME, SLOT, read_capture
-from .._states import STARTING
-from .tasks import Task
 
 # A worker's states besides starting: waiting for work, with tasks on it, a spare started
 # ahead of need, ended.
-IDLE, BUSY, SPARE, FINISHED = "idle", "busy", "spare", "finished"
+from .._states import FINISHED, SPARE, STARTING, WORKER_MOVES
+from .._states import W_IDLE as IDLE
+from .tasks import Task
+
 _WORKER = str(Path(__file__).parent.parent / "_inside" / "worker.py")
 # Names of the workers' output files, unique in this process.
 _WORKER_FILES = itertools.count(1)
@@ -77,6 +78,10 @@ class Worker:
         hello = {"sys_path": [p for p in sys.path if p], "cwd": os.getcwd()}
         self._send(pickle.dumps(hello))
 
+    def move(self, target: str) -> None:
+        """Into ``target`` by one of a worker's moves (``TransitionError`` for another)."""
+        self.state = WORKER_MOVES.move(self.state, target)
+
     def _send(self, data: bytes) -> None:
         self.sock.sendall(FRAME.pack(len(data)) + data)
 
@@ -117,7 +122,7 @@ class Worker:
         if self.state == FINISHED:
             return
         _procs.end(self.proc, grace=0)
-        self.state = FINISHED
+        self.move(FINISHED)
         if self._capture_fds:
             try:
                 # What the task that was running printed, for its row.
@@ -169,7 +174,7 @@ class Worker:
         """Take the worker's first message, which says it is ready."""
         if frame != b"ready":
             raise TaskError(f"a queue worker sent {frame[:40]!r} before saying it was ready")
-        self.state = SPARE if self.reserve else IDLE
+        self.move(SPARE if self.reserve else IDLE)
 
     def __repr__(self) -> str:
         task = f" running {self.task.id}" if self.task else ""
@@ -220,7 +225,7 @@ class WorkerPool:
                 if w.reserve and w.state != FINISHED:
                     w.reserve = False
                     if w.state == SPARE:
-                        w.state = IDLE
+                        w.move(IDLE)
                     return True
         return False
 

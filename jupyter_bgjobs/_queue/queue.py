@@ -15,11 +15,11 @@ from .. import _checks
 from .._calling import check_flag, check_seconds
 from .._errors import JobSpecError, JobStateError, TaskError, WaitTimeout
 from .._inside.procs import CODE_CANCELLED
-from .._states import RUNNING
+from .._states import ASSIGNED, DONE, RUNNING, WAITING
 from .messages import MODES, Messages, describe
 from .pool import WorkerPool
 from .run import Run, Stopped
-from .tasks import ASSIGNED, DONE, WAITING, Task, TaskList
+from .tasks import Task, TaskList
 
 
 class Queue:

@@ -22,9 +22,10 @@ from .._errors import TaskPickleError, TaskTimeoutError, WorkerDiedError
 from .._inside import procs as _procs
 from .._inside.outcome import PLAIN
 from .._inside.procs import CODE_ERROR, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
-from .._states import RUNNING, STARTING
-from .pool import BUSY, FINISHED, IDLE, Worker, WorkerPool
-from .tasks import ASSIGNED, Task
+from .._states import ASSIGNED, BUSY, FINISHED, RUNNING, STARTING
+from .._states import W_IDLE as IDLE
+from .pool import Worker, WorkerPool
+from .tasks import Task
 
 # Tasks queued ahead in a worker: enough for ~2 ms of work, so fast tasks do not wait for a
 # round trip each, while slow ones are handed out one at a time and stay balanced.
@@ -117,7 +118,7 @@ class Run:
                 index = self.index[id(task)]
                 batch.append((index, key, None if key in w.funs else self.fun_bytes[key], args))
                 w.funs.add(key)
-                task.state = ASSIGNED
+                task.move(ASSIGNED)
                 task.assigned = time.time()
                 task.worker_id = w.pid
                 w.ahead.append(task)
@@ -126,7 +127,7 @@ class Run:
                     w.send(batch)
                 except OSError:
                     pass  # it died; its reader sees the end and requeues these
-                w.state = BUSY
+                w.move(BUSY)
 
     # -- receiving ----------------------------------------------------------------------
     def _done(self, task: Task, code: int, message: str, error: BaseException | None) -> None:
@@ -167,7 +168,7 @@ class Run:
                 task, CODE_PICKLE, str(payload), TaskPickleError(f"task {task.id}: {payload}")
             )
         if not w.ahead:
-            w.state = IDLE
+            w.move(IDLE)
             w.task = None
 
     def _lost(self, w: Worker, code: int, message: str, error: BaseException) -> None:
@@ -224,7 +225,7 @@ class Run:
                 continue
             task = self.tasks[index]
             if task.state == ASSIGNED and task in w.ahead:
-                task.state = RUNNING
+                task.move(RUNNING)
                 task.started = time.time() - (now - start)
                 w.task = task
             if self.timelimit is None or task.state != RUNNING or not enforce:

@@ -15,9 +15,8 @@ from typing import Any
 from .._calling import check_call
 from .._errors import JobSpecError, JobStateError
 from .._inside.procs import CODE_OK
-from .._states import RUNNING
+from .._states import ASSIGNED, CREATED, DONE, RUNNING, TASK_MOVES, WAITING
 
-CREATED, WAITING, ASSIGNED, DONE = "created", "waiting", "assigned", "done"
 STATES = (CREATED, WAITING, ASSIGNED, RUNNING, DONE)
 COLUMNS = (
     "task_id",
@@ -80,9 +79,13 @@ class Task:
         """True when the task is done and its function returned."""
         return self.state == DONE and self.code == CODE_OK
 
+    def move(self, target: str) -> None:
+        """Into ``target`` by one of a task's moves (``TransitionError`` for another)."""
+        self.state = TASK_MOVES.move(self.state, target)
+
     def finish(self, code: int, message: str, error: BaseException | None = None) -> None:
         """Done: its code (see `CODE_OK`), message and error, as its worker told them."""
-        self.state = DONE
+        self.move(DONE)
         self.code = code
         self.message = message
         self.error = error
@@ -90,8 +93,8 @@ class Task:
             self.finished = time.time()
 
     def requeue(self) -> None:
-        """Waiting again: its worker was lost before it ended."""
-        self.state = WAITING
+        """Waiting again: queued by a run, or its worker was lost before it ended."""
+        self.move(WAITING)
         self.worker_id = None
         self.assigned = None
         self.started = None
