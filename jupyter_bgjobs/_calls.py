@@ -283,11 +283,22 @@ class BgCall:
         return None if pid is None else int(pid)
 
     def _watch(self, proc: subprocess.Popen[bytes], timeout: float | None) -> None:
-        """The parent's side of a call that is not detached: wait, time out, record the end."""
-        code = _procs.reap(proc, timeout)
-        if code is None:
-            self._ended_by = TIMED_OUT
+        """The parent's side of a call that is not detached: wait, time out (or stop when
+        the IDE's Jobs pane asks, in the call's folder), record the end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            code = _procs.reap(proc, 0.25 if left is None else max(0.0, min(0.25, left)))
+            if code is not None:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                self._ended_by = TIMED_OUT
+            elif os.path.lexists(self.folder / "cancel.json"):
+                self._ended_by = CANCELLED
+            else:
+                continue
             code = _procs.end(proc, grace=0)
+            break
         _write_private_json(
             self.folder / "status.json",
             {"returncode": code, "ended_by": self._ended_by, "ended": time.time()},

@@ -47,7 +47,12 @@ class DetachedJob:
         # way to shadow that job.
         self.id: str = folder.name
         self.name: str = _store.text_field(spec.get("name")) or self.id
-        self.kind: str = _store.text_field(spec.get("job_kind")) or "cell"
+        # What runs: a cell, a script, a call (``bg()``), a progress row or a queue run.
+        self.kind: str = (
+            _store.text_field(spec.get("job_kind"))
+            or ("call" if spec.get("kind") == "call" else "")
+            or "cell"
+        )
         self.submitted = _store.text_field(spec.get("submitted"))
         self._results: types.SimpleNamespace | None = None
         # True once its results were attached in this process.
@@ -197,9 +202,9 @@ class DetachedJob:
 
     @property
     def log_path(self) -> Path | None:
-        """The job's log: ``output.log`` in its folder, whatever a record says (a record
-        naming another file is not believed)."""
-        return self.folder / "output.log"
+        """The job's log: ``output.log`` in its folder (a call's: ``stdout``), whatever a
+        record says (a record naming another file is not believed)."""
+        return self.folder / ("stdout" if self.kind == "call" else "output.log")
 
     @property
     def output(self) -> str:
@@ -534,7 +539,9 @@ def not_saved(info: dict[str, Any]) -> list[str]:
 
 # Detached jobs this process started, by id.
 # What a handle's record takes from the stored one as it is (the rest it judges itself).
-_RECORD_FIELDS = frozenset({"started", "finished", "finished_ts", "notebook", "kernel", "timings"})
+_RECORD_FIELDS = frozenset(
+    {"started", "finished", "finished_ts", "notebook", "kernel", "timings", "can_stop"}
+)
 
 started_here: dict[str, DetachedJob] = {}
 # The ids of the notebook's objects as each of them started: a later merge here tells the

@@ -6,6 +6,8 @@ the job's own row in the notebook instead, through the runner's events.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import sys
 import threading
 import time
@@ -19,7 +21,16 @@ from . import _checks
 from ._config import settings
 from ._errors import JobSpecError, JobStateError
 from ._outputs import OutputTail, Tailed
-from ._states import FINAL_STATES, PROGRESS_MOVES, SUCCEEDED, RowClock
+from ._states import (
+    FINAL_STATES,
+    MAX_HISTORY,
+    PROGRESS_MOVES,
+    RUNNING,
+    SUCCEEDED,
+    RowClock,
+    history_entry,
+    now,
+)
 
 # The words a row's state may be, in the order they are said.
 PROGRESS_STATES = tuple(PROGRESS_MOVES.moves[m][1] for m in PROGRESS_MOVES.moves)
@@ -79,10 +90,17 @@ class ProgressJob(Tailed, RowClock):
         self._listeners: list[Callable[[Any], Any]] = []
         self._lock = threading.Lock()
         self.removed = False
-        # A progress row has no log or folder of its own, and nothing to merge.
+        # A progress row has no log or store folder of its own (its record is in the job
+        # root, for the IDE's pane), and nothing to merge.
         self.log_path: Path | None = None
         self.folder: Path | None = None
         self.merged = True
+        # What it is to the readers of its record: a progress row, or a queue's run.
+        self.kind = "progress"
+        self.started: dt.datetime | None = None
+        self.finished: dt.datetime | None = None
+        self.history: list[dict[str, str]] = []
+        self.writer: Any = None
         self.in_job = _runner() is not None
         if running:
             self.set_state("running")
@@ -155,17 +173,19 @@ class ProgressJob(Tailed, RowClock):
         if state not in PROGRESS_STATES:
             raise JobSpecError(f"state must be one of {', '.join(PROGRESS_STATES)}, not {state!r}")
         failed = int(_checks.number("failed", failed, integer=True))
-        if state == "running" and self._t_started is None:
+        if state in (RUNNING, *FINAL_STATES) and self._t_started is None:
             self._t_started = time.monotonic()
+            self.started = now()
         if state in FINAL_STATES:
-            if self._t_started is None:
-                self._t_started = time.monotonic()
             self._t_finished = time.monotonic()
+            self.finished = now()
             if state == "succeeded" and self._total:
                 self._done = self._total
         # One change for both: a row must never be seen succeeded before it is partial.
         self._failed = failed
         self._state = PROGRESS_MOVES.move(self._state, state)
+        entry = history_entry(PROGRESS_MOVES.event_of(state), state)
+        self.history = [*self.history, entry][-MAX_HISTORY:]
         self._changed()
 
     def remove(self) -> None:
@@ -243,12 +263,89 @@ def add_job(
     ``set_state``; or use it as a context manager. ``actions={"stop": fn}`` adds a Stop
     button that calls ``fn``. Inside a ``%%bgjob`` the handle drives the job's own row.
     """
-    handle = ProgressJob(name, status, progress_units, actions, running, auto_remove, show)
+    return add_row(name, status, progress_units, actions, running, auto_remove, show)
+
+
+def add_row(
+    name: str,
+    status: str = "",
+    progress_units: int = 0,
+    actions: dict[str, Callable[[], Any]] | None = None,
+    running: bool = False,
+    auto_remove: bool = True,
+    show: bool = True,
+    kind: str = "progress",
+) -> ProgressJob:
+    """``add_job``, for a row of a given ``kind`` (a queue's run is one)."""
+    handle = ProgressJob(name, status, progress_units, actions, False, auto_remove, show)
+    handle.kind = kind
     if not handle.in_job:
+        _recorded(handle)
         _handles.append(handle)
         for hook in list(new_handle_hooks):
             hook(handle)
+    if running:
+        handle.set_state(RUNNING)
     return handle
+
+
+def _recorded(row: ProgressJob) -> None:
+    """Give the row a record in the job root, where the IDE's Jobs pane and every other
+    reader of records list it; a root that refuses it costs the row nothing."""
+    from . import _store
+    from ._state_record import RecordWriter, row_record
+
+    folder = settings.job_root() / row.id
+    try:
+        folder.mkdir(mode=0o700)
+        spec = {
+            "kind": "progress",
+            "job_kind": row.kind,
+            "id": row.id,
+            "name": row.name,
+            "submitted": now().isoformat(),
+            "detached": False,
+        }
+        _store.write_json(folder / "spec.json", spec)
+    except OSError:
+        return
+    row.writer = RecordWriter(row, record=row_record, folder=folder)
+    row.on_change(row.writer)
+    row.writer.write()
+    with _tended_lock:
+        _tended.append((row, folder))
+        if len(_tended) == 1:
+            threading.Thread(target=_tend, name="bgjobs-rows", daemon=True).start()
+
+
+# Recorded rows that have not ended: their records are brought up to date, and a Stop
+# asked from the IDE's pane (``cancel.json`` in the row's folder) is passed to the row.
+_tended: list[tuple[ProgressJob, Path]] = []
+_tended_lock = threading.Lock()
+_TEND_EVERY = 0.5
+
+
+def _tend() -> None:
+    idle = threading.Event()
+    while True:
+        with _tended_lock:
+            _tended[:] = [(r, f) for r, f in _tended if not (r.done or r.removed)]
+            rows = list(_tended)
+            if not rows:
+                return
+        for row, folder in rows:
+            row.writer.flush()
+            asked = folder / "cancel.json"
+            if os.path.lexists(asked):
+                try:
+                    os.unlink(asked)
+                except OSError:
+                    pass
+                try:
+                    row.cancel()
+                except Exception as exc:  # the owner's action failed: said on the row
+                    row.add_output(f"Stop failed: {type(exc).__name__}: {exc}\n", error=True)
+        idle.wait(_TEND_EVERY)
 
 
 def set_progress(units: int, total: int | None = None) -> None:

@@ -64,6 +64,8 @@ class JobRecord:
     skipped: list[dict[str, str]] = field(default_factory=list, metadata=_holds(list))
     # Every transition, with its time and, for an end, its reason.
     history: list[dict[str, str]] = field(default_factory=list, metadata=_holds(list))
+    # Whether its owner offers Stop (a progress row without a stop action does not).
+    can_stop: bool = field(default=True, metadata=_holds(bool))
     # The merge report of an attached job ("merged a, b into globals"), for the IDE.
     report: str = field(default="", metadata=_holds(str))
     # Wall-clock stamps of the job's milestones (benchmarks read them).
@@ -166,6 +168,7 @@ ROW = (
     "reason",
     "log_note",
     "report",
+    "can_stop",
 )
 
 # Seconds no time of a job is beyond (about 3,000 years either side of 1970).

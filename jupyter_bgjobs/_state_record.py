@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,7 +18,7 @@ from . import _store
 from ._backends.providers import where
 from ._errors import StoreError
 from ._record import JobRecord
-from ._states import FINAL_STATES, PENDING, RUNNING, event_of
+from ._states import FINAL_STATES, IDLE, PENDING, RUNNING, event_of
 
 # Why a job whose notebook kernel went away while it ran is over, in its record.
 KERNEL_ENDED = "its notebook's kernel ended while it ran (restarted, shut down or killed)"
@@ -82,6 +83,33 @@ def _bounded_error(error: Any) -> list[Any] | None:
     return [str(ename)[:1000], str(evalue)[:_ERROR_TEXT], lines[::-1]]
 
 
+def row_record(row: Any) -> JobRecord:
+    """The record of a progress row (``add_job``, a queue's run): listed where jobs are.
+    An idle row has not started: pending, in a job's words."""
+    state = PENDING if row.state == IDLE else row.state
+    done, total = row.progress
+    started, finished = row.started, row.finished
+    return JobRecord(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        state=state,
+        progress=[done, total],
+        status=row.status,
+        started=started.isoformat() if started else None,
+        finished=finished.isoformat() if finished else None,
+        finished_ts=finished.timestamp() if finished else None,
+        elapsed=row.elapsed,
+        reason=row.reason,
+        owner=_store.owner_tag(),
+        owner_pid=os.getpid(),
+        notebook=os.environ.get("JPY_SESSION_NAME") or None,
+        can_stop=row.can_stop,
+        history=list(row.history),
+        report=row.report,
+    )
+
+
 def call_record(call: Any) -> JobRecord:
     """The record of a ``bg()`` call: calls are read where jobs are (a call has no
     statements, so no progress or section; its results are its return value, never
@@ -144,8 +172,18 @@ class RecordWriter:
     once when its state changes. A write the store refuses is said once in the job's log,
     never raised; the next write that succeeds says the record is current again."""
 
-    def __init__(self, job: Any, interval: float = 0.25, log: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        job: Any,
+        interval: float = 0.25,
+        log: IO[str] | None = None,
+        record: Callable[[Any], JobRecord] | None = None,
+        folder: Path | None = None,
+    ) -> None:
         self.job = job
+        # What the record says of ``job`` (a job's, or a progress row's), and where it goes.
+        self.record = record or record_of
+        self.folder = folder or job.folder
         self.interval = interval
         self.log = log
         self.failing = ""
@@ -177,7 +215,7 @@ class RecordWriter:
             # record is read and written under one lock, so the last written is the newest.
             with self._writing:
                 self._last, self._last_state, self.dirty = time.monotonic(), job.state, False
-                _store.write_json(job.folder / "state.json", record_of(job).to_json())
+                _store.write_json(self.folder / "state.json", self.record(job).to_json())
         except (StoreError, OSError) as exc:
             if not self.failing:
                 self.say(

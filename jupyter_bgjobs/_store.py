@@ -293,8 +293,8 @@ def check_spec(folder: Path, spec: dict[str, Any]) -> str:
     for key in ("kind", "name", "id", "submitted"):
         if not spec.get(key):
             return f"spec.json: no {key!r}"
-    if spec["kind"] not in ("job", "call"):
-        return f"spec.json: kind {spec['kind']!r:.40} is neither job nor call"
+    if spec["kind"] not in ("job", "call", "progress"):
+        return f"spec.json: kind {spec['kind']!r:.40} is not job, call or progress"
     if spec["id"] != folder.name:
         return f"spec.json: id {spec['id']!r:.40} is not its folder's name"
     if not is_time(spec["submitted"]):

@@ -41,6 +41,7 @@ export interface IJobRecord {
   notebook: string | null;
   skipped: { [key: string]: string }[];
   history: IHistoryEntry[];
+  can_stop: boolean;
   report: string;
   timings: { [milestone: string]: number };
 }
@@ -64,4 +65,5 @@ export interface IJob {
   reason: string;
   log_note: string;
   report: string;
+  can_stop: boolean;
 }

@@ -5,6 +5,10 @@
 import { IJob, isRunning, JobStore } from './api';
 import { STATE_ICONS, STATE_THEME } from './states';
 
+/** The kinds of row the IDE can start again: code it has (a call's function, a progress
+ * row's task and a queue's run live in their notebook only). */
+const RERUNNABLE = ['cell', 'script'];
+
 function clock(seconds: number): string {
   const s = Math.max(0, Math.floor(seconds));
   const h = Math.floor(s / 3600);
@@ -134,13 +138,17 @@ export function renderRow(
 
   const buttons = el('div', 'jp-bgjobs-row-actions');
   if (running) {
-    buttons.appendChild(
-      button('Stop', 'jp-bgjobs-stop', () => actions.stop(job))
-    );
+    if (job.can_stop) {
+      buttons.appendChild(
+        button('Stop', 'jp-bgjobs-stop', () => actions.stop(job))
+      );
+    }
   } else {
-    buttons.appendChild(
-      button('Rerun', 'jp-bgjobs-rerun', () => actions.rerun(job))
-    );
+    if (RERUNNABLE.includes(job.kind)) {
+      buttons.appendChild(
+        button('Rerun', 'jp-bgjobs-rerun', () => actions.rerun(job))
+      );
+    }
     buttons.appendChild(
       button('Remove', 'jp-bgjobs-remove', () => actions.remove(job))
     );

@@ -415,3 +415,37 @@ CONTRAST = """() => {
     return [node.className, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
   });
 }"""
+
+
+def test_calls_and_progress_rows_are_rows_of_the_pane(page: Any, root: Path, jobs_dir: str) -> None:
+    """A progress row (``add_job``) and a ``bg()`` call of another process are rows of the
+    pane as jobs are: the row shows its progress; Stop only where its owner offers it; no
+    Rerun for what the IDE cannot start again."""
+    gate = root / "rows.gate"
+    code = (
+        "import os, time, jupyter_bgjobs as bj\n"
+        "row = bj.add_job('download', progress_units=4)\n"
+        "row.set_status('one of four')\n"
+        "row.set_progress(1)\n"
+        "bj.bg_call(sum, ([1, 2],), name='summed').wait(60)\n"
+        f"while not os.path.exists({str(gate)!r}):\n"
+        "    time.sleep(0.05)\n"
+        "row.set_state('succeeded')\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code], env=dict(os.environ, JUPYTER_BGJOBS_DIR=jobs_dir)
+    )
+    try:
+        panel = _panel(page)
+        download = _row(panel, "download")
+        expect(download).to_have_attribute("data-state", "running", timeout=60_000)
+        expect(download).to_contain_text("1/4")
+        expect(download.get_by_role("button", name="Stop")).to_have_count(0)
+        summed = _row(panel, "summed")
+        expect(summed).to_have_attribute("data-state", "succeeded", timeout=60_000)
+        expect(summed.get_by_role("button", name="Rerun")).to_have_count(0)
+        expect(summed.get_by_role("button", name="Remove")).to_be_visible()
+    finally:
+        gate.touch()
+        assert owner.wait(60) == 0
+    expect(download).to_have_attribute("data-state", "succeeded", timeout=60_000)

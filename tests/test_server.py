@@ -222,6 +222,68 @@ def test_cancel_from_the_pane_reaches_a_job_of_a_notebook(server: Server) -> Non
     assert status == 409 and b"already ended" in data
 
 
+def row_named(server: Server, name: str) -> dict[str, Any] | None:
+    return next(
+        (j for j in server.json("GET", "/bgjobs/api/jobs")["jobs"] if j["name"] == name), None
+    )
+
+
+def test_calls_progress_rows_and_queue_runs_are_rows_of_the_pane(
+    server: Server, tmp_path: Path
+) -> None:
+    """Every thing that runs has a record of the one schema, so the pane lists it: a
+    ``bg()`` call (attached or detached), an ``add_job`` row and a queue's run; Stop from
+    the pane reaches each that offers it, and none offers Rerun it cannot do."""
+    import time as _time
+
+    # An attached call, stopped from the pane: its owner ends it, as cancelled.
+    call = bj.bg_call(_time.sleep, (600,), name="srv_call")
+    row = until(lambda: row_named(server, "srv_call"), "the call listed")
+    assert row["kind"] == "call" and row["state"] == "running" and row["can_stop"] is True
+    assert server.json("POST", f"/bgjobs/api/jobs/{call.id}/cancel")["cancel"] is True
+    assert call.wait(60).state == "cancelled"
+    until(lambda: row_named(server, "srv_call")["state"] == "cancelled", "the call's end listed")
+    # A detached call: its supervisor is told, only if it is still that very process.
+    far = bj.bg_call(_time.sleep, (600,), name="srv_far_call", detach=True)
+    until(lambda: row_named(server, "srv_far_call"), "the detached call listed")
+    server.json("POST", f"/bgjobs/api/jobs/{far.id}/cancel")
+    assert far.wait(60).state == "cancelled"
+    until(
+        lambda: row_named(server, "srv_far_call")["state"] == "cancelled",
+        "the detached call's end listed",
+    )
+    # A progress row: its progress and status reach the pane; Stop calls its stop action.
+    stopped: list[bool] = []
+    task = bj.add_job(
+        "srv_progress", progress_units=10, actions={"stop": lambda: stopped.append(True)}
+    )
+    task.set_status("downloading")
+    task.set_progress(4)
+    listed = until(
+        lambda: (r := row_named(server, "srv_progress")) and r["progress"] == [4, 10] and r,
+        "the row's progress listed",
+    )
+    assert listed["kind"] == "progress" and listed["status"] == "downloading"
+    server.json("POST", f"/bgjobs/api/jobs/{task.id}/cancel")
+    until(lambda: stopped == [True], "the row's stop action called")
+    task.set_state("cancelled")
+    until(lambda: row_named(server, "srv_progress")["state"] == "cancelled", "its end listed")
+    # A row without a stop action offers none.
+    plain = bj.add_job("srv_plain", running=True)
+    assert until(lambda: row_named(server, "srv_plain"), "listed")["can_stop"] is False
+    plain.set_state("succeeded")
+    # A queue's run is a row of its own, with its tasks as its progress.
+    with bj.Queue(workers=1, name="srv_queue") as q:
+        q.add(sum, ([1, 2],))
+        q.add(sum, ([3, 4],))
+        q.start(message="none").wait(60)
+    ended = until(
+        lambda: (r := row_named(server, "srv_queue")) and r["state"] == "succeeded" and r,
+        "the queue's run listed, ended",
+    )
+    assert ended["kind"] == "queue" and ended["progress"] == [2, 2]
+
+
 def test_a_script_job_is_started_by_the_server(server: Server, tmp_path: Path) -> None:
     # An absolute path is taken when it is inside the server's root.
     script = server.root / "started.py"

@@ -64,15 +64,16 @@ class Messages:
 
         # Non-blocking runs always get a row (it carries the Stop button).
         if (self.mode != "none" or not self.blocking) and (live_frontend() or not self.blocking):
-            from .._progress import add_job
+            from .._progress import add_row
 
-            self.row = add_job(
+            self.row = add_row(
                 name,
                 progress_units=total,
                 actions={"stop": self.cancel},
                 running=True,
                 auto_remove=False,
                 show=live_frontend(),
+                kind="queue",
             )
         elif self.mode != "none":
             self.terminal = True

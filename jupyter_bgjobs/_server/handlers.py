@@ -128,8 +128,8 @@ def _server_state(settings: dict[str, Any], root: str) -> tuple[Rows, Watcher]:
 
 
 def _folder_of(job_id: str) -> tuple[Path, bool]:
-    """The folder of the job with this id and whether it is detached; 404 for none. Only
-    a real folder (no link) is a job's; a call is not a job."""
+    """The folder of the job (or call, or progress row) with this id and whether it is
+    detached; 404 for none. Only a real folder (no link) is a job's."""
     for folder, detached in (
         (_store.job_root_path() / job_id, False),
         (_store.store_path() / job_id, True),
@@ -140,8 +140,6 @@ def _folder_of(job_id: str) -> tuple[Path, bool]:
         except OSError:
             continue
         spec = _store.read_json(folder / "spec.json")
-        if spec is not None and spec.get("kind") == "call":
-            break
         if spec is None and _store.being_made(folder):
             break
         return folder, detached
@@ -332,7 +330,7 @@ def _detail(job_id: str, root: str) -> dict[str, Any]:
     with job.frozen():
         from .rows import damaged_row, summary
 
-        outputs = stored_outputs(folder, folder / "output.log", _TAIL)
+        outputs = stored_outputs(folder, job.log_path or folder / "output.log", _TAIL)
         spec = job.spec_record()
         rerun = {k: spec.get(k) for k in _RERUN_KEYS}
         try:

@@ -108,7 +108,7 @@ def job_row(folder: Path, detached: bool, root: str) -> dict[str, Any]:
 @dataclass
 class _Kept:
     stamp: Stamp
-    row: dict[str, Any] | None  # None: a call, not a job
+    row: dict[str, Any] | None
     key: str  # the row as JSON without its clock: what tells a change
     started: float | None
     alive: Any  # how to ask whether a running row's process still runs
@@ -194,9 +194,6 @@ class Rows:
                 spec, _ = job.loaded("spec.json")
                 if spec is None and _store.being_made(folder):
                     return None  # its spec comes next: looked at again on the next read
-                if spec is not None and spec.get("kind") == "call":  # calls are not jobs
-                    self._kept[folder.name] = _Kept(stamp, None, "", None, None)
-                    return None
                 row = summary(job, self.root)
                 alive = _liveness(job)
         except FileNotFoundError:  # removed while read: gone from the next look
