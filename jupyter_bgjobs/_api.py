@@ -31,16 +31,9 @@ def _at_exit() -> None:
 
 
 def make_spec(code: str, **options: Any) -> JobSpec:
-    """Check every option and build a spec, named apart from the jobs still running;
-    raises JobSpecError naming the fix."""
-    spec = build_spec(code, **options)
-    base = spec.name
-    unique = manager.unique_name(base)
-    if unique != base:
-        print(f"jupyter_bgjobs: a job named {base!r} is still running; this one is {unique!r}")
-    spec.name = unique
-    spec.results_name = unique.replace("-", "_") + "_results"
-    return spec
+    """Check every option and build a spec (the manager names it apart from the jobs
+    still running as it takes it); raises JobSpecError naming the fix."""
+    return build_spec(code, **options)
 
 
 def run_cell(

@@ -12,7 +12,6 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _context
-from ._backends.providers import provider_for
 from ._config import settings
 from ._errors import BgJobError
 from ._inside.kernel.wire import (
@@ -35,7 +34,7 @@ from ._states import (
 from ._stream import RUNNER, send_seed
 
 if TYPE_CHECKING:
-    from ._backends.base import KernelSource
+    pass
 
 
 class Manager(Protocol):
@@ -58,22 +57,23 @@ _FLOW_WINDOW = 8 << 20
 class Driver:
     """Moves one job from pending to its final state; ``run()`` is its thread's body.
 
-    ``kernels``, when given, supplies the job's kernel (a test's fake); otherwise its
-    provider does (``_backends.providers``: the warm pool, or the job's gateway)."""
+    The job's kernel comes from the provider its run was given where the job was made
+    (``_backends.providers``: the warm pool, the job's gateway, or a test's fake)."""
 
     def __init__(
         self,
         run: Run,
         manager: Manager,
         runner_spec: dict[str, Any],
-        kernels: KernelSource | None = None,
     ) -> None:
         self.run = run
         self.job = job = run.job
         self.manager = manager
         self.runner_spec = runner_spec
-        # Where the job's kernel comes from, and what it can do: chosen once, here.
-        self.provider = provider_for(job.spec, manager, kernels)
+        if run.provider is None:
+            raise BgJobError(f"job {job.name!r} was made without a provider of kernels")
+        # Where the job's kernel comes from, and what it can do: chosen once, with the run.
+        self.provider = run.provider
         self.log: Any = None
         self.kernel: Any = None
         self.msg_id = ""

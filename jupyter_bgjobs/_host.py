@@ -39,6 +39,7 @@ FINAL_WAIT = 3600.0
 
 def main(folder: Path) -> int:
     from . import _store
+    from ._backends.providers import provider_for
     from ._config import configure
     from ._errors import JobSpecError
     from ._job import Run
@@ -65,6 +66,7 @@ def main(folder: Path) -> int:
         return 1
     configure(pool_size=0)
     run = Run(spec, manager, folder=folder, token=str(data.get("token", "")), detached=True)
+    run.provider = provider_for(spec, manager)
     job = run.job
     _restore(run, data, folder)
     writer = RecordWriter(job, log=open_log_for_notes(job.log_path))

@@ -34,6 +34,7 @@ from ._spec import JobSpec
 
 if TYPE_CHECKING:
     from ._backends.base import KernelBackend
+    from ._backends.providers import Provider
 from ._states import (
     CANCELLED,
     DIED,
@@ -130,6 +131,9 @@ class Run(Tailed, RowClock):
         self.preimport: list[str] = []
         # Keeps the job's state record current (the manager or the host sets it).
         self.writer: Any = None
+        # Where its kernel comes from (the warm pool, a gateway): chosen once, by whoever
+        # makes the run (the manager, or a detached job's host).
+        self.provider: Provider | None = None
         self.job = Job(self, spec, manager, folder=folder, detached=detached)
 
     # -- the named transitions ------------------------------------------------------------

@@ -137,6 +137,15 @@ class JobManager:
             n += 1
         return f"{name}-{n}"
 
+    def _name_apart(self, spec: JobSpec) -> None:
+        """A name no running job of this process has: ``fit-2`` beside a running ``fit``."""
+        base = spec.name
+        unique = self.unique_name(base)
+        if unique != base:
+            print(f"jupyter_bgjobs: a job named {base!r} is still running; this one is {unique!r}")
+        spec.name = unique
+        spec.results_name = unique.replace("-", "_") + "_results"
+
     def add_listener(self, fn: Callable[[Job], Any]) -> None:
         self._listeners.append(fn)
 
@@ -152,6 +161,7 @@ class JobManager:
     ) -> tuple[Run, dict[str, Any]]:
         """Make the job's folder, its seed and its spec: everything but the driving, which
         is this process's (``start``) or, detached, a host process's (``run_here``)."""
+        self._name_apart(spec)
         folder = _store.new_entry("start a detached job") if detached else None
         run = Run(spec, self, folder=folder, detached=detached)
         try:
@@ -179,7 +189,8 @@ class JobManager:
             run.ns_ids = {k: id(v) for k, v in ns.items()}
         # A kernel that shares no files with us (a gateway's): everything travels over its
         # protocol.
-        remote = not provider_for(spec).shares_files
+        run.provider = provider_for(spec, self)
+        remote = not run.provider.shares_files
         transport = "stream" if settings.transport == "stream" or remote else "file"
         source = transformed(spec.code)
         # What the notebook's environment is now, not when a warm kernel was started.

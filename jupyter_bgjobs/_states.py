@@ -172,6 +172,8 @@ PROGRESS_MOVES = Machine(
 # A queue task (R's queue): its words are the R package's, and its end is one state,
 # ``done``, whose code says how; a task whose worker was lost waits again.
 CREATED, WAITING, ASSIGNED, DONE = "created", "waiting", "assigned", "done"
+# In the order a task goes through them (the R package's, and its table's column).
+TASK_STATES = (CREATED, WAITING, ASSIGNED, RUNNING, DONE)
 TASK_MOVES = Machine(
     "queue task",
     {

@@ -26,6 +26,7 @@ import jupyter_bgjobs as bj
 from jupyter_bgjobs._backends import fake
 from jupyter_bgjobs._backends.fake import FakeKernel, FakePool
 from jupyter_bgjobs._backends.local import KernelStartError
+from jupyter_bgjobs._backends.providers import provider_for
 from jupyter_bgjobs._config import settings
 from jupyter_bgjobs._driver import Driver
 from jupyter_bgjobs._inside.kernel.wire import decode
@@ -350,8 +351,9 @@ def test_a_driver_takes_its_kernel_from_the_source_it_is_given(mgr: JobManager) 
     job = run.job
     kernel = FakeKernel([fake.plan(1), fake.stmt(0, 1), fake.end(done=1)])
     pool = FakePool(kernel)
+    run.provider = provider_for(run.job.spec, mgr, kernels=pool)
     runner_spec = {"token": run.token, "context": {}, "results": None}
-    Driver(run, mgr, runner_spec, kernels=pool).drive()
+    Driver(run, mgr, runner_spec).drive()
     assert job.state == "succeeded" and pool.asked == [None]
     assert kernel.spec == runner_spec
 

@@ -15,9 +15,10 @@ Arrows point one way: queue -> messages, dask -> run -> pool -> tasks; messages 
 from __future__ import annotations
 
 from .._inside.procs import CODE_CANCELLED, CODE_ERROR, CODE_OK, CODE_PICKLE, CODE_TIMEOUT
+from .._states import TASK_STATES as STATES
 from .pool import Worker, WorkerPool
 from .queue import Queue
-from .tasks import COLUMNS, STATES, Task, TaskList
+from .tasks import COLUMNS, Task, TaskList
 
 __all__ = [
     "CODE_CANCELLED",

@@ -16,8 +16,8 @@ from .._calling import check_call
 from .._errors import JobSpecError, JobStateError
 from .._inside.procs import CODE_OK
 from .._states import ASSIGNED, CREATED, DONE, RUNNING, TASK_MOVES, WAITING
+from .._states import TASK_STATES as STATES
 
-STATES = (CREATED, WAITING, ASSIGNED, RUNNING, DONE)
 COLUMNS = (
     "task_id",
     "worker_id",
