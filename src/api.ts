@@ -92,6 +92,8 @@ export class JobStore {
   /** The server's root folder, as its kernels see paths. */
   root = '';
   private _jobs = new Map<string, IJob>();
+  // Rows removed with an undo still possible: out of every view until then.
+  private _hidden = new Set<string>();
   // When each row arrived: running rows tick from their elapsed at that moment.
   private _seenAt = new Map<string, number>();
   // Sorted newest first, made again only when the rows change: every view reads it.
@@ -134,11 +136,26 @@ export class JobStore {
     return this._ticked;
   }
 
+  /** Hide a row until ``show``: a Remove that can still be undone. */
+  hide(id: string): void {
+    this._hidden.add(id);
+    this._sorted = this._running = null;
+    this._changed.emit();
+  }
+
+  /** Show a row ``hide`` hid. */
+  show(id: string): void {
+    if (this._hidden.delete(id)) {
+      this._sorted = this._running = null;
+      this._changed.emit();
+    }
+  }
+
   get jobs(): IJob[] {
     if (!this._sorted) {
-      this._sorted = Array.from(this._jobs.values()).sort((a, b) =>
-        (b.started || '').localeCompare(a.started || '')
-      );
+      this._sorted = Array.from(this._jobs.values())
+        .filter(job => !this._hidden.has(job.id))
+        .sort((a, b) => (b.started || '').localeCompare(a.started || ''));
     }
     return this._sorted;
   }
@@ -174,7 +191,11 @@ export class JobStore {
   }
 
   async remove(id: string): Promise<void> {
-    await request(`jobs/${id}`, { method: 'DELETE' });
+    try {
+      await request(`jobs/${id}`, { method: 'DELETE' });
+    } finally {
+      this._hidden.delete(id);
+    }
     this._jobs.delete(id);
     this._sorted = this._running = null;
     this._changed.emit();

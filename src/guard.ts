@@ -145,18 +145,56 @@ export function guard(store: JobStore, openPaths: () => string[]): void {
 
 type Level = 'success' | 'error' | 'warning' | 'info';
 
-export function notifyEnds(store: JobStore, show: (job: IJob) => void): void {
-  store.ended.connect((_, job) => {
-    const how = stateLabel(job.state);
-    const why =
-      job.reason && job.state !== 'succeeded' ? `: ${job.reason}` : '';
-    Notification.emit(
-      `Background job ${job.name} ${how}${why}`,
-      (ENDED_NOTICE[job.state] as Level) || 'info',
-      {
-        autoClose: 8000,
-        actions: [{ label: 'Show output', callback: () => show(job) }]
-      }
+/** Ends that arrive within this many milliseconds of each other share one notification. */
+const GATHER_MS = 400;
+// The level of the notification of several ends: the most serious among them.
+const SERIOUS: Level[] = ['error', 'warning', 'info', 'success'];
+
+export function notifyEnds(
+  store: JobStore,
+  show: (job: IJob | null) => void
+): void {
+  let gathered: IJob[] = [];
+  let timer = 0;
+  const flush = () => {
+    const jobs = gathered;
+    gathered = [];
+    timer = 0;
+    if (jobs.length === 1) {
+      const job = jobs[0];
+      const how = stateLabel(job.state);
+      const why =
+        job.reason && job.state !== 'succeeded' ? `: ${job.reason}` : '';
+      Notification.emit(
+        `Background job ${job.name} ${how}${why}`,
+        (ENDED_NOTICE[job.state] as Level) || 'info',
+        {
+          autoClose: 8000,
+          actions: [{ label: 'Show output', callback: () => show(job) }]
+        }
+      );
+      return;
+    }
+    // "8 jobs cancelled", or "3 jobs succeeded, 1 failed": one toast, not a stack.
+    const counts = new Map<string, number>();
+    for (const job of jobs) {
+      counts.set(job.state, (counts.get(job.state) || 0) + 1);
+    }
+    const parts = Array.from(counts.entries()).map(
+      ([state, n], i) =>
+        `${i ? '' : `${jobs.length} jobs `}${i ? `${n} ` : ''}${stateLabel(state)}`
     );
+    const levels = jobs.map(j => (ENDED_NOTICE[j.state] as Level) || 'info');
+    const level = SERIOUS.find(l => levels.includes(l)) || 'info';
+    Notification.emit(`Background jobs ended: ${parts.join(', ')}`, level, {
+      autoClose: 8000,
+      actions: [{ label: 'Show jobs', callback: () => show(null) }]
+    });
+  };
+  store.ended.connect((_, job) => {
+    gathered.push(job);
+    if (!timer) {
+      timer = window.setTimeout(flush, GATHER_MS);
+    }
   });
 }

@@ -8,7 +8,11 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, ISessionContextDialogs } from '@jupyterlab/apputils';
+import {
+  ICommandPalette,
+  ISessionContextDialogs,
+  Notification
+} from '@jupyterlab/apputils';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker } from '@jupyterlab/notebook';
@@ -36,6 +40,41 @@ function store(): JobStore {
   return shared;
 }
 
+/** How long a removed row can be brought back before it is removed for good. */
+const UNDO_MS = 6000;
+
+/** Remove a row with a moment to undo it: hidden at once, deleted once the moment is
+ * over (a stray click on Remove loses nothing). */
+function removeWithUndo(jobs: JobStore, job: IJob): void {
+  jobs.hide(job.id);
+  let undone = false;
+  Notification.info(`Removed ${job.name}`, {
+    autoClose: UNDO_MS,
+    actions: [
+      {
+        label: 'Undo',
+        callback: () => {
+          undone = true;
+          jobs.show(job.id);
+        }
+      }
+    ]
+  });
+  window.setTimeout(() => {
+    if (!undone) {
+      jobs.remove(job.id).catch(reason => {
+        jobs.show(job.id);
+        Notification.error(
+          `${job.name} was not removed: ${(reason as Error).message}`,
+          {
+            autoClose: 8000
+          }
+        );
+      });
+    }
+  }, UNDO_MS);
+}
+
 function actionsFor(
   app: JupyterFrontEnd,
   parts: () => ICommandParts
@@ -44,7 +83,7 @@ function actionsFor(
     console.error(`jupyter-bgjobs: ${what}:`, reason);
   return {
     stop: (job: IJob) => void store().cancel(job.id).catch(report('stop')),
-    remove: (job: IJob) => void store().remove(job.id).catch(report('remove')),
+    remove: (job: IJob) => removeWithUndo(store(), job),
     rerun: (job: IJob) => void rerun(parts(), job),
     open: (job: IJob) =>
       void app.commands.execute(CommandIDs.openPanel, { id: job.id })
@@ -115,7 +154,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     notifyEnds(
       jobs,
-      job => void app.commands.execute(CommandIDs.openPanel, { id: job.id })
+      job =>
+        void app.commands.execute(CommandIDs.openPanel, {
+          id: job ? job.id : null
+        })
     );
   }
 };

@@ -1,17 +1,63 @@
 /**
  * The Jobs panel of the whole IDE: every job from the server, running then ended, and a
  * detail view with the live output (JupyterLab's renderers), the merge report and the log.
+ *
+ * Rows are kept by job id and updated in place: a focused button keeps its focus, and
+ * while the pointer (or the keyboard's focus) is in the list, rows keep their places; the
+ * order catches up once it leaves. A filter by text and state, grouping by notebook and
+ * sorting by start or end, with Stop all and Clear ended for what the filter shows.
  */
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { OutputArea, OutputAreaModel } from '@jupyterlab/outputarea';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { Widget } from '@lumino/widgets';
 
-import { IJob, isRunning, JobStore } from './api';
+import { IJob, IJobDetail, isRunning, JobStore } from './api';
 import { jobsIcon } from './icons';
-import { IRowActions, renderRow, stateLabel, tickClock } from './rows';
+import {
+  IRowActions,
+  origin,
+  renderRow,
+  stateLabel,
+  tickClock,
+  when
+} from './rows';
 
 /** Where the panel sits in the right-hand area, opened at start or again later. */
 export const PANEL_RANK = 600;
+
+/** How long rows keep their places after the pointer last moved over the list. */
+const HOLD_MS = 5000;
+
+// Each group's heading has an id of its own, for its list's name.
+let groupIds = 0;
+
+/** What the list shows, as the toolbar says. */
+interface IView {
+  text: string;
+  state: string;
+  group: boolean;
+  sort: string;
+}
+
+function control<T extends HTMLElement>(
+  tag: string,
+  cls: string,
+  label: string
+): T {
+  const node = document.createElement(tag) as T;
+  node.className = cls;
+  node.setAttribute('aria-label', label);
+  node.title = label;
+  return node;
+}
+
+function option(select: HTMLSelectElement, value: string, text: string): void {
+  const node = document.createElement('option');
+  node.value = value;
+  node.textContent = text;
+  select.appendChild(node);
+}
 
 export class JobsPanel extends Widget {
   constructor(
@@ -26,17 +72,32 @@ export class JobsPanel extends Widget {
     this.title.caption = 'Background jobs';
     this._list = document.createElement('div');
     this._list.className = 'jp-bgjobs-list';
+    this._header = this._makeHeader();
+    this._body = document.createElement('div');
+    this._body.className = 'jp-bgjobs-rows';
+    this._list.append(this._header, this._body);
+    this._live = document.createElement('div');
+    this._live.className = 'jp-bgjobs-live';
+    this._live.setAttribute('role', 'status');
+    this._live.setAttribute('aria-live', 'polite');
     this._detailNode = document.createElement('div');
     this._detailNode.className = 'jp-bgjobs-detail';
     this._detailNode.hidden = true;
-    this.node.appendChild(this._list);
-    this.node.appendChild(this._detailNode);
+    this.node.append(this._list, this._detailNode, this._live);
     this._outputs = new OutputArea({
       model: new OutputAreaModel({ trusted: false }),
       rendermime: this._rendermime
     });
     this._listActions = { ..._actions, open: j => this.showJob(j.id) };
-    _store.changed.connect(this._render, this);
+    // Rows keep their places while the pointer moves over the list (a click is being
+    // aimed), and for a few seconds after it stops; then the order catches up.
+    this._body.addEventListener('pointermove', () => this._hold());
+    this._body.addEventListener('pointerleave', () => {
+      this._heldUntil = 0;
+      this._render();
+    });
+    _store.changed.connect(this._changed, this);
+    _store.ended.connect(this._announce, this);
     // The clocks tick; nothing else is asked of the server.
     _store.ticked.connect(this._tick, this);
     this._render();
@@ -44,26 +105,114 @@ export class JobsPanel extends Widget {
 
   /** Show one job's detail (``id``) or, with none, the list. */
   showJob(id: string | null): void {
+    if (id && !this._shown) {
+      this._scroll = this.node.scrollTop;
+    }
     this._shown = id;
     this._fetchedFor = '';
     this._log = null;
     this._render();
+    if (!id) {
+      // "All jobs" returns to where the list was.
+      this.node.scrollTop = this._scroll;
+    }
+  }
+
+  /** What the list shows now: the toolbar's filter, grouping and order. */
+  get view(): IView {
+    return { ...this._view };
   }
 
   dispose(): void {
     this._store.ticked.disconnect(this._tick, this);
-    this._store.changed.disconnect(this._render, this);
+    this._store.ended.disconnect(this._announce, this);
+    this._store.changed.disconnect(this._changed, this);
     this._outputs.dispose();
     super.dispose();
+  }
+
+  private _makeHeader(): HTMLElement {
+    const header = document.createElement('div');
+    header.className = 'jp-bgjobs-header';
+    const title = document.createElement('div');
+    title.className = 'jp-bgjobs-title';
+    title.textContent = 'Background jobs';
+    const tools = document.createElement('div');
+    tools.className = 'jp-bgjobs-tools';
+    const text = control<HTMLInputElement>(
+      'input',
+      'jp-mod-styled jp-bgjobs-filter',
+      'Filter jobs by name or notebook'
+    );
+    text.type = 'search';
+    text.placeholder = 'Filter';
+    text.addEventListener('input', () => {
+      this._view.text = text.value.trim().toLowerCase();
+      this._render();
+    });
+    const state = control<HTMLSelectElement>(
+      'select',
+      'jp-mod-styled jp-bgjobs-state-filter',
+      'Show jobs in state'
+    );
+    option(state, '', 'All');
+    option(state, 'running', 'Running');
+    option(state, 'ended', 'Ended');
+    option(state, 'failed', 'Failed or died');
+    state.addEventListener('change', () => {
+      this._view.state = state.value;
+      this._render();
+    });
+    const sort = control<HTMLSelectElement>(
+      'select',
+      'jp-mod-styled jp-bgjobs-sort',
+      'Sort jobs by'
+    );
+    option(sort, 'started', 'Newest start');
+    option(sort, 'finished', 'Newest end');
+    sort.addEventListener('change', () => {
+      this._view.sort = sort.value;
+      this._render(true);
+    });
+    const group = control<HTMLInputElement>(
+      'input',
+      'jp-bgjobs-group-toggle',
+      'Group jobs by notebook'
+    );
+    group.type = 'checkbox';
+    const groupLabel = document.createElement('label');
+    groupLabel.className = 'jp-bgjobs-group-label';
+    groupLabel.append(group, document.createTextNode(' by notebook'));
+    group.addEventListener('change', () => {
+      this._view.group = group.checked;
+      this._render(true);
+    });
+    const stopAll = control<HTMLButtonElement>(
+      'button',
+      'jp-bgjobs-button jp-bgjobs-stop-all',
+      'Stop all running jobs shown'
+    );
+    stopAll.type = 'button';
+    stopAll.textContent = 'Stop all';
+    stopAll.addEventListener('click', () => void this._stopAll());
+    const clear = control<HTMLButtonElement>(
+      'button',
+      'jp-bgjobs-button jp-bgjobs-clear',
+      'Clear ended jobs shown'
+    );
+    clear.type = 'button';
+    clear.textContent = 'Clear ended';
+    clear.addEventListener('click', () => void this._clearEnded());
+    tools.append(text, state, sort, groupLabel, stopAll, clear);
+    header.append(title, tools);
+    return header;
   }
 
   private _tick(): void {
     if (!this.isVisible) {
       return;
     }
-    const rows = this._shown
-      ? [this._row]
-      : Array.from(this._list.querySelectorAll<HTMLElement>('.jp-bgjobs-row'));
+    const rows = this._shown ? [this._row] : Array.from(this._rows.values());
     for (const node of rows) {
       const job = this._store.get(node.dataset.jobId || '');
       if (job && isRunning(job)) {
@@ -72,55 +221,259 @@ export class JobsPanel extends Widget {
     }
   }
 
-  private _render(): void {
+  private _hold(): void {
+    this._heldUntil = Date.now() + HOLD_MS;
+    window.clearTimeout(this._release);
+    this._release = window.setTimeout(() => this._render(), HOLD_MS + 50);
+  }
+
+  private _changed(): void {
+    this._render();
+  }
+
+  private _announce(_: JobStore, job: IJob): void {
+    const why =
+      job.reason && job.state !== 'succeeded' ? `: ${job.reason}` : '';
+    this._live.textContent = `${job.name} ${stateLabel(job.state)}${why}`;
+  }
+
+  private _render(force = false): void {
     const job = this._shown ? this._store.get(this._shown) : undefined;
     this._list.hidden = Boolean(job);
     this._detailNode.hidden = !job;
     if (job) {
       this._renderDetail(job);
     } else {
-      this._renderList();
+      this._renderList(force);
     }
   }
 
-  private _renderList(): void {
-    const jobs = this._store.jobs;
-    const running = jobs.filter(isRunning);
-    const ended = jobs.filter(j => !isRunning(j));
-    this._list.replaceChildren();
-    const header = document.createElement('div');
-    header.className = 'jp-bgjobs-header';
-    header.textContent = 'Background jobs';
-    this._list.appendChild(header);
-    if (!jobs.length) {
-      const empty = document.createElement('div');
-      empty.className = 'jp-bgjobs-empty';
-      empty.textContent =
-        'No jobs yet. Run a cell with "Run Cell as Background Job", a .py file with ' +
-        '"Run as Background Job", or %%bgjob in a cell.';
-      this._list.appendChild(empty);
+  /** The jobs the toolbar lets through, in its order. */
+  private _shownJobs(): IJob[] {
+    const { text, state, sort } = this._view;
+    let jobs = this._store.jobs.filter(job => {
+      if (
+        text &&
+        !`${job.name} ${origin(job)} ${job.kind}`.toLowerCase().includes(text)
+      ) {
+        return false;
+      }
+      if (state === 'running') {
+        return isRunning(job);
+      }
+      if (state === 'ended') {
+        return !isRunning(job);
+      }
+      if (state === 'failed') {
+        return job.state === 'failed' || job.state === 'died';
+      }
+      return true;
+    });
+    if (sort === 'finished') {
+      jobs = [...jobs].sort((a, b) =>
+        (b.finished || '9').localeCompare(a.finished || '9')
+      );
+    }
+    return jobs;
+  }
+
+  /** The groups of the list: running and ended, or one per notebook. */
+  private _groups(jobs: IJob[]): [string, string, IJob[]][] {
+    if (!this._view.group) {
+      return [
+        ['running', 'Running', jobs.filter(isRunning)],
+        ['ended', 'Ended', jobs.filter(j => !isRunning(j))]
+      ];
+    }
+    const by = new Map<string, IJob[]>();
+    for (const job of jobs) {
+      const key = origin(job) || 'other';
+      by.set(key, [...(by.get(key) || []), job]);
+    }
+    return Array.from(by.entries()).map(([key, group]) => [
+      `notebook:${key}`,
+      key,
+      group
+    ]);
+  }
+
+  private _renderList(force: boolean): void {
+    const jobs = this._shownJobs();
+    const all = this._store.jobs;
+    // Rows of jobs that are gone go; the others are updated where they are.
+    for (const [id, node] of this._rows) {
+      if (!all.some(j => j.id === id)) {
+        node.remove();
+        this._rows.delete(id);
+      }
+    }
+    if (!all.length) {
+      this._body.replaceChildren(this._empty());
+      this._sections.clear();
       return;
     }
-    for (const [title, group] of [
-      ['Running', running],
-      ['Ended', ended]
-    ] as [string, IJob[]][]) {
-      if (!group.length) {
-        continue;
+    if (Date.now() < this._heldUntil && !force) {
+      // Under the pointer or the focus: rows change in place and keep their places.
+      for (const job of all) {
+        const node = this._rows.get(job.id);
+        if (node) {
+          renderRow(node, job, this._store, this._listActions);
+        }
       }
-      const section = document.createElement('section');
-      section.className = 'jp-bgjobs-group';
-      section.dataset.group = title.toLowerCase();
-      const h = document.createElement('h3');
-      h.textContent = `${title} (${group.length})`;
-      section.appendChild(h);
+      this._updateHeadings(jobs);
+      return;
+    }
+    // A focused row that moves keeps the focus (a node moved in the DOM loses it).
+    const active = document.activeElement as HTMLElement | null;
+    const focused = active && this._body.contains(active) ? active : null;
+    this._place(jobs);
+    if (
+      focused &&
+      document.activeElement !== focused &&
+      this._body.contains(focused)
+    ) {
+      focused.focus({ preventScroll: true });
+    }
+    this._updateHeadings(jobs);
+  }
+
+  /** Put the rows of ``jobs`` in their groups and order, moving only what is out of place. */
+  private _place(jobs: IJob[]): void {
+    const wanted = this._groups(jobs).filter(([, , group]) => group.length);
+    const keep = new Set(wanted.map(([key]) => key));
+    for (const [key, section] of this._sections) {
+      if (!keep.has(key)) {
+        section.remove();
+        this._sections.delete(key);
+      }
+    }
+    let before: Element | null = this._body.firstElementChild;
+    if (before && before.classList.contains('jp-bgjobs-empty')) {
+      before.remove();
+      before = this._body.firstElementChild;
+    }
+    for (const [key, title, group] of wanted) {
+      const section = this._section(key, title);
+      if (section !== before) {
+        this._body.insertBefore(section, before);
+      }
+      before = section.nextElementSibling;
+      const heading = section.firstElementChild as HTMLElement;
+      heading.textContent = `${title} (${group.length})`;
+      const list = section.lastElementChild as HTMLElement;
+      let at: Element | null = list.firstElementChild;
       for (const job of group) {
-        const row = document.createElement('div');
-        renderRow(row, job, this._store, this._listActions);
-        row.addEventListener('click', () => this.showJob(job.id));
-        section.appendChild(row);
+        const node = this._rowFor(job);
+        renderRow(node, job, this._store, this._listActions);
+        // Moved only when out of place: a node moved would lose its focus.
+        if (node !== at) {
+          list.insertBefore(node, at);
+        }
+        at = node.nextElementSibling;
       }
-      this._list.appendChild(section);
+      while (at) {
+        const next = at.nextElementSibling;
+        at.remove();
+        at = next;
+      }
+    }
+  }
+
+  private _updateHeadings(jobs: IJob[]): void {
+    const title = this._header.querySelector('.jp-bgjobs-title') as HTMLElement;
+    const running = jobs.filter(isRunning).length;
+    const hidden = this._store.jobs.length - jobs.length;
+    title.textContent =
+      `Background jobs (${running} running)` +
+      (hidden ? ` · ${hidden} hidden by the filter` : '');
+  }
+
+  private _empty(): HTMLElement {
+    const empty = document.createElement('div');
+    empty.className = 'jp-bgjobs-empty';
+    empty.textContent =
+      'No jobs yet. Run a cell with "Run Cell as Background Job", a .py file with ' +
+      '"Run as Background Job", or %%bgjob in a cell.';
+    return empty;
+  }
+
+  private _section(key: string, title: string): HTMLElement {
+    let section = this._sections.get(key);
+    if (!section) {
+      section = document.createElement('section');
+      section.className = 'jp-bgjobs-group';
+      section.dataset.group = key.startsWith('notebook:')
+        ? key
+        : title.toLowerCase();
+      const heading = document.createElement('h3');
+      heading.id = `jp-bgjobs-group-${++groupIds}`;
+      // The group's rows: a list, named by its heading.
+      const list = document.createElement('div');
+      list.className = 'jp-bgjobs-group-rows';
+      list.setAttribute('role', 'list');
+      list.setAttribute('aria-labelledby', heading.id);
+      section.append(heading, list);
+      this._sections.set(key, section);
+    }
+    return section;
+  }
+
+  private _rowFor(job: IJob): HTMLElement {
+    let node = this._rows.get(job.id);
+    if (!node) {
+      node = document.createElement('div');
+      node.tabIndex = -1;
+      node.setAttribute('role', 'listitem');
+      const id = job.id;
+      node.addEventListener('click', () => this.showJob(id));
+      node.addEventListener('keydown', event => {
+        if (event.key === 'Enter' && event.target === node) {
+          this.showJob(id);
+        }
+      });
+      this._rows.set(job.id, node);
+    }
+    return node;
+  }
+
+  private async _stopAll(): Promise<void> {
+    const running = this._shownJobs().filter(j => isRunning(j) && j.can_stop);
+    if (!running.length) {
+      return;
+    }
+    const names = running.map(j => j.name).join(', ');
+    const answer = await showDialog({
+      title: `Stop ${running.length} running job${running.length === 1 ? '' : 's'}?`,
+      body: `These stop now: ${names}.`,
+      buttons: [
+        Dialog.cancelButton(),
+        Dialog.warnButton({ label: `Stop ${running.length}` })
+      ]
+    });
+    if (answer.button.accept) {
+      for (const job of running) {
+        this._actions.stop(job);
+      }
+    }
+  }
+
+  private async _clearEnded(): Promise<void> {
+    const ended = this._shownJobs().filter(j => !isRunning(j));
+    if (!ended.length) {
+      return;
+    }
+    const answer = await showDialog({
+      title: `Clear ${ended.length} ended job${ended.length === 1 ? '' : 's'}?`,
+      body: 'Their rows, records and logs are removed from the job store.',
+      buttons: [
+        Dialog.cancelButton(),
+        Dialog.warnButton({ label: `Clear ${ended.length}` })
+      ]
+    });
+    if (answer.button.accept) {
+      for (const job of ended) {
+        this._actions.remove(job);
+      }
     }
   }
 
@@ -143,6 +496,9 @@ export class JobsPanel extends Widget {
       this._history = document.createElement('ol');
       this._history.className = 'jp-bgjobs-history';
       this._history.setAttribute('aria-label', 'History');
+      // What it ran, and with which options: the code or the script.
+      this._ran = document.createElement('details');
+      this._ran.className = 'jp-bgjobs-ran';
       const outputs = document.createElement('div');
       outputs.className = 'jp-bgjobs-outputs';
       const logButton = document.createElement('button');
@@ -156,6 +512,7 @@ export class JobsPanel extends Widget {
         this._row,
         this._report,
         this._history,
+        this._ran,
         outputs,
         logButton
       );
@@ -189,6 +546,7 @@ export class JobsPanel extends Widget {
       }
       this._report.textContent = detail.report;
       this._report.hidden = !detail.report;
+      this._showRan(detail);
       this._history.replaceChildren(
         ...(detail.record?.history || []).map(entry => {
           const item = document.createElement('li');
@@ -209,6 +567,31 @@ export class JobsPanel extends Widget {
     }
   }
 
+  private _showRan(detail: IJobDetail): void {
+    const spec = detail.spec;
+    const summary = document.createElement('summary');
+    summary.textContent = spec.script ? `Script: ${spec.script}` : 'Code';
+    const options = document.createElement('div');
+    options.className = 'jp-bgjobs-options';
+    options.textContent = [
+      `started ${when(detail.started) || '–'}`,
+      detail.finished ? `ended ${when(detail.finished)}` : '',
+      spec.env ? `env ${spec.env}` : '',
+      spec.results ? `results ${spec.results}` : '',
+      spec.kernel ? `kernel ${spec.kernel}` : '',
+      spec.timeout ? `timeout ${spec.timeout} s` : '',
+      spec.workdir ? `workdir ${spec.workdir}` : ''
+    ]
+      .filter(Boolean)
+      .join(' · ');
+    const code = document.createElement('pre');
+    code.className = 'jp-bgjobs-code';
+    code.textContent = spec.code ?? '';
+    code.hidden = !spec.code;
+    this._ran.replaceChildren(summary, options, code);
+    this._ran.hidden = !spec.code && !spec.script;
+  }
+
   private async _loadLog(id: string): Promise<void> {
     try {
       this._log = await this._store.log(id);
@@ -219,10 +602,20 @@ export class JobsPanel extends Widget {
   }
 
   private _list: HTMLElement;
+  private _header: HTMLElement;
+  private _body: HTMLElement;
+  private _live: HTMLElement;
+  private _rows = new Map<string, HTMLElement>();
+  private _sections = new Map<string, HTMLElement>();
+  private _heldUntil = 0;
+  private _release = 0;
+  private _scroll = 0;
+  private _view: IView = { text: '', state: '', group: false, sort: 'started' };
   private _detailNode: HTMLElement;
   private _row: HTMLElement = document.createElement('div');
   private _report: HTMLElement = document.createElement('div');
   private _history: HTMLElement = document.createElement('ol');
+  private _ran: HTMLElement = document.createElement('details');
   private _logNode: HTMLElement = document.createElement('pre');
   private _outputs: OutputArea;
   private _shown: string | null = null;

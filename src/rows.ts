@@ -1,6 +1,8 @@
 /**
  * One job's row, the same in the Jobs panel and under a ``%%bgjob`` cell: state icon and
- * colour, name, notebook, ``k/N``, section or status, a ticking clock, and its buttons.
+ * colour, name, when it started and ended, notebook, ``k/N``, section or status, a
+ * ticking clock, and its buttons. A row is built once and updated in place, so focus,
+ * hover and the pointer's place survive every change of its job.
  */
 import { IJob, isRunning, JobStore } from './api';
 import { STATE_ICONS, STATE_THEME } from './states';
@@ -24,6 +26,37 @@ export function basename(path: string | null): string {
 /** A state in words: ``timed_out`` is "timed out". */
 export function stateLabel(state: string): string {
   return state.replace('_', ' ');
+}
+
+/** A record's time as the pane shows it: the time of day, with the date when it is not
+ * today (two jobs of one name are told apart by when they started). */
+export function when(stamp: string | null): string {
+  if (!stamp) {
+    return '';
+  }
+  const at = new Date(stamp);
+  if (isNaN(at.getTime())) {
+    return '';
+  }
+  const time = at.toLocaleTimeString([], {
+    hour: '2-digit',
+    minute: '2-digit',
+    second: '2-digit'
+  });
+  return at.toDateString() === new Date().toDateString()
+    ? time
+    : `${at.toLocaleDateString()} ${time}`;
+}
+
+/** Where a job came from, in a word: its notebook, or ``script``. */
+export function origin(job: IJob): string {
+  return job.notebook_path
+    ? basename(job.notebook_path)
+    : job.notebook
+      ? basename(job.notebook)
+      : job.kind === 'script'
+        ? 'script'
+        : '';
 }
 
 /** Move the clock of ``node``, a row ``renderRow`` drew: all a second's tick changes. */
@@ -51,29 +84,143 @@ function el(tag: string, cls: string, text = ''): HTMLElement {
   return node;
 }
 
-function button(label: string, cls: string, act: () => void): HTMLElement {
-  const node = el(
-    'button',
-    `jp-bgjobs-button ${cls}`,
-    label
-  ) as HTMLButtonElement;
-  node.type = 'button';
-  node.title = label;
-  node.addEventListener('click', event => {
-    event.stopPropagation();
-    act();
-  });
-  return node;
+/** The parts of a built row, found again by their classes. */
+interface IRowParts {
+  icon: HTMLElement;
+  name: HTMLElement;
+  stateName: HTMLElement;
+  clock: HTMLElement;
+  times: HTMLElement;
+  count: HTMLElement;
+  origin: HTMLElement;
+  detached: HTMLElement;
+  where: HTMLElement;
+  said: HTMLElement;
+  logNote: HTMLElement;
+  bar: HTMLElement;
+  fill: HTMLElement;
+  buttons: { [name: string]: HTMLButtonElement };
 }
 
-/** Fill ``node`` with ``job``'s row (all of it: rows are small and redrawn whole when
- * their job changes; ``tickClock`` moves their clocks in between). */
+const BUTTONS = ['stop', 'open', 'remove', 'rerun'];
+const BUTTON_WORDS: { [name: string]: string } = {
+  stop: 'Stop',
+  open: 'Output',
+  remove: 'Remove',
+  rerun: 'Rerun'
+};
+
+/** A row's current job and actions: its buttons act on what the row shows now. */
+const current = new WeakMap<HTMLElement, { job: IJob; actions: IRowActions }>();
+
+function build(node: HTMLElement): IRowParts {
+  node.replaceChildren();
+  // A list's item in the panel (which says so); a named group elsewhere.
+  if (!node.getAttribute('role')) {
+    node.setAttribute('role', 'group');
+  }
+  const top = el('div', 'jp-bgjobs-row-top');
+  const icon = el('span', 'jp-bgjobs-icon');
+  icon.setAttribute('aria-hidden', 'true');
+  const parts = {
+    icon,
+    name: el('span', 'jp-bgjobs-name'),
+    stateName: el('span', 'jp-bgjobs-statename'),
+    clock: el('span', 'jp-bgjobs-clock'),
+    times: el('div', 'jp-bgjobs-times'),
+    count: el('span', 'jp-bgjobs-count'),
+    origin: el('span', 'jp-bgjobs-notebook'),
+    detached: el('span', 'jp-bgjobs-tag jp-bgjobs-detached', 'detached'),
+    where: el('span', 'jp-bgjobs-tag jp-bgjobs-where'),
+    said: el('span', 'jp-bgjobs-status'),
+    logNote: el('span', 'jp-bgjobs-lognote', '⚠ log incomplete'),
+    bar: el('div', 'jp-bgjobs-bar'),
+    fill: el('div', 'jp-bgjobs-bar-fill'),
+    buttons: {} as { [name: string]: HTMLButtonElement }
+  };
+  parts.clock.setAttribute('aria-label', 'elapsed');
+  top.append(parts.icon, parts.name, parts.stateName, parts.clock);
+  const meta = el('div', 'jp-bgjobs-row-meta');
+  meta.append(
+    parts.count,
+    parts.origin,
+    parts.detached,
+    parts.where,
+    parts.said,
+    parts.logNote
+  );
+  parts.bar.setAttribute('role', 'progressbar');
+  parts.bar.appendChild(parts.fill);
+  const actions = el('div', 'jp-bgjobs-row-actions');
+  for (const name of BUTTONS) {
+    const button = el(
+      'button',
+      `jp-bgjobs-button jp-bgjobs-${name}`,
+      BUTTON_WORDS[name]
+    ) as HTMLButtonElement;
+    button.type = 'button';
+    button.addEventListener('click', event => {
+      event.stopPropagation();
+      const now = current.get(node);
+      if (!now) {
+        return;
+      }
+      const act = (
+        now.actions as unknown as {
+          [name: string]: ((job: IJob) => void) | undefined;
+        }
+      )[name];
+      act?.(now.job);
+    });
+    parts.buttons[name] = button;
+    actions.appendChild(button);
+  }
+  node.append(top, parts.times, meta, parts.bar, actions);
+  node.dataset.built = '1';
+  return parts;
+}
+
+function partsOf(node: HTMLElement): IRowParts {
+  const found = (cls: string) => node.querySelector(`.${cls}`) as HTMLElement;
+  const buttons: { [name: string]: HTMLButtonElement } = {};
+  for (const name of BUTTONS) {
+    buttons[name] = found(`jp-bgjobs-${name}`) as HTMLButtonElement;
+  }
+  return {
+    icon: found('jp-bgjobs-icon'),
+    name: found('jp-bgjobs-name'),
+    stateName: found('jp-bgjobs-statename'),
+    clock: found('jp-bgjobs-clock'),
+    times: found('jp-bgjobs-times'),
+    count: found('jp-bgjobs-count'),
+    origin: found('jp-bgjobs-notebook'),
+    detached: found('jp-bgjobs-detached'),
+    where: found('jp-bgjobs-where'),
+    said: found('jp-bgjobs-status'),
+    logNote: found('jp-bgjobs-lognote'),
+    bar: found('jp-bgjobs-bar'),
+    fill: found('jp-bgjobs-bar-fill'),
+    buttons
+  };
+}
+
+function setText(node: HTMLElement, text: string): void {
+  if (node.textContent !== text) {
+    node.textContent = text;
+  }
+  node.hidden = !text;
+}
+
+/** Show ``job`` in ``node``: built the first time, updated in place after that (only
+ * what changed is touched; its buttons stay the same elements, so focus stays). */
 export function renderRow(
   node: HTMLElement,
   job: IJob,
   store: JobStore,
   actions: IRowActions
 ): void {
+  const parts = node.dataset.built === '1' ? partsOf(node) : build(node);
+  current.set(node, { job, actions });
   const running = isRunning(job);
   node.className = `jp-bgjobs-row jp-bgjobs-state-${job.state}`;
   const theme = STATE_THEME[job.state];
@@ -82,80 +229,78 @@ export function renderRow(
   }
   node.dataset.jobId = job.id;
   node.dataset.state = job.state;
-  node.replaceChildren();
-  const top = el('div', 'jp-bgjobs-row-top');
-  const icon = el('span', 'jp-bgjobs-icon', STATE_ICONS[job.state] || '•');
-  icon.setAttribute('aria-hidden', 'true');
-  top.appendChild(icon);
-  top.appendChild(el('span', 'jp-bgjobs-name', job.name));
-  top.appendChild(el('span', 'jp-bgjobs-statename', stateLabel(job.state)));
-  top.appendChild(el('span', 'jp-bgjobs-clock', clock(store.elapsed(job))));
-  node.appendChild(top);
-
-  const meta = el('div', 'jp-bgjobs-row-meta');
+  node.dataset.kind = job.kind;
   const [done, total] = job.progress;
+  const from = origin(job);
+  const count = total ? `${done}/${total}` : '';
+  node.setAttribute(
+    'aria-label',
+    [job.name, stateLabel(job.state), count && `${done} of ${total}`, from]
+      .filter(Boolean)
+      .join(', ')
+  );
+  setText(parts.icon, STATE_ICONS[job.state] || '•');
+  parts.icon.hidden = false;
+  setText(parts.name, job.name);
+  setText(parts.stateName, stateLabel(job.state));
+  setText(parts.clock, clock(store.elapsed(job)));
+  // One line, whatever the width: a row must not grow when its job ends.
+  const started = when(job.started);
+  const ended = running ? '' : when(job.finished);
+  setText(
+    parts.times,
+    started ? `${started}${ended ? ` → ${ended}` : ''}` : ''
+  );
+  parts.times.title = started
+    ? `started ${started}${ended ? `, ended ${ended}` : ''}`
+    : '';
+  setText(parts.count, count);
+  setText(parts.origin, from);
+  parts.detached.hidden = !job.detached;
+  setText(parts.where, job.where && job.where !== 'local' ? job.where : '');
+  setText(
+    parts.said,
+    running ? job.section || job.status : job.reason || job.status
+  );
+  parts.logNote.hidden = !job.log_note;
+  parts.logNote.title = job.log_note || '';
+
+  // A progress bar while it runs: its value when it has a count, busy when not. An ended
+  // row keeps the bar's room, so rows below do not move when one ends.
+  parts.bar.style.visibility = running ? '' : 'hidden';
+  parts.bar.setAttribute('aria-hidden', running ? 'false' : 'true');
+  parts.bar.setAttribute('aria-label', `${job.name} progress`);
   if (total) {
-    meta.appendChild(el('span', 'jp-bgjobs-count', `${done}/${total}`));
-  }
-  const where = job.notebook_path
-    ? basename(job.notebook_path)
-    : job.notebook
-      ? basename(job.notebook)
-      : job.kind === 'script'
-        ? 'script'
-        : '';
-  if (where) {
-    meta.appendChild(el('span', 'jp-bgjobs-notebook', where));
-  }
-  if (job.detached) {
-    meta.appendChild(el('span', 'jp-bgjobs-tag', 'detached'));
-  }
-  if (job.where && job.where !== 'local') {
-    meta.appendChild(el('span', 'jp-bgjobs-tag', job.where));
-  }
-  const said = running ? job.section || job.status : job.reason || job.status;
-  if (said) {
-    meta.appendChild(el('span', 'jp-bgjobs-status', said));
-  }
-  if (job.log_note) {
-    const note = el('span', 'jp-bgjobs-lognote', '⚠ log incomplete');
-    note.title = job.log_note;
-    meta.appendChild(note);
-  }
-  node.appendChild(meta);
-
-  if (running) {
-    const bar = el('div', 'jp-bgjobs-bar');
-    const fill = el('div', 'jp-bgjobs-bar-fill');
-    if (total) {
-      fill.style.width = `${Math.min(100, (100 * done) / total)}%`;
-    } else {
-      bar.classList.add('jp-bgjobs-bar-busy');
-    }
-    bar.appendChild(fill);
-    node.appendChild(bar);
-  }
-
-  const buttons = el('div', 'jp-bgjobs-row-actions');
-  if (running) {
-    if (job.can_stop) {
-      buttons.appendChild(
-        button('Stop', 'jp-bgjobs-stop', () => actions.stop(job))
-      );
-    }
+    parts.bar.classList.remove('jp-bgjobs-bar-busy');
+    parts.fill.style.width = `${Math.min(100, (100 * done) / total)}%`;
+    parts.bar.setAttribute('aria-valuemin', '0');
+    parts.bar.setAttribute('aria-valuemax', String(total));
+    parts.bar.setAttribute('aria-valuenow', String(Math.min(done, total)));
+    parts.bar.removeAttribute('aria-valuetext');
   } else {
-    if (RERUNNABLE.includes(job.kind)) {
-      buttons.appendChild(
-        button('Rerun', 'jp-bgjobs-rerun', () => actions.rerun(job))
-      );
+    parts.bar.classList.add('jp-bgjobs-bar-busy');
+    parts.fill.style.width = '';
+    for (const name of ['aria-valuemin', 'aria-valuemax', 'aria-valuenow']) {
+      parts.bar.removeAttribute(name);
     }
-    buttons.appendChild(
-      button('Remove', 'jp-bgjobs-remove', () => actions.remove(job))
-    );
+    parts.bar.setAttribute('aria-valuetext', 'running');
   }
-  if (actions.open) {
-    const open = actions.open;
-    buttons.appendChild(button('Output', 'jp-bgjobs-open', () => open(job)));
+
+  // Stop while it runs (where its owner offers it); Output always; Remove and Rerun once
+  // it has ended, Rerun last: never where Stop was a moment before.
+  const shown: { [name: string]: boolean } = {
+    stop: running && job.can_stop,
+    open: Boolean(actions.open),
+    remove: !running,
+    rerun: !running && RERUNNABLE.includes(job.kind)
+  };
+  for (const name of BUTTONS) {
+    const button = parts.buttons[name];
+    button.hidden = !shown[name];
+    const label = `${BUTTON_WORDS[name]} ${job.name}`;
+    if (button.getAttribute('aria-label') !== label) {
+      button.setAttribute('aria-label', label);
+      button.title = label;
+    }
   }
-  node.appendChild(buttons);
 }

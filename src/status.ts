@@ -20,6 +20,15 @@ export class JobsStatus extends Widget {
     bar.appendChild(this._fill);
     this.node.append(this._text, bar);
     this.node.addEventListener('click', onClick);
+    // A button to the keyboard and to screen readers too.
+    this.node.tabIndex = 0;
+    this.node.setAttribute('role', 'button');
+    this.node.addEventListener('keydown', event => {
+      if (event.key === 'Enter' || event.key === ' ') {
+        event.preventDefault();
+        onClick();
+      }
+    });
     _store.changed.connect(this._render, this);
     this._render();
   }
@@ -30,6 +39,10 @@ export class JobsStatus extends Widget {
     this.node.dataset.running = String(running.length);
     this._text.textContent =
       running.length === 1 ? '1 job running' : `${running.length} jobs running`;
+    this.node.setAttribute(
+      'aria-label',
+      `${this._text.textContent}: open the Jobs panel`
+    );
     // One bar: the jobs' progress together; a job without a count weighs one unit.
     let done = 0;
     for (const job of running) {

@@ -114,11 +114,14 @@ def _row(scope: Any, name: str) -> Any:
 
 
 def _shot(target: Any, name: str) -> None:
-    # Toasts of ended jobs would cover what the picture is of.
-    target.page.evaluate(
-        "() => window.jupyterapp.commands.execute('apputils:dismiss-notification')"
+    # Toasts of ended jobs would cover what the picture is of (ends are told together a
+    # moment after they happen: dismissed until none is left).
+    target.page.wait_for_function(
+        "() => { window.jupyterapp.commands.execute('apputils:dismiss-notification');"
+        " return document.querySelectorAll('.Toastify__toast').length === 0; }",
+        polling=200,
+        timeout=30_000,
     )
-    expect(target.page.locator(".Toastify__toast")).to_have_count(0)
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     target.screenshot(path=str(path))
