@@ -7,6 +7,7 @@ jupyter_server's idle culler leaves the notebook's kernel alone.
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import threading
 import time
@@ -29,7 +30,10 @@ def job_mime(job: Handle) -> dict[str, Any]:
     """The IDE's form of ``job``'s row, for a job with a record in the store."""
     if job.folder is None:
         return {}
-    return {JOB_MIME: {"id": job.id, "name": job.name, "state": job.state}}
+    # When the row was shown: a row shown a moment ago whose record is not in the store
+    # yet says "starting", an older one "no longer in the job store".
+    shown = dt.datetime.now().astimezone().isoformat()
+    return {JOB_MIME: {"id": job.id, "name": job.name, "state": job.state, "shown": shown}}
 
 
 def status_text(job: Handle, look: str | None = None) -> str:

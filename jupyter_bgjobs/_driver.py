@@ -279,6 +279,9 @@ class Driver:
         if not self.stop_reason:
             if self.run.cancel_asked.is_set():
                 self.stop_reason = "cancel"
+                if not self.job.reason and (self.job.folder / "cancel.json").exists():
+                    # Asked from the Jobs pane (a detached job's host was told by signal).
+                    self.run.tell(reason="cancelled from the Jobs pane")
             elif deadline is not None and t > deadline:
                 self.stop_reason = "timeout"
                 self.run.tell(reason=f"ran past its timeout of {self.job.spec.timeout:g} s")

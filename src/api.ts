@@ -16,6 +16,9 @@ export { IHistoryEntry, IJob, IJobRecord };
 /** What the detail view shows of a job. */
 export interface IJobDetail extends IJob {
   outputs: nbformat.IOutput[];
+  /** The log's size, and how much of its end the outputs are. */
+  log_bytes: number;
+  shown_bytes: number;
   /** The job's state record; its ``history`` tells the job's story. */
   record: Partial<IJobRecord>;
   spec: {
@@ -94,6 +97,10 @@ export class JobStore {
   private _jobs = new Map<string, IJob>();
   // Rows removed with an undo still possible: out of every view until then.
   private _hidden = new Set<string>();
+  private _everSeen = new Set<string>();
+  // Rows that arrive after the first list are news; an end among them is told.
+  private _loaded = false;
+  private _loadedAt = Date.now();
   // When each row arrived: running rows tick from their elapsed at that moment.
   private _seenAt = new Map<string, number>();
   // Sorted newest first, made again only when the rows change: every view reads it.
@@ -237,15 +244,30 @@ export class JobStore {
       const before = this._jobs.get(row.id);
       this._jobs.set(row.id, row);
       this._seenAt.set(row.id, now);
-      if (before && isRunning(before) && !isRunning(row)) {
+      this._everSeen.add(row.id);
+      // An end is told once: of a job seen running, or of one that ended before this
+      // page saw it run (a kernel that could not start) after the page loaded.
+      const fresh =
+        !before &&
+        this._loaded &&
+        !isRunning(row) &&
+        Date.parse(row.finished || '') >= this._loadedAt;
+      if ((before && isRunning(before) && !isRunning(row)) || fresh) {
         this._ended.emit(row);
       }
     }
     for (const id of removed) {
       this._jobs.delete(id);
     }
+    this._loaded = true;
     this._sorted = this._running = null;
     this._changed.emit();
+  }
+
+  /** Whether this page has had a row of ``id`` (a cell's row says "starting" until it
+   * has, and "no longer in the job store" once it had and it went). */
+  seen(id: string): boolean {
+    return this._everSeen.has(id);
   }
 
   /** Every job, and the server's root. */

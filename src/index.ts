@@ -17,6 +17,7 @@ import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { IRunningSessionManagers } from '@jupyterlab/running';
 import { IStateDB } from '@jupyterlab/statedb';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { ITranslator } from '@jupyterlab/translation';
@@ -28,6 +29,7 @@ import { guard, GuardedSessionDialogs, notifyEnds } from './guard';
 import { rendererFactory } from './mime';
 import { JobsPanel, PANEL_RANK } from './panel';
 import { IRowActions } from './rows';
+import { addToRunning } from './running';
 import { JobsStatus } from './status';
 
 let shared: JobStore | null = null;
@@ -103,7 +105,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     ICommandPalette,
     IStatusBar,
     IStateDB,
-    ILayoutRestorer
+    ILayoutRestorer,
+    IRunningSessionManagers
   ],
   activate: (
     app: JupyterFrontEnd,
@@ -114,7 +117,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null,
     statusBar: IStatusBar | null,
     state: IStateDB | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
+    running: IRunningSessionManagers | null
   ) => {
     const jobs = store();
     let parts: ICommandParts | null = null;
@@ -152,6 +156,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       notebooks?.forEach(panel => paths.push(panel.context.path));
       return paths;
     });
+    if (running) {
+      addToRunning(running, jobs, actions.open!, actions.stop);
+    }
     notifyEnds(
       jobs,
       job =>

@@ -11,6 +11,8 @@ import { IJob, isRunning, JobStore } from './api';
 import { IRowActions, renderRow, tickClock } from './rows';
 
 const JOB_MIME = 'application/vnd.jupyter-bgjobs.job+json';
+/** How long a row whose record has not appeared yet says "starting". */
+const STARTING_MS = 15000;
 
 class CellRow extends Widget implements IRenderMime.IRenderer {
   constructor(
@@ -29,9 +31,12 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
 
   async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
     const data = model.data[JOB_MIME] as
-      { id?: string; name?: string } | undefined;
+      { id?: string; name?: string; shown?: string } | undefined;
     this._id = data?.id || '';
     this._name = data?.name || this._id;
+    // A row shown long ago is of a job that had its record then.
+    const shown = Date.parse(data?.shown || '');
+    this._madeAt = isNaN(shown) ? 0 : Math.min(shown, Date.now());
     await this._store.ready.catch(() => undefined);
     this._render();
   }
@@ -62,9 +67,17 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
     this._job = job;
     if (!job) {
       this._row.className = 'jp-bgjobs-row jp-bgjobs-missing';
+      delete this._row.dataset.built;
+      const young = Date.now() - this._madeAt < STARTING_MS;
       this._row.textContent =
-        `Background job ${this._name} is no longer in the job store ` +
-        '(removed, or pruned after its time).';
+        this._store.seen(this._id) || !young
+          ? `Background job ${this._name} is no longer in the job store ` +
+            '(removed, or pruned after its time).'
+          : `Background job ${this._name} is starting…`;
+      if (!this._store.seen(this._id) && young) {
+        // Looked at again once the record had time to appear.
+        window.setTimeout(() => this._render(), STARTING_MS);
+      }
       return;
     }
     renderRow(this._row, job, this._store, this._actions);
@@ -76,6 +89,7 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
   private _id = '';
   private _name = '';
   private _job: IJob | undefined = undefined;
+  private _madeAt = 0;
 }
 
 /** The renderer's factory; preferred over the widget (rank -10) and every text form. */

@@ -26,6 +26,20 @@ import {
 /** Where the panel sits in the right-hand area, opened at start or again later. */
 export const PANEL_RANK = 600;
 
+/** A size in words: ``256 KiB``, ``50.0 MiB``. */
+function size(bytes: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit && value % 1
+    ? `${value.toFixed(1)} ${units[unit]}`
+    : `${value} ${units[unit]}`;
+}
+
 /** How long rows keep their places after the pointer last moved over the list. */
 const HOLD_MS = 5000;
 
@@ -499,6 +513,9 @@ export class JobsPanel extends Widget {
       // What it ran, and with which options: the code or the script.
       this._ran = document.createElement('details');
       this._ran.className = 'jp-bgjobs-ran';
+      this._cut = document.createElement('div');
+      this._cut.className = 'jp-bgjobs-cut';
+      this._cut.hidden = true;
       const outputs = document.createElement('div');
       outputs.className = 'jp-bgjobs-outputs';
       const logButton = document.createElement('button');
@@ -513,6 +530,7 @@ export class JobsPanel extends Widget {
         this._report,
         this._history,
         this._ran,
+        this._cut,
         outputs,
         logButton
       );
@@ -546,6 +564,12 @@ export class JobsPanel extends Widget {
       }
       this._report.textContent = detail.report;
       this._report.hidden = !detail.report;
+      this._cut.textContent =
+        detail.log_bytes > detail.shown_bytes
+          ? `Showing the last ${size(detail.shown_bytes)} of ${size(detail.log_bytes)}; ` +
+            'Full log shows more.'
+          : '';
+      this._cut.hidden = !this._cut.textContent;
       this._showRan(detail);
       this._history.replaceChildren(
         ...(detail.record?.history || []).map(entry => {
@@ -616,6 +640,7 @@ export class JobsPanel extends Widget {
   private _report: HTMLElement = document.createElement('div');
   private _history: HTMLElement = document.createElement('ol');
   private _ran: HTMLElement = document.createElement('details');
+  private _cut: HTMLElement = document.createElement('div');
   private _logNode: HTMLElement = document.createElement('pre');
   private _outputs: OutputArea;
   private _shown: string | null = null;

@@ -302,3 +302,40 @@ def test_no_serious_accessibility_violation_light_and_dark(
         )
         gate.touch()
         assert proc.wait(60) == 0
+
+
+def test_jobs_are_in_jupyterlabs_running_panel_and_quick_ends_are_told(
+    page: Any, root: Path, jobs_dir: str
+) -> None:
+    gate = root / "gates" / "running-done"
+    code = (
+        "import os, time, jupyter_bgjobs as bj\n"
+        "made = []\n"
+        "stop = {'stop': lambda: made[0].set_state('cancelled')}\n"
+        "made.append(bj.add_job('runner', running=True, actions=stop))\n"
+        f"while not os.path.exists({str(gate)!r}):\n"
+        "    time.sleep(0.05)\n"
+        # Ended before any page saw it run: its end is told all the same.
+        "bj.add_job('quick').set_state('failed')\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=dict(os.environ, JUPYTER_BGJOBS_DIR=jobs_dir)
+    )
+    try:
+        panel = _panel(page)
+        expect(_row(panel, "runner")).to_have_attribute("data-state", "running", timeout=30_000)
+        page.evaluate("() => window.jupyterapp.shell.activateById('jp-running-sessions')")
+        sidebar = page.locator("#jp-running-sessions")
+        expect(sidebar.get_by_text("Background Jobs", exact=True)).to_be_visible()
+        item = sidebar.locator(".jp-RunningSessions-item", has_text="runner")
+        expect(item).to_be_visible()
+        item.hover()  # its Stop shows under the pointer
+        item.locator(".jp-RunningSessions-itemShutdown").click()
+        expect(item).to_have_count(0, timeout=30_000)
+        expect(_row(panel, "runner")).to_have_attribute("data-state", "cancelled")
+        gate.touch()
+        toast = page.locator(".Toastify__toast", has_text="Background job quick failed")
+        expect(toast.first).to_be_visible(timeout=30_000)
+    finally:
+        gate.touch()
+        assert proc.wait(60) == 0

@@ -284,6 +284,23 @@ def test_calls_progress_rows_and_queue_runs_are_rows_of_the_pane(
     assert ended["kind"] == "queue" and ended["progress"] == [2, 2]
 
 
+def test_the_detail_says_when_its_outputs_are_the_logs_tail(server: Server) -> None:
+    job = bj.run_cell("print('x' * (400 * 1024))", name="srv_long", env="none").wait(60)
+    detail = server.json("GET", f"/bgjobs/api/jobs/{job.id}")
+    assert detail["log_bytes"] == job.log_path.stat().st_size > 400 * 1024
+    assert detail["shown_bytes"] == 256 * 1024
+
+
+def test_a_detached_job_stopped_from_the_pane_says_so(server: Server) -> None:
+    job = bj.run_cell(
+        "import time\nwhile True:\n    time.sleep(0.05)", name="srv_far_stop", detach=True
+    )
+    until(lambda: job.state == "running", "the detached job to run")
+    server.json("POST", f"/bgjobs/api/jobs/{job.id}/cancel")
+    job.wait(60)
+    assert job.state == "cancelled" and job.reason == "cancelled from the Jobs pane"
+
+
 def test_a_script_job_is_started_by_the_server(server: Server, tmp_path: Path) -> None:
     # An absolute path is taken when it is inside the server's root.
     script = server.root / "started.py"

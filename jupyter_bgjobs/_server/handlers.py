@@ -14,6 +14,7 @@ too where code runs (starting a job), as the kernels API does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -330,7 +331,12 @@ def _detail(job_id: str, root: str) -> dict[str, Any]:
     with job.frozen():
         from .rows import damaged_row, summary
 
-        outputs = stored_outputs(folder, job.log_path or folder / "output.log", _TAIL)
+        log = job.log_path or folder / "output.log"
+        outputs = stored_outputs(folder, log, _TAIL)
+        try:
+            log_bytes = os.lstat(log).st_size
+        except OSError:
+            log_bytes = 0
         spec = job.spec_record()
         rerun = {k: spec.get(k) for k in _RERUN_KEYS}
         try:
@@ -341,7 +347,9 @@ def _detail(job_id: str, root: str) -> dict[str, Any]:
             row, record = summary(job, root), job.record()
         except Exception as exc:  # odd in a way no check foresaw: shown as damaged
             row, record = damaged_row(job, exc), {}
-        return {**row, "record": record, "outputs": outputs, "spec": rerun}
+        # How much of the log the outputs are: the detail says when they are its tail.
+        shown = {"log_bytes": log_bytes, "shown_bytes": min(log_bytes, _TAIL)}
+        return {**row, "record": record, "outputs": outputs, "spec": rerun, **shown}
 
 
 class JobHandler(_Handler):
@@ -474,6 +482,9 @@ def _cancel(job_id: str) -> dict[str, Any]:
     if state in (*ENDED_STATES, DAMAGED):
         raise _fail(409, f"job {job.name!r} has already ended ({state})")
     if job.detached:
+        # Its host reads why in the folder once it is told, by signal, to stop.
+        with contextlib.suppress(OSError):
+            _store.write_json(job.folder / "cancel.json", {"asked": True})
         if not job.cancel():
             raise _fail(
                 409,
