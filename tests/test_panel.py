@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import queue
 import time
@@ -320,14 +321,25 @@ def test_a_cells_row_names_its_job_for_the_ide_and_a_progress_row_does_not(
     assert first[JOB_MIME]["state"] in ("pending", "starting", "running", "succeeded")
     kernel.run("get_job('mimed').wait(120)")
     kernel.until(lambda: shown(ids["row"])[-1][JOB_MIME]["state"] == "succeeded")
-    assert shown(ids["row"])[-1][JOB_MIME] == {"id": job_id, "name": "mimed", "state": "succeeded"}
+    last = shown(ids["row"])[-1][JOB_MIME]
+    assert {k: last[k] for k in ("id", "name", "state")} == {
+        "id": job_id,
+        "name": "mimed",
+        "state": "succeeded",
+    }
+    # When it was shown: the IDE says "starting" only of a row shown a moment ago.
+    assert dt.datetime.fromisoformat(last["shown"]) <= dt.datetime.now().astimezone()
     # Without widgets, the status line carries the job too.
     kernel.run(
         "from jupyter_bgjobs._display import StatusLine\nStatusLine(get_job('mimed')).show()"
     )
     line = next(d["data"] for d in reversed(kernel.displays) if "text/html" in d["data"])
     assert line["text/plain"].split()[1] == "mimed" and "mimed" in line["text/html"]
-    assert line[JOB_MIME] == {"id": job_id, "name": "mimed", "state": "succeeded"}
+    assert {k: line[JOB_MIME][k] for k in ("id", "name", "state")} == {
+        "id": job_id,
+        "name": "mimed",
+        "state": "succeeded",
+    }
     # A progress row of add_job has no record in the store: no job for the IDE to read.
     kernel.run(
         "import jupyter_bgjobs as bj\n"
