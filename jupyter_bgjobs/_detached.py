@@ -16,12 +16,13 @@ from typing import Any
 
 from . import _store
 from ._errors import StoreError, WaitTimeout
+from ._handle import WholeJob
 from ._inside import procs as _procs
 from ._record import JobRecord
 from ._states import DAMAGED, FINAL_STATES, ErrorInfo, error_reason
 
 
-class DetachedJob:
+class DetachedJob(WholeJob):
     """A job read from its record in the store: one handle for every job not driven by
     this process. Detached (the default): its host runs apart from this process. Attached
     (``detached=False``): another process (another notebook, an earlier kernel) ran it;
@@ -236,21 +237,6 @@ class DetachedJob:
         # Another process's attached job is stopped from there.
         return self.detached and not self.done and bool(self.host_record().get("pid_id"))
 
-    @property
-    def partial(self) -> bool:
-        """False: a job's statements do not fail one by one."""
-        return False
-
-    @property
-    def removed(self) -> bool:
-        """False: a stored job leaves a panel when its entry is pruned."""
-        return False
-
-    @property
-    def auto_remove(self) -> bool:
-        """False: an ended job stays listed until it is removed."""
-        return False
-
     def forget(self) -> None:
         """Nothing to forget here: a stored job is the store's (``bgjobs prune``)."""
 
@@ -294,7 +280,6 @@ class DetachedJob:
 
     def _load_values(self) -> dict[str, Any] | None:
         kept = self.kept()
-        legacy = self.folder / "results.pkl"
         try:
             if isinstance(kept.get("path"), str) and kept.get("names"):
                 from ._inside.kernel.wire import load_file
@@ -308,11 +293,6 @@ class DetachedJob:
                     kept = self.kept()
                     path = self._results_path(kept, spec)
                     values = dict(load_file(path, token, kept["pieces"]))
-            elif legacy.exists():  # written by an older version
-                import cloudpickle
-
-                with os.fdopen(_store.open_own(legacy), "rb") as fh:
-                    values = cloudpickle.load(fh)
             elif kept or self.state in FINAL_STATES:
                 values = {}
             else:

@@ -65,6 +65,26 @@ class Handle(Protocol):
     def forget(self) -> None: ...
 
 
+class WholeJob:
+    """What a job (not a progress row) says to every row: its statements do not fail one
+    by one, and it stays listed until it is removed."""
+
+    @property
+    def partial(self) -> bool:
+        """False: a job's statements do not fail one by one."""
+        return False
+
+    @property
+    def removed(self) -> bool:
+        """False: a job leaves a panel when it is forgotten or its entry pruned."""
+        return False
+
+    @property
+    def auto_remove(self) -> bool:
+        """False: an ended job stays listed until it is removed."""
+        return False
+
+
 def _every_handle_is_one(job: Job, stored: DetachedJob, row: ProgressJob) -> list[Handle]:
     # Never called: the type checker holds each handle to the protocol here.
     return [job, stored, row]

@@ -29,6 +29,7 @@ from ._errors import (
     KernelDiedError,
     WaitTimeout,
 )
+from ._handle import WholeJob
 from ._outputs import OutputTail, Tailed, output_text
 from ._spec import JobSpec
 
@@ -255,7 +256,7 @@ _RUN_FIELDS = {
 }
 
 
-class Job:
+class Job(WholeJob):
     """One piece of code running, or done running, in its own kernel.
 
     Read ``state``, ``progress``, ``section``, ``output`` and, once it has ended,
@@ -375,21 +376,6 @@ class Job:
     def can_stop(self) -> bool:
         """True: a job can always be asked to stop until it has ended."""
         return True
-
-    @property
-    def partial(self) -> bool:
-        """False: a job's statements do not fail one by one."""
-        return False
-
-    @property
-    def removed(self) -> bool:
-        """False: a job leaves the panel when it is forgotten."""
-        return False
-
-    @property
-    def auto_remove(self) -> bool:
-        """False: an ended job stays listed until it is removed."""
-        return False
 
     @property
     def notebook(self) -> str | None:

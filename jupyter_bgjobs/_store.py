@@ -229,15 +229,14 @@ MAX_CODE = 256 << 20
 
 
 def read_code(folder: Path, spec: dict[str, Any], limit: int = MAX_CODE) -> str | None:
-    """A job's code: its code file, or the spec's ``code`` (written by older versions);
-    None when there is none to read (``NotOurs`` propagates for a file not ours)."""
-    if spec.get("code_file") == CODE_FILE:
-        try:
-            return read_own(folder / CODE_FILE, limit).decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return None
-    code = spec.get("code")
-    return code if isinstance(code, str) else None
+    """A job's code, from its code file; None when there is none to read (``NotOurs``
+    propagates for a file not ours)."""
+    if spec.get("code_file") != CODE_FILE:
+        return None
+    try:
+        return read_own(folder / CODE_FILE, limit).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
 
 
 # What each field may hold; a field of another type makes the entry damaged.
@@ -299,10 +298,8 @@ def check_spec(folder: Path, spec: dict[str, Any]) -> str:
         return f"spec.json: id {spec['id']!r:.40} is not its folder's name"
     if not is_time(spec["submitted"]):
         return f"spec.json: 'submitted' {spec['submitted']!r:.40} is not a time"
-    if spec["kind"] == "job" and not (
-        isinstance(spec.get("code"), str) or spec.get("code_file") == CODE_FILE
-    ):
-        return "spec.json: no 'code'"
+    if spec["kind"] == "job" and spec.get("code_file") != CODE_FILE:
+        return f"spec.json: no code file ({CODE_FILE})"
     if spec.get("code_file") == CODE_FILE:
         try:
             st = os.lstat(folder / CODE_FILE)
@@ -401,7 +398,7 @@ def damage(
         ended = ended or (name == "state.json" and data.get("state") in ENDED_STATES)
     if not ended:
         return ""
-    return _check_pickle(folder / "results.pkl") or _check_snapshot(folder / "results.snap")
+    return _check_snapshot(folder / "results.snap")
 
 
 def _check_snapshot(path: Path) -> str:

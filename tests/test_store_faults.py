@@ -223,8 +223,8 @@ def test_damaged_entries_are_listed_and_pruned_and_harm_no_other(
     damage("empty state", "state.json: empty", lambda f: (f / "state.json").write_text(""))
     damage(
         "garbage results",
-        "results.pkl: not a complete pickle",
-        lambda f: (f / "results.pkl").write_bytes(b"garbage"),
+        "results.snap: not a complete results file",
+        lambda f: (f / "results.snap").write_bytes(b"garbage"),
     )
     damage("no spec", "spec.json: missing", lambda f: (f / "spec.json").unlink())
     age(damaged["no spec"][0], 7200)  # an entry without a spec is only shown once old

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -67,12 +66,28 @@ def plant_job(store: Path, marker: Path) -> Path:
         "id": "deadbeef",
         "name": "planted",
         "submitted": "2026-01-01T00:00:00+00:00",
-        "code": "x = 1",
+        "code_file": "code.py",
+        "token": TOKEN,
     }
+    (folder / "code.py").write_text("x = 1\n")
     (folder / "spec.json").write_text(json.dumps(spec))
     (folder / "state.json").write_text(json.dumps({"state": "succeeded", "progress": [1, 1]}))
-    (folder / "results.pkl").write_bytes(pickle.dumps({"x": Planted(str(marker))}))
+    write_results(folder, {"x": Planted(str(marker))})
     return folder
+
+
+# The token a planted job's results are written with, as a job's kernel writes them.
+TOKEN = "planted-token"
+
+
+def write_results(folder: Path, values: dict[str, Any]) -> None:
+    """Results as a job's kernel leaves them: a snapshot in the folder, and results.json."""
+    from jupyter_bgjobs._inside.kernel.wire import encode, write_parts
+
+    parts, _, _ = encode(values, TOKEN)
+    pieces = write_parts(str(folder / "results.snap"), parts)
+    info = {"names": sorted(values), "path": str(folder / "results.snap"), "pieces": pieces}
+    (folder / "results.json").write_text(json.dumps(info))
 
 
 def chown_tree(path: Path, uid: int) -> None:
@@ -157,19 +172,20 @@ def test_results_not_written_by_us_are_never_unpickled(tmp_path: Path, other_uid
     for base, dirs, _ in os.walk(store):
         for name in ["", *dirs]:
             os.chmod(os.path.join(base, name), 0o700)
+    results = folder / "results.snap"
     # A results file of another user's, in our store.
-    os.chown(folder / "results.pkl", other_uid, -1)
+    os.chown(results, other_uid, -1)
     with store_at(store):
         with pytest.raises(StoreError, match="damaged"):
             bj.get_job("planted").results  # noqa: B018
         # A results file of ours that anyone may write is no more ours.
-        os.chown(folder / "results.pkl", os.getuid(), -1)
-        os.chmod(folder / "results.pkl", 0o666)
+        os.chown(results, os.getuid(), -1)
+        os.chmod(results, 0o666)
         with pytest.raises(StoreError, match="may be written by others"):
             bj.get_job("planted").results  # noqa: B018
         # The same file, ours alone: it is ours to load.
-        os.chmod(folder / "results.pkl", 0o600)
-        (folder / "results.pkl").write_bytes(pickle.dumps({"x": 3}))
+        results.unlink()
+        write_results(folder, {"x": 3})
         assert bj.get_job("planted").results.x == 3
     assert not marker.exists()
 

@@ -34,7 +34,6 @@ _ROW_FILES = (
     "state.json",
     "host.json",
     "results.json",
-    "results.pkl",
     "results.snap",
     "status.json",
 )
