@@ -182,8 +182,8 @@ export class JobsPanel extends Widget {
       'jp-mod-styled jp-bgjobs-sort',
       'Sort jobs by'
     );
-    option(sort, 'started', 'Newest start');
-    option(sort, 'finished', 'Newest end');
+    option(sort, 'started', 'By start');
+    option(sort, 'finished', 'By end');
     sort.addEventListener('change', () => {
       this._view.sort = sort.value;
       this._render(true);
