@@ -15,12 +15,17 @@ from ._config import settings
 from ._errors import BgJobError
 from ._text import clock, text_table
 
+# The jobs with a live row under their cell: their merge reports are shown there.
+_rowed: set[str] = set()
+
 
 def _show(job: Job, notify: bool = False) -> None:
     """The job's live row under the cell: a widget where there is a front end, else a
     status line."""
     notify = notify or settings.notify
     if _display.live_frontend():
+        # A row a front end keeps current: the job's report is shown in it.
+        _rowed.add(job.id)
         try:
             from ._panel import show_row
         except ImportError:
@@ -292,9 +297,12 @@ def _parse(magic: Any, line: str) -> Any:
 
 
 def _pre_run_cell(*_: Any) -> None:
-    """Merge finished jobs' results at the cell boundary, never under a running cell."""
-    for report in manager.merge_ready():
-        print(report)
+    """Merge finished jobs' results at the cell boundary, never under a running cell. A
+    job's report belongs to its own row (which shows it): only a job with no row (one
+    started from Python) has it said here, in the cell that runs next."""
+    for job, report in manager.merge_ready():
+        if job.id not in _rowed:
+            print(report)
 
 
 def _post_run_cell(*_: Any) -> None:

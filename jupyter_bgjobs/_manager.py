@@ -386,11 +386,13 @@ class JobManager:
         run.tell(report=report)
         return report
 
-    def merge_ready(self, ns: dict[str, Any] | None = None) -> list[str]:
-        """Merge every finished job not merged yet, in the order they finished."""
+    def merge_ready(self, ns: dict[str, Any] | None = None) -> list[tuple[Job, str]]:
+        """Merge every finished job not merged yet, in the order they finished; each job
+        with its report."""
         with self._lock:
             ready = [r.job for r in self._unmerged if r.job.done]
-        return [r for r in (self.merge(j, ns) for j in ready) if r]
+        merged = [(job, self.merge(job, ns)) for job in ready]
+        return [(job, report) for job, report in merged if report]
 
     # -- ending -------------------------------------------------------------------------
     def shutdown(self, announce: bool = False, stream: Any = None, reason: str = "") -> list[Job]:

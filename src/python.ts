@@ -41,7 +41,10 @@ function magicLine(words: string[]): string {
   );
 }
 
-const LOAD = "get_ipython().run_line_magic('load_ext', 'jupyter_bgjobs')\n";
+// Loaded once: a second load_ext would say "already loaded" above every job's row.
+const LOAD =
+  "if 'jupyter_bgjobs' not in get_ipython().extension_manager.loaded:\n" +
+  "    get_ipython().run_line_magic('load_ext', 'jupyter_bgjobs')\n";
 
 /** ``%%bgjob`` of ``source`` with the dialog's options. */
 export function cellCode(source: string, o: IRunOptions): string {

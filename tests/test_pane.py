@@ -339,3 +339,20 @@ def test_jobs_are_in_jupyterlabs_running_panel_and_quick_ends_are_told(
     finally:
         gate.touch()
         assert proc.wait(60) == 0
+
+
+def test_a_cell_run_from_the_menu_again_says_nothing_above_its_row(page: Any) -> None:
+    """The extension is loaded once: a second run from the menu prints no "already
+    loaded" above the job's row."""
+    for name in ("menu_one", "menu_two"):
+        page.evaluate(
+            "(n) => { window.jupyterapp.commands.execute('bgjobs:run-cell',"
+            " {name: n, dialog: false, env: 'none'}); }",
+            name,
+        )
+        expect(_row(_panel(page), name)).to_have_attribute(
+            "data-state", "succeeded", timeout=60_000
+        )
+    output = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea")
+    expect(output.locator(".jp-bgjobs-cellrow")).to_contain_text("menu_two")
+    expect(output).not_to_contain_text("already loaded")

@@ -352,3 +352,19 @@ def test_a_cells_row_names_its_job_for_the_ide_and_a_progress_row_does_not(
     kernel.run("plain.set_state('succeeded')")
     kernel.until(lambda: "succeeded" in shown(plain)[-1]["text/plain"])
     assert all(VIEW in d and "text/plain" in d and JOB_MIME not in d for d in shown(plain))
+
+
+def test_a_jobs_report_is_in_its_own_row_not_in_the_next_cell(kernel: Kernel) -> None:
+    """A finished job's results merge at the next cell's start; its report is shown in the
+    job's own row (and ``job.report``), never printed into that neighbouring cell."""
+    kernel.run("%%bgjob own_report\nvalue = 41 + 1")
+    kernel.until(lambda: kernel.has_row("own_report"))
+    kernel.run(
+        "import time\nfrom jupyter_bgjobs import get_job\n"
+        "while not get_job('own_report').done:\n    time.sleep(0.02)"
+    )
+    said = kernel.run("print(value)")
+    assert said.strip() == "42", said
+    assert "merged value" in kernel.run("print(get_job('own_report').report)")
+    ids = kernel.row_models("own_report")
+    kernel.until(lambda: "merged value" in kernel.row_text(ids))
