@@ -128,8 +128,13 @@ class JobManager:
         return named[-1]
 
     def unique_name(self, name: str) -> str:
+        """``name``, or ``name-2``... when a running job of this process, or a detached one
+        this notebook started (from this kernel or an earlier one), has it."""
+        from ._stored import running_names_of_this_notebook
+
         with self._lock:
             busy = {r.job.name for r in self._runs.values() if not r.job.done}
+        busy |= running_names_of_this_notebook()
         if name not in busy:
             return name
         n = 2

@@ -61,6 +61,22 @@ def find_recorded(name_or_id: str) -> DetachedJob | None:
     return match
 
 
+def running_names_of_this_notebook() -> set[str]:
+    """The names of the jobs this notebook started from an earlier kernel (or from this
+    one, detached) that still run: a new job is named apart from them too."""
+    session = os.environ.get("JPY_SESSION_NAME")
+    if not session:
+        return set()
+    names = set()
+    for job in detached_jobs():
+        try:
+            if job.notebook == session and not job.done:
+                names.add(job.name)
+        except Exception:  # a damaged record names nothing
+            continue
+    return names
+
+
 def earlier_jobs() -> list[DetachedJob]:
     """The jobs this notebook's earlier kernels ran (same ``JPY_SESSION_NAME``), from
     their records: after a restart, ``%bgjobs`` shows them ended, with their logs."""

@@ -126,9 +126,16 @@ function input(
 }
 
 class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
-  constructor(context: IDialogContext, options: IRunOptions) {
+  constructor(context: IDialogContext, options: IRunOptions, problem = '') {
     super();
     this.addClass('jp-bgjobs-dialog');
+    if (problem) {
+      const said = document.createElement('p');
+      said.className = 'jp-bgjobs-dialog-problem';
+      said.setAttribute('role', 'alert');
+      said.textContent = problem;
+      this.node.appendChild(said);
+    }
     const kind = context.kind;
     this._name = input('name', options.name, 'automatic');
     const envs: [string, string][] =
@@ -212,16 +219,36 @@ export async function askOptions(
   context: IDialogContext,
   choices: Choices
 ): Promise<IRunOptions | null> {
-  const body = new OptionsBody(context, await choices.initial(context));
-  const result = await showDialog({
-    title: context.title,
-    body,
-    buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Start' })],
-    focusNodeSelector: 'input[name="name"]'
-  });
-  if (!result.button.accept || !result.value) {
-    return null;
+  let options = await choices.initial(context);
+  let problem = '';
+  for (;;) {
+    const body = new OptionsBody(context, options, problem);
+    const result = await showDialog({
+      title: context.title,
+      body,
+      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Start' })],
+      focusNodeSelector: 'input[name="name"]'
+    });
+    if (!result.button.accept || !result.value) {
+      return null;
+    }
+    // A refused value is said in the dialog, shown again as typed, and not remembered.
+    problem = refused(result.value);
+    if (!problem) {
+      await choices.set(context.kind, result.value);
+      return result.value;
+    }
+    options = result.value;
   }
-  await choices.set(context.kind, result.value);
-  return result.value;
+}
+
+/** What is wrong with the options, in one line that names the fix; "" when nothing. */
+export function refused(options: IRunOptions): string {
+  if (options.timeout && !(Number(options.timeout) > 0)) {
+    return `The timeout must be a number of seconds above 0, not "${options.timeout}"; leave it empty for none.`;
+  }
+  if (options.name && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(options.name)) {
+    return `A job's name is a Python identifier (letters, digits and _, for example fit_model), not "${options.name}".`;
+  }
+  return '';
 }

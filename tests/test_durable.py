@@ -196,3 +196,24 @@ def test_the_bgjobs_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli(["cancel", "sleeper"]) == 1
     assert cli(["results", "nobody"]) == 2
     assert "no detached job or call named 'nobody'" in capsys.readouterr().err
+
+
+def test_a_new_job_is_named_apart_from_this_notebooks_running_detached_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detached job the notebook started (from this kernel or an earlier one) still
+    runs: a new job of the same name in the notebook is named apart, as beside a running
+    job of its own kernel."""
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "twins.ipynb"))
+    gate = tmp_path / "gate"
+    far = bj.run_cell(
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)",
+        name="twin",
+        env="none",
+        detach=True,
+    )
+    until(lambda: far.state == "running", "the detached job to run")
+    near = bj.run_cell("x = 1", name="twin", env="none")
+    assert near.name == "twin-2"
+    gate.touch()
+    assert far.wait(60).state == "succeeded" and near.wait(60).state == "succeeded"

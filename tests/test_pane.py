@@ -356,3 +356,20 @@ def test_a_cell_run_from_the_menu_again_says_nothing_above_its_row(page: Any) ->
     output = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea")
     expect(output.locator(".jp-bgjobs-cellrow")).to_contain_text("menu_two")
     expect(output).not_to_contain_text("already loaded")
+
+
+def test_the_dialog_refuses_a_bad_timeout_before_anything_starts(page: Any) -> None:
+    page.evaluate("() => { window.jupyterapp.commands.execute('bgjobs:run-cell'); }")
+    dialog = page.locator(".jp-Dialog")
+    dialog.locator("input[name=name]").fill("from_dialog")
+    dialog.locator("input[name=timeout]").fill("abc")
+    dialog.get_by_role("button", name="Start").click()
+    # Said in the dialog, with what was typed kept for the fix; nothing started.
+    expect(dialog.locator(".jp-bgjobs-dialog-problem")).to_contain_text('not "abc"')
+    expect(dialog.locator("input[name=timeout]")).to_have_value("abc")
+    expect(_row(_panel(page), "from_dialog")).to_have_count(0)
+    dialog.locator("input[name=timeout]").fill("60")
+    dialog.get_by_role("button", name="Start").click()
+    expect(_row(_panel(page), "from_dialog")).to_have_attribute(
+        "data-state", "succeeded", timeout=60_000
+    )
