@@ -11,6 +11,7 @@ import {
 import {
   ICommandPalette,
   ISessionContextDialogs,
+  MainAreaWidget,
   Notification
 } from '@jupyterlab/apputils';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
@@ -27,10 +28,14 @@ import { addCommands, CommandIDs, ICommandParts, rerun } from './commands';
 import { Choices } from './dialog';
 import { guard, GuardedSessionDialogs, notifyEnds } from './guard';
 import { rendererFactory } from './mime';
+import { jobsIcon } from './icons';
 import { JobsPanel, PANEL_RANK } from './panel';
 import { IRowActions } from './rows';
 import { addToRunning } from './running';
 import { JobsStatus } from './status';
+
+/** The command that opens a job's detail as a tab of the main area. */
+const OPEN_TAB = 'bgjobs:open-tab';
 
 let shared: JobStore | null = null;
 
@@ -88,7 +93,8 @@ function actionsFor(
     remove: (job: IJob) => removeWithUndo(store(), job),
     rerun: (job: IJob) => void rerun(parts(), job),
     open: (job: IJob) =>
-      void app.commands.execute(CommandIDs.openPanel, { id: job.id })
+      void app.commands.execute(CommandIDs.openPanel, { id: job.id }),
+    tab: (job: IJob) => void app.commands.execute(OPEN_TAB, { id: job.id })
   };
 }
 
@@ -137,6 +143,34 @@ const plugin: JupyterFrontEndPlugin<void> = {
       browser
     };
     addCommands(parts);
+    app.commands.addCommand(OPEN_TAB, {
+      label: 'Open Background Job in a Tab',
+      caption:
+        "A job's detail in the main area, where tracebacks and plots have room",
+      execute: args => {
+        const id = typeof args.id === 'string' ? args.id : '';
+        const open = Array.from(app.shell.widgets('main')).find(
+          w => w.id === `jupyter-bgjobs-tab-${id}`
+        );
+        if (open) {
+          app.shell.activateById(open.id);
+          return;
+        }
+        const content = new JobsPanel(
+          jobs,
+          rendermime,
+          { ...actions, open: undefined, tab: undefined },
+          id
+        );
+        const tab = new MainAreaWidget({ content });
+        tab.id = `jupyter-bgjobs-tab-${id}`;
+        tab.title.label = jobs.get(id)?.name || id;
+        tab.title.icon = jobsIcon;
+        tab.title.closable = true;
+        app.shell.add(tab, 'main');
+        app.shell.activateById(tab.id);
+      }
+    });
     app.shell.add(panel, 'right', { rank: PANEL_RANK });
     restorer?.add(panel, panel.id);
     rendermime.addFactory(rendererFactory(jobs, actions), -20);

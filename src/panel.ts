@@ -10,6 +10,7 @@
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { OutputArea, OutputAreaModel } from '@jupyterlab/outputarea';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
 import { IJob, IJobDetail, isRunning, JobStore } from './api';
@@ -74,16 +75,23 @@ function option(select: HTMLSelectElement, value: string, text: string): void {
 }
 
 export class JobsPanel extends Widget {
+  /** ``only``: the id of the one job this widget shows the detail of (a tab of the main
+   * area, where tracebacks and plots have room), with no list to go back to. */
   constructor(
     private _store: JobStore,
     private _rendermime: IRenderMimeRegistry,
-    private _actions: IRowActions
+    private _actions: IRowActions,
+    private _only: string | null = null
   ) {
     super();
-    this.id = 'jupyter-bgjobs-panel';
+    this.id = _only ? `jupyter-bgjobs-job-${_only}` : 'jupyter-bgjobs-panel';
     this.addClass('jp-bgjobs-panel');
+    if (_only) {
+      this.addClass('jp-bgjobs-tab');
+    }
     this.title.icon = jobsIcon;
     this.title.caption = 'Background jobs';
+    this._shown = _only;
     this._list = document.createElement('div');
     this._list.className = 'jp-bgjobs-list';
     this._header = this._makeHeader();
@@ -114,11 +122,24 @@ export class JobsPanel extends Widget {
     _store.ended.connect(this._announce, this);
     // The clocks tick; nothing else is asked of the server.
     _store.ticked.connect(this._tick, this);
-    this._render();
+    if (!_only) {
+      this._render();
+    }
+  }
+
+  protected onAfterAttach(msg: Message): void {
+    super.onAfterAttach(msg);
+    // A tab's detail is drawn once it is in the page: its output area attaches there.
+    if (this._only) {
+      this._render();
+    }
   }
 
   /** Show one job's detail (``id``) or, with none, the list. */
   showJob(id: string | null): void {
+    if (this._only) {
+      return; // a tab shows its one job
+    }
     if (id && !this._shown) {
       this._scroll = this.node.scrollTop;
     }
@@ -504,6 +525,13 @@ export class JobsPanel extends Widget {
       back.className = 'jp-bgjobs-button jp-bgjobs-back';
       back.textContent = '← All jobs';
       back.addEventListener('click', () => this.showJob(null));
+      back.hidden = Boolean(this._only);
+      // The detail in the main area, where it has room.
+      const tab = document.createElement('button');
+      tab.className = 'jp-bgjobs-button jp-bgjobs-tab-button';
+      tab.textContent = 'Open in a tab';
+      tab.hidden = Boolean(this._only) || !this._actions.tab;
+      tab.addEventListener('click', () => this._actions.tab?.(job));
       this._row = document.createElement('div');
       this._report = document.createElement('div');
       this._report.className = 'jp-bgjobs-report';
@@ -526,6 +554,7 @@ export class JobsPanel extends Widget {
       this._logNode.className = 'jp-bgjobs-log';
       node.append(
         back,
+        tab,
         this._row,
         this._report,
         this._history,

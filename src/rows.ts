@@ -73,6 +73,8 @@ export interface IRowActions {
   remove(job: IJob): void;
   rerun(job: IJob): void;
   open?(job: IJob): void;
+  /** Its detail as a tab of the main area. */
+  tab?(job: IJob): void;
 }
 
 function el(tag: string, cls: string, text = ''): HTMLElement {

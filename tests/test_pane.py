@@ -373,3 +373,17 @@ def test_the_dialog_refuses_a_bad_timeout_before_anything_starts(page: Any) -> N
     expect(_row(_panel(page), "from_dialog")).to_have_attribute(
         "data-state", "succeeded", timeout=60_000
     )
+
+
+def test_a_jobs_detail_opens_as_a_tab_of_the_main_area(page: Any) -> None:
+    panel = _panel(page)
+    row = _row(panel, "from_dialog")  # started by the dialog's test, ended
+    row.get_by_role("button", name="Output from_dialog").click()
+    panel.get_by_role("button", name="Open in a tab").click()
+    tab = page.locator(".jp-MainAreaWidget .jp-bgjobs-tab")
+    expect(tab.locator(".jp-bgjobs-detail .jp-bgjobs-name")).to_have_text("from_dialog")
+    # Room the side area does not have; no list to go back to.
+    assert tab.bounding_box()["width"] > 500
+    expect(tab.get_by_role("button", name="← All jobs")).to_be_hidden()
+    expect(page.locator(".lm-TabBar-tabLabel", has_text="from_dialog")).to_be_visible()
+    panel.get_by_role("button", name="← All jobs").click()
