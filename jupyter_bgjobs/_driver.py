@@ -279,7 +279,7 @@ class Driver:
         if not self.stop_reason:
             if self.run.cancel_asked.is_set():
                 self.stop_reason = "cancel"
-                if not self.job.reason and (self.job.folder / "cancel.json").exists():
+                if not self.job.reason and os.path.lexists(self.job.folder / "cancel.json"):
                     # Asked from the Jobs pane (a detached job's host was told by signal).
                     self.run.tell(reason="cancelled from the Jobs pane")
             elif deadline is not None and t > deadline:

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from ._detached import DetachedJob
-    from ._job import Job
-    from ._progress import ProgressJob
+from typing import Any, Protocol
 
 
 class Handle(Protocol):
@@ -83,8 +78,3 @@ class WholeJob:
     def auto_remove(self) -> bool:
         """False: an ended job stays listed until it is removed."""
         return False
-
-
-def _every_handle_is_one(job: Job, stored: DetachedJob, row: ProgressJob) -> list[Handle]:
-    # Never called: the type checker holds each handle to the protocol here.
-    return [job, stored, row]

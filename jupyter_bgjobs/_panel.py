@@ -13,7 +13,7 @@ import html
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
@@ -24,6 +24,10 @@ from ._progress import ProgressJob
 from ._states import FAILED, LOOKS, PARTIAL, colour_of, icon, label
 from ._text import clock as clock_text
 from ._text import text_table as _aligned
+
+if TYPE_CHECKING:
+    from ._detached import DetachedJob
+    from ._job import Job
 
 # A look, not a state: a progress row that succeeded with some units failed (a queue with
 # failed tasks) reads apart from both an all-green success and an all-red failure.
@@ -471,3 +475,8 @@ def on_new_handle(handle: ProgressJob) -> None:
         show_row(handle)
     else:
         row_for(handle)
+
+
+def _every_handle_is_one(job: Job, stored: DetachedJob, row: ProgressJob) -> list[Handle]:
+    # Never called: the type checker holds each handle a row shows to the protocol here.
+    return [job, stored, row]

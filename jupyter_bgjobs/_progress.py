@@ -263,21 +263,13 @@ def add_job(
     ``set_state``; or use it as a context manager. ``actions={"stop": fn}`` adds a Stop
     button that calls ``fn``. Inside a ``%%bgjob`` the handle drives the job's own row.
     """
-    return add_row(name, status, progress_units, actions, running, auto_remove, show)
-
-
-def add_row(
-    name: str,
-    status: str = "",
-    progress_units: int = 0,
-    actions: dict[str, Callable[[], Any]] | None = None,
-    running: bool = False,
-    auto_remove: bool = True,
-    show: bool = True,
-    kind: str = "progress",
-) -> ProgressJob:
-    """``add_job``, for a row of a given ``kind`` (a queue's run is one)."""
     handle = ProgressJob(name, status, progress_units, actions, False, auto_remove, show)
+    return added(handle, running)
+
+
+def added(handle: ProgressJob, running: bool = False, kind: str = "progress") -> ProgressJob:
+    """A row just made: recorded (as a ``kind``: a queue's run is one), in the panel, and
+    running when asked."""
     handle.kind = kind
     if not handle.in_job:
         _recorded(handle)

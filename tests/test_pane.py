@@ -9,6 +9,7 @@ server's job root): ten rows that move all the time, with a Stop each.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -95,6 +96,20 @@ def owner(root: Path, jobs_dir: str) -> Iterator[Path]:
     yield gates
     (gates / "done").touch()
     assert proc.wait(60) == 0
+
+
+@contextlib.contextmanager
+def owning(code: str, jobs_dir: str, gate: Path) -> Iterator[None]:
+    """A process of the test's runs ``code`` (its rows' records in the server's job root)
+    until ``gate`` is touched: at the end of the block, whatever happens in it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=dict(os.environ, JUPYTER_BGJOBS_DIR=jobs_dir)
+    )
+    try:
+        yield
+    finally:
+        gate.touch()
+        assert proc.wait(60) == 0
 
 
 def _panel(page: Any) -> Any:
@@ -221,10 +236,7 @@ def test_the_status_bar_opens_the_pane_by_keyboard(page: Any, root: Path, jobs_d
         "    time.sleep(0.05)\n"
         "row.set_state('succeeded')\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=dict(os.environ, JUPYTER_BGJOBS_DIR=jobs_dir)
-    )
-    try:
+    with owning(code, jobs_dir, gate):
         page.evaluate("() => window.jupyterapp.shell.collapseRight()")
         status = page.locator(".jp-bgjobs-statusbar")
         expect(status).to_contain_text("1 job running", timeout=30_000)
@@ -232,9 +244,6 @@ def test_the_status_bar_opens_the_pane_by_keyboard(page: Any, root: Path, jobs_d
         status.focus()
         page.keyboard.press("Enter")
         expect(page.locator("#jupyter-bgjobs-panel")).to_be_visible()
-    finally:
-        gate.touch()
-        assert proc.wait(60) == 0
 
 
 def _violations(page: Any, selector: str) -> list[str]:
@@ -265,43 +274,41 @@ def test_no_serious_accessibility_violation_light_and_dark(
         f"while not os.path.exists({str(gate)!r}):\n"
         "    time.sleep(0.05)\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=dict(os.environ, JUPYTER_BGJOBS_DIR=jobs_dir)
-    )
     try:
-        panel = _panel(page)
-        panel.locator(".jp-bgjobs-filter").fill("")
-        expect(_row(panel, "checked")).to_contain_text("1/4", timeout=30_000)
-        expect(_row(panel, "finished")).to_have_attribute("data-state", "failed")
-        for theme in ("JupyterLab Light", "JupyterLab Dark"):
-            page.evaluate(
-                "(t) => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})",
-                theme,
-            )
-            page.wait_for_function(
-                f"() => document.body.dataset.jpThemeName === {json.dumps(theme)}"
-            )
-            assert _violations(page, "#jupyter-bgjobs-panel") == [], theme
-            assert _violations(page, ".jp-bgjobs-statusbar") == [], theme
-            # The detail of a row.
-            _row(panel, "checked").get_by_role("button", name="Output checked").click()
-            expect(panel.locator(".jp-bgjobs-detail")).to_be_visible()
-            assert _violations(page, ".jp-bgjobs-detail") == [], theme
-            panel.get_by_role("button", name="← All jobs").click()
-            # The dialog of Run Cell as Background Job.
-            # Not awaited: the command's promise ends with the dialog.
-            page.evaluate("() => { window.jupyterapp.commands.execute('bgjobs:run-cell'); }")
-            expect(page.locator(".jp-Dialog")).to_be_visible()
-            assert _violations(page, ".jp-Dialog-content") == [], theme
-            page.keyboard.press("Escape")
-            expect(page.locator(".jp-Dialog")).to_have_count(0)
+        with owning(code, jobs_dir, gate):
+            panel = _panel(page)
+            panel.locator(".jp-bgjobs-filter").fill("")
+            expect(_row(panel, "checked")).to_contain_text("1/4", timeout=30_000)
+            expect(_row(panel, "finished")).to_have_attribute("data-state", "failed")
+            for theme in ("JupyterLab Light", "JupyterLab Dark"):
+                page.evaluate(
+                    "(t) => window.jupyterapp.commands.execute("
+                    "'apputils:change-theme', {theme: t})",
+                    theme,
+                )
+                page.wait_for_function(
+                    f"() => document.body.dataset.jpThemeName === {json.dumps(theme)}"
+                )
+                assert _violations(page, "#jupyter-bgjobs-panel") == [], theme
+                assert _violations(page, ".jp-bgjobs-statusbar") == [], theme
+                # The detail of a row.
+                _row(panel, "checked").get_by_role("button", name="Output checked").click()
+                expect(panel.locator(".jp-bgjobs-detail")).to_be_visible()
+                assert _violations(page, ".jp-bgjobs-detail") == [], theme
+                panel.get_by_role("button", name="← All jobs").click()
+                # The dialog of Run Cell as Background Job.
+                # Not awaited: the command's promise ends with the dialog.
+                page.evaluate("() => { window.jupyterapp.commands.execute('bgjobs:run-cell'); }")
+                expect(page.locator(".jp-Dialog")).to_be_visible()
+                assert _violations(page, ".jp-Dialog-content") == [], theme
+                page.keyboard.press("Escape")
+                expect(page.locator(".jp-Dialog")).to_have_count(0)
     finally:
+        # Whatever the test's end, the theme it changed goes back.
         page.evaluate(
             "() => window.jupyterapp.commands.execute('apputils:change-theme', "
             "{theme: 'JupyterLab Light'})"
         )
-        gate.touch()
-        assert proc.wait(60) == 0
 
 
 def test_jobs_are_in_jupyterlabs_running_panel_and_quick_ends_are_told(
@@ -318,10 +325,7 @@ def test_jobs_are_in_jupyterlabs_running_panel_and_quick_ends_are_told(
         # Ended before any page saw it run: its end is told all the same.
         "bj.add_job('quick').set_state('failed')\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=dict(os.environ, JUPYTER_BGJOBS_DIR=jobs_dir)
-    )
-    try:
+    with owning(code, jobs_dir, gate):
         panel = _panel(page)
         expect(_row(panel, "runner")).to_have_attribute("data-state", "running", timeout=30_000)
         page.evaluate("() => window.jupyterapp.shell.activateById('jp-running-sessions')")
@@ -336,9 +340,6 @@ def test_jobs_are_in_jupyterlabs_running_panel_and_quick_ends_are_told(
         gate.touch()
         toast = page.locator(".Toastify__toast", has_text="Background job quick failed")
         expect(toast.first).to_be_visible(timeout=30_000)
-    finally:
-        gate.touch()
-        assert proc.wait(60) == 0
 
 
 def test_a_cell_run_from_the_menu_again_says_nothing_above_its_row(page: Any) -> None:

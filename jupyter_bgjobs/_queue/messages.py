@@ -64,17 +64,16 @@ class Messages:
 
         # Non-blocking runs always get a row (it carries the Stop button).
         if (self.mode != "none" or not self.blocking) and (live_frontend() or not self.blocking):
-            from .._progress import add_row
+            from .._progress import ProgressJob, added
 
-            self.row = add_row(
+            row = ProgressJob(
                 name,
                 progress_units=total,
                 actions={"stop": self.cancel},
-                running=True,
                 auto_remove=False,
                 show=live_frontend(),
-                kind="queue",
             )
+            self.row = added(row, running=True, kind="queue")
         elif self.mode != "none":
             self.terminal = True
 

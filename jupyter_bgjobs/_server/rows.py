@@ -107,7 +107,7 @@ def job_row(folder: Path, detached: bool, root: str) -> dict[str, Any]:
 @dataclass
 class _Kept:
     stamp: Stamp
-    row: dict[str, Any] | None
+    row: dict[str, Any]
     key: str  # the row as JSON without its clock: what tells a change
     started: float | None
     alive: Any  # how to ask whether a running row's process still runs
@@ -160,11 +160,10 @@ class Rows:
             stamp = _stamp(folder)
             kept = self._kept.get(folder.name)
             if kept is not None and kept.stamp == stamp and self._still(kept):
-                if kept.row is not None:
-                    row = kept.row
-                    if kept.started is not None and row["state"] not in _ENDED:
-                        row = dict(row, elapsed=max(0.0, now - kept.started))
-                    out[folder.name] = (row, kept.key)
+                row = kept.row
+                if kept.started is not None and row["state"] not in _ENDED:
+                    row = dict(row, elapsed=max(0.0, now - kept.started))
+                out[folder.name] = (row, kept.key)
                 continue
             fresh = self._take(folder, detached, stamp)
             if fresh is not None:
@@ -176,7 +175,7 @@ class Rows:
     def _still(self, kept: _Kept) -> bool:
         """Whether a kept row still holds: an ended one does; a running one while the
         process it depends on runs."""
-        if kept.row is None or kept.row["state"] in _ENDED:
+        if kept.row["state"] in _ENDED:
             return True
         try:
             return bool(kept.alive())
