@@ -318,6 +318,12 @@ class DetachedJob(WholeJob):
         return str(self.record().get("notebook") or "")
 
     @property
+    def started_from(self) -> tuple[str, str]:
+        """The notebook and the id of its cell that started the job ("" where none)."""
+        record = self.record()
+        return (str(record.get("notebook") or ""), str(record.get("cell_id") or ""))
+
+    @property
     def report(self) -> str:
         """How it ended, in the words of an attached job's report, and what it saved (an
         attached job of another process: the report its notebook wrote)."""
@@ -367,8 +373,11 @@ class DetachedJob(WholeJob):
             return ""
         if self.state == "succeeded":
             return f"{self.name}: succeeded; its results merge into its notebook there"
-        how = self.state.replace("_", " ")
-        return f"{self.name}: {how}" + (f"; {self.reason}" if self.reason else "")
+        from ._merge import ended_on_its_way
+
+        err = self.error
+        why = self.reason or (f"{err.ename}: {err.evalue}" if err and err.ename else "")
+        return ended_on_its_way(self.name, self.state, self.progress, why)
 
     def spec_record(self) -> dict[str, Any]:
         """The job's spec as its notebook stored it (``spec.json``), checked."""
@@ -520,7 +529,7 @@ def not_saved(info: dict[str, Any]) -> list[str]:
 # Detached jobs this process started, by id.
 # What a handle's record takes from the stored one as it is (the rest it judges itself).
 _RECORD_FIELDS = frozenset(
-    {"started", "finished", "finished_ts", "notebook", "kernel", "timings", "can_stop"}
+    {"started", "finished", "finished_ts", "notebook", "kernel", "timings", "can_stop", "cell_id"}
 )
 
 started_here: dict[str, DetachedJob] = {}

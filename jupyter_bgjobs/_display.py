@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._handle import Handle
 from ._states import colour_of, icon, label
 from ._text import clock as clock_text
+from ._text import count as count_text
 
 if TYPE_CHECKING:
     from ._api import Job
@@ -33,7 +34,11 @@ def job_mime(job: Handle) -> dict[str, Any]:
     # When the row was shown: a row shown a moment ago whose record is not in the store
     # yet says "starting", an older one "no longer in the job store".
     shown = dt.datetime.now().astimezone().isoformat()
-    return {JOB_MIME: {"id": job.id, "name": job.name, "state": job.state, "shown": shown}}
+    # The cell and notebook the job was started from: a front end shows the newest job of
+    # that cell there (the notebook may have been reloaded without being saved).
+    row = {"id": job.id, "name": job.name, "state": job.state, "shown": shown}
+    row["notebook"], row["cell"] = job.started_from
+    return {JOB_MIME: row}
 
 
 def status_text(job: Handle, look: str | None = None) -> str:
@@ -43,7 +48,7 @@ def status_text(job: Handle, look: str | None = None) -> str:
     look = look or job.state
     parts = [f"{icon(look)} {job.name}", label(look)]
     if total:
-        parts.append(f"{done}/{total}")
+        parts.append(count_text(done, total, job.state))
     if job.section and not job.done:
         parts.append(f"[{job.section}]")
     parts.append(clock_text(job.elapsed))

@@ -382,6 +382,11 @@ class Job(WholeJob):
         """The notebook that started the job, as its server named it (None outside one)."""
         return self._run.environ.get("JPY_SESSION_NAME") or None
 
+    @property
+    def started_from(self) -> tuple[str, str]:
+        """The notebook and the id of its cell that started the job ("" where none)."""
+        return (self.notebook or "", self.spec.cell_id)
+
     def exception(self) -> JobError | None:
         """The error matching how the job ended, or None if it succeeded or still runs."""
         state = self.state

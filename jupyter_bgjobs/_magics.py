@@ -14,6 +14,7 @@ from ._api import Job, manager, parse_kernel_env, run_cell, run_script
 from ._config import settings
 from ._errors import BgJobError
 from ._text import clock, text_table
+from ._text import count as count_text
 
 # The jobs with a live row under their cell: their merge reports are shown there.
 _rowed: set[str] = set()
@@ -128,8 +129,8 @@ class BgJobMagics(Magics):
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
-        if not isinstance(job, Job):  # detached: it has no row under this cell
-            _announce_detached(job)
+        if not isinstance(job, Job):
+            _show_detached(job)
             return
         _show(job, notify=args.notify)
 
@@ -172,8 +173,8 @@ class BgJobMagics(Magics):
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
-        if not isinstance(job, Job):  # detached: it has no row under this cell
-            _announce_detached(job)
+        if not isinstance(job, Job):
+            _show_detached(job)
             return
         _show(job)
 
@@ -254,7 +255,7 @@ def earlier_table(rows: list[Any]) -> str:
             j.name,
             j.id,
             j.state,
-            f"{j.progress[0]}/{j.progress[1]}",
+            count_text(j.progress[0], j.progress[1], j.state) or "0/0",
             j.reason[:60],
             str(j.log_path or ""),
         )
@@ -263,7 +264,17 @@ def earlier_table(rows: list[Any]) -> str:
     return text_table(header, body)
 
 
-def _announce_detached(job: Any) -> None:
+def _show_detached(job: Any) -> None:
+    """A detached job's live row under its cell, as an attached job's (it reads the
+    job's record); a line saying where to find it where there are no widgets."""
+    if _display.live_frontend():
+        try:
+            from ._panel import show_row
+        except ImportError:
+            pass
+        else:
+            show_row(job)
+            return
     print(
         f"{job.name}: detached job started (id {job.id}); it outlives this kernel. "
         f"%bgjobs shows it; %bgjob_attach {job.name} merges its results once it has ended."
@@ -277,7 +288,7 @@ def jobs_table(rows: list[Job]) -> str:
             j.name,
             j.id,
             j.state,
-            f"{j.progress[0]}/{j.progress[1]}",
+            count_text(j.progress[0], j.progress[1], j.state) or "0/0",
             j.section,
             clock(j.elapsed),
         )

@@ -188,18 +188,22 @@ def merge_results(job: Outcome, ns: dict[str, Any]) -> str:
     return report_line(job, merged, where, overwrote, conflicts, deleted=deleted)
 
 
+def ended_on_its_way(name: str, state: str, progress: tuple[int, int], why: str) -> str:
+    """``fit: failed at statement 3/5; ZeroDivisionError: ...``: the statement it was at,
+    as its row counts it (``at 3/5``)."""
+    done, total = progress
+    at = min(done + 1, total) if total else 0
+    line = f"{name}: {state.replace('_', ' ')} at statement {at}/{total}"
+    return f"{line}; {why}" if why else line
+
+
 def outcome(job: Outcome, state: str = "") -> str:
     """How the job ended, in words: ``fit: failed at statement 3/5; ZeroDivisionError: ...``."""
     state = state or job.state
-    done, total = job.progress
     if state == "succeeded":
         return f"{job.name}: succeeded in {job.elapsed:.1f} s"
-    at = min(done + 1, total) if total else 0
-    line = f"{job.name}: {state.replace('_', ' ')} at statement {at}/{total}"
-    if job.reason:
-        line += f"; {job.reason}"
-    elif job.error:
-        line += f"; {job.error.ename}: {job.error.evalue}"
+    why = job.reason or (f"{job.error.ename}: {job.error.evalue}" if job.error else "")
+    line = ended_on_its_way(job.name, state, job.progress, why)
     merges_here = state == "failed" and job.rules.on_failure == "merge"
     if job.values and not (merges_here and job.rules.results != "none"):
         line += f"; partial results kept in get_job({job.name!r}).results"

@@ -23,6 +23,7 @@ from ._merge import listed
 from ._progress import ProgressJob
 from ._states import FAILED, LOOKS, PARTIAL, colour_of, icon, label
 from ._text import clock as clock_text
+from ._text import count as count_text
 from ._text import text_table as _aligned
 
 if TYPE_CHECKING:
@@ -98,7 +99,9 @@ class JobRow(W.VBox):  # type: ignore[misc]
             min=0, max=1, value=0, layout=W.Layout(width="14em", flex="0 0 auto")
         )
         self.count = W.HTML(layout=W.Layout(width="5.5em", flex="0 0 auto"))
-        self.text = W.HTML(layout=W.Layout(flex="1 1 auto"))
+        # One line, cut with an ellipsis (the whole text in its tooltip): a narrow output
+        # area must not wrap it word by word, and the buttons wrap below it, not clipped.
+        self.text = W.HTML(layout=W.Layout(flex="1 1 10em", min_width="10em", overflow="hidden"))
         self.clock = W.HTML(layout=W.Layout(width="4.5em", flex="0 0 auto"))
         self.stop = W.Button(description="Stop", button_style="danger", icon="stop", layout=_fit())
         self.drop = W.Button(description="Remove", icon="times", layout=_fit())
@@ -131,7 +134,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
                 self.drop,
                 self.toggle,
             ],
-            layout=W.Layout(align_items="center"),
+            layout=W.Layout(align_items="center", flex_flow="row wrap"),
         )
         super().__init__([header, self.detail, self.notice])
         self.add_class("bgjobs-row")
@@ -170,14 +173,18 @@ class JobRow(W.VBox):  # type: ignore[misc]
         self.bar.max = max(total, 1)
         self.bar.value = min(done, max(total, 1)) if total else (1 if job.done else 0)
         self.bar.bar_style = LOOKS[state].bar if state in LOOKS else "info"
-        self.count.value = f"{done}/{total}" if total else ""
+        self.count.value = count_text(done, total, job.state)
         words = [w for w in (job.section, job.status) if w]
         if job.done:
             if job.report:
                 words = [job.report.split(": ", 1)[-1]]
             elif not job.merged:
                 words = ["results merge before the next cell runs"]
-        self.text.value = html.escape(" · ".join(words))
+        said = html.escape(" · ".join(words))
+        self.text.value = (
+            f'<div title="{said}" style="white-space:nowrap;overflow:hidden;'
+            f'text-overflow:ellipsis">{said}</div>'
+        )
         self.clock.value = clock_text(job.elapsed)
         stoppable = not job.done and job.can_stop
         self.stop.layout.display = "" if stoppable else "none"
@@ -296,7 +303,7 @@ def text_table(rows: list[Any]) -> str:
         (
             j.name,
             _look(j),
-            f"{j.progress[0]}/{j.progress[1]}",
+            count_text(j.progress[0], j.progress[1], j.state) or "0/0",
             j.section or j.status,
             clock_text(j.elapsed),
         )

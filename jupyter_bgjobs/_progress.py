@@ -102,6 +102,8 @@ class ProgressJob(Tailed, RowClock):
         self.history: list[dict[str, str]] = []
         self.writer: Any = None
         self.in_job = _runner() is not None
+        # A row made by code, not started from a cell: no cell shows it by id.
+        self.started_from = ("", "")
         if running:
             self.set_state("running")
         if self.in_job:

@@ -61,6 +61,8 @@ class JobRecord:
     where: str | None = field(default="local", metadata=_holds(str, _NONE))
     kernel: str | None = field(default=None, metadata=_holds(str, _NONE))
     notebook: str | None = field(default=None, metadata=_holds(str, _NONE))
+    # The id of the notebook cell that started it ("" when none did).
+    cell_id: str = field(default="", metadata=_holds(str))
     skipped: list[dict[str, str]] = field(default_factory=list, metadata=_holds(list))
     # Every transition, with its time and, for an end, its reason.
     history: list[dict[str, str]] = field(default_factory=list, metadata=_holds(list))
@@ -163,6 +165,7 @@ ROW = (
     "where",
     "notebook",
     "notebook_path",
+    "cell_id",
     "kind",
     "detached",
     "reason",

@@ -36,6 +36,9 @@ class JobSpec:
     # The notebook's import path when a host process runs the job for it (--detach);
     # otherwise the submitting process's own is taken at submission.
     import_context: dict[str, Any] | None = None
+    # The notebook cell that started it (its id, as the front end sent it): the row under
+    # that cell shows the newest job the cell started, whatever the saved output says.
+    cell_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The spec as JSON values: what ``spec.json`` holds, read back by ``from_json``."""
@@ -201,7 +204,22 @@ def build_spec(
         kernel_env=env_vars,
     )
     spec.results_name = base + "_results"
+    spec.cell_id = this_cell()
     return spec
+
+
+def this_cell() -> str:
+    """The id of the notebook cell being run (JupyterLab and Notebook send it with each
+    execution); "" outside a kernel or from a front end that does not."""
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        parent = kernel.get_parent() if kernel is not None else {}
+    except Exception:  # no IPython, or a kernel without the per-request parent
+        return ""
+    cell = (parent or {}).get("metadata", {}).get("cellId", "")
+    return cell if isinstance(cell, str) and len(cell) <= 200 else ""
 
 
 def script_name(script: Path) -> str:

@@ -57,6 +57,7 @@ def record_of(job: Any) -> JobRecord:
         where=spec.gateway or where(spec),
         kernel=spec.kernel,
         notebook=job.notebook,
+        cell_id=spec.cell_id,
         skipped=list(job.skipped),
         history=list(job.history),
         report=job.report or "",

@@ -18,6 +18,9 @@ STATES = (PENDING, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, D
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED})
 # The same, in the order rows and messages list them.
 ENDED_STATES = (SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED)
+# The ends that can come before a job's last statement: its row then says the statement
+# it was at ("at 4/5"), as its report does ("failed at statement 4/5").
+ENDED_ON_ITS_WAY = (FAILED, CANCELLED, TIMED_OUT, DIED)
 # A progress row of the notebook's own (``add_job``) starts idle.
 IDLE = "idle"
 # A stored job whose record cannot be read: a row of its own, with the reason.
@@ -78,6 +81,10 @@ def typescript() -> str:
     > src/states.ts``."""
 
     def listed(name: str, doc: str, values: list[str]) -> str:
+        # As the project's formatter writes it: on one line when it fits in 80 columns.
+        line = f"export const {name} = [{', '.join(repr(v) for v in values)}];"
+        if len(line) <= 80:
+            return f"/** {doc} */\n{line}\n"
         rows = ",\n".join(f"  '{v}'" for v in values)
         return f"/** {doc} */\nexport const {name} = [\n{rows}\n];\n"
 
@@ -93,6 +100,11 @@ def typescript() -> str:
             "\n * package's `_states.py`. Do not edit: a test holds this file to it.\n */",
             listed("STATES", "A job's states, in the order it goes through them.", list(STATES)),
             listed("FINAL_STATES", "The states a job ends in.", list(ENDED_STATES)),
+            listed(
+                "ENDED_ON_ITS_WAY",
+                "The ends that can come before a job's last statement.",
+                list(ENDED_ON_ITS_WAY),
+            ),
             table("STATE_ICONS", "Each state's icon.", {k: v.icon for k, v in LOOKS.items()}),
             table(
                 "STATE_THEME",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._states import ENDED_ON_ITS_WAY
+
 
 def text_table(header: tuple[str, ...], body: list[tuple[Any, ...]]) -> str:
     """Rows as aligned plain text: the form of every table shown without widgets."""
@@ -12,6 +14,17 @@ def text_table(header: tuple[str, ...], body: list[tuple[Any, ...]]) -> str:
         "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
         for r in [header, *body]
     )
+
+
+def count(done: int, total: int, state: str) -> str:
+    """A job's progress as its row and its report both say it: ``3/5`` while it runs or
+    once it succeeded, ``at 4/5`` for one that ended on its way (the statement it was at,
+    as "failed at statement 4/5" says)."""
+    if not total:
+        return ""
+    if state in ENDED_ON_ITS_WAY and done < total:
+        return f"at {done + 1}/{total}"
+    return f"{done}/{total}"
 
 
 def clock(seconds: float) -> str:

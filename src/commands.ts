@@ -10,6 +10,8 @@ import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { OutputArea } from '@jupyterlab/outputarea';
+import { KernelMessage, ServerConnection } from '@jupyterlab/services';
+import { PageConfig, PathExt } from '@jupyterlab/coreutils';
 import { ReadonlyPartialJSONObject } from '@lumino/coreutils';
 
 import { DEFAULT_OPTIONS, IJob, IRunOptions, JobStore } from './api';
@@ -18,6 +20,7 @@ import { runJobIcon, jobsIcon } from './icons';
 import { JobsPanel, PANEL_RANK } from './panel';
 import { cellCode, scriptCode } from './python';
 import { basename } from './rows';
+import { ICellRowData, JOB_MIME } from './mime';
 
 export const CommandIDs = {
   runCell: 'bgjobs:run-cell',
@@ -68,11 +71,49 @@ function kernels(app: JupyterFrontEnd): IDialogContext['kernels'] {
     .map(spec => ({ name: spec!.name, display: spec!.display_name }));
 }
 
+/** The check of a working directory typed in the dialog, through the server's contents
+ * (so within its root): relative to ``base`` (the notebook's folder, or the root for a
+ * job the server starts). A folder it cannot see (outside the root, ``~``) is left to
+ * the kernel, which refuses a missing one with a notification. */
+function folderCheck(
+  app: JupyterFrontEnd,
+  base: string
+): (path: string) => Promise<string> {
+  return async (path: string) => {
+    const root = PageConfig.getOption('serverRoot').replace(/\/+$/, '');
+    let inRoot: string | null = null;
+    if (path.startsWith('/')) {
+      if (root.startsWith('/') && (path + '/').startsWith(root + '/')) {
+        inRoot = path.slice(root.length + 1);
+      }
+    } else if (!path.startsWith('~')) {
+      inRoot = PathExt.normalize(PathExt.join(base, path));
+    }
+    if (inRoot === null || inRoot.startsWith('..')) {
+      return '';
+    }
+    try {
+      const found = await app.serviceManager.contents.get(inRoot, {
+        content: false
+      });
+      return found.type === 'directory'
+        ? ''
+        : `The working directory "${path}" is a file, not a folder; name a folder, or leave it empty.`;
+    } catch (reason) {
+      const status = (reason as ServerConnection.ResponseError).response
+        ?.status;
+      return status === 404
+        ? `The working directory "${path}" does not exist; name an existing folder, or leave it empty.`
+        : '';
+    }
+  };
+}
+
 /** The options given as arguments (scripted), or asked for in the dialog. */
 async function options(
   parts: ICommandParts,
   args: ReadonlyPartialJSONObject,
-  context: Omit<IDialogContext, 'kernels'>
+  context: Omit<IDialogContext, 'kernels'> & { notebookPath?: string }
 ): Promise<IRunOptions | null> {
   const given = OPTION_KEYS.filter(k => args[k] !== undefined);
   if (args.dialog === false || given.length) {
@@ -84,14 +125,57 @@ async function options(
     }
     return scripted as unknown as IRunOptions;
   }
-  return askOptions({ ...context, kernels: kernels(parts.app) }, parts.choices);
+  const base =
+    context.kind === 'server' || !context.notebookPath
+      ? ''
+      : PathExt.dirname(context.notebookPath);
+  return askOptions(
+    {
+      ...context,
+      kernels: kernels(parts.app),
+      checkFolder: folderCheck(parts.app, base)
+    },
+    parts.choices
+  );
 }
 
-/** Run ``code`` in a notebook's kernel; into ``cell``'s output when given. */
+/** What the kernel said when a start was refused: the magics' UsageError (printed to
+ * stderr by IPython) or an error; "" when it started. */
+function refusal(msg: KernelMessage.IIOPubMessage): string {
+  const kind = msg.header.msg_type;
+  if (kind === 'error') {
+    const content = msg.content as { ename: string; evalue: string };
+    return `${content.ename}: ${content.evalue}`;
+  }
+  if (kind === 'stream') {
+    const content = msg.content as { name: string; text: string };
+    if (content.name === 'stderr' && content.text.includes('UsageError')) {
+      return content.text;
+    }
+  }
+  return '';
+}
+
+/** The name of the job whose row the kernel displayed, if it did. */
+function startedName(msg: KernelMessage.IIOPubMessage): string {
+  const kind = msg.header.msg_type;
+  if (kind !== 'display_data' && kind !== 'execute_result') {
+    return '';
+  }
+  const data = (msg.content as { data?: { [mime: string]: unknown } }).data;
+  const row = data?.[JOB_MIME] as ICellRowData | undefined;
+  return row?.name || '';
+}
+
+/** Run ``code`` in a notebook's kernel; into ``cell``'s output when given (as that
+ * cell's run: the job's record names the cell). ``name`` is the job's, when known; a
+ * toast names the job started unless its row is under the cell the user ran. */
 async function runInNotebook(
   panel: NotebookPanel,
   code: string,
-  cell: CodeCell | null
+  cell: CodeCell | null,
+  name = '',
+  announce = cell === null
 ): Promise<void> {
   const session = panel.sessionContext;
   await session.ready;
@@ -102,38 +186,71 @@ async function runInNotebook(
     );
     return;
   }
-  if (cell) {
-    await OutputArea.execute(code, cell.outputArea, session);
-    return;
-  }
-  const future = kernel.requestExecute({
-    code,
-    silent: false,
-    store_history: false
-  });
-  // The magics say what is wrong as a UsageError, which IPython prints to stderr
-  // (other stderr, a warning, is not a failure).
   let said = '';
-  future.onIOPub = msg => {
-    const kind = msg.header.msg_type;
-    if (kind === 'error') {
-      const content = msg.content as { ename: string; evalue: string };
-      said += `${content.ename}: ${content.evalue}`;
-    } else if (kind === 'stream') {
-      const content = msg.content as { name: string; text: string };
-      if (content.name === 'stderr' && content.text.includes('UsageError')) {
-        said += content.text;
-      }
-    }
+  let started = '';
+  const watch = (msg: KernelMessage.IIOPubMessage) => {
+    said += refusal(msg);
+    started = started || startedName(msg);
   };
-  const reply = await future.done;
-  if (reply.content.status !== 'ok' || said.trim()) {
-    fail(`The job did not start: ${said.trim() || reply.content.status}`);
+  let reply: KernelMessage.IExecuteReplyMsg | undefined;
+  if (cell) {
+    const busy = kernel.status === 'busy';
+    const running = OutputArea.execute(code, cell.outputArea, session, {
+      cellId: cell.model.sharedModel.getId()
+    });
+    const future = cell.outputArea.future;
+    let waiting = false;
+    if (busy && future) {
+      // The kernel runs the start once the cell it is busy with ends: until then, a row
+      // says so, instead of nothing.
+      waiting = true;
+      cell.outputArea.model.add({
+        output_type: 'display_data',
+        data: {
+          [JOB_MIME]: {
+            name: name || 'Background job',
+            waiting: "waiting for the notebook's kernel, busy with another cell"
+          },
+          'text/plain': "Background job waiting for the notebook's kernel"
+        },
+        metadata: {}
+      });
+    }
+    future?.registerMessageHook(msg => {
+      if (waiting && msg.header.msg_type === 'status') {
+        const state = (msg.content as { execution_state?: string })
+          .execution_state;
+        if (state === 'busy') {
+          waiting = false;
+          cell.outputArea.model.clear();
+        }
+      }
+      watch(msg);
+      return true;
+    });
+    reply = await running.catch(() => undefined);
+  } else {
+    const future = kernel.requestExecute({
+      code,
+      silent: false,
+      store_history: false
+    });
+    future.onIOPub = watch;
+    reply = await future.done;
+  }
+  if (!reply || reply.content.status !== 'ok' || said.trim()) {
+    fail(
+      `The job did not start: ${said.trim() || reply?.content.status || 'the kernel did not answer'}`
+    );
     return;
   }
-  Notification.info(`Background job started from ${panel.title.label}`, {
-    autoClose: 3000
-  });
+  if (announce) {
+    const who = started || name;
+    Notification.info(
+      `Background job ${who ? `${who} ` : ''}started from ${panel.title.label}`,
+      { autoClose: 3000 }
+    );
+  }
 }
 
 function selected(editor: CodeEditor.IEditor): string {
@@ -236,10 +353,11 @@ async function cellJob(
       : 'Run Selection as Background Job',
     kind: 'cell',
     notebook: panel.context.path,
+    notebookPath: panel.context.path,
     defaults: {}
   });
   if (o) {
-    await runInNotebook(panel, cellCode(code, o), cell);
+    await runInNotebook(panel, cellCode(code, o), cell, o.name);
   }
 }
 
@@ -318,6 +436,7 @@ async function runFile(
     title: `Run ${basename(path)} as Background Job`,
     kind: notebook ? 'file' : 'server',
     notebook: notebook ? basename(notebook.context.path) : null,
+    notebookPath: notebook?.context.path,
     defaults: { name: basename(path).replace(/\.py$/, '') }
   });
   if (!o) {
@@ -359,7 +478,18 @@ export async function rerun(parts: ICommandParts, job: IJob): Promise<void> {
     const code = spec.script
       ? scriptCode(spec.script, o)
       : cellCode(spec.code || '', o);
-    await runInNotebook(panel, code, null);
+    // Under the cell that started it, when that cell is still there: where the user
+    // looks for it (and its row there is the newest job of the cell).
+    const cell = panel.content.widgets.find(
+      w => job.cell_id && w.model.sharedModel.getId() === job.cell_id
+    );
+    await runInNotebook(
+      panel,
+      code,
+      cell instanceof CodeCell ? cell : null,
+      job.name,
+      true
+    );
   } else if (spec.script) {
     await startOnServer(parts, o, { path: spec.script });
   } else {

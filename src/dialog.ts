@@ -19,6 +19,9 @@ export interface IDialogContext {
   notebook: string | null;
   kernels: { name: string; display: string }[];
   defaults: Partial<IRunOptions>;
+  /** What is wrong with a working directory ("" when nothing, or when it cannot tell):
+   * asked before the dialog closes. */
+  checkFolder?: (path: string) => Promise<string>;
 }
 
 export const OPTION_KEYS: (keyof IRunOptions)[] = [
@@ -234,6 +237,9 @@ export async function askOptions(
     }
     // A refused value is said in the dialog, shown again as typed, and not remembered.
     problem = refused(result.value);
+    if (!problem && result.value.workdir && context.checkFolder) {
+      problem = await context.checkFolder(result.value.workdir);
+    }
     if (!problem) {
       await choices.set(context.kind, result.value);
       return result.value;

@@ -10,6 +10,7 @@ import {
   SessionContextDialogs,
   showDialog
 } from '@jupyterlab/apputils';
+import { ServiceManager, Session } from '@jupyterlab/services';
 import { ITranslator } from '@jupyterlab/translation';
 import { Widget } from '@lumino/widgets';
 
@@ -21,13 +22,13 @@ function list(jobs: IJob[]): string {
   return jobs.map(j => j.name).join(', ');
 }
 
-/** Ask before ending ``path``'s kernel; true to go on. */
+/** Ask before ending the kernels of ``paths`` (notebooks); true to go on. */
 async function confirmEnd(
   store: JobStore,
-  path: string,
+  paths: string[],
   doing: string
 ): Promise<boolean> {
-  const jobs = store.ofNotebook(path);
+  const jobs = paths.flatMap(path => store.ofNotebook(path));
   const attached = jobs.filter(j => !j.detached);
   const detached = jobs.filter(j => j.detached);
   if (!jobs.length) {
@@ -35,11 +36,12 @@ async function confirmEnd(
   }
   const body = document.createElement('div');
   body.className = 'jp-bgjobs-warning';
+  const those = paths.length === 1 ? 'this kernel' : 'these kernels';
   if (attached.length) {
     const p = document.createElement('p');
     p.textContent =
-      `${attached.length === 1 ? 'This job runs' : 'These jobs run'} from this ` +
-      `kernel and will end: ${list(attached)}.`;
+      `${attached.length === 1 ? 'This job runs' : 'These jobs run'} from ` +
+      `${those} and will end: ${list(attached)}.`;
     body.appendChild(p);
   }
   if (detached.length) {
@@ -59,7 +61,10 @@ async function confirmEnd(
     })
   );
   const result = await showDialog({
-    title: `${doing} the kernel of ${basename(path)}?`,
+    title:
+      paths.length === 1
+        ? `${doing} the kernel of ${basename(paths[0])}?`
+        : `${doing} the kernels of ${paths.length} notebooks with jobs?`,
     body: new DialogBody(body),
     buttons
   });
@@ -98,10 +103,15 @@ export class GuardedSessionDialogs extends SessionContextDialogs {
   }
 
   async restart(sessionContext: ISessionContext): Promise<boolean> {
-    if (!this._store.ofNotebook(sessionContext.path).length) {
+    // With no kernel (shut down, its detached jobs kept) a restart starts one: it ends
+    // no job, so there is nothing to ask.
+    if (
+      !sessionContext.session?.kernel ||
+      !this._store.ofNotebook(sessionContext.path).length
+    ) {
       return super.restart(sessionContext);
     }
-    if (!(await confirmEnd(this._store, sessionContext.path, 'Restart'))) {
+    if (!(await confirmEnd(this._store, [sessionContext.path], 'Restart'))) {
       return false;
     }
     await sessionContext.restartKernel();
@@ -109,7 +119,64 @@ export class GuardedSessionDialogs extends SessionContextDialogs {
   }
 }
 
-export function guard(store: JobStore, openPaths: () => string[]): void {
+/** The notebooks whose kernels are among ``kernelIds`` (all, when null). */
+function notebooksOf(
+  sessions: Session.IManager,
+  kernelIds: string[] | null
+): string[] {
+  const paths: string[] = [];
+  for (const model of sessions.running()) {
+    if (model.kernel && (!kernelIds || kernelIds.includes(model.kernel.id))) {
+      paths.push(model.path);
+    }
+  }
+  return paths;
+}
+
+/** The shutdowns that do not pass a notebook's SessionContext ("Shut Down All Kernels",
+ * the Running panel's Shut Down and Shut Down All) ask as the single shutdown does. */
+function guardManagers(
+  store: JobStore,
+  services: ServiceManager.IManager
+): void {
+  const { sessions, kernels } = services;
+  const ask = async (paths: string[]) =>
+    !paths.length || confirmEnd(store, paths, 'Shut down');
+  const kernelShutdown = kernels.shutdown.bind(kernels);
+  kernels.shutdown = async (id: string) => {
+    if (await ask(notebooksOf(sessions, [id]))) {
+      return kernelShutdown(id);
+    }
+  };
+  const kernelsAll = kernels.shutdownAll.bind(kernels);
+  kernels.shutdownAll = async () => {
+    if (await ask(notebooksOf(sessions, null))) {
+      return kernelsAll();
+    }
+  };
+  const sessionShutdown = sessions.shutdown.bind(sessions);
+  sessions.shutdown = async (id: string) => {
+    const model = Array.from(sessions.running()).find(m => m.id === id);
+    if (await ask(model ? [model.path] : [])) {
+      return sessionShutdown(id);
+    }
+  };
+  const sessionsAll = sessions.shutdownAll.bind(sessions);
+  sessions.shutdownAll = async () => {
+    if (await ask(notebooksOf(sessions, null))) {
+      return sessionsAll();
+    }
+  };
+}
+
+export function guard(
+  store: JobStore,
+  openPaths: () => string[],
+  services?: ServiceManager.IManager
+): void {
+  if (services) {
+    guardManagers(store, services);
+  }
   window.addEventListener('beforeunload', event => {
     const open = new Set(openPaths());
     if (
@@ -135,7 +202,7 @@ export function guard(store: JobStore, openPaths: () => string[]): void {
   proto.shutdown = async function (this: SessionContext): Promise<void> {
     if (
       this.session?.kernel &&
-      !(await confirmEnd(store, this.path, 'Shut down'))
+      !(await confirmEnd(store, [this.path], 'Shut down'))
     ) {
       return;
     }

@@ -185,11 +185,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
       align: 'left',
       rank: 4
     });
-    guard(jobs, () => {
-      const paths: string[] = [];
-      notebooks?.forEach(panel => paths.push(panel.context.path));
-      return paths;
-    });
+    guard(
+      jobs,
+      () => {
+        const paths: string[] = [];
+        notebooks?.forEach(panel => paths.push(panel.context.path));
+        return paths;
+      },
+      app.serviceManager
+    );
     if (running) {
       addToRunning(running, jobs, actions.open!, actions.stop);
     }

@@ -10,7 +10,19 @@ import { Widget } from '@lumino/widgets';
 import { IJob, isRunning, JobStore } from './api';
 import { IRowActions, renderRow, tickClock } from './rows';
 
-const JOB_MIME = 'application/vnd.jupyter-bgjobs.job+json';
+export const JOB_MIME = 'application/vnd.jupyter-bgjobs.job+json';
+
+/** What a row under a cell is made from: the job's id, and the cell that started it. A
+ * row the IDE puts there before the kernel has run the start (it is busy) says why it
+ * waits instead. */
+export interface ICellRowData {
+  id?: string;
+  name?: string;
+  shown?: string;
+  notebook?: string;
+  cell?: string;
+  waiting?: string;
+}
 /** How long a row whose record has not appeared yet says "starting". */
 const STARTING_MS = 15000;
 
@@ -30,10 +42,12 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
   }
 
   async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
-    const data = model.data[JOB_MIME] as
-      { id?: string; name?: string; shown?: string } | undefined;
+    const data = model.data[JOB_MIME] as ICellRowData | undefined;
     this._id = data?.id || '';
     this._name = data?.name || this._id;
+    this._cell = data?.cell || '';
+    this._notebook = data?.notebook || '';
+    this._waiting = data?.waiting || '';
     // A row shown long ago is of a job that had its record then.
     const shown = Date.parse(data?.shown || '');
     this._madeAt = isNaN(shown) ? 0 : Math.min(shown, Date.now());
@@ -48,7 +62,7 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
   }
 
   private _tick(): void {
-    const job = this._store.get(this._id);
+    const job = this._job;
     if (job && isRunning(job)) {
       tickClock(this._row, job, this._store);
     }
@@ -57,13 +71,40 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
   private _changed(): void {
     // The store keeps a row's object until the server sends it anew: the same object is
     // the same row.
-    if (this._store.get(this._id) !== this._job) {
+    if (this._current() !== this._job) {
       this._render();
     }
   }
 
+  /** The newest job started from this row's cell (a notebook reloaded without being
+   * saved holds the row of an older one), else the job the row was made for. */
+  private _current(): IJob | undefined {
+    const own = this._store.get(this._id);
+    if (!this._cell) {
+      return own;
+    }
+    let newest = own;
+    for (const job of this._store.jobs) {
+      if (
+        job.cell_id === this._cell &&
+        (job.notebook || '') === this._notebook &&
+        (!newest || startedAt(job) > startedAt(newest))
+      ) {
+        newest = job;
+      }
+    }
+    return newest;
+  }
+
   private _render(): void {
-    const job = this._store.get(this._id);
+    if (this._waiting) {
+      this._row.className = 'jp-bgjobs-row jp-bgjobs-state-pending';
+      delete this._row.dataset.built;
+      this._row.setAttribute('role', 'status');
+      this._row.textContent = `◌ ${this._name}: ${this._waiting}`;
+      return;
+    }
+    const job = this._current();
     this._job = job;
     if (!job) {
       this._row.className = 'jp-bgjobs-row jp-bgjobs-missing';
@@ -90,6 +131,15 @@ class CellRow extends Widget implements IRenderMime.IRenderer {
   private _name = '';
   private _job: IJob | undefined = undefined;
   private _madeAt = 0;
+  private _cell = '';
+  private _notebook = '';
+  private _waiting = '';
+}
+
+/** When a job started; one not started yet is the newest of all. */
+function startedAt(job: IJob): number {
+  const at = Date.parse(job.started || '');
+  return isNaN(at) ? Infinity : at;
 }
 
 /** The renderer's factory; preferred over the widget (rank -10) and every text form. */

@@ -114,10 +114,14 @@ export class JobsPanel extends Widget {
     // Rows keep their places while the pointer moves over the list (a click is being
     // aimed), and for a few seconds after it stops; then the order catches up.
     this._body.addEventListener('pointermove', () => this._hold());
+    // So do they while the keyboard moves among them.
+    this._body.addEventListener('focusin', () => this._hold());
+    this._body.addEventListener('keydown', () => this._hold());
     this._body.addEventListener('pointerleave', () => {
       this._heldUntil = 0;
       this._render();
     });
+    this.node.addEventListener('keydown', event => this._key(event));
     _store.changed.connect(this._changed, this);
     _store.ended.connect(this._announce, this);
     // The clocks tick; nothing else is asked of the server.
@@ -143,6 +147,9 @@ export class JobsPanel extends Widget {
     if (id && !this._shown) {
       this._scroll = this.node.scrollTop;
     }
+    // The keyboard goes where the eyes go: into the detail, and back to the job's row.
+    const focused = this.node.contains(document.activeElement);
+    const was = this._shown;
     this._shown = id;
     this._fetchedFor = '';
     this._log = null;
@@ -150,6 +157,11 @@ export class JobsPanel extends Widget {
     if (!id) {
       // "All jobs" returns to where the list was.
       this.node.scrollTop = this._scroll;
+    }
+    if (focused && id) {
+      this._detailNode.querySelector<HTMLElement>('button')?.focus();
+    } else if (focused && was) {
+      this._rows.get(was)?.focus();
     }
   }
 
@@ -183,7 +195,7 @@ export class JobsPanel extends Widget {
     text.placeholder = 'Filter';
     text.addEventListener('input', () => {
       this._view.text = text.value.trim().toLowerCase();
-      this._render();
+      this._render(true);
     });
     const state = control<HTMLSelectElement>(
       'select',
@@ -196,7 +208,7 @@ export class JobsPanel extends Widget {
     option(state, 'failed', 'Failed or died');
     state.addEventListener('change', () => {
       this._view.state = state.value;
-      this._render();
+      this._render(true);
     });
     const sort = control<HTMLSelectElement>(
       'select',
@@ -463,12 +475,67 @@ export class JobsPanel extends Widget {
       node.addEventListener('click', () => this.showJob(id));
       node.addEventListener('keydown', event => {
         if (event.key === 'Enter' && event.target === node) {
+          // Its default would press the button the focus moves to.
+          event.preventDefault();
           this.showJob(id);
         }
       });
       this._rows.set(job.id, node);
     }
     return node;
+  }
+
+  /** The pane's keys: ↓/↑ (and Home/End) move between rows, Enter opens the focused
+   * row's detail, Escape goes back to the list, / goes to the filter. A key typed into
+   * a field or on a button is that field's or button's. */
+  private _key(event: KeyboardEvent): void {
+    const target = event.target as HTMLElement;
+    const typing = /^(INPUT|SELECT|TEXTAREA)$/.test(target.tagName);
+    if (event.key === 'Escape' && this._shown && !this._only && !typing) {
+      event.preventDefault();
+      this.showJob(null);
+      return;
+    }
+    if (
+      typing ||
+      this._shown ||
+      event.altKey ||
+      event.ctrlKey ||
+      event.metaKey
+    ) {
+      return;
+    }
+    if (event.key === '/') {
+      event.preventDefault();
+      this._header
+        .querySelector<HTMLInputElement>('.jp-bgjobs-filter')
+        ?.focus();
+      return;
+    }
+    const moves: { [key: string]: number } = {
+      ArrowDown: 1,
+      ArrowUp: -1,
+      Home: -Infinity,
+      End: Infinity
+    };
+    if (!(event.key in moves)) {
+      return;
+    }
+    const rows = Array.from(
+      this._body.querySelectorAll<HTMLElement>('[role="listitem"]')
+    ).filter(row => row.offsetParent !== null);
+    if (!rows.length) {
+      return;
+    }
+    event.preventDefault();
+    const at = rows.findIndex(row => row.contains(target));
+    const step = moves[event.key];
+    const next = isFinite(step)
+      ? Math.min(rows.length - 1, Math.max(0, at < 0 ? 0 : at + step))
+      : step < 0
+        ? 0
+        : rows.length - 1;
+    rows[next].focus();
   }
 
   private async _stopAll(): Promise<void> {

@@ -39,6 +39,7 @@ export interface IJobRecord {
   where: string | null;
   kernel: string | null;
   notebook: string | null;
+  cell_id: string;
   skipped: { [key: string]: string }[];
   history: IHistoryEntry[];
   can_stop: boolean;
@@ -60,6 +61,7 @@ export interface IJob {
   where: string;
   notebook: string | null;
   notebook_path: string | null;
+  cell_id: string;
   kind: string;
   detached: boolean;
   reason: string;

@@ -5,7 +5,20 @@
  * hover and the pointer's place survive every change of its job.
  */
 import { IJob, isRunning, JobStore } from './api';
-import { STATE_ICONS, STATE_THEME } from './states';
+import { ENDED_ON_ITS_WAY, STATE_ICONS, STATE_THEME } from './states';
+
+/** A job's progress as its row and its report both say it: ``3/5`` while it runs or
+ * once it succeeded, ``at 4/5`` for one that ended on its way ("failed at statement
+ * 4/5", the report says). */
+export function countText(done: number, total: number, state: string): string {
+  if (!total) {
+    return '';
+  }
+  if (ENDED_ON_ITS_WAY.includes(state) && done < total) {
+    return `at ${done + 1}/${total}`;
+  }
+  return `${done}/${total}`;
+}
 
 /** The kinds of row the IDE can start again: code it has (a call's function, a progress
  * row's task and a queue's run live in their notebook only). */
@@ -234,10 +247,10 @@ export function renderRow(
   node.dataset.kind = job.kind;
   const [done, total] = job.progress;
   const from = origin(job);
-  const count = total ? `${done}/${total}` : '';
+  const count = countText(done, total, job.state);
   node.setAttribute(
     'aria-label',
-    [job.name, stateLabel(job.state), count && `${done} of ${total}`, from]
+    [job.name, stateLabel(job.state), count.replace('/', ' of '), from]
       .filter(Boolean)
       .join(', ')
   );

@@ -23,6 +23,9 @@ export const FINAL_STATES = [
   'died'
 ];
 
+/** The ends that can come before a job's last statement. */
+export const ENDED_ON_ITS_WAY = ['failed', 'cancelled', 'timed_out', 'died'];
+
 /** Each state's icon. */
 export const STATE_ICONS: { [state: string]: string } = {
   pending: '◌',

@@ -107,6 +107,24 @@ def lab_server(
         log.close()
 
 
+def end_sessions(url: str, token: str) -> None:
+    """Shut down every session's kernel through the REST API (the page's own shutdown
+    would ask first about the jobs they run): a test's end, not a user's action."""
+    import json
+
+    headers = {"Authorization": f"token {token}"}
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{url}/api/sessions", headers=headers), timeout=30
+    ) as answer:
+        sessions = json.load(answer)
+    for session in sessions:
+        request = urllib.request.Request(
+            f"{url}/api/sessions/{session['id']}", method="DELETE", headers=headers
+        )
+        with urllib.request.urlopen(request, timeout=60):
+            pass
+
+
 @contextmanager
 def browser(viewport: tuple[int, int] = (1400, 1000)) -> Iterator[Any]:
     """A headless Chromium context."""

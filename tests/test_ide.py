@@ -24,6 +24,7 @@ from labserver import (
     ARTIFACTS,
     DOCS,
     browser,
+    end_sessions,
     lab_server,
     skip_without_chromium,
     wait_for_kernel,
@@ -93,7 +94,7 @@ def page(lab: str) -> Iterator[Any]:
         pg.goto(f"{lab}/lab/tree/first.ipynb?token={TOKEN}")
         wait_for_kernel(pg)
         yield pg
-        pg.evaluate("() => window.jupyterapp.serviceManager.sessions.shutdownAll()")
+        end_sessions(lab, TOKEN)
 
 
 def _run_all(page: Any) -> None:

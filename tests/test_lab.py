@@ -162,3 +162,30 @@ def test_rows_advance_succeed_and_stop_cancels(page: Any) -> None:
     side = page.locator("#jp-right-stack")
     playwright_sync.expect(side).to_contain_text("endless", timeout=30_000)
     playwright_sync.expect(side).to_contain_text("cancelled")
+
+
+def test_a_long_row_stays_one_line_and_keeps_its_buttons_in_view(page: Any) -> None:
+    """A queue's row says much (its tasks, its workers): in a narrow notebook its words
+    stay on one line (cut, with the whole text in its tooltip) and its buttons wrap below
+    instead of being cut off."""
+    page.set_viewport_size({"width": 900, "height": 1000})
+    try:
+        _run_new_cell(
+            page,
+            "import jupyter_bgjobs as bj\n"
+            "wide = bj.add_job('wide_row', status='a queue of many tasks ' * 12, "
+            "progress_units=3, auto_remove=False, show=False)\n"
+            "wide.set_state('succeeded')",
+        )
+        row = _row(page, "wide_row")
+        remove = row.get_by_role("button", name="Remove")
+        playwright_sync.expect(remove).to_be_visible(timeout=60_000)
+        area = _panel(page).bounding_box()
+        button = remove.bounding_box()
+        assert button["x"] + button["width"] <= area["x"] + area["width"] + 1, (button, area)
+        said = row.locator(".widget-html", has_text="a queue of many tasks").first
+        one_line = row.locator(".widget-html").first.bounding_box()["height"]
+        assert said.bounding_box()["height"] <= one_line + 2, said.bounding_box()
+        assert "a queue of many tasks" in (said.locator("div[title]").get_attribute("title") or "")
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labserver import browser, lab_server, skip_without_chromium, wait_for_kernel, write_notebook
+from labserver import (
+    browser,
+    end_sessions,
+    lab_server,
+    skip_without_chromium,
+    wait_for_kernel,
+    write_notebook,
+)
 
 skip_without_chromium()
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -28,7 +35,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         pg.goto(f"{url}/notebooks/seven.ipynb?token={TOKEN}")
         wait_for_kernel(pg)
         yield pg
-        pg.evaluate("() => window.jupyterapp.serviceManager.sessions.shutdownAll()")
+        end_sessions(url, TOKEN)
 
 
 def test_a_cell_runs_as_a_job_and_the_panel_lists_it(page: Any) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labserver import browser, lab_server, wait_for_kernel, write_notebook
+from labserver import browser, end_sessions, lab_server, wait_for_kernel, write_notebook
 
 pytest.importorskip("playwright")
 from playwright.sync_api import expect
@@ -83,7 +83,7 @@ def page(root: Path, jobs_dir: str) -> Iterator[Any]:
         pg.goto(f"{url}/lab/tree/work.ipynb?token={TOKEN}")
         wait_for_kernel(pg)
         yield pg
-        pg.evaluate("() => window.jupyterapp.serviceManager.sessions.shutdownAll()")
+        end_sessions(url, TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -388,3 +388,32 @@ def test_a_jobs_detail_opens_as_a_tab_of_the_main_area(page: Any) -> None:
     expect(tab.get_by_role("button", name="← All jobs")).to_be_hidden()
     expect(page.locator(".lm-TabBar-tabLabel", has_text="from_dialog")).to_be_visible()
     panel.get_by_role("button", name="← All jobs").click()
+
+
+def test_the_panes_keys_move_open_and_go_back(page: Any, owner: Path) -> None:
+    panel = _panel(page)
+    items = panel.locator(".jp-bgjobs-list [role=listitem]")
+    expect(items).not_to_have_count(0)
+    # The focused row's place among the rows shown, and their number (rows keep their
+    # places while the keyboard is among them, as under the pointer).
+    where = """() => { const rows = Array.from(document.querySelectorAll(
+        '#jupyter-bgjobs-panel .jp-bgjobs-list [role=listitem]')).filter(r => r.offsetParent);
+        return [rows.indexOf(document.activeElement), rows.length]; }"""
+    items.first.focus()
+    assert page.evaluate(where)[0] == 0
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate(where)[0] == 1
+    page.keyboard.press("End")
+    at, count = page.evaluate(where)
+    assert at == count - 1
+    page.keyboard.press("Home")
+    assert page.evaluate(where)[0] == 0
+    first = page.evaluate("() => document.activeElement.dataset.jobId")
+    page.keyboard.press("Enter")
+    detail = panel.locator(".jp-bgjobs-detail")
+    expect(detail).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(detail).to_be_hidden()
+    assert page.evaluate("() => document.activeElement.dataset.jobId") == first
+    page.keyboard.press("/")
+    expect(panel.locator(".jp-bgjobs-filter")).to_be_focused()
