@@ -50,6 +50,7 @@ def run_cell(
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
     on_failure: str = "merge",
+    memory_limit: int | str | None = None,
 ) -> Job | DetachedJob:
     """Run ``code`` (IPython syntax allowed) as a background job and return the Job at once.
 
@@ -63,6 +64,8 @@ def run_cell(
     ``kernel_env`` (``KERNEL_*`` variables) passed to the kernel it starts.
     ``on_failure``: ``merge`` (a failed job's names made before its error come back, as a
     cell that raises keeps them) or ``keep`` (they stay in ``job.results`` only).
+    ``memory_limit``: ``"8G"``, ``"300MB"`` or bytes; a job whose kernel (with what it
+    started) uses more ends ``failed`` with the reason (default ``configure(memory_limit=)``).
     """
     from ._merge import target_namespace
 
@@ -80,6 +83,7 @@ def run_cell(
         workdir=workdir,
         gateway=gateway,
         kernel_env=kernel_env,
+        memory_limit=memory_limit,
     )
     if detach:
         from ._launch import start
@@ -101,6 +105,7 @@ def run_script(
     detach: bool = False,
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
+    memory_limit: int | str | None = None,
     _results: str | None = None,
 ) -> Job | DetachedJob:
     """Run a script as a background job (rstudioapi's jobRunScript) and return the Job.
@@ -108,7 +113,7 @@ def run_script(
     ``workdir`` defaults to the script's folder. ``import_env=True`` ships the notebook's
     whole namespace. ``export_env``: ``""`` keeps results in ``job.results`` only,
     ``"globals"`` merges them into the notebook, any other name makes a namespace of that
-    name. ``detach``, ``gateway`` and ``kernel_env`` as for ``run_cell``.
+    name. ``detach``, ``gateway``, ``kernel_env`` and ``memory_limit`` as for ``run_cell``.
     """
     from ._merge import target_namespace
 
@@ -143,6 +148,7 @@ def run_script(
         script_path=str(script.resolve()),
         gateway=gateway,
         kernel_env=kernel_env,
+        memory_limit=memory_limit,
     )
     if results == "object" and export_env:
         spec.results_name = export_env

@@ -102,6 +102,23 @@ def timeout(arg: str, value: Any, *, text: bool = False) -> float | None:
     return number(arg, value, above=True, unit="seconds", text=text)
 
 
+def memory(arg: str, value: Any) -> int:
+    """0 (no limit), or bytes: a whole number, or text such as ``8G``, ``300MB``,
+    ``1.5GiB``."""
+    from ._usage import parse_size
+
+    if value is None or value == 0:
+        return 0
+    if isinstance(value, str):
+        size = parse_size(value)
+        if size is None or size <= 0:
+            raise JobSpecError(
+                f"{arg} must be a size such as '8G', '300MB' or '1.5GiB' (or bytes), not {value!r}"
+            )
+        return size
+    return int(number(arg, value, above=True, integer=True, unit="bytes"))
+
+
 def choice(arg: str, value: Any, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise JobSpecError(f"{arg} must be one of {', '.join(choices)}, not {_got(value)}")

@@ -35,6 +35,8 @@ class Settings:
     gateway_pool_size: int = 0
     # Never shown: not in repr, logs, reports or job folders.
     gateway_token: str = field(default="", repr=False)
+    # Bytes a job's kernel and its processes may use before the job is ended (0: none).
+    memory_limit: int = 0
 
     def job_root_path(self) -> Path:
         """Where the job root is, found without creating or changing anything (so that
@@ -96,7 +98,8 @@ def configure(**changes: Any) -> Settings:
     for a gateway), ``gateway_token`` (default ``$JUPYTER_GATEWAY_AUTH_TOKEN``) and
     ``gateway_pool_size`` (default 0: kernels kept started, refilled in the background, on
     the default gateway for jobs of the default kernelspec to take; they end with this
-    kernel, killed included). Returns the settings in force."""
+    kernel, killed included), ``memory_limit`` (every job's, as ``--memory-limit``: ``8G``,
+    ``300MB``, or bytes; 0 for none). Returns the settings in force."""
     known = {f.name for f in fields(Settings)}
     checked = {}
     for key, value in changes.items():
@@ -134,6 +137,8 @@ def _checked(key: str, value: Any) -> Any:
     from . import _checks
 
     current = getattr(settings, key)
+    if key == "memory_limit":
+        return _checks.memory("memory_limit", value)
     if key in _NUMBERS:
         integer, minimum, above = _NUMBERS[key]
         if isinstance(value, str):  # settings take numbers; text is for magics' options

@@ -318,6 +318,19 @@ class DetachedJob(WholeJob):
         return str(self.record().get("notebook") or "")
 
     @property
+    def resources(self) -> dict[str, Any]:
+        """What its kernel used, as its record says (``rss``, ``peak``, ``cpu``,
+        ``cpu_seconds``; empty when it was not sampled)."""
+        found = self.record().get("resources")
+        return dict(found) if isinstance(found, dict) else {}
+
+    @property
+    def usage(self) -> list[list[float]]:
+        """The samples of its life, ``[seconds since start, rss, cpu]``."""
+        found = self.record().get("usage")
+        return [list(s) for s in found if isinstance(s, list)] if isinstance(found, list) else []
+
+    @property
     def started_from(self) -> tuple[str, str]:
         """The notebook and the id of its cell that started the job ("" where none)."""
         record = self.record()
@@ -529,7 +542,19 @@ def not_saved(info: dict[str, Any]) -> list[str]:
 # Detached jobs this process started, by id.
 # What a handle's record takes from the stored one as it is (the rest it judges itself).
 _RECORD_FIELDS = frozenset(
-    {"started", "finished", "finished_ts", "notebook", "kernel", "timings", "can_stop", "cell_id"}
+    {
+        "started",
+        "finished",
+        "finished_ts",
+        "notebook",
+        "kernel",
+        "timings",
+        "can_stop",
+        "cell_id",
+        "resources",
+        "usage",
+        "memory_limit",
+    }
 )
 
 started_here: dict[str, DetachedJob] = {}

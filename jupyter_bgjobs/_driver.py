@@ -32,6 +32,7 @@ from ._states import (
     error_reason,
 )
 from ._stream import RUNNER, send_seed
+from ._usage import Sampler, machine_memory, oom_kills, size_text
 
 if TYPE_CHECKING:
     pass
@@ -83,6 +84,9 @@ class Driver:
         self.flow_fd: int | None = None
         self.taken = 0
         self.journal = Journal(job.folder)
+        # The sampler of what the job's kernel uses (a local kernel's; None elsewhere).
+        self.sampler: Sampler | None = None
+        self.sampled_at = 0.0
 
     def drive(self) -> None:
         """Move the job from pending to its final state (the body of its thread)."""
@@ -146,6 +150,7 @@ class Driver:
             self._finish(FAILED)
             return
         run.running()
+        self._start_sampling()
         finished = self._pump()
         # Gone before the job's end is told: whoever waits finds the folder as it stays.
         self._close_flow()
@@ -236,7 +241,43 @@ class Driver:
                     # Asked from the Jobs pane: the server writes the request in its folder.
                     run.tell(reason=job.reason or "cancelled from the Jobs pane")
                     run.cancel_asked.set()
+            if self.sampler is not None and t - self.sampled_at >= _SAMPLE_EVERY:
+                self.sampled_at = t
+                self._sample()
             self._stop_if_asked(t, deadline)
+
+    # -- what it costs ----------------------------------------------------------------------
+    def _start_sampling(self) -> None:
+        pid = self.kernel.pid
+        if not isinstance(pid, int) or not self.provider.shares_files:
+            return  # a gateway's kernel is not a process of this machine
+        try:
+            self.sampler = Sampler(pid)
+        except Exception:  # psutil cannot see it: the job runs unsampled
+            self.sampler = None
+            return
+        self.sampled_at = time.monotonic()
+        self._sample()
+
+    def _sample(self) -> None:
+        sampler, run, limit = self.sampler, self.run, self.job.spec.memory_limit
+        if sampler is None:
+            return
+        try:
+            resources = sampler.sample()
+        except Exception:  # a sample that fails is skipped, the job goes on
+            return
+        run.tell(resources=resources, usage=list(sampler.samples))
+        if limit and resources["rss"] > limit and not self.stop_reason:
+            # Killed at once, not interrupted: memory that grows while a grace period
+            # runs is what the limit is there to stop.
+            self.stop_reason = "memory"
+            run.tell(
+                reason=f"used {size_text(resources['rss'])}, over its {size_text(limit)} limit"
+            )
+            self.log.write(f"\n[jupyter_bgjobs: {self.job.reason}; kernel killed]\n")
+            self.log.flush()
+            self.kernel.kill()
 
     def _on_message(self, msg: dict[str, Any]) -> bool:
         """Take one iopub message of the run call; True once the call is idle."""
@@ -303,12 +344,14 @@ class Driver:
         self._drain()
         self._close_flow()
         if self.stop_reason:
-            # We killed it after the grace period: the user's intent wins.
+            # We killed it (over its memory limit, or after the grace period): the
+            # user's intent wins.
             run.tell(exit_code=code)
-            self._finish(CANCELLED if self.stop_reason == "cancel" else TIMED_OUT)
+            self._finish(_STOPPED[self.stop_reason])
             return
         remote_reason = getattr(kernel, "death_reason", None)
         reason = remote_reason() if remote_reason else death_reason(code)
+        reason += self._killed_why(code)
         tail = kernel.stderr_tail(600)
         if tail:
             run.add_output(
@@ -318,6 +361,21 @@ class Driver:
             reason += f" ({last.strip()})" if "Fatal Python error" in last else ""
         run.tell(exit_code=code, reason=reason)
         self._finish(DIED)
+
+    def _killed_why(self, code: int | None) -> str:
+        """For a kernel killed by SIGKILL that no limit of ours ended: whether the
+        system's OOM killer did it (when the system says), and how much memory it held."""
+        if code not in (-9, 137) or self.sampler is None:
+            return ""
+        before, after = self.sampler.oom_kills_at_start, oom_kills()
+        if before is not None and after is not None and after > before:
+            said = "; the system's OOM killer ended it (its cgroup's memory.events says so)"
+        else:
+            said = ""
+        total = machine_memory()
+        peak = size_text(self.sampler.peak)
+        of = f" of {size_text(total)} on this machine" if total else ""
+        return f"{said}; its memory peaked at {peak}{of}"
 
     def _drain(self) -> None:
         """Keep what a dying kernel managed to send before it went."""
@@ -380,10 +438,8 @@ class Driver:
             keep_results(run, self.end, self.kernel)
         else:
             load_results(run, self.end, self.kernel)
-        if self.stop_reason == "cancel":
-            self._finish(CANCELLED)
-        elif self.stop_reason == "timeout":
-            self._finish(TIMED_OUT)
+        if self.stop_reason:
+            self._finish(_STOPPED[self.stop_reason])
         elif self.end is None:
             run.tell(reason="the job's kernel returned without reporting an outcome")
             self._finish(FAILED)
@@ -399,6 +455,12 @@ class Driver:
 
 
 _TQDM = re.compile(r"(\d+)/(\d+) \[")
+
+# Seconds between two samples of what a job's kernel uses.
+_SAMPLE_EVERY = 1.0
+
+# How a job we stopped ends, by why we stopped it.
+_STOPPED = {"cancel": CANCELLED, "timeout": TIMED_OUT, "memory": FAILED}
 
 
 def _tqdm_progress(run: Run, text: str) -> None:

@@ -68,6 +68,8 @@ _FACTS = frozenset(
         "report",
         "first_statement_at",
         "results_lost",
+        "resources",
+        "usage",
     }
 )
 
@@ -302,6 +304,12 @@ class Job(WholeJob):
         self.deleted: list[str] = []
         # Wall-clock stamps (time.time()) of the job's milestones, for benchmarks and logs.
         self.timings: dict[str, float] = {"submitted": time.time()}
+        # What its kernel (and what that started) uses, sampled about once a second:
+        # ``rss`` and ``peak`` (bytes), ``cpu`` (percent of one core), ``cpu_seconds``;
+        # empty until sampled (a gateway's kernel is not sampled). ``usage``: the samples
+        # for a plot, ``[seconds since start, rss, cpu]``, thinned as the job lives on.
+        self.resources: dict[str, Any] = {}
+        self.usage: list[list[float]] = []
         self.report = ""
         if folder is None:
             folder = settings.job_root() / self.id

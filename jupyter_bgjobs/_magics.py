@@ -15,6 +15,7 @@ from ._config import settings
 from ._errors import BgJobError
 from ._text import clock, text_table
 from ._text import count as count_text
+from ._text import usage as usage_text
 
 # The jobs with a live row under their cell: their merge reports are shown there.
 _rowed: set[str] = set()
@@ -54,6 +55,12 @@ def _shared_options(fn: Any) -> Any:
                 default=None,
                 help="run on a Kernel/Enterprise Gateway: its URL, or 'env' for "
                 "$JUPYTER_GATEWAY_URL",
+            ),
+            argument(
+                "--memory-limit",
+                dest="memory_limit",
+                default=None,
+                help="end the job, failed, when its kernel uses more memory: 8G, 300MB",
             ),
             argument(
                 "--kernel-env",
@@ -126,6 +133,7 @@ class BgJobMagics(Magics):
                 detach=args.detach,
                 gateway=args.gateway,
                 kernel_env=parse_kernel_env(args.kernel_env),
+                memory_limit=args.memory_limit,
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
@@ -169,6 +177,7 @@ class BgJobMagics(Magics):
                 detach=args.detach,
                 gateway=args.gateway,
                 kernel_env=parse_kernel_env(args.kernel_env),
+                memory_limit=args.memory_limit,
                 _results=args.results,
             )
         except BgJobError as exc:
@@ -282,7 +291,7 @@ def _show_detached(job: Any) -> None:
 
 
 def jobs_table(rows: list[Job]) -> str:
-    header = ("name", "id", "state", "progress", "section", "elapsed")
+    header = ("name", "id", "state", "progress", "section", "elapsed", "memory")
     body = [
         (
             j.name,
@@ -291,6 +300,7 @@ def jobs_table(rows: list[Job]) -> str:
             count_text(j.progress[0], j.progress[1], j.state) or "0/0",
             j.section,
             clock(j.elapsed),
+            usage_text(j.resources, not j.done),
         )
         for j in rows
     ]

@@ -70,6 +70,12 @@ class JobRecord:
     can_stop: bool = field(default=True, metadata=_holds(bool))
     # The merge report of an attached job ("merged a, b into globals"), for the IDE.
     report: str = field(default="", metadata=_holds(str))
+    # What it uses: rss and peak (bytes), cpu (percent of a core), cpu_seconds; and the
+    # samples of its life for a plot, [seconds since start, rss, cpu].
+    resources: dict[str, Any] = field(default_factory=dict, metadata=_holds(dict))
+    usage: list[list[float]] = field(default_factory=list, metadata=_holds(list))
+    # Its memory limit in bytes (0: none).
+    memory_limit: int = field(default=0, metadata=_holds(int))
     # Wall-clock stamps of the job's milestones (benchmarks read them).
     timings: dict[str, float] = field(default_factory=dict, metadata=_holds(dict))
 
@@ -172,6 +178,7 @@ ROW = (
     "log_note",
     "report",
     "can_stop",
+    "resources",
 )
 
 # Seconds no time of a job is beyond (about 3,000 years either side of 1970).
@@ -194,6 +201,8 @@ _TS_SHAPES = {
     "skipped": "{ [key: string]: string }[]",
     "history": "IHistoryEntry[]",
     "timings": "{ [milestone: string]: number }",
+    "resources": "{ [figure: string]: number }",
+    "usage": "[number, number, number][]",
 }
 _TS_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", _NONE: "null"}
 

@@ -39,6 +39,9 @@ class JobSpec:
     # The notebook cell that started it (its id, as the front end sent it): the row under
     # that cell shows the newest job the cell started, whatever the saved output says.
     cell_id: str = ""
+    # Bytes its kernel and the processes it started may use (0: none): passing it ends
+    # the job, failed, before the machine's OOM killer picks a victim.
+    memory_limit: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The spec as JSON values: what ``spec.json`` holds, read back by ``from_json``."""
@@ -156,6 +159,7 @@ def build_spec(
     script_path: str | None = None,
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
+    memory_limit: int | str | None = None,
 ) -> JobSpec:
     """Check every option and build a spec; raises JobSpecError naming the fix."""
     _checks.text("code", code, example="'x = 1'")
@@ -172,6 +176,7 @@ def build_spec(
             "kernel must name a kernelspec, for example 'python3'; leave it out for the default"
         )
     workdir = _checks.path("workdir", workdir, optional=True)
+    limit = _checks.memory("memory_limit", memory_limit) or settings.memory_limit
     url = _check_gateway(gateway)
     env_vars = _check_kernel_env(kernel_env)
     if env_vars and not url:
@@ -205,6 +210,7 @@ def build_spec(
     )
     spec.results_name = base + "_results"
     spec.cell_id = this_cell()
+    spec.memory_limit = limit
     return spec
 
 

@@ -62,6 +62,9 @@ def record_of(job: Any) -> JobRecord:
         history=list(job.history),
         report=job.report or "",
         timings=dict(job.timings),
+        resources=dict(job.resources),
+        usage=[list(s) for s in job.usage],
+        memory_limit=spec.memory_limit,
     )
 
 

@@ -13,7 +13,7 @@ from . import _store
 from ._detached import DetachedJob, check_sound, find, notebook_ids, started_here
 from ._errors import JobSpecError, JobStateError
 from ._record import JobRecord
-from ._states import DAMAGED
+from ._states import DAMAGED, FINAL_STATES
 
 
 def attached_jobs() -> list[DetachedJob]:
@@ -121,12 +121,13 @@ def table() -> str:
     """The store as a plain-text table (``%bgjobs`` and ``bgjobs list``)."""
     from ._text import clock as clock_text
     from ._text import text_table
+    from ._text import usage as usage_text
 
     rows = [describe(f) for f in _store.entries()]
     if not rows:
         return "no detached jobs"
     damaged = [r for r in rows if r.state == DAMAGED]
-    header = ("name", "id", "kind", "state", "progress", "section", "elapsed")
+    header = ("name", "id", "kind", "state", "progress", "section", "elapsed", "memory")
     body = [
         (
             r.name,
@@ -136,6 +137,7 @@ def table() -> str:
             "" if r.state == DAMAGED or r.kind == "call" else "{}/{}".format(*r.progress),
             r.section,
             clock_text(r.elapsed) if r.elapsed else "",
+            usage_text(r.resources, r.state not in FINAL_STATES),
         )
         for r in rows
     ]

@@ -27,6 +27,18 @@ def count(done: int, total: int, state: str) -> str:
     return f"{done}/{total}"
 
 
+def usage(resources: dict[str, Any], running: bool) -> str:
+    """What a job uses, in a few characters: ``1.2 GB · 180 %`` while it runs (its memory
+    now and its CPU, in percent of one core), ``peak 1.4 GB`` once it has ended."""
+    from ._usage import size_text
+
+    if not resources:
+        return ""
+    if running:
+        return f"{size_text(resources.get('rss', 0))} · {resources.get('cpu', 0):.0f} %"
+    return f"peak {size_text(resources.get('peak', 0))}"
+
+
 def clock(seconds: float) -> str:
     """Seconds as a clock shows them: ``02:05``, ``1:02:05``."""
     s = int(seconds)

@@ -44,6 +44,9 @@ export interface IJobRecord {
   history: IHistoryEntry[];
   can_stop: boolean;
   report: string;
+  resources: { [figure: string]: number };
+  usage: [number, number, number][];
+  memory_limit: number;
   timings: { [milestone: string]: number };
 }
 
@@ -68,4 +71,5 @@ export interface IJob {
   log_note: string;
   report: string;
   can_stop: boolean;
+  resources: { [figure: string]: number };
 }

@@ -20,6 +20,35 @@ export function countText(done: number, total: number, state: string): string {
   return `${done}/${total}`;
 }
 
+/** Bytes as a person reads them: ``812 MB``, ``8.1 GB`` (as the Python side says them). */
+export function sizeText(n: number): string {
+  for (const [unit, scale] of [
+    ['TB', 1e12],
+    ['GB', 1e9],
+    ['MB', 1e6],
+    ['kB', 1e3]
+  ] as [string, number][]) {
+    if (n >= scale) {
+      const value = n / scale;
+      return `${value < 100 ? value.toFixed(1) : value.toFixed(0)} ${unit}`;
+    }
+  }
+  return `${Math.floor(n)} B`;
+}
+
+/** What a job uses, compact: ``1.2 GB · 180 %`` while it runs, ``peak 1.4 GB`` after. */
+export function usageText(
+  resources: { [figure: string]: number } | undefined,
+  running: boolean
+): string {
+  if (!resources || resources.rss === undefined) {
+    return '';
+  }
+  return running
+    ? `${sizeText(resources.rss)} · ${Math.round(resources.cpu || 0)} %`
+    : `peak ${sizeText(resources.peak || 0)}`;
+}
+
 /** The kinds of row the IDE can start again: code it has (a call's function, a progress
  * row's task and a queue's run live in their notebook only). */
 const RERUNNABLE = ['cell', 'script'];
@@ -110,6 +139,7 @@ interface IRowParts {
   origin: HTMLElement;
   detached: HTMLElement;
   where: HTMLElement;
+  usage: HTMLElement;
   said: HTMLElement;
   logNote: HTMLElement;
   bar: HTMLElement;
@@ -147,6 +177,7 @@ function build(node: HTMLElement): IRowParts {
     origin: el('span', 'jp-bgjobs-notebook'),
     detached: el('span', 'jp-bgjobs-tag jp-bgjobs-detached', 'detached'),
     where: el('span', 'jp-bgjobs-tag jp-bgjobs-where'),
+    usage: el('span', 'jp-bgjobs-usage'),
     said: el('span', 'jp-bgjobs-status'),
     logNote: el('span', 'jp-bgjobs-lognote', '⚠ log incomplete'),
     bar: el('div', 'jp-bgjobs-bar'),
@@ -161,6 +192,7 @@ function build(node: HTMLElement): IRowParts {
     parts.origin,
     parts.detached,
     parts.where,
+    parts.usage,
     parts.said,
     parts.logNote
   );
@@ -211,6 +243,7 @@ function partsOf(node: HTMLElement): IRowParts {
     origin: found('jp-bgjobs-notebook'),
     detached: found('jp-bgjobs-detached'),
     where: found('jp-bgjobs-where'),
+    usage: found('jp-bgjobs-usage'),
     said: found('jp-bgjobs-status'),
     logNote: found('jp-bgjobs-lognote'),
     bar: found('jp-bgjobs-bar'),
@@ -273,6 +306,13 @@ export function renderRow(
   setText(parts.origin, from);
   parts.detached.hidden = !job.detached;
   setText(parts.where, job.where && job.where !== 'local' ? job.where : '');
+  const usage = usageText(job.resources, running);
+  setText(parts.usage, usage);
+  parts.usage.title = usage
+    ? running
+      ? 'memory now (its kernel and what it started) · CPU, percent of one core'
+      : 'the most memory its kernel (and what it started) held'
+    : '';
   setText(
     parts.said,
     running ? job.section || job.status : job.reason || job.status

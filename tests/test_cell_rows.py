@@ -12,6 +12,7 @@ Jobs wait on gate files the test touches: nothing here is timed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,8 @@ def test_the_rows_count_agrees_with_its_report(page: Any) -> None:
     expect(row.locator(".jp-bgjobs-row")).to_have_attribute("data-state", "failed")
     expect(row.locator(".jp-bgjobs-report")).to_contain_text("failed at statement 2/3")
     expect(row.locator(".jp-bgjobs-count")).to_have_text("at 2/3")
+    # What its kernel held at most, sampled while it ran.
+    expect(row.locator(".jp-bgjobs-usage")).to_contain_text(re.compile(r"peak \d+(\.\d)? MB"))
 
 
 def test_after_a_reload_without_saving_the_cell_shows_its_newest_job(page: Any, root: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,11 @@ def test_jobs_listing(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
         "progress",
         "section",
         "elapsed",
+        "memory",
     ]
     assert "mfit" in table
+    # What it held at most, as its sampler saw it.
+    assert re.search(r"mfit .* peak \d+(\.\d)? MB", table), table
 
 
 def test_unload_ends_running_jobs_and_pooled_kernels(capsys: pytest.CaptureFixture[str]) -> None:

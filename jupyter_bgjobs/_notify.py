@@ -1,0 +1,105 @@
+"""Word of a job's end wherever its user is: one message, by Apprise, to each target the
+job (``--notify URL``) or ``configure(notify=[...])`` named: mail, chat, webhooks.
+
+A target's URL often holds a secret (a password, a webhook's token): it is kept like the
+gateway's token, never in a record, a log, a repr or a command line. What is said of a
+target (in a refusal, or in the job's log when it could not be reached) is its scheme
+and host only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._errors import JobSpecError
+
+# The environment variable that hands a detached job's targets to its host (and that the
+# host removes before it starts the job's kernel).
+TARGETS_ENV = "JUPYTER_BGJOBS_NOTIFY"
+
+
+def shown(url: str) -> str:
+    """A target as it may be shown: its scheme and host, nothing that can be a secret."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "…"
+    except ValueError:
+        return "an unreadable URL"
+    return f"{parts.scheme}://{host}" if parts.scheme else "a URL without a scheme"
+
+
+def _apprise() -> Any:
+    try:
+        import apprise
+    except ImportError:
+        raise JobSpecError(
+            "notifications (--notify URL) need the apprise package: pip install apprise"
+        ) from None
+    return apprise
+
+
+def check_targets(arg: str, urls: Any) -> list[str]:
+    """The notification targets, each one Apprise knows; a ``JobSpecError`` naming the
+    one that is not (by its scheme and host) before anything is started."""
+    if urls is None:
+        return []
+    if isinstance(urls, str):
+        urls = [urls]
+    if not isinstance(urls, Sequence) or not all(isinstance(u, str) for u in urls):
+        raise JobSpecError(
+            f"{arg} must be a list of notification URLs, for example "
+            "['mailto://user:password@example.org', 'json://hooks.example.org/jobs']"
+        )
+    apprise = _apprise()
+    for url in urls:
+        if not apprise.Apprise().add(url):
+            raise JobSpecError(
+                f"{arg}: {shown(url)} is no notification target Apprise knows; write it as "
+                "Apprise's URLs are written (mailto://, slack://, json://, ...)"
+            )
+    return list(urls)
+
+
+def message(name: str, state: str, elapsed: str, peak: str, reason: str) -> tuple[str, str]:
+    """The title and body of a job's end: its name, how it ended, how long it ran, the
+    most memory it held, and the first line of why it ended."""
+    how = state.replace("_", " ")
+    body = f"{name} {how} after {elapsed}"
+    if peak:
+        body += f"; its memory peaked at {peak}"
+    first = reason.strip().splitlines()[0] if reason.strip() else ""
+    if first:
+        body += f"; {first}"
+    return f"Background job {name} {how}", body
+
+
+def send(urls: list[str], title: str, body: str, note: Callable[[str], None]) -> threading.Thread:
+    """Send the message to every target, in a thread of its own (the job's end does not
+    wait for a mail server); a target that cannot be reached is said through ``note`` (the
+    job's log) and changes nothing else. The thread is not a daemon: a process that ends
+    right after the job (a detached job's host) still sends."""
+
+    def deliver() -> None:
+        try:
+            apprise = _apprise()
+        except JobSpecError as exc:
+            note(f"[jupyter_bgjobs: no notification sent: {exc}]\n")
+            return
+        for url in urls:
+            sender = apprise.Apprise()
+            try:
+                sent = sender.add(url) and sender.notify(title=title, body=body)
+            except Exception as exc:  # a plugin's fault must not reach the job
+                sent = False
+                why = f": {type(exc).__name__}"
+            else:
+                why = ""
+            if not sent:
+                note(f"[jupyter_bgjobs: the notification to {shown(url)} could not be sent{why}]\n")
+
+    thread = threading.Thread(target=deliver, name="bgjobs-notify")
+    thread.start()
+    return thread

@@ -1,0 +1,153 @@
+"""What a job costs while it runs: the memory (resident now, and its peak) and the CPU of
+its kernel and of every process the kernel started, sampled about once a second by the
+thread that drives the job; and what a memory limit is, in bytes and in words."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+# Samples kept for a job's plot: when full, every other one goes and the step doubles,
+# so a day-long job keeps its whole life at a coarser grain.
+MAX_SAMPLES = 240
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes of ``8G``, ``300MB``, ``1.5GiB``, ``512000`` (G and GB are 10**9, Gi and GiB
+    2**30); None for text that is no size."""
+    found = _SIZE.match(text)
+    if not found or found.group(2).lower() not in _UNITS:
+        return None
+    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+
+
+def size_text(n: float) -> str:
+    """Bytes as a person reads them: ``812 MB``, ``8.1 GB``."""
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(n)} B"
+
+
+def machine_memory() -> int:
+    """The machine's memory, in bytes (0 when it cannot be read)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:  # no psutil, or a platform it cannot read
+        return 0
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has ended in this process's cgroup (its
+    ``memory.events``), or None where the system does not say."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            path = f.read().strip().splitlines()[-1].split(":", 2)[2]
+        with open(f"/sys/fs/cgroup{path}/memory.events", encoding="utf-8") as f:
+            for line in f.read(4096).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+class Sampler:
+    """Samples the process tree of one job's kernel (``pid``)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.root = psutil.Process(pid)
+        self._procs: dict[int, Any] = {}
+        # CPU seconds of the tree's processes that have ended since.
+        self._gone_cpu = 0.0
+        self._last_cpu: dict[int, float] = {}
+        self.t0 = time.monotonic()
+        self.rss = 0
+        self.peak = 0
+        self.cpu = 0.0
+        self.cpu_seconds = 0.0
+        self.samples: list[list[float]] = []
+        self._step = 1
+        self._skipped = 0
+        self.oom_kills_at_start = oom_kills()
+
+    def sample(self) -> dict[str, Any]:
+        """Take one sample; what ``job.resources`` says now."""
+        psutil = self._psutil
+        try:
+            tree = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        rss, cpu, seconds = 0, 0.0, 0.0
+        alive: dict[int, Any] = {}
+        for proc in tree:
+            # The same object between samples: its CPU percent is since the last one.
+            proc = self._procs.get(proc.pid, proc)
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    cpu += proc.cpu_percent(None)
+                    times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            used = times.user + times.system
+            seconds += used
+            alive[proc.pid] = proc
+            self._last_cpu[proc.pid] = used
+        for pid in set(self._last_cpu) - set(alive):
+            self._gone_cpu += self._last_cpu.pop(pid)
+        self._procs = alive
+        self.rss, self.cpu = rss, cpu
+        self.peak = max(self.peak, rss)
+        self.cpu_seconds = seconds + self._gone_cpu
+        self._keep(rss, cpu)
+        return self.resources()
+
+    def resources(self) -> dict[str, Any]:
+        """The figures of the last sample (bytes, percent of one core, seconds)."""
+        return {
+            "rss": self.rss,
+            "peak": self.peak,
+            "cpu": round(self.cpu, 1),
+            "cpu_seconds": round(self.cpu_seconds, 2),
+        }
+
+    def _keep(self, rss: int, cpu: float) -> None:
+        self._skipped += 1
+        if self._skipped < self._step:
+            return
+        self._skipped = 0
+        self.samples.append([round(time.monotonic() - self.t0, 1), rss, round(cpu, 1)])
+        if len(self.samples) >= MAX_SAMPLES:
+            self.samples = self.samples[::2]
+            self._step *= 2

@@ -1,0 +1,110 @@
+"""What a job costs and the limits that protect the machine, against real kernels: the
+memory and CPU of a job's kernel (and what it started) in ``job.resources`` and its
+record, a memory limit that ends the job before the machine runs short, and a death by
+SIGKILL explained with the memory the job held."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import jupyter_bgjobs as bj
+from jupyter_bgjobs._config import settings
+
+MB = 10**6
+
+# Holds ``n`` MB, touched page by page (an untouched allocation is not resident).
+HOLD = """
+import os, time
+held = bytearray({n} * 1000 * 1000)
+for i in range(0, len(held), 4096):
+    held[i] = 1
+while not os.path.exists({gate!r}):
+    time.sleep(0.05)
+"""
+
+
+def until(job: bj.Job, holds: Callable[[bj.Job], bool], timeout: float = 120) -> None:
+    """Return once ``holds(job)`` is true, told by the job's own changes (each sample of
+    what it uses is one); fail after ``timeout`` seconds."""
+    changed = threading.Event()
+    job.on_change(lambda _: changed.set())
+    while not holds(job):
+        assert changed.wait(timeout), f"{job.name}: still {job.resources} after {timeout} s"
+        changed.clear()
+
+
+def test_a_jobs_peak_memory_is_what_it_held(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    job = bj.run_cell(
+        textwrap.dedent(HOLD.format(n=500, gate=str(gate))) + "del held\n",
+        name="holds_500",
+        results="none",
+        env="none",
+    )
+    try:
+        until(job, lambda j: j.resources.get("rss", 0) >= 500 * MB or j.done)
+    finally:
+        gate.touch()
+    job.wait(60)
+    assert job.state == "succeeded", job.reason
+    peak = job.resources["peak"]
+    # The kernel's own memory (Python, IPython) comes on top of the 500 MB it held.
+    assert 500 * MB <= peak <= 500 * MB * 1.1 + 150 * MB, peak
+    assert job.resources["cpu_seconds"] > 0
+    assert job.usage and all(len(sample) == 3 for sample in job.usage)
+    record = json.loads((job.folder / "state.json").read_text())
+    assert record["resources"]["peak"] == peak
+
+
+def test_a_job_over_its_memory_limit_ends_failed_with_the_reason_and_its_output(
+    tmp_path: Path,
+) -> None:
+    job = bj.run_cell(
+        "print('before the allocation', flush=True)\n"
+        + textwrap.dedent(HOLD.format(n=600, gate=str(tmp_path / "never"))),
+        name="over_limit",
+        results="none",
+        env="none",
+        memory_limit="300MB",
+    )
+    job.wait(120)
+    assert job.state == "failed"
+    assert "over its 300 MB limit" in job.reason and job.reason.startswith("used ")
+    assert "before the allocation" in job.log_path.read_text()
+    assert job.resources["peak"] > 300 * MB
+    record = json.loads((job.folder / "state.json").read_text())
+    assert record["memory_limit"] == 300 * MB and record["state"] == "failed"
+
+
+def test_a_memory_limit_that_is_no_size_is_refused_before_anything_starts() -> None:
+    before = len(bj.jobs())
+    with pytest.raises(bj.JobSpecError, match="memory_limit must be a size such as '8G'"):
+        bj.run_cell("x = 1", memory_limit="lots")
+    assert len(bj.jobs()) == before
+    with pytest.raises(bj.JobSpecError, match="memory_limit"):
+        bj.configure(memory_limit="-1G")
+    assert settings.memory_limit == 0
+
+
+def test_a_job_killed_by_sigkill_says_how_much_memory_it_held(tmp_path: Path) -> None:
+    job = bj.run_cell(
+        "import os, signal\n"
+        + textwrap.dedent(HOLD.format(n=200, gate=str(tmp_path / "gate")))
+        + "os.kill(os.getpid(), signal.SIGKILL)\n",
+        name="killed",
+        results="none",
+        env="none",
+    )
+    # It holds 200 MB until the gate opens; the sampler sees it first.
+    until(job, lambda j: j.resources.get("peak", 0) >= 200 * MB or j.done)
+    (tmp_path / "gate").touch()
+    job.wait(60)
+    assert job.state == "died"
+    assert "SIGKILL" in job.reason
+    assert "its memory peaked at" in job.reason and "on this machine" in job.reason
