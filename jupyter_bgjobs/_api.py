@@ -28,6 +28,10 @@ def _at_exit() -> None:
     # At interpreter exit a kernel's sys.stdout may no longer reach anyone: say it on the
     # process's own stderr, which the notebook server's log keeps.
     manager.shutdown(announce=True, stream=sys.__stderr__, reason=KERNEL_SHUT_DOWN)
+    from ._notify import finish_sending
+
+    # Ends told before the interpreter can no longer run the threads that tell them.
+    finish_sending(30)
 
 
 def make_spec(code: str, **options: Any) -> JobSpec:
@@ -51,6 +55,7 @@ def run_cell(
     kernel_env: dict[str, str] | None = None,
     on_failure: str = "merge",
     memory_limit: int | str | None = None,
+    notify: list[str] | None = None,
 ) -> Job | DetachedJob:
     """Run ``code`` (IPython syntax allowed) as a background job and return the Job at once.
 
@@ -66,6 +71,8 @@ def run_cell(
     cell that raises keeps them) or ``keep`` (they stay in ``job.results`` only).
     ``memory_limit``: ``"8G"``, ``"300MB"`` or bytes; a job whose kernel (with what it
     started) uses more ends ``failed`` with the reason (default ``configure(memory_limit=)``).
+    ``notify``: Apprise URLs (``mailto://``, ``slack://``, ``json://``...) told of the job's
+    end, beside those of ``configure(notify=[...])``.
     """
     from ._merge import target_namespace
 
@@ -84,6 +91,7 @@ def run_cell(
         gateway=gateway,
         kernel_env=kernel_env,
         memory_limit=memory_limit,
+        notify=notify,
     )
     if detach:
         from ._launch import start
@@ -106,6 +114,7 @@ def run_script(
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
     memory_limit: int | str | None = None,
+    notify: list[str] | None = None,
     _results: str | None = None,
 ) -> Job | DetachedJob:
     """Run a script as a background job (rstudioapi's jobRunScript) and return the Job.
@@ -113,7 +122,8 @@ def run_script(
     ``workdir`` defaults to the script's folder. ``import_env=True`` ships the notebook's
     whole namespace. ``export_env``: ``""`` keeps results in ``job.results`` only,
     ``"globals"`` merges them into the notebook, any other name makes a namespace of that
-    name. ``detach``, ``gateway``, ``kernel_env`` and ``memory_limit`` as for ``run_cell``.
+    name. ``detach``, ``gateway``, ``kernel_env``, ``memory_limit`` and ``notify`` as for
+    ``run_cell``.
     """
     from ._merge import target_namespace
 
@@ -149,6 +159,7 @@ def run_script(
         gateway=gateway,
         kernel_env=kernel_env,
         memory_limit=memory_limit,
+        notify=notify,
     )
     if results == "object" and export_env:
         spec.results_name = export_env

@@ -37,6 +37,8 @@ class Settings:
     gateway_token: str = field(default="", repr=False)
     # Bytes a job's kernel and its processes may use before the job is ended (0: none).
     memory_limit: int = 0
+    # Where every job's end is told (Apprise URLs); they hold secrets: never shown.
+    notify_targets: list[str] = field(default_factory=list, repr=False)
 
     def job_root_path(self) -> Path:
         """Where the job root is, found without creating or changing anything (so that
@@ -99,10 +101,14 @@ def configure(**changes: Any) -> Settings:
     ``gateway_pool_size`` (default 0: kernels kept started, refilled in the background, on
     the default gateway for jobs of the default kernelspec to take; they end with this
     kernel, killed included), ``memory_limit`` (every job's, as ``--memory-limit``: ``8G``,
-    ``300MB``, or bytes; 0 for none). Returns the settings in force."""
+    ``300MB``, or bytes; 0 for none), ``notify`` (True: a browser notification when a job
+    ends; a list of Apprise URLs, ``mailto://``, ``slack://``, ``json://``...: every job's
+    end is told there, as ``--notify URL``). Returns the settings in force."""
     known = {f.name for f in fields(Settings)}
     checked = {}
     for key, value in changes.items():
+        if key == "notify" and not isinstance(value, bool):
+            key = "notify_targets"  # notify=[URL, ...]: where every job's end is told
         if key not in known:
             raise JobSpecError(
                 f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}"
@@ -139,6 +145,10 @@ def _checked(key: str, value: Any) -> Any:
     current = getattr(settings, key)
     if key == "memory_limit":
         return _checks.memory("memory_limit", value)
+    if key == "notify_targets":
+        from ._notify import check_targets
+
+        return check_targets("notify", value, browser=True)
     if key in _NUMBERS:
         integer, minimum, above = _NUMBERS[key]
         if isinstance(value, str):  # settings take numbers; text is for magics' options

@@ -19,6 +19,7 @@ writes the record again as soon as it can.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -29,12 +30,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._notify import TARGETS_ENV, finish_sending
+
 if TYPE_CHECKING:
     from ._job import Run
 
 # How long a job that has ended waits for a read-only store to take its results and final
 # state; the host holds them in memory meanwhile.
 FINAL_WAIT = 3600.0
+
+
+def _targets(text: str) -> list[str]:
+    try:
+        found = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [u for u in found if isinstance(u, str)] if isinstance(found, list) else []
 
 
 def main(folder: Path) -> int:
@@ -48,6 +59,9 @@ def main(folder: Path) -> int:
     from ._spec import JobSpec
     from ._state_record import RecordWriter, open_log_for_notes
 
+    # Where the job's end is told: secrets, handed over in the environment; out of it at
+    # once, so the job's kernel (and what it starts) never sees them.
+    targets = _targets(os.environ.pop(TARGETS_ENV, ""))
     data, problem = _store.load_json(folder / "spec.json")
     problem = problem or _store.check_spec(folder, data or {})
     runner = (data or {}).get("runner")
@@ -61,6 +75,7 @@ def main(folder: Path) -> int:
             raise JobSpecError(f"no {_store.CODE_FILE}")
         data["code"] = runner["code"] = code
         spec = JobSpec.from_json(data)
+        spec.notify = targets
     except (JobSpecError, TypeError, OSError) as exc:
         print(f"jupyter_bgjobs host: {folder}: {exc}; there is nothing to run", flush=True)
         return 1
@@ -98,6 +113,7 @@ def main(folder: Path) -> int:
         if run.shm_dir:
             shutil.rmtree(run.shm_dir, ignore_errors=True)
         manager.shutdown()
+        finish_sending()
     return 0
 
 

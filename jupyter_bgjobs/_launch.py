@@ -3,6 +3,7 @@ process started in a session of its own, and what this process held handed over 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from ._detached import DetachedJob, notebook_ids, started_here
 from ._errors import StoreError
 from ._inside import procs as _procs
 from ._job import Run
+from ._notify import TARGETS_ENV
 from ._spec import JobSpec
 
 
@@ -31,6 +33,8 @@ def start(spec: JobSpec, ns: dict[str, Any] | None) -> DetachedJob:
     token = settings.gateway_token
     if token:  # handed over in the host's environment only, never written down
         env["JUPYTER_GATEWAY_AUTH_TOKEN"] = token
+    if spec.notify:  # secrets too: the same way, and the host takes them out at once
+        env[TARGETS_ENV] = json.dumps(spec.notify)
     try:
         with _store.open_private(folder / "host.log") as log:
             host = _procs.start(

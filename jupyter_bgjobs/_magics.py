@@ -102,7 +102,16 @@ class BgJobMagics(Magics):
         help="merge (default: a failed job's names made before its error come back, as a "
         "cell that raises keeps them) or keep (in job.results only)",
     )
-    @argument("--notify", action="store_true", help="a browser notification when it ends")
+    @argument(
+        "--notify",
+        action="append",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URL",
+        help="alone: a browser notification when it ends; with an Apprise URL (mailto://, "
+        "slack://, json://...): a message there (repeatable)",
+    )
     @argument(
         "--detach",
         action="store_true",
@@ -112,12 +121,14 @@ class BgJobMagics(Magics):
     def bgjob(self, line: str, cell: str) -> None:
         """Run the cell in a separate kernel; its results come back when it ends."""
         args = _parse(self.bgjob, line)
-        if args.detach and args.notify:
+        browser = "" in (args.notify or [])
+        targets = [url for url in args.notify or [] if url]
+        if args.detach and browser:
             # The notification comes from this kernel's row; a detached job is meant to
             # outlive this kernel, so it cannot promise one.
             raise UsageError(
-                "--notify and --detach do not go together: a detached job may end after "
-                "this kernel; %bgjobs shows its row, and bgjobs logs NAME -f follows it"
+                "--notify (a browser notification) and --detach do not go together: a detached "
+                "job may end after this kernel; --notify URL (mail, chat, a webhook) does"
             )
         try:
             job = run_cell(
@@ -134,13 +145,14 @@ class BgJobMagics(Magics):
                 gateway=args.gateway,
                 kernel_env=parse_kernel_env(args.kernel_env),
                 memory_limit=args.memory_limit,
+                notify=targets,
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
         if not isinstance(job, Job):
             _show_detached(job)
             return
-        _show(job, notify=args.notify)
+        _show(job, notify=browser)
 
     @magic_arguments()
     @argument("path", help="the script to run")
@@ -156,6 +168,13 @@ class BgJobMagics(Magics):
         "--results", default="object", help="object (<name>_results, the default), globals or none"
     )
     @argument("--encoding", default="utf-8", help="the script's encoding")
+    @argument(
+        "--notify",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="an Apprise URL (mailto://, slack://, json://...) told of its end (repeatable)",
+    )
     @argument("--detach", action="store_true", help="run apart from this kernel")
     @line_magic
     def bgjob_script(self, line: str) -> None:
@@ -178,6 +197,7 @@ class BgJobMagics(Magics):
                 gateway=args.gateway,
                 kernel_env=parse_kernel_env(args.kernel_env),
                 memory_limit=args.memory_limit,
+                notify=args.notify,
                 _results=args.results,
             )
         except BgJobError as exc:

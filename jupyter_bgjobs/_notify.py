@@ -41,16 +41,18 @@ def _apprise() -> Any:
     return apprise
 
 
-def check_targets(arg: str, urls: Any) -> list[str]:
+def check_targets(arg: str, urls: Any, browser: bool = False) -> list[str]:
     """The notification targets, each one Apprise knows; a ``JobSpecError`` naming the
-    one that is not (by its scheme and host) before anything is started."""
+    one that is not (by its scheme and host) before anything is started. ``browser``: the
+    setting, which also takes True or False."""
     if urls is None:
         return []
     if isinstance(urls, str):
         urls = [urls]
     if not isinstance(urls, Sequence) or not all(isinstance(u, str) for u in urls):
+        either = "True or False (a browser notification) or " if browser else ""
         raise JobSpecError(
-            f"{arg} must be a list of notification URLs, for example "
+            f"{arg} must be {either}a list of notification URLs, for example "
             "['mailto://user:password@example.org', 'json://hooks.example.org/jobs']"
         )
     apprise = _apprise()
@@ -79,8 +81,8 @@ def message(name: str, state: str, elapsed: str, peak: str, reason: str) -> tupl
 def send(urls: list[str], title: str, body: str, note: Callable[[str], None]) -> threading.Thread:
     """Send the message to every target, in a thread of its own (the job's end does not
     wait for a mail server); a target that cannot be reached is said through ``note`` (the
-    job's log) and changes nothing else. The thread is not a daemon: a process that ends
-    right after the job (a detached job's host) still sends."""
+    job's log) and changes nothing else. A process that ends right after the job (a
+    detached job's host, a kernel shut down) calls ``finish_sending`` first."""
 
     def deliver() -> None:
         try:
@@ -102,4 +104,23 @@ def send(urls: list[str], title: str, body: str, note: Callable[[str], None]) ->
 
     thread = threading.Thread(target=deliver, name="bgjobs-notify")
     thread.start()
+    with _lock:
+        _sending[:] = [t for t in _sending if t.is_alive()] + [thread]
     return thread
+
+
+_sending: list[threading.Thread] = []
+_lock = threading.Lock()
+
+
+def finish_sending(timeout: float = 60.0) -> None:
+    """Wait (up to ``timeout`` seconds in all) for the messages under way: a process that
+    ends right after a job (a detached job's host, a kernel shut down) sends them first,
+    while the interpreter can still run them."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    with _lock:
+        pending = list(_sending)
+    for thread in pending:
+        thread.join(max(0.0, deadline - time.monotonic()))

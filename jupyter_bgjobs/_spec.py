@@ -42,10 +42,14 @@ class JobSpec:
     # Bytes its kernel and the processes it started may use (0: none): passing it ends
     # the job, failed, before the machine's OOM killer picks a victim.
     memory_limit: int = 0
+    # Where its end is told (Apprise URLs): secrets, so never in spec.json or a repr; a
+    # detached job's host gets them in its environment.
+    notify: list[str] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The spec as JSON values: what ``spec.json`` holds, read back by ``from_json``."""
         data = asdict(self)
+        del data["notify"]
         data["job_kind"] = data.pop("kind")
         data["script"] = data.pop("script_path")
         return data
@@ -57,6 +61,8 @@ class JobSpec:
         values: dict[str, Any] = {}
         renamed = {"job_kind": "kind", "script": "script_path"}
         for f in fields(cls):
+            if f.name == "notify":
+                continue  # never read from a file: the host has them from its parent
             key = next((k for k, v in renamed.items() if v == f.name), f.name)
             if key in data:
                 values[f.name] = data[key]
@@ -160,6 +166,7 @@ def build_spec(
     gateway: str | None = None,
     kernel_env: dict[str, str] | None = None,
     memory_limit: int | str | None = None,
+    notify: list[str] | None = None,
 ) -> JobSpec:
     """Check every option and build a spec; raises JobSpecError naming the fix."""
     _checks.text("code", code, example="'x = 1'")
@@ -177,6 +184,9 @@ def build_spec(
         )
     workdir = _checks.path("workdir", workdir, optional=True)
     limit = _checks.memory("memory_limit", memory_limit) or settings.memory_limit
+    from ._notify import check_targets
+
+    targets = list(dict.fromkeys([*check_targets("notify", notify), *settings.notify_targets]))
     url = _check_gateway(gateway)
     env_vars = _check_kernel_env(kernel_env)
     if env_vars and not url:
@@ -211,6 +221,7 @@ def build_spec(
     spec.results_name = base + "_results"
     spec.cell_id = this_cell()
     spec.memory_limit = limit
+    spec.notify = targets
     return spec
 
 

@@ -23,6 +23,7 @@ import {
   tickClock,
   when
 } from './rows';
+import { usagePlot } from './usage';
 
 /** Where the panel sits in the right-hand area, opened at start or again later. */
 export const PANEL_RANK = 600;
@@ -602,6 +603,8 @@ export class JobsPanel extends Widget {
       this._row = document.createElement('div');
       this._report = document.createElement('div');
       this._report.className = 'jp-bgjobs-report';
+      this._usage = document.createElement('div');
+      this._usage.className = 'jp-bgjobs-usage-detail';
       this._history = document.createElement('ol');
       this._history.className = 'jp-bgjobs-history';
       this._history.setAttribute('aria-label', 'History');
@@ -624,6 +627,7 @@ export class JobsPanel extends Widget {
         tab,
         this._row,
         this._report,
+        this._usage,
         this._history,
         this._ran,
         this._cut,
@@ -642,7 +646,8 @@ export class JobsPanel extends Widget {
       job.progress,
       job.status,
       job.section,
-      job.report
+      job.report,
+      job.resources?.peak
     ]);
     if (key !== this._fetchedFor) {
       this._fetchedFor = key;
@@ -667,6 +672,8 @@ export class JobsPanel extends Widget {
           : '';
       this._cut.hidden = !this._cut.textContent;
       this._showRan(detail);
+      const plot = usagePlot(detail.record?.usage, detail.record?.resources);
+      this._usage.replaceChildren(...(plot ? [plot] : []));
       this._history.replaceChildren(
         ...(detail.record?.history || []).map(entry => {
           const item = document.createElement('li');
@@ -735,6 +742,7 @@ export class JobsPanel extends Widget {
   private _row: HTMLElement = document.createElement('div');
   private _report: HTMLElement = document.createElement('div');
   private _history: HTMLElement = document.createElement('ol');
+  private _usage: HTMLElement = document.createElement('div');
   private _ran: HTMLElement = document.createElement('details');
   private _cut: HTMLElement = document.createElement('div');
   private _logNode: HTMLElement = document.createElement('pre');

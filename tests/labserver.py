@@ -150,3 +150,23 @@ def wait_for_kernel(page: Any, timeout: float = 120_000) -> None:
         "?.status === 'idle'",
         timeout=timeout,
     )
+
+
+def pane(page: Any) -> Any:
+    """The IDE's Jobs pane, opened by its command."""
+    page.evaluate("() => window.jupyterapp.commands.execute('bgjobs:open-panel')")
+    found = page.locator("#jupyter-bgjobs-panel")
+    found.wait_for(state="visible")
+    return found
+
+
+def pane_row(page: Any, name: str) -> Any:
+    """The row of the job named ``name`` in the Jobs pane's list."""
+    return (
+        pane(page)
+        .locator(
+            ".jp-bgjobs-list .jp-bgjobs-row",
+            has=page.locator(f".jp-bgjobs-name:text-is('{name}')"),
+        )
+        .first
+    )

@@ -22,6 +22,7 @@ from labserver import (
     browser,
     end_sessions,
     lab_server,
+    pane_row,
     skip_without_chromium,
     wait_for_kernel,
     write_notebook,
@@ -99,21 +100,6 @@ def _cell_row(page: Any, index: int) -> Any:
     return page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-bgjobs-cellrow")
 
 
-def _panel(page: Any) -> Any:
-    page.evaluate("() => window.jupyterapp.commands.execute('bgjobs:open-panel')")
-    panel = page.locator("#jupyter-bgjobs-panel")
-    expect(panel).to_be_visible()
-    return panel
-
-
-def _pane_row(page: Any, name: str) -> Any:
-    panel = _panel(page)
-    return panel.locator(
-        ".jp-bgjobs-list .jp-bgjobs-row",
-        has=page.locator(f".jp-bgjobs-name:text-is('{name}')"),
-    ).first
-
-
 def test_the_rows_count_agrees_with_its_report(page: Any) -> None:
     _run(page, 4)
     row = _cell_row(page, 4)
@@ -144,6 +130,17 @@ def test_after_a_reload_without_saving_the_cell_shows_its_newest_job(page: Any, 
     expect(row).to_have_attribute("data-state", "running")
     (root / "gates" / "saved").touch()
     expect(row).to_have_attribute("data-state", "succeeded")
+
+
+def test_a_jobs_detail_draws_its_memory_and_cpu(page: Any) -> None:
+    # The newest "saved" ran for seconds (across the reload): many samples of its kernel.
+    listed = pane_row(page, "saved")
+    listed.get_by_role("button", name="Output saved").click()
+    plot = page.locator("#jupyter-bgjobs-panel .jp-bgjobs-usage-plot")
+    expect(plot.locator("polyline")).to_have_count(2)
+    expect(plot.locator("figcaption")).to_contain_text(re.compile(r"Memory \(peak \d"))
+    expect(plot.locator("figcaption")).to_contain_text("CPU seconds")
+    page.locator("#jupyter-bgjobs-panel").get_by_role("button", name="← All jobs").click()
 
 
 def test_a_detached_job_has_a_live_row_under_its_cell(page: Any, root: Path) -> None:
@@ -179,8 +176,8 @@ def test_a_job_started_while_the_kernel_is_busy_says_it_waits(page: Any, root: P
 def test_a_rerun_from_the_pane_shows_under_its_cell_and_is_named(page: Any) -> None:
     row = _cell_row(page, 5).locator(".jp-bgjobs-row")
     first = row.get_attribute("data-job-id")
-    pane_row = _pane_row(page, "patient")
-    pane_row.get_by_role("button", name="Rerun patient").click()
+    listed = pane_row(page, "patient")
+    listed.get_by_role("button", name="Rerun patient").click()
     toast = page.locator(".Toastify__toast", has_text="Background job patient started")
     expect(toast.first).to_be_visible()
     expect(row).not_to_have_attribute("data-job-id", first)
@@ -203,7 +200,7 @@ def test_the_dialog_refuses_a_folder_that_does_not_exist(page: Any) -> None:
     expect(dialog.locator("input[name=workdir]")).to_have_value("no_such_folder")
     dialog.locator("input[name=workdir]").fill("sub")
     dialog.get_by_role("button", name="Start").click()
-    expect(_pane_row(page, "in_sub")).to_have_attribute("data-state", "succeeded")
+    expect(pane_row(page, "in_sub")).to_have_attribute("data-state", "succeeded")
 
 
 def test_a_start_the_kernel_refuses_is_notified(page: Any) -> None:
@@ -249,9 +246,9 @@ def test_shutdowns_of_every_kind_warn_and_restart_works_after_keep_detached(
     )
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-kernel'); }")
     wait_for_kernel(page)
-    expect(_pane_row(page, "far2")).to_have_attribute("data-state", "running")
+    expect(pane_row(page, "far2")).to_have_attribute("data-state", "running")
     (root / "gates" / "far2").touch()
-    expect(_pane_row(page, "far2")).to_have_attribute("data-state", "succeeded")
+    expect(pane_row(page, "far2")).to_have_attribute("data-state", "succeeded")
 
 
 def test_the_editors_menu_keeps_undo_and_redo_together(page: Any) -> None:

@@ -45,6 +45,7 @@ COLUMNS = [
     "stdout",
     "stderr",
     "error",
+    "memory",
 ]
 
 
@@ -68,6 +69,8 @@ def test_the_r_packages_readme_example() -> None:
     assert all(gone(pid) for pid in df["worker_id"])
     # Types of a tidy frame: nullable ints, timedeltas, UTC timestamps.
     assert str(df["worker_id"].dtype) == "Int64" and str(df["code"].dtype) == "Int64"
+    # The most memory each task's worker held while it ran: a Python process's, at least.
+    assert str(df["memory"].dtype) == "Int64" and (df["memory"] > 5_000_000).all()
     assert pd.api.types.is_timedelta64_dtype(df["runtime"])
     for col in ("created", "queued", "assigned", "started", "finished"):
         assert isinstance(df[col].dtype, pd.DatetimeTZDtype), col
@@ -469,3 +472,23 @@ def test_the_same_queue_on_a_dask_local_cluster(dask_client: Any) -> None:
     q2.add(ns["square"], args=(7,))
     assert q2.start(message="none").wait(60)["result"].iloc[0] == 49
     assert _handles[-1].name == "queue: 1 × square on dask"
+
+
+def test_a_tasks_memory_is_its_own_peak() -> None:
+    """The memory column is the peak of each task, not of its worker's life: a task that
+    holds 200 MB and a small one after it on the same worker are told apart."""
+    ns = notebook(
+        """
+        def hold(n):
+            block = bytearray(n * 1000 * 1000)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            return len(block)
+        """
+    )
+    queue = Queue(workers=1)
+    queue.add(ns["hold"], args=(200,), id="big")
+    queue.add(ns["hold"], args=(1,), id="small")
+    df = queue.run(message="none").set_index("task_id")
+    assert df.loc["big", "memory"] >= 200_000_000
+    assert df.loc["small", "memory"] < df.loc["big", "memory"] - 150_000_000

@@ -7,8 +7,10 @@ Protocol over a socket pair, each message a 4-byte little-endian length and a pi
 - parent -> worker: a pickled list of tasks ``(index, fun_key, fun_bytes | None, args_bytes)``;
   ``fun_bytes`` comes once per function and is cached under ``fun_key``; ``None`` ends the worker.
 - worker -> parent: one pickled tuple per task ``(index, code, payload, stdout, stderr,
-  started, finished)``; ``code`` CODE_OK with the pickled result, CODE_ERROR with the
-  exception (``outcome.error_payload``), CODE_PICKLE with why it cannot be pickled.
+  started, finished, peak)``, ``peak`` the most memory the worker held during the task
+  (bytes; None where the system cannot say); ``code`` CODE_OK with the pickled result,
+  CODE_ERROR with the exception (``outcome.error_payload``), CODE_PICKLE with why it
+  cannot be pickled.
 The slot (16 bytes of a shared file) holds the running task's index and its start on the
 monotonic clock, so the parent sees starts and overruns without a message per task.
 A task's stdout and stderr go straight to two files of the pool (OUT_FD, ERR_FD), emptied
@@ -107,6 +109,29 @@ def _reader(sock: socket.socket) -> Any:
     return read
 
 
+def _reset_peak() -> bool:
+    """Start the process's peak resident memory (VmHWM) anew, so the peak read after a
+    task is the task's (Linux: writing 5 to ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak() -> int | None:
+    """The process's peak resident memory since it was last reset, in bytes."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def main() -> None:
     sock_fd, slot_fd, out_fd, err_fd, parent = (int(a) for a in sys.argv[1:6])
     procs.watch_parent(parent)
@@ -151,6 +176,7 @@ def main() -> None:
                 out.empty()
             if err.dirty:
                 err.empty()
+            peaks = _reset_peak()
             started_wall = time.time()
             SLOT.pack_into(slot, 0, index, time.monotonic())
             sys.stdout, sys.stderr = out, err
@@ -175,6 +201,7 @@ def main() -> None:
                 err.take() if err.dirty else "",
                 started_wall,
                 time.time(),
+                _peak() if peaks else None,
             )
             send(pickle.dumps(message, protocol=5))
 

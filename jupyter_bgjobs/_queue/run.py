@@ -136,8 +136,9 @@ class Run:
         self.on_finished(task)
 
     def _result(self, w: Worker, raw: bytes) -> None:
-        index, code, payload, out, err, started, finished = pickle.loads(raw)
+        index, code, payload, out, err, started, finished, peak = pickle.loads(raw)
         task = self.tasks[index]
+        task.memory = peak
         if w.ahead and w.ahead[0] is task:
             w.ahead.popleft()
         else:

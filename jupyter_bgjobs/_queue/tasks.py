@@ -36,6 +36,7 @@ COLUMNS = (
     "stdout",
     "stderr",
     "error",
+    "memory",
 )
 
 
@@ -66,6 +67,8 @@ class Task:
         self.assigned: float | None = None
         self.started: float | None = None
         self.finished: float | None = None
+        # The most memory its worker held while it ran (bytes; None where not measured).
+        self.memory: int | None = None
 
     @property
     def runtime(self) -> timedelta | None:
@@ -192,6 +195,7 @@ class TaskList:
                 "stdout": pd.Series([t.stdout for t in tasks], dtype=object),
                 "stderr": pd.Series([t.stderr for t in tasks], dtype=object),
                 "error": pd.Series([t.error for t in tasks], dtype=object),
+                "memory": pd.array([t.memory for t in tasks], dtype="Int64"),
             },
             columns=list(COLUMNS),
         )
