@@ -72,6 +72,30 @@ class BgCall:
         self._decoders: dict[str, Any] = {}
         self._outcome: tuple[str, Any, str] | None = None
         self._started: dt.datetime | None = None
+        # What its process uses, as its watcher samples it (this process's attached call).
+        self._sampled: tuple[dict[str, Any], list[list[float]]] | None = None
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        """What the call's process (and what it started) used: ``rss``, ``peak``
+        (bytes), ``cpu`` (percent of a core), ``cpu_seconds``, as for a job; sampled by the
+        process that started an attached call, read from the record elsewhere."""
+        return dict(self._usage()[0])
+
+    @property
+    def usage(self) -> list[list[float]]:
+        """The samples of its life, ``[seconds since start, rss, cpu]``."""
+        return [list(s) for s in self._usage()[1]]
+
+    def _usage(self) -> tuple[dict[str, Any], list[list[float]]]:
+        if self._sampled is not None:
+            return self._sampled
+        record = read_json(self.folder / "state.json") or {}
+        found, samples = record.get("resources"), record.get("usage")
+        return (
+            found if isinstance(found, dict) else {},
+            [s for s in samples if isinstance(s, list)] if isinstance(samples, list) else [],
+        )
 
     @property
     def started(self) -> dt.datetime:
@@ -286,11 +310,21 @@ class BgCall:
         """The parent's side of a call that is not detached: wait, time out (or stop when
         the IDE's Jobs pane asks, in the call's folder), record the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        sampler = _sampler(proc.pid)
+        sampled_at = 0.0
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             code = _procs.reap(proc, 0.25 if left is None else max(0.0, min(0.25, left)))
             if code is not None:
                 break
+            if sampler is not None and time.monotonic() - sampled_at >= 1.0:
+                sampled_at = time.monotonic()
+                try:
+                    self._sampled = (sampler.sample(), list(sampler.samples))
+                except Exception:  # a sample that fails is skipped; the call goes on
+                    pass
+                else:
+                    write_call_record(self)
             if deadline is not None and time.monotonic() >= deadline:
                 self._ended_by = TIMED_OUT
             elif os.path.lexists(self.folder / "cancel.json"):
@@ -309,6 +343,20 @@ class BgCall:
 
     def __repr__(self) -> str:
         return f"<BgCall {self.name} ({self.id}) {self.state}, pid {self.pid}>"
+
+
+def _sampler(pid: int) -> Any:
+    """The sampler of a call's process (None when sampling is off or psutil cannot)."""
+    from ._config import settings
+
+    if not settings.sample_usage:
+        return None
+    try:
+        from ._usage import Sampler
+
+        return Sampler(pid)
+    except Exception:
+        return None
 
 
 def _write_private_json(path: Path, data: dict[str, Any]) -> None:

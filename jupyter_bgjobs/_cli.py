@@ -140,6 +140,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{handle.name} ({folder.name}): {label(handle.state)}")
     if handle.reason:
         print(f"  {handle.reason}")
+    used = handle.resources
+    if used:
+        print(f"  {_usage_words(used)}")
     for entry in getattr(handle, "history", []):
         at = entry.get("at", "")[11:19]  # the time of day of an ISO stamp
         why = f"  ({entry['reason']})" if entry.get("reason") else ""
@@ -157,6 +160,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for kept in report["kept"]:
         print(f"kept {kept}")
     return 0
+
+
+def _usage_words(used: dict[str, Any]) -> str:
+    from ._usage import size_text
+
+    words = f"memory: peak {size_text(used.get('peak', 0))}"
+    if "cpu_seconds" in used:
+        words += f"; CPU: {used['cpu_seconds']:.1f} s"
+    if "gpu_peak" in used:
+        words += f"; GPU memory: peak {size_text(used['gpu_peak'])}"
+    return words
 
 
 def _short(value: Any, limit: int = 70) -> str:

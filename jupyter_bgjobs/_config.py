@@ -35,6 +35,8 @@ class Settings:
     gateway_pool_size: int = 0
     # Never shown: not in repr, logs, reports or job folders.
     gateway_token: str = field(default="", repr=False)
+    # Sample what each job's kernel uses (memory, CPU) and each queue task's peak memory.
+    sample_usage: bool = True
     # Bytes a job's kernel and its processes may use before the job is ended (0: none).
     memory_limit: int = 0
     # Where every job's end is told (Apprise URLs); they hold secrets: never shown.
@@ -101,7 +103,9 @@ def configure(**changes: Any) -> Settings:
     ``gateway_pool_size`` (default 0: kernels kept started, refilled in the background, on
     the default gateway for jobs of the default kernelspec to take; they end with this
     kernel, killed included), ``memory_limit`` (every job's, as ``--memory-limit``: ``8G``,
-    ``300MB``, or bytes; 0 for none), ``notify`` (True: a browser notification when a job
+    ``300MB``, or bytes; 0 for none), ``sample_usage`` (default True: what each job's
+    kernel uses, sampled about once a second, and each queue task's peak memory; a memory
+    limit needs it), ``notify`` (True: a browser notification when a job
     ends; a list of Apprise URLs, ``mailto://``, ``slack://``, ``json://``...: every job's
     end is told there, as ``--notify URL``). Returns the settings in force."""
     known = {f.name for f in fields(Settings)}

@@ -150,7 +150,8 @@ class Driver:
             self._finish(FAILED)
             return
         run.running()
-        self._start_sampling()
+        if settings.sample_usage or self.job.spec.memory_limit:
+            self._start_sampling()
         finished = self._pump()
         # Gone before the job's end is told: whoever waits finds the folder as it stays.
         self._close_flow()
@@ -362,6 +363,15 @@ class Driver:
         run.tell(exit_code=code, reason=reason)
         self._finish(DIED)
 
+    def _reported(self, usage: dict[str, Any]) -> None:
+        """What a kernel this machine cannot sample (a gateway's) says it uses, at each
+        statement and at its end."""
+        figures = {k: usage[k] for k in ("rss", "peak", "cpu_seconds") if k in usage}
+        if not all(isinstance(v, int | float) for v in figures.values()) or not figures:
+            return
+        peak = max(figures.get("peak", 0), self.job.resources.get("peak", 0))
+        self.run.tell(resources={**figures, "peak": peak})
+
     def _killed_why(self, code: int | None) -> str:
         """For a kernel killed by SIGKILL that no limit of ours ended: whether the
         system's OOM killer did it (when the system says), and how much memory it held."""
@@ -394,6 +404,8 @@ class Driver:
     def _on_event(self, event: dict[str, Any]) -> None:
         job, run = self.job, self.run
         kind = event.get("type")
+        if self.sampler is None and isinstance(event.get("usage"), dict):
+            self._reported(event["usage"])
         if kind == "plan":
             job.timings["seeded"] = event["t"]
             if job.detached:

@@ -154,6 +154,8 @@ def call_record(call: Any) -> JobRecord:
         detached=call.detached,
         notebook=os.environ.get("JPY_SESSION_NAME") or None,
         history=history,
+        resources=call.resources,
+        usage=call.usage,
     )
 
 

@@ -79,6 +79,32 @@ def oom_kills() -> int | None:
     return None
 
 
+def _gpu_handles() -> list[Any]:
+    """NVIDIA's devices, where its management library (``pynvml``) is present and
+    answers; none elsewhere (then GPU memory is not sampled)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # no library, no driver, no device
+        return []
+
+
+def _gpu_memory(handles: list[Any], pids: set[int]) -> int:
+    """Bytes of GPU memory the processes ``pids`` hold, over every device."""
+    import pynvml
+
+    used = 0
+    for handle in handles:
+        try:
+            running = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except Exception:
+            continue
+        used += sum(p.usedGpuMemory or 0 for p in running if p.pid in pids)
+    return used
+
+
 class Sampler:
     """Samples the process tree of one job's kernel (``pid``)."""
 
@@ -100,6 +126,9 @@ class Sampler:
         self._step = 1
         self._skipped = 0
         self.oom_kills_at_start = oom_kills()
+        self._gpus = _gpu_handles()
+        self.gpu = 0
+        self.gpu_peak = 0
 
     def sample(self) -> dict[str, Any]:
         """Take one sample; what ``job.resources`` says now."""
@@ -127,6 +156,9 @@ class Sampler:
         for pid in set(self._last_cpu) - set(alive):
             self._gone_cpu += self._last_cpu.pop(pid)
         self._procs = alive
+        if self._gpus:
+            self.gpu = _gpu_memory(self._gpus, set(alive))
+            self.gpu_peak = max(self.gpu_peak, self.gpu)
         self.rss, self.cpu = rss, cpu
         self.peak = max(self.peak, rss)
         self.cpu_seconds = seconds + self._gone_cpu
@@ -134,13 +166,17 @@ class Sampler:
         return self.resources()
 
     def resources(self) -> dict[str, Any]:
-        """The figures of the last sample (bytes, percent of one core, seconds)."""
-        return {
+        """The figures of the last sample (bytes, percent of one core, seconds; GPU memory
+        now and at most where NVIDIA's management library is present)."""
+        figures = {
             "rss": self.rss,
             "peak": self.peak,
             "cpu": round(self.cpu, 1),
             "cpu_seconds": round(self.cpu_seconds, 2),
         }
+        if self._gpus:
+            figures.update(gpu=self.gpu, gpu_peak=self.gpu_peak)
+        return figures
 
     def _keep(self, rss: int, cpu: float) -> None:
         self._skipped += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,7 +179,9 @@ def test_the_bgjobs_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli(["show", "counter"]) == 0
     told = capsys.readouterr().out.splitlines()
     assert told[0].startswith("counter (") and told[0].endswith(": succeeded")
-    events = [line.split()[1] for line in told[1:]]
+    # What its kernel used, as its host sampled it.
+    assert re.match(r"  memory: peak \d+(\.\d)? MB; CPU: \d+\.\d s$", told[1]), told
+    events = [line.split()[1] for line in told[2:]]
     assert events == ["submit", "start", "run", "succeed"], told
 
     script.write_text("import time\ntime.sleep(300)\n")

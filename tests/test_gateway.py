@@ -65,6 +65,8 @@ def test_a_remote_job_with_namespace_progress_output_and_results(ip: Any, gatewa
     assert ip.user_ns["team"] == "blue"
     np.testing.assert_array_equal(ip.user_ns["doubled"], np.arange(3_000_000) * 1.0)
     assert ip.user_ns["total"] == float(np.arange(3_000_000).sum())
+    # What the remote kernel said of itself: it held the 24 MB array and its double.
+    assert job.resources["peak"] >= 48_000_000 and job.resources["cpu_seconds"] > 0
     spec = json.loads((job.folder / "spec.json").read_text())
     assert spec["gateway"] == gateway.url and spec["kernel_env"] == {"KERNEL_TEAM": "blue"}
     assert TOKEN not in _files_of(job) and TOKEN not in job.report

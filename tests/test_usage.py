@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cells import notebook, until
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs._config import settings
@@ -29,7 +30,7 @@ while not os.path.exists({gate!r}):
 """
 
 
-def until(job: bj.Job, holds: Callable[[bj.Job], bool], timeout: float = 120) -> None:
+def until_job(job: bj.Job, holds: Callable[[bj.Job], bool], timeout: float = 120) -> None:
     """Return once ``holds(job)`` is true, told by the job's own changes (each sample of
     what it uses is one); fail after ``timeout`` seconds."""
     changed = threading.Event()
@@ -48,7 +49,7 @@ def test_a_jobs_peak_memory_is_what_it_held(tmp_path: Path) -> None:
         env="none",
     )
     try:
-        until(job, lambda j: j.resources.get("rss", 0) >= 500 * MB or j.done)
+        until_job(job, lambda j: j.resources.get("rss", 0) >= 500 * MB or j.done)
     finally:
         gate.touch()
     job.wait(60)
@@ -102,9 +103,34 @@ def test_a_job_killed_by_sigkill_says_how_much_memory_it_held(tmp_path: Path) ->
         env="none",
     )
     # It holds 200 MB until the gate opens; the sampler sees it first.
-    until(job, lambda j: j.resources.get("peak", 0) >= 200 * MB or j.done)
+    until_job(job, lambda j: j.resources.get("peak", 0) >= 200 * MB or j.done)
     (tmp_path / "gate").touch()
     job.wait(60)
     assert job.state == "died"
     assert "SIGKILL" in job.reason
     assert "its memory peaked at" in job.reason and "on this machine" in job.reason
+
+
+def test_a_bg_calls_memory_is_in_its_record(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ns = notebook(
+        f"""
+        import os, time
+        def hold():
+            held = bytearray(150 * 1000 * 1000)
+            for i in range(0, len(held), 4096):
+                held[i] = 1
+            while not os.path.exists({str(gate)!r}):
+                time.sleep(0.05)
+            return len(held)
+        """
+    )
+    call = bj.bg(ns["hold"])
+    try:
+        until(lambda: call.resources.get("peak", 0) >= 150 * MB or call.done, "a sample")
+    finally:
+        gate.touch()
+    assert call.result(60) == 150 * MB
+    assert call.resources["peak"] >= 150 * MB
+    record = json.loads((call.folder / "state.json").read_text())
+    assert record["resources"]["peak"] == call.resources["peak"]

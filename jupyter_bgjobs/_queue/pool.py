@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._calling import check_flag, check_seconds
+from .._config import settings
 from .._errors import JobSpecError, TaskError
 from .._inside import procs as _procs
 from .._inside.worker import FRAME, SLOT, read_capture
@@ -75,7 +76,11 @@ class Worker:
         self.task: Task | None = None
         self.ahead: collections.deque[Task] = collections.deque()
         self.funs: set[int] = set()
-        hello = {"sys_path": [p for p in sys.path if p], "cwd": os.getcwd()}
+        hello = {
+            "sys_path": [p for p in sys.path if p],
+            "cwd": os.getcwd(),
+            "peaks": settings.sample_usage,
+        }
         self._send(pickle.dumps(hello))
 
     def move(self, target: str) -> None:

@@ -51,6 +51,26 @@ _INBOX: dict[str, Inbox] = {}
 _OUTBOX: dict[str, Outbox] = {}
 
 
+def own_usage() -> dict[str, float]:
+    """What this kernel uses, as it says of itself (a gateway's kernel is not a process
+    the notebook's machine can see): resident memory now and at most (bytes), and CPU
+    seconds. Empty where the system does not say."""
+    try:
+        import resource
+
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        with open("/proc/self/statm", "rb") as f:
+            rss = int(f.read(64).split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError, IndexError):
+        return {}
+    return {
+        "rss": rss,
+        # ru_maxrss is in kilobytes on Linux.
+        "peak": max(rss, used.ru_maxrss * 1024),
+        "cpu_seconds": round(used.ru_utime + used.ru_stime, 2),
+    }
+
+
 def receive(token: str) -> None:
     """Take one chunk of the seed, sent over the kernel protocol as the binary buffers of
     this very request (its metadata ``bgjobs_seed`` says which chunk of how many bytes):
@@ -190,7 +210,14 @@ class _Runner:
             self._stopped_by(exc)
             return
         for i, (node, section) in enumerate(steps):
-            self.emit("stmt", index=i, total=self.total, section=section, line=node.lineno)
+            self.emit(
+                "stmt",
+                index=i,
+                total=self.total,
+                section=section,
+                line=node.lineno,
+                usage=own_usage(),
+            )
             try:
                 # The last expression's value is shown, as in a cell, unless a trailing
                 # semicolon hides it, as in a cell.
@@ -240,6 +267,7 @@ class _Runner:
             error=self.error,
             results=results,
             code_done=code_done,
+            usage=own_usage(),
         )
 
     def _enter_context(self) -> None:
