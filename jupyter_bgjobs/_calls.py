@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from . import _store
+from . import _checks, _store
 from ._calling import cell_sources, check_call, check_flag, check_seconds, load_error
 from ._config import settings
 from ._errors import (
@@ -40,10 +40,12 @@ from ._errors import (
 from ._inside import procs as _procs
 from ._inside.call import INTERRUPTED
 from ._inside.procs import CODE_ERROR, CODE_OK
+from ._notify import check_targets
 from ._spec import JobSpec
 from ._state_record import write_call_record
 from ._states import CANCELLED, DIED, FAILED, RUNNING, SUCCEEDED, TIMED_OUT
 from ._store import read_json, recorded_alive, store_root
+from ._usage import size_text
 
 _SCRIPT = str(Path(__file__).with_name("_inside") / "call.py")
 _registry: dict[str, BgCall] = {}
@@ -74,6 +76,10 @@ class BgCall:
         self._started: dt.datetime | None = None
         # What its process uses, as its watcher samples it (this process's attached call).
         self._sampled: tuple[dict[str, Any], list[list[float]]] | None = None
+        # Its memory limit (bytes, 0: none) and where its end is told (secrets: never
+        # written down or shown).
+        self.memory_limit = 0
+        self._notify: list[str] = []
 
     @property
     def resources(self) -> dict[str, Any]:
@@ -91,6 +97,9 @@ class BgCall:
         if self._sampled is not None:
             return self._sampled
         record = read_json(self.folder / "state.json") or {}
+        if self.detached and not record.get("resources"):
+            # Its supervisor samples a detached call; its record has them once settled.
+            record = {**record, **(read_json(self.folder / "usage.json") or {})}
         found, samples = record.get("resources"), record.get("usage")
         return (
             found if isinstance(found, dict) else {},
@@ -140,6 +149,8 @@ class BgCall:
                 return DIED
             return RUNNING
         ended_by = status.get("ended_by", "") or self._ended_by
+        if ended_by == _OVER_LIMIT:
+            return FAILED
         outcome = self._load_outcome()
         if ended_by in (TIMED_OUT, CANCELLED):
             return str(ended_by)
@@ -188,6 +199,9 @@ class BgCall:
             status = self.ended_status() or {}
             how = status.get("ended_by") or self._ended_by
             return "interrupted" if how == INTERRUPTED else "killed"
+        status = self.ended_status() or {}
+        if status.get("ended_by") == _OVER_LIMIT and isinstance(status.get("why"), str):
+            return str(status["why"])
         outcome = self._load_outcome()
         if state == FAILED and outcome is not None:
             kind, value, text = outcome
@@ -240,6 +254,8 @@ class BgCall:
             raise JobCancelledError(f"call {self.name!r} was {self.reason}")
         if state == DIED:
             raise KernelDiedError(f"call {self.name!r}: {self.reason}")
+        if state == FAILED and (self.ended_status() or {}).get("ended_by") == _OVER_LIMIT:
+            raise JobFailedError(f"call {self.name!r}: {self.reason}")
         kind, value, text = self._load_outcome() or ("unloadable", None, "no result")
         if kind == "ok":
             return value
@@ -310,8 +326,9 @@ class BgCall:
         """The parent's side of a call that is not detached: wait, time out (or stop when
         the IDE's Jobs pane asks, in the call's folder), record the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        sampler = _sampler(proc.pid)
+        sampler = _sampler(proc.pid, bool(self.memory_limit))
         sampled_at = 0.0
+        why = ""
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             code = _procs.reap(proc, 0.25 if left is None else max(0.0, min(0.25, left)))
@@ -322,9 +339,15 @@ class BgCall:
                 try:
                     self._sampled = (sampler.sample(), list(sampler.samples))
                 except Exception:  # a sample that fails is skipped; the call goes on
-                    pass
-                else:
-                    write_call_record(self)
+                    continue
+                write_call_record(self)
+                rss = self._sampled[0]["rss"]
+                if self.memory_limit and rss > self.memory_limit:
+                    # Killed at once, as a job over its limit: what grows is the danger.
+                    self._ended_by = _OVER_LIMIT
+                    why = f"used {size_text(rss)}, over its {size_text(self.memory_limit)} limit"
+                    code = _procs.end(proc, grace=0)
+                    break
             if deadline is not None and time.monotonic() >= deadline:
                 self._ended_by = TIMED_OUT
             elif os.path.lexists(self.folder / "cancel.json"):
@@ -333,23 +356,50 @@ class BgCall:
                 continue
             code = _procs.end(proc, grace=0)
             break
+        status = {"returncode": code, "ended_by": self._ended_by, "ended": time.time()}
         _write_private_json(
-            self.folder / "status.json",
-            {"returncode": code, "ended_by": self._ended_by, "ended": time.time()},
+            self.folder / "status.json", {**status, **({"why": why} if why else {})}
         )
         # The record is final before wait() returns: whoever waited reads the end there too.
         write_call_record(self)
+        if self._notify:
+            _tell_targets(self)
         self._ended.set()
 
     def __repr__(self) -> str:
         return f"<BgCall {self.name} ({self.id}) {self.state}, pid {self.pid}>"
 
 
-def _sampler(pid: int) -> Any:
-    """The sampler of a call's process (None when sampling is off or psutil cannot)."""
+def _tell_targets(call: BgCall) -> None:
+    """The call's end, to the targets it named; one that cannot be reached is noted in
+    its stderr file, and its outcome stays what it is."""
+    from ._notify import message, send
+    from ._text import clock
+
+    peak = call.resources.get("peak")
+    started = call.started.timestamp()
+    ended = (call.ended_status() or {}).get("ended")
+    elapsed = (ended - started) if isinstance(ended, (int, float)) else 0.0
+
+    def note(text: str) -> None:
+        try:
+            with open(call.folder / "stderr", "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError:
+            pass
+
+    title, body = message(
+        call.name, call.state, clock(elapsed), size_text(peak) if peak else "", call.reason
+    )
+    send(list(call._notify), title, body, note)
+
+
+def _sampler(pid: int, needed: bool = False) -> Any:
+    """The sampler of a call's process (None when sampling is off, unless a memory limit
+    needs it, or when psutil cannot)."""
     from ._config import settings
 
-    if not settings.sample_usage:
+    if not (settings.sample_usage or needed):
         return None
     try:
         from ._usage import Sampler
@@ -357,6 +407,10 @@ def _sampler(pid: int) -> Any:
         return Sampler(pid)
     except Exception:
         return None
+
+
+# How a call that passed its memory limit ended (status.json's ``ended_by``).
+_OVER_LIMIT = "memory"
 
 
 def _write_private_json(path: Path, data: dict[str, Any]) -> None:
@@ -388,20 +442,34 @@ def bg_call(
     name: str | None = None,
     timeout: float | None = None,
     detach: bool = False,
+    memory_limit: int | str | None = None,
+    notify: list[str] | None = None,
 ) -> BgCall:
     """Run ``fn(*args, **kwargs)`` in a separate process and return its handle at once.
 
     ``timeout`` seconds end it as ``timed_out``. A call that is not detached ends with
     this process (which says so at exit); ``detach=True`` lets it outlive this process:
     its output and result stay in the store, where ``bgjobs list`` and ``%bgjobs`` find it.
+    ``memory_limit`` (``"2G"``, bytes) ends it ``failed`` when its process (and what that
+    started) holds more; ``notify`` (Apprise URLs) tells its end there, as for a job. Both
+    are for calls that are not detached (this process watches the call).
     """
     # Everything checked, and pickled, before the call's folder exists: bad input leaves
     # nothing behind.
     label = _checked_name(fn, args, kwargs, name, timeout, detach)
+    limit = _checks.memory("memory_limit", memory_limit)
+    targets = check_targets("notify", notify)
+    if detach and (limit or targets):
+        raise JobSpecError(
+            "bg_call: memory_limit and notify are for calls that are not detached (this "
+            "process watches them); run the work as a detached job (run_cell(..., "
+            "detach=True)) for both"
+        )
     data = _pickled_call(fn, args, kwargs)
     what = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}(...)"
     folder = _make_folder(label, data, timeout, detach, what)
     call = BgCall(folder, label, detach)
+    call.memory_limit, call._notify = limit, targets
     # Handed to the child as its stdout and stderr; closed here once it has them.
     out = _open_private(folder / "stdout")
     err = _open_private(folder / "stderr")

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _context
+from ._cgroup import MemoryCage
 from ._config import settings
 from ._errors import BgJobError
 from ._inside.kernel.wire import (
@@ -32,7 +33,7 @@ from ._states import (
     error_reason,
 )
 from ._stream import RUNNER, send_seed
-from ._usage import Sampler, machine_memory, oom_kills, size_text
+from ._usage import Sampler, machine_memory, oom_kills, oom_logged, size_text
 
 if TYPE_CHECKING:
     pass
@@ -87,6 +88,8 @@ class Driver:
         # The sampler of what the job's kernel uses (a local kernel's; None elsewhere).
         self.sampler: Sampler | None = None
         self.sampled_at = 0.0
+        # The job's own memory cgroup, where its memory limit is the system's to keep.
+        self.cage: MemoryCage | None = None
 
     def drive(self) -> None:
         """Move the job from pending to its final state (the body of its thread)."""
@@ -112,6 +115,8 @@ class Driver:
                     # an orphan if this process dies meanwhile; killing the process group
                     # cannot hang, and it also ends whatever the job left running.
                     run.kernel.shutdown(now=True)
+                if self.cage is not None:
+                    self.cage.remove()
 
     def _log_fault(self, exc: OSError) -> None:
         """The disk refused the job's output: the job goes on; its record says why its
@@ -146,6 +151,7 @@ class Driver:
             run.tell(reason="cancelled while starting")
             self._finish(CANCELLED)
             return
+        self._limit_memory()
         if not self._send():
             self._finish(FAILED)
             return
@@ -248,6 +254,22 @@ class Driver:
             self._stop_if_asked(t, deadline)
 
     # -- what it costs ----------------------------------------------------------------------
+    def _limit_memory(self) -> None:
+        """Put the job's kernel in a memory cgroup of its own, where the machine lets us
+        make one; else its limit is kept by the sampler. Its log says which."""
+        limit = self.job.spec.memory_limit
+        pid = self.kernel.pid
+        if not limit or not isinstance(pid, int) or not self.provider.shares_files:
+            return
+        cage = MemoryCage.make(self.job.id, limit)
+        if cage is not None and not cage.join(_tree(pid)):
+            cage.remove()
+            cage = None
+        self.cage = cage
+        how = "a memory cgroup of its own" if cage else "sampling its memory every second"
+        self.log.write(f"[jupyter_bgjobs: its {size_text(limit)} memory limit is kept by {how}]\n")
+        self.log.flush()
+
     def _start_sampling(self) -> None:
         pid = self.kernel.pid
         if not isinstance(pid, int) or not self.provider.shares_files:
@@ -269,7 +291,7 @@ class Driver:
         except Exception:  # a sample that fails is skipped, the job goes on
             return
         run.tell(resources=resources, usage=list(sampler.samples))
-        if limit and resources["rss"] > limit and not self.stop_reason:
+        if limit and self.cage is None and resources["rss"] > limit and not self.stop_reason:
             # Killed at once, not interrupted: memory that grows while a grace period
             # runs is what the limit is there to stop.
             self.stop_reason = "memory"
@@ -350,6 +372,15 @@ class Driver:
             run.tell(exit_code=code)
             self._finish(_STOPPED[self.stop_reason])
             return
+        if self.cage is not None and self.cage.oom_killed():
+            limit = size_text(self.cage.limit)
+            run.tell(
+                exit_code=code,
+                reason=f"used all of its {limit} limit and asked for more "
+                f"(its memory cgroup ended it; peak {size_text(self.cage.peak())})",
+            )
+            self._finish(FAILED)
+            return
         remote_reason = getattr(kernel, "death_reason", None)
         reason = remote_reason() if remote_reason else death_reason(code)
         reason += self._killed_why(code)
@@ -378,8 +409,10 @@ class Driver:
         if code not in (-9, 137) or self.sampler is None:
             return ""
         before, after = self.sampler.oom_kills_at_start, oom_kills()
-        if before is not None and after is not None and after > before:
-            said = "; the system's OOM killer ended it (its cgroup's memory.events says so)"
+        if oom_logged(self.sampler.root.pid):
+            said = "; the system's OOM killer ended it (the kernel's log says so)"
+        elif before is not None and after is not None and after > before:
+            said = "; the system's OOM killer ended it (its memory cgroup's count says so)"
         else:
             said = ""
         total = machine_memory()
@@ -464,6 +497,16 @@ class Driver:
             # Never a failure without a reason: the job's own error says it.
             run.tell(reason=job.reason or error_reason(job.error))
             self._finish(FAILED)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process it has started."""
+    try:
+        import psutil
+
+        return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    except Exception:
+        return [pid]
 
 
 _TQDM = re.compile(r"(\d+)/(\d+) \[")

@@ -189,6 +189,10 @@ def build_spec(
     targets = list(dict.fromkeys([*check_targets("notify", notify), *settings.notify_targets]))
     url = _check_gateway(gateway)
     env_vars = _check_kernel_env(kernel_env)
+    if url and limit:
+        # A gateway's kernel is not a process of this machine: its limit is the gateway's
+        # to keep, asked for as Enterprise Gateway's kernels take it.
+        env_vars.setdefault("KERNEL_MEMORY", str(limit))
     if env_vars and not url:
         raise JobSpecError(
             "kernel_env (--kernel-env) passes KERNEL_* variables to a gateway's kernel; name "

@@ -64,19 +64,63 @@ def machine_memory() -> int:
 
 
 def oom_kills() -> int | None:
-    """How many processes the kernel's OOM killer has ended in this process's cgroup (its
-    ``memory.events``), or None where the system does not say."""
+    """How many processes the kernel's OOM killer has ended in this process's memory
+    cgroup (cgroup v2 ``memory.events``, v1 ``memory.oom_control``), or None where the
+    system does not say."""
     try:
         with open("/proc/self/cgroup", encoding="utf-8") as f:
-            path = f.read().strip().splitlines()[-1].split(":", 2)[2]
-        with open(f"/sys/fs/cgroup{path}/memory.events", encoding="utf-8") as f:
-            for line in f.read(4096).splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, IndexError, ValueError):
+            lines = f.read(4096).splitlines()
+    except OSError:
         return None
+    places = []
+    for line in lines:
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if controllers == "":
+            places.append(f"/sys/fs/cgroup{path}/memory.events")
+        elif "memory" in controllers.split(","):
+            places.append(f"/sys/fs/cgroup/memory{path}/memory.oom_control")
+    for place in places:
+        try:
+            with open(place, encoding="utf-8") as f:
+                for entry in f.read(4096).splitlines():
+                    key, _, value = entry.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
     return None
+
+
+# Records of the kernel log read at most, looking for an OOM kill (a long-running machine's
+# log holds a few thousand).
+_KMSG_RECORDS = 20000
+
+
+def oom_logged(pid: int) -> bool:
+    """Whether the kernel log (``/dev/kmsg``, where this user may read it) says the OOM
+    killer killed ``pid``."""
+    import os
+
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    wanted = f"Killed process {pid} ".encode()
+    try:
+        for _ in range(_KMSG_RECORDS):
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:  # read to its end
+                return False
+            except OSError:  # a record overwritten while read: go on with the next
+                continue
+            # "Out of memory: Killed process 1234 (python) ...", or "Memory cgroup out of
+            # memory: Killed process 1234 ...": the OOM killer's words, in either case.
+            if wanted in record:
+                return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _gpu_handles() -> list[Any]:

@@ -154,3 +154,18 @@ def test_configure_sets_the_default_gateway(gateway: Gateway) -> None:
     finally:
         bj.configure(gateway="")
     assert repr(bj.configure()).count(TOKEN) == 0
+
+
+def test_a_memory_limit_on_a_gateway_is_the_gateways_to_keep(gateway: Gateway) -> None:
+    """A gateway's kernel is not a process here: the limit goes to the gateway as
+    KERNEL_MEMORY (what Enterprise Gateway's kernels take); the kernel says what it used."""
+    job = bj.run_cell(
+        "import os\nasked = os.environ.get('KERNEL_MEMORY')\nblock = bytearray(30_000_000)\n",
+        name="limited_remote",
+        gateway=gateway.url,
+        memory_limit="2G",
+    )
+    job.wait(60)
+    assert job.state == "succeeded", job.reason
+    assert job.results.asked == "2000000000"
+    assert job.resources["peak"] >= 30_000_000

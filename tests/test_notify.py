@@ -207,3 +207,12 @@ def test_the_magic_takes_notify_urls(ip: Any, hook: Hook) -> None:
     assert hook.arrived.wait(60)
     assert hook.got[0]["title"] == "Background job magicked succeeded"
     _sent()
+
+
+def test_a_bg_calls_end_is_told(hook: Hook) -> None:
+    call = bj.bg_call(divmod, (7, 2), name="divided", notify=[hook.url])
+    assert call.result(60) == (3, 1)
+    assert hook.arrived.wait(60)
+    assert hook.got[0]["title"] == "Background job divided succeeded"
+    _sent()
+    assert SECRET not in (call.folder / "state.json").read_text()

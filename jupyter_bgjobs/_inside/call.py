@@ -76,6 +76,37 @@ def run(folder: str, parent: int) -> None:
     )
 
 
+class _Usage:
+    """What a detached call's process (and what it started) uses, sampled each second by
+    its supervisor into ``usage.json``, as a job's driver samples its kernel."""
+
+    def __init__(self, pid: int, path: str) -> None:
+        self.path = path
+        self.peak = 0
+        try:
+            import psutil
+
+            self.root: Any = psutil.Process(pid)
+        except Exception:  # no psutil here: the call runs unsampled
+            self.root = None
+
+    def sample(self) -> None:
+        if self.root is None:
+            return
+        try:
+            tree = [self.root, *self.root.children(recursive=True)]
+            rss = seconds = 0.0
+            for proc in tree:
+                rss += proc.memory_info().rss
+                times = proc.cpu_times()
+                seconds += times.user + times.system
+        except Exception:  # it ended between two calls: the next sample, or none
+            return
+        self.peak = max(self.peak, int(rss))
+        figures = {"rss": int(rss), "peak": self.peak, "cpu_seconds": round(seconds, 2)}
+        _write_atomic(self.path, json.dumps({"resources": figures}).encode())
+
+
 def supervise(folder: str, timeout: float) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     out = open(os.open(os.path.join(folder, "stdout"), flags, 0o600), "ab")
@@ -107,10 +138,18 @@ def supervise(folder: str, timeout: float) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    code = procs.reap(child, timeout if timeout > 0 else None)
-    if code is None:
-        ended_by = TIMED_OUT
-        code = procs.end(child, grace=0)
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    usage = _Usage(child.pid, os.path.join(folder, "usage.json"))
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        code = procs.reap(child, 1.0 if left is None else max(0.0, min(1.0, left)))
+        if code is not None:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            ended_by = TIMED_OUT
+            code = procs.end(child, grace=0)
+            break
+        usage.sample()
     status = {"returncode": code, "ended_by": ended_by, "ended": time.time()}
     _write_atomic(os.path.join(folder, "status.json"), json.dumps(status).encode())
 
