@@ -25,6 +25,7 @@ from ._states import FAILED, LOOKS, PARTIAL, colour_of, icon, label
 from ._text import clock as clock_text
 from ._text import count as count_text
 from ._text import text_table as _aligned
+from ._text import usage as usage_text
 
 if TYPE_CHECKING:
     from ._detached import DetachedJob
@@ -180,6 +181,9 @@ class JobRow(W.VBox):  # type: ignore[misc]
                 words = [job.report.split(": ", 1)[-1]]
             elif not job.merged:
                 words = ["results merge before the next cell runs"]
+        used = usage_text(job.resources, not job.done)
+        if used:
+            words.append(used)
         said = html.escape(" · ".join(words))
         self.text.value = (
             f'<div title="{said}" style="white-space:nowrap;overflow:hidden;'

@@ -102,8 +102,10 @@ class ProgressJob(Tailed, RowClock):
         self.history: list[dict[str, str]] = []
         self.writer: Any = None
         self.in_job = _runner() is not None
-        # A row made by code, not started from a cell: no cell shows it by id.
+        # A row made by code, not started from a cell: no cell shows it by id; no process
+        # of its own to sample.
         self.started_from = ("", "")
+        self.resources: dict[str, Any] = {}
         if running:
             self.set_state("running")
         if self.in_job:

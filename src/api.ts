@@ -30,6 +30,7 @@ export interface IJobDetail extends IJob {
     kernel: string | null;
     workdir: string | null;
     script: string | null;
+    memory_limit: number | null;
   };
 }
 
@@ -41,6 +42,8 @@ export interface IRunOptions {
   workdir: string;
   kernel: string;
   timeout: string;
+  /** ``8G``, ``300MB``: the job ends, failed, when its kernel holds more. */
+  memory_limit: string;
   detach: boolean;
 }
 
@@ -52,6 +55,7 @@ export const DEFAULT_OPTIONS: IRunOptions = {
   workdir: '',
   kernel: '',
   timeout: '',
+  memory_limit: '',
   detach: false
 };
 

@@ -287,7 +287,8 @@ function serverBody(o: IRunOptions): { [key: string]: unknown } | null {
     name: o.name || undefined,
     workdir: o.workdir || undefined,
     kernel: o.kernel || undefined,
-    timeout: o.timeout ? Number(o.timeout) : undefined
+    timeout: o.timeout ? Number(o.timeout) : undefined,
+    memory_limit: o.memory_limit || undefined
   };
 }
 
@@ -471,6 +472,7 @@ export async function rerun(parts: ICommandParts, job: IJob): Promise<void> {
     workdir: spec.workdir || '',
     kernel: spec.kernel || '',
     timeout: spec.timeout ? String(spec.timeout) : '',
+    memory_limit: spec.memory_limit ? String(spec.memory_limit) : '',
     detach: job.detached
   };
   const panel = notebookOf(parts, job.notebook_path);

@@ -31,6 +31,7 @@ export const OPTION_KEYS: (keyof IRunOptions)[] = [
   'workdir',
   'kernel',
   'timeout',
+  'memory_limit',
   'detach'
 ];
 
@@ -174,6 +175,11 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
     ) as [string, string][];
     this._kernel = select('kernel', kernels, options.kernel);
     this._timeout = input('timeout', options.timeout, 'none (seconds)');
+    this._memory = input(
+      'memory_limit',
+      options.memory_limit || '',
+      'none (8G, 300MB)'
+    );
     this._detach = document.createElement('input');
     this._detach.type = 'checkbox';
     this._detach.name = 'detach';
@@ -186,6 +192,11 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
       field('Working directory', this._workdir),
       field('Kernel', this._kernel),
       field('Timeout', this._timeout),
+      field(
+        'Memory limit',
+        this._memory,
+        'ends the job, failed, when its kernel holds more'
+      ),
       field(
         'Detach',
         this._detach,
@@ -204,6 +215,7 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
       workdir: this._workdir.value.trim(),
       kernel: this._kernel.value,
       timeout: this._timeout.value.trim(),
+      memory_limit: this._memory.value.trim(),
       detach: this._detach.checked
     };
   }
@@ -214,6 +226,7 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
   private _workdir: HTMLInputElement;
   private _kernel: HTMLSelectElement;
   private _timeout: HTMLInputElement;
+  private _memory: HTMLInputElement;
   private _detach: HTMLInputElement;
 }
 
@@ -252,6 +265,12 @@ export async function askOptions(
 export function refused(options: IRunOptions): string {
   if (options.timeout && !(Number(options.timeout) > 0)) {
     return `The timeout must be a number of seconds above 0, not "${options.timeout}"; leave it empty for none.`;
+  }
+  if (
+    options.memory_limit &&
+    !/^\s*\d+(\.\d+)?\s*([kmgt]i?b?|b)?\s*$/i.test(options.memory_limit)
+  ) {
+    return `A memory limit is a size such as 8G, 300MB or 1.5GiB, not "${options.memory_limit}"; leave it empty for none.`;
   }
   if (options.name && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(options.name)) {
     return `A job's name is a Python identifier (letters, digits and _, for example fit_model), not "${options.name}".`;

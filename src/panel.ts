@@ -19,6 +19,7 @@ import {
   IRowActions,
   origin,
   renderRow,
+  sizeText,
   stateLabel,
   tickClock,
   when
@@ -707,6 +708,7 @@ export class JobsPanel extends Widget {
       spec.results ? `results ${spec.results}` : '',
       spec.kernel ? `kernel ${spec.kernel}` : '',
       spec.timeout ? `timeout ${spec.timeout} s` : '',
+      spec.memory_limit ? `memory limit ${sizeText(spec.memory_limit)}` : '',
       spec.workdir ? `workdir ${spec.workdir}` : ''
     ]
       .filter(Boolean)

@@ -27,6 +27,9 @@ function shared(o: IRunOptions): string[] {
   if (o.timeout) {
     words.push('--timeout', shellWord(o.timeout));
   }
+  if (o.memory_limit) {
+    words.push('--memory-limit', shellWord(o.memory_limit));
+  }
   if (o.detach) {
     words.push('--detach');
   }

@@ -184,13 +184,22 @@ def test_a_rerun_from_the_pane_shows_under_its_cell_and_is_named(page: Any) -> N
     expect(row).to_have_attribute("data-state", "succeeded")
 
 
-def test_the_dialog_refuses_a_folder_that_does_not_exist(page: Any) -> None:
+def _dialog_of_cell_5(page: Any) -> Any:
+    """Run Cell as Background Job's dialog, for the notebook's last cell."""
+    # The notebook in front (a test may have opened a file over it).
+    page.evaluate(
+        "() => window.jupyterapp.commands.execute('docmanager:open', {path: 'cells.ipynb'})"
+    )
     page.evaluate(
         """() => { const nb = window.jupyterapp.shell.currentWidget;
         nb.content.activeCellIndex = 5;
         window.jupyterapp.commands.execute('bgjobs:run-cell'); }"""
     )
-    dialog = page.locator(".jp-Dialog")
+    return page.locator(".jp-Dialog")
+
+
+def test_the_dialog_refuses_a_folder_that_does_not_exist(page: Any) -> None:
+    dialog = _dialog_of_cell_5(page)
     dialog.locator("input[name=name]").fill("in_sub")
     dialog.locator("input[name=workdir]").fill("no_such_folder")
     dialog.get_by_role("button", name="Start").click()
@@ -259,3 +268,22 @@ def test_the_editors_menu_keeps_undo_and_redo_together(page: Any) -> None:
     assert labels.index("Redo") == labels.index("Undo") + 1, labels
     assert "Run Selection as Background Job…" in labels, labels
     page.keyboard.press("Escape")
+
+
+def test_the_dialog_takes_a_memory_limit_and_refuses_one_that_is_no_size(page: Any) -> None:
+    dialog = _dialog_of_cell_5(page)
+    dialog.locator("input[name=name]").fill("limited")
+    dialog.locator("input[name=workdir]").fill("")
+    dialog.locator("input[name=memory_limit]").fill("lots")
+    dialog.get_by_role("button", name="Start").click()
+    expect(dialog.locator(".jp-bgjobs-dialog-problem")).to_contain_text(
+        'A memory limit is a size such as 8G, 300MB or 1.5GiB, not "lots"'
+    )
+    dialog.locator("input[name=memory_limit]").fill("2G")
+    dialog.get_by_role("button", name="Start").click()
+    listed = pane_row(page, "limited")
+    expect(listed).to_have_attribute("data-state", "succeeded")
+    listed.get_by_role("button", name="Output limited").click()
+    panel = page.locator("#jupyter-bgjobs-panel")
+    expect(panel.locator(".jp-bgjobs-options")).to_contain_text("memory limit 2.0 GB")
+    panel.get_by_role("button", name="← All jobs").click()

@@ -83,6 +83,7 @@ class Kernel(FrontEnd):
             elif s.get("_model_name") == "ToggleButtonModel":
                 found["output"] = cid
         found["state"] = children[0]
+        found["said"] = children[4]
         row = next(
             k
             for k, s in self.models.items()
@@ -164,6 +165,8 @@ def test_a_row_advances_to_succeeded_through_widget_state(kernel: Kernel) -> Non
     kernel.until(lambda: bar.get("bar_style") == "success")
     assert (bar["value"], bar["max"]) == (300, 300)
     assert "succeeded" in kernel.models[ids["state"]]["value"]
+    # What its kernel held at most, as its sampler saw it.
+    kernel.until(lambda: "peak " in kernel.models[ids["said"]]["value"])
     # Coalesced: far fewer updates than the 300 statements, and at most ~10 a second.
     stamps = [t for t, s in kernel.updates[ids["bar"]] if "value" in s]
     assert len(stamps) < 100

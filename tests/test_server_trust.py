@@ -374,6 +374,7 @@ def test_odd_bodies_are_refused_in_one_line(server: Server) -> None:
         (b'{"code": "x = 1", "shell": "rm -rf /"}', "unknown field"),
         (b'{"code": "x = 1", "path": "a.py"}', "not both"),
         (b'{"code": "x = 1", "name": 5}', "'name' must be a string"),
+        (b'{"code": "x = 1", "memory_limit": "lots"}', "memory_limit must be a size such as"),
         (b'{"path": "\\ud800.py"}', "lone surrogate"),
         (b'{"path": "100%.py"}', "100%.py': no such file"),
     ]:

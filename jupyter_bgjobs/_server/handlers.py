@@ -49,9 +49,19 @@ _CHUNK = 256 * 1024
 # The largest body ``POST jobs`` reads (tornado's own limit): code, not a data set.
 _MAX_BODY = 100 << 20
 # The fields ``POST jobs`` takes.
-_FIELDS = ("path", "code", "name", "timeout", "kernel", "workdir")
+_FIELDS = ("path", "code", "name", "timeout", "kernel", "workdir", "memory_limit")
 # What the IDE needs of a job's spec to run it again.
-_RERUN_KEYS = ("code", "name", "env", "results", "timeout", "kernel", "workdir", "script")
+_RERUN_KEYS = (
+    "code",
+    "name",
+    "env",
+    "results",
+    "timeout",
+    "kernel",
+    "workdir",
+    "script",
+    "memory_limit",
+)
 
 T = TypeVar("T")
 
@@ -171,13 +181,15 @@ class JobsHandler(_Handler):
     async def post(self) -> None:
         """Start a detached job: a script, ``{"path": ...}`` (relative to the server's
         root, or absolute inside it), or code, ``{"code": ...}`` (an editor's selection, a
-        rerun); with ``name``, ``timeout``, ``kernel``, ``workdir`` (inside the root)."""
+        rerun); with ``name``, ``timeout``, ``kernel``, ``workdir`` (inside the root) and
+        ``memory_limit`` (``"8G"`` or bytes)."""
         body = await self.off_loop(_body, self.request.body)  # maybe megabytes of code
         root, hidden = self.root, self.allow_hidden
         options: dict[str, Any] = {
             "name": _optional_text(body, "name"),
             "timeout": _timeout(body.get("timeout")),
             "kernel": _optional_text(body, "kernel"),
+            "memory_limit": _memory(body.get("memory_limit")),
             "detach": True,
         }
         workdir = _optional_text(body, "workdir")
@@ -239,6 +251,18 @@ def _optional_text(body: dict[str, Any], key: str) -> str | None:
 
 # No name, kernelspec or folder of ours is longer.
 _LONGEST_TEXT = 4096
+
+
+def _memory(value: Any) -> int:
+    """A memory limit (``"8G"``, ``"300MB"``, bytes), or 0 for none."""
+    if value is None or value == "":
+        return 0
+    from .._checks import memory
+
+    try:
+        return memory("memory_limit", value)
+    except BgJobError as exc:
+        raise _fail(400, f"{exc} (or null for none)") from None
 
 
 def _timeout(value: Any) -> float | None:
