@@ -40,12 +40,12 @@ from ._errors import (
 from ._inside import procs as _procs
 from ._inside.call import INTERRUPTED
 from ._inside.procs import CODE_ERROR, CODE_OK
-from ._notify import check_targets
+from ._notify import check_targets, tell_end
 from ._spec import JobSpec
 from ._state_record import write_call_record
 from ._states import CANCELLED, DIED, FAILED, RUNNING, SUCCEEDED, TIMED_OUT
 from ._store import read_json, recorded_alive, store_root
-from ._usage import size_text
+from ._usage import sampler_for, size_text
 
 _SCRIPT = str(Path(__file__).with_name("_inside") / "call.py")
 _registry: dict[str, BgCall] = {}
@@ -326,7 +326,7 @@ class BgCall:
         """The parent's side of a call that is not detached: wait, time out (or stop when
         the IDE's Jobs pane asks, in the call's folder), record the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        sampler = _sampler(proc.pid, bool(self.memory_limit))
+        sampler = sampler_for(proc.pid, needed=bool(self.memory_limit))
         sampled_at = 0.0
         why = ""
         while True:
@@ -356,57 +356,27 @@ class BgCall:
                 continue
             code = _procs.end(proc, grace=0)
             break
-        status = {"returncode": code, "ended_by": self._ended_by, "ended": time.time()}
+        ended = time.time()
+        status = {"returncode": code, "ended_by": self._ended_by, "ended": ended}
         _write_private_json(
             self.folder / "status.json", {**status, **({"why": why} if why else {})}
         )
         # The record is final before wait() returns: whoever waited reads the end there too.
         write_call_record(self)
         if self._notify:
-            _tell_targets(self)
+            tell_end(
+                self._notify,
+                self.name,
+                self.state,
+                ended - self.started.timestamp(),
+                self.resources,
+                self.reason,
+                self.folder / "stderr",
+            )
         self._ended.set()
 
     def __repr__(self) -> str:
         return f"<BgCall {self.name} ({self.id}) {self.state}, pid {self.pid}>"
-
-
-def _tell_targets(call: BgCall) -> None:
-    """The call's end, to the targets it named; one that cannot be reached is noted in
-    its stderr file, and its outcome stays what it is."""
-    from ._notify import message, send
-    from ._text import clock
-
-    peak = call.resources.get("peak")
-    started = call.started.timestamp()
-    ended = (call.ended_status() or {}).get("ended")
-    elapsed = (ended - started) if isinstance(ended, (int, float)) else 0.0
-
-    def note(text: str) -> None:
-        try:
-            with open(call.folder / "stderr", "a", encoding="utf-8") as f:
-                f.write(text)
-        except OSError:
-            pass
-
-    title, body = message(
-        call.name, call.state, clock(elapsed), size_text(peak) if peak else "", call.reason
-    )
-    send(list(call._notify), title, body, note)
-
-
-def _sampler(pid: int, needed: bool = False) -> Any:
-    """The sampler of a call's process (None when sampling is off, unless a memory limit
-    needs it, or when psutil cannot)."""
-    from ._config import settings
-
-    if not (settings.sample_usage or needed):
-        return None
-    try:
-        from ._usage import Sampler
-
-        return Sampler(pid)
-    except Exception:
-        return None
 
 
 # How a call that passed its memory limit ended (status.json's ``ended_by``).

@@ -362,7 +362,12 @@ class JobManager:
             report = report_line(Outcome.of_run(run, ended=state), state=state)
         run.end(state, report)
         if job.spec.notify:
-            _tell_targets(job)
+            from ._notify import tell_end
+
+            why = job.reason or (f"{job.error.ename}: {job.error.evalue}" if job.error else "")
+            tell_end(
+                job.spec.notify, job.name, state, job.elapsed, job.resources, why, job.log_path
+            )
         callbacks = run.take_callbacks()
         try:
             for fn in callbacks:
@@ -483,29 +488,3 @@ def _on_settings(changed: set[str]) -> None:
 
 
 on_change.append(_on_settings)
-
-
-def _tell_targets(job: Job) -> None:
-    """The job's end, to the targets it (or ``configure``) named; one that cannot be
-    reached is noted in the job's log, and the job's outcome stays what it is."""
-    from ._notify import message, send
-    from ._text import clock
-    from ._usage import size_text
-
-    peak = job.resources.get("peak")
-
-    def note(text: str) -> None:
-        try:
-            with open_log(job.log_path) as log:
-                log.write(text)
-        except OSError:  # a full or read-only disk: the note is lost, not the job
-            pass
-
-    title, body = message(
-        job.name,
-        job.state,
-        clock(job.elapsed),
-        size_text(peak) if peak else "",
-        job.reason or (f"{job.error.ename}: {job.error.evalue}" if job.error else ""),
-    )
-    send(list(job.spec.notify), title, body, note)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -124,3 +125,32 @@ def finish_sending(timeout: float = 60.0) -> None:
         pending = list(_sending)
     for thread in pending:
         thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def tell_end(
+    targets: list[str],
+    name: str,
+    state: str,
+    elapsed: float,
+    resources: dict[str, Any],
+    reason: str,
+    log: Path,
+) -> None:
+    """A job's or a call's end, to ``targets``; one that cannot be reached is a line
+    appended to ``log`` (its own file, never through a link), and its outcome stays."""
+    import os
+
+    from ._text import clock
+    from ._usage import size_text
+
+    def note(text: str) -> None:
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            with open(fd, "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError:  # a full or read-only disk: the note is lost, not the job
+            pass
+
+    peak = resources.get("peak")
+    title, body = message(name, state, clock(elapsed), size_text(peak) if peak else "", reason)
+    send(list(targets), title, body, note)

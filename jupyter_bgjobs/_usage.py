@@ -231,3 +231,16 @@ class Sampler:
         if len(self.samples) >= MAX_SAMPLES:
             self.samples = self.samples[::2]
             self._step *= 2
+
+
+def sampler_for(pid: int, needed: bool = False) -> Sampler | None:
+    """A sampler of ``pid``'s process tree; None when sampling is off (unless a memory
+    limit ``needed`` it) or when psutil cannot see the process."""
+    from ._config import settings
+
+    if not (settings.sample_usage or needed):
+        return None
+    try:
+        return Sampler(pid)
+    except Exception:
+        return None

@@ -51,10 +51,18 @@ _INBOX: dict[str, Inbox] = {}
 _OUTBOX: dict[str, Outbox] = {}
 
 
-def own_usage() -> dict[str, float]:
+_last_usage = [0.0]
+
+
+def own_usage(every: float = 0.0) -> dict[str, float]:
     """What this kernel uses, as it says of itself (a gateway's kernel is not a process
     the notebook's machine can see): resident memory now and at most (bytes), and CPU
-    seconds. Empty where the system does not say."""
+    seconds. Empty where the system does not say, and within ``every`` seconds of the last
+    time it was asked (the statement loop asks at most once a second)."""
+    now = time.monotonic()
+    if now - _last_usage[0] < every:
+        return {}
+    _last_usage[0] = now
     try:
         import resource
 
@@ -216,7 +224,7 @@ class _Runner:
                 total=self.total,
                 section=section,
                 line=node.lineno,
-                usage=own_usage(),
+                usage=own_usage(every=1.0),
             )
             try:
                 # The last expression's value is shown, as in a cell, unless a trailing
