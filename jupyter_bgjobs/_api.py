@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _checks
+from . import _checks, _store
 from ._config import settings
-from ._errors import BgJobError, JobSpecError, WaitTimeout
+from ._errors import BgJobError, JobSpecError, JobStateError, WaitTimeout
 from ._inside.procs import death_reason as _death_reason
 from ._job import Job
 from ._manager import manager
@@ -56,6 +56,11 @@ def run_cell(
     on_failure: str = "merge",
     memory_limit: int | str | None = None,
     notify: list[str] | None = None,
+    checkpoint: bool | None = None,
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    retry_on: str | list[str] | None = None,
+    resume: bool = False,
 ) -> Job | DetachedJob:
     """Run ``code`` (IPython syntax allowed) as a background job and return the Job at once.
 
@@ -72,7 +77,14 @@ def run_cell(
     ``memory_limit``: ``"8G"``, ``"300MB"`` or bytes; a job whose kernel (with what it
     started) uses more ends ``failed`` with the reason (default ``configure(memory_limit=)``).
     ``notify``: Apprise URLs (``mailto://``, ``slack://``, ``json://``...) told of the job's
-    end, beside those of ``configure(notify=[...])``.
+    end, beside those of ``configure(notify=[...])``. ``checkpoint=True`` saves the job's
+    namespace each time one of its sections (``# Name ----``, ``# %% Name``) completes,
+    so that ``job.resume()`` goes on from there (default ``configure(checkpoint=)``).
+    ``retries``: resume a job that fails or dies this many times, the first after
+    ``retry_delay`` seconds and each next after twice as long (``retry_on="timeout"``
+    retries one that timed out too). ``resume=True`` (it needs ``name``): go on from the
+    newest checkpoint of the last job of that name whose sections up to there are those
+    of ``code``, unchanged.
     """
     from ._merge import target_namespace
 
@@ -92,12 +104,51 @@ def run_cell(
         kernel_env=kernel_env,
         memory_limit=memory_limit,
         notify=notify,
+        checkpoint=checkpoint,
+        retries=retries,
+        retry_delay=retry_delay,
+        retry_on=retry_on,
     )
+    if _checks.flag("resume", resume):
+        _resume_earlier(spec, name)
     if detach:
         from ._launch import start
 
         return start(spec, target_namespace())
     return manager.submit(spec, target_namespace())
+
+
+def _resume_earlier(spec: JobSpec, name: str | None) -> None:
+    """``resume=True``: the job goes on from the newest checkpoint of the last job of its
+    name that fits its code (or from the start, saying so, when there is none)."""
+    from ._resume import fresh_start, resume_of, stored_spec
+
+    if name is None:
+        raise JobSpecError(
+            "resume needs the job's name, to find the job it resumes: %%bgjob NAME --resume"
+        )
+    try:
+        earlier = get_job(name)
+    except JobSpecError:
+        spec.resume = fresh_start(name)
+        return
+    if not earlier.done:
+        raise JobStateError(
+            f"job {name!r} is still {earlier.state}; wait for it or cancel it before resuming it"
+        )
+    if isinstance(earlier, Job):
+        old, folder = earlier.spec, earlier.folder
+    else:
+        record = earlier.spec_record()
+        folder = earlier.folder
+        old = stored_spec(folder, record, _store.read_code(folder, record))
+    spec.resume = resume_of(old, earlier.id, folder, spec.code)
+
+
+def resume(name_or_id: str) -> Job | DetachedJob:
+    """Resume the job with this id, or the latest job with this name (``get_job``): see
+    ``Job.resume``. Returns the new job."""
+    return get_job(name_or_id).resume()
 
 
 def run_script(
@@ -115,6 +166,11 @@ def run_script(
     kernel_env: dict[str, str] | None = None,
     memory_limit: int | str | None = None,
     notify: list[str] | None = None,
+    checkpoint: bool | None = None,
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    retry_on: str | list[str] | None = None,
+    resume: bool = False,
     _results: str | None = None,
 ) -> Job | DetachedJob:
     """Run a script as a background job (rstudioapi's jobRunScript) and return the Job.
@@ -122,8 +178,9 @@ def run_script(
     ``workdir`` defaults to the script's folder. ``import_env=True`` ships the notebook's
     whole namespace. ``export_env``: ``""`` keeps results in ``job.results`` only,
     ``"globals"`` merges them into the notebook, any other name makes a namespace of that
-    name. ``detach``, ``gateway``, ``kernel_env``, ``memory_limit`` and ``notify`` as for
-    ``run_cell``.
+    name. ``detach``, ``gateway``, ``kernel_env``, ``memory_limit``, ``notify``,
+    ``checkpoint``, ``retries``, ``retry_delay``, ``retry_on`` and ``resume`` as for
+    ``run_cell`` (a script's sections are its ``# Name ----`` and ``# %% Name`` lines).
     """
     from ._merge import target_namespace
 
@@ -160,9 +217,15 @@ def run_script(
         kernel_env=kernel_env,
         memory_limit=memory_limit,
         notify=notify,
+        checkpoint=checkpoint,
+        retries=retries,
+        retry_delay=retry_delay,
+        retry_on=retry_on,
     )
     if results == "object" and export_env:
         spec.results_name = export_env
+    if _checks.flag("resume", resume):
+        _resume_earlier(spec, spec.name)
     if detach:
         from ._launch import start
 
@@ -224,6 +287,7 @@ __all__ = [
     "make_spec",
     "manager",
     "parse_kernel_env",
+    "resume",
     "run_cell",
     "run_script",
 ]

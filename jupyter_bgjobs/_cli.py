@@ -3,7 +3,8 @@
 bgjobs list
 bgjobs logs NAME [-f]
 bgjobs cancel NAME
-bgjobs run SCRIPT.py [--name N] [--timeout S] [--kernel K]
+bgjobs run SCRIPT.py [--name N] [--timeout S] [--kernel K] [--checkpoint] [--retries N]
+bgjobs resume NAME
 bgjobs results NAME
 bgjobs prune [--older-than 7d]
 
@@ -22,6 +23,7 @@ from typing import Any
 from . import _detached, _store, _stored
 from ._errors import BgJobError
 from ._prune import prune
+from ._record import not_saved
 from ._states import DAMAGED, ENDED_STATES, label
 
 
@@ -104,8 +106,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         kernel=args.kernel,
         detach=True,
+        checkpoint=args.checkpoint,
+        retries=args.retries,
     )
     print(f"{job.name}: detached job started (id {job.id}); `bgjobs logs {job.name} -f`")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    folder, spec = _entry(args.name)
+    if spec.get("kind") != "job":
+        raise BgJobError(f"{args.name!r} is a call, not a job: a call has no sections to resume")
+    job = _detached.DetachedJob(folder).resume()
+    print(f"{job.name}: resumed as detached job {job.id}; {job.spec_record()['resume']['note']}")
+    print(f"  `bgjobs logs {job.id} -f` follows it")
     return 0
 
 
@@ -127,7 +141,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     for name in info.get("names") or []:
         value = values.get(name)
         print(f"  {name}: {type(value).__name__} = {_short(value)}")
-    for miss in _detached.not_saved(info):
+    for miss in not_saved(info):
         print(f"  not saved: {miss}")
     if handle.error:
         print(f"  the job raised {handle.error.ename}: {handle.error.evalue}")
@@ -143,6 +157,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     used = handle.resources
     if used:
         print(f"  {_usage_words(used)}")
+    record = handle.record() if hasattr(handle, "record") else {}
+    if record.get("resumed"):
+        print(f"  {_store.text_field(record['resumed'])}")
+    point = record.get("checkpoint")
+    if isinstance(point, dict) and point:
+        print(
+            f"  checkpoint after section {point.get('section', '')!r} "
+            f"(statement {point.get('statement', 0)}/{point.get('total', 0)}, "
+            f"{_size(point.get('nbytes'))}); `bgjobs resume {handle.name}` goes on from it"
+        )
     for entry in getattr(handle, "history", []):
         at = entry.get("at", "")[11:19]  # the time of day of an ISO stamp
         why = f"  ({entry['reason']})" if entry.get("reason") else ""
@@ -160,6 +184,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for kept in report["kept"]:
         print(f"kept {kept}")
     return 0
+
+
+def _size(value: Any) -> str:
+    from ._usage import size_text
+
+    return size_text(value) if isinstance(value, int | float) else "?"
 
 
 def _usage_words(used: dict[str, Any]) -> str:
@@ -193,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None)
     p.add_argument("--timeout", type=float, default=None)
     p.add_argument("--kernel", default=None)
+    p.add_argument("--checkpoint", action="store_true", help="save it where each section ends")
+    p.add_argument("--retries", type=int, default=0, help="resume it this many times if it fails")
+    p = sub.add_parser(
+        "resume",
+        help="run a failed, died, timed out or cancelled job again from its newest checkpoint",
+    )
+    p.add_argument("name")
     p = sub.add_parser("results", help="what a job saved")
     p.add_argument("name")
     p = sub.add_parser("show", help="a job's state, and its story: each transition, when, why")
@@ -205,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "logs": cmd_logs,
         "cancel": cmd_cancel,
         "run": cmd_run,
+        "resume": cmd_resume,
         "results": cmd_results,
         "show": cmd_show,
         "prune": cmd_prune,

@@ -41,6 +41,8 @@ class Settings:
     memory_limit: int = 0
     # Where every job's end is told (Apprise URLs); they hold secrets: never shown.
     notify_targets: list[str] = field(default_factory=list, repr=False)
+    # Every job saves its namespace where each of its sections completes (--checkpoint).
+    checkpoint: bool = False
 
     def job_root_path(self) -> Path:
         """Where the job root is, found without creating or changing anything (so that
@@ -107,7 +109,9 @@ def configure(**changes: Any) -> Settings:
     kernel uses, sampled about once a second, and each queue task's peak memory; a memory
     limit needs it), ``notify`` (True: a browser notification when a job
     ends; a list of Apprise URLs, ``mailto://``, ``slack://``, ``json://``...: every job's
-    end is told there, as ``--notify URL``). Returns the settings in force."""
+    end is told there, as ``--notify URL``), ``checkpoint`` (True: every job saves its
+    namespace each time one of its sections completes, as ``--checkpoint``). Returns the
+    settings in force."""
     known = {f.name for f in fields(Settings)}
     checked = {}
     for key, value in changes.items():

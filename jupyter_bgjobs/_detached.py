@@ -18,8 +18,8 @@ from . import _store
 from ._errors import StoreError, WaitTimeout
 from ._handle import WholeJob
 from ._inside import procs as _procs
-from ._record import JobRecord
-from ._states import DAMAGED, FINAL_STATES, ErrorInfo, error_reason
+from ._record import JobRecord, attempts_field, not_saved, recorded_reason
+from ._states import DAMAGED, FINAL_STATES, ErrorInfo
 
 
 class DetachedJob(WholeJob):
@@ -125,7 +125,9 @@ class DetachedJob(WholeJob):
         if state in FINAL_STATES or not self.detached:
             return state
         if self._host_known() and not self._host_alive():
-            return "died"
+            # A host writes the job's end before it exits: one that just ended has.
+            ended = str((_store.load_json(self.folder / "state.json")[0] or {}).get("state"))
+            return ended if ended in FINAL_STATES else "died"
         return state
 
     def host_record(self) -> dict[str, Any]:
@@ -325,6 +327,24 @@ class DetachedJob(WholeJob):
         return dict(found) if isinstance(found, dict) else {}
 
     @property
+    def attempt(self) -> int:
+        """The attempt running or run last, of ``attempts`` (``--retries N``: N + 1)."""
+        return attempts_field(self.record().get("attempt"))
+
+    attempts = property(lambda self: attempts_field(self.record().get("attempts")))
+
+    @property
+    def checkpoint(self) -> dict[str, Any]:
+        """Its newest checkpoint, as its record says (empty while it has none)."""
+        found = self.record().get("checkpoint")
+        return dict(found) if isinstance(found, dict) else {}
+
+    @property
+    def resumed(self) -> str:
+        """Where it went on from, for a job that resumed another ("" for none)."""
+        return _store.text_field(self.record().get("resumed"))
+
+    @property
     def usage(self) -> list[list[float]]:
         """The samples of its life, ``[seconds since start, rss, cpu]``."""
         found = self.record().get("usage")
@@ -349,6 +369,9 @@ class DetachedJob(WholeJob):
         text = f"{self.name}: {how.replace('_', ' ')}"
         if self.reason and state != "succeeded":
             text += f"; {self.reason}"
+        resumed = _store.text_field(self.record().get("resumed"))
+        if resumed:
+            text += f"; {resumed}"
         text += f"; saved {names}"
         missing = not_saved(info)
         if missing:
@@ -488,6 +511,13 @@ class DetachedJob(WholeJob):
         tag = self.host_record().get("pid_id")
         return isinstance(tag, str) and _procs.signal_identified(tag, signal.SIGTERM)
 
+    def resume(self, ns: dict[str, Any] | None = None) -> Any:
+        """Run it again from where it stopped (``Job.resume``); the new job, detached for
+        a detached job. ``ns``: names its checkpoint lacks (default: the notebook's)."""
+        from ._resume import resume_stored
+
+        return resume_stored(self, ns)
+
     def add_done_callback(self, fn: Callable[[DetachedJob], Any]) -> None:
         """Call ``fn(job)`` from a helper thread once the job has ended."""
 
@@ -503,18 +533,6 @@ class DetachedJob(WholeJob):
         return f"<{kind} {self.name} ({self.id}) {self.state} {done}/{total}>"
 
 
-def recorded_reason(record: dict[str, Any]) -> str:
-    """The reason a record gives; for a failure recorded without one (by an older
-    version), the error the job raised."""
-    reason = str(record.get("reason") or "")
-    if reason or record.get("state") != "failed":
-        return reason
-    err = record.get("error")
-    if isinstance(err, list) and len(err) == 3:
-        return error_reason(ErrorInfo(str(err[0]), str(err[1]), []))
-    return error_reason(None)
-
-
 def _when(value: Any) -> dt.datetime | None:
     try:
         return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
@@ -525,18 +543,6 @@ def _when(value: Any) -> dt.datetime | None:
 def _list(value: Any) -> list[Any]:
     """A record's list, or none for a field of another type (a damaged record)."""
     return value if isinstance(value, list) else []
-
-
-def not_saved(info: dict[str, Any]) -> list[str]:
-    """What results.json says was not saved, as text; odd items are shown as they are."""
-    out = []
-    listed = info.get("not_saved")
-    for m in listed if isinstance(listed, list) else []:
-        if isinstance(m, dict):
-            out.append(f"{m.get('name')} ({m.get('type')}: {m.get('reason')})")
-        else:
-            out.append(repr(m)[:80])
-    return out
 
 
 # Detached jobs this process started, by id.
@@ -554,6 +560,11 @@ _RECORD_FIELDS = frozenset(
         "resources",
         "usage",
         "memory_limit",
+        "attempt",
+        "attempts",
+        "checkpoint",
+        "resumed_from",
+        "resumed",
     }
 )
 

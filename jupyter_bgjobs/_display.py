@@ -41,6 +41,16 @@ def job_mime(job: Handle) -> dict[str, Any]:
     return {JOB_MIME: row}
 
 
+def attempt_text(job: Handle) -> str:
+    """``attempt 2 of 3`` for a job that is retried, past its first attempt."""
+    attempt = getattr(job, "attempt", 1)
+    attempts = getattr(job, "attempts", None)
+    if attempts is None:
+        spec = getattr(job, "spec", None)
+        attempts = getattr(spec, "retries", 0) + 1
+    return f"attempt {attempt} of {attempts}" if attempts > 1 and attempt > 1 else ""
+
+
 def status_text(job: Handle, look: str | None = None) -> str:
     """The job's status line; ``look`` shows it in another state's icon and word (a
     panel row's ``partial``)."""
@@ -51,6 +61,9 @@ def status_text(job: Handle, look: str | None = None) -> str:
         parts.append(count_text(done, total, job.state))
     if job.section and not job.done:
         parts.append(f"[{job.section}]")
+    attempt = attempt_text(job)
+    if attempt:
+        parts.append(f"({attempt})")
     parts.append(clock_text(job.elapsed))
     line = "  ".join(parts)
     if job.report:

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _context
+from ._attempts import Attempts
 from ._cgroup import MemoryCage
 from ._config import settings
 from ._errors import BgJobError
@@ -22,11 +23,13 @@ from ._inside.procs import death_reason
 from ._job import Run
 from ._journal import Journal
 from ._results import keep_results, load_results, remove_snapshot
+from ._resume import Incoming
 from ._runtime import JobLog
 from ._states import (
     CANCELLED,
     DIED,
     FAILED,
+    RUNNING,
     SUCCEEDED,
     TIMED_OUT,
     ErrorInfo,
@@ -56,7 +59,7 @@ class Manager(Protocol):
 _FLOW_WINDOW = 8 << 20
 
 
-class Driver:
+class Driver(Attempts):
     """Moves one job from pending to its final state; ``run()`` is its thread's body.
 
     The job's kernel comes from the provider its run was given where the job was made
@@ -90,6 +93,8 @@ class Driver:
         self.sampled_at = 0.0
         # The job's own memory cgroup, where its memory limit is the system's to keep.
         self.cage: MemoryCage | None = None
+        # A checkpoint on its way from a kernel that shares no files with us.
+        self.incoming: Incoming | None = None
 
     def drive(self) -> None:
         """Move the job from pending to its final state (the body of its thread)."""
@@ -109,6 +114,10 @@ class Driver:
                 self.journal.close()
                 for path in run.files:
                     remove_snapshot(path)
+                close = getattr(run.seed_blob, "close", None)
+                if close is not None:
+                    close()  # a seed kept for attempts that did not come
+                run.seed_blob = None
                 if run.kernel is not None:
                     # The runner has written everything before its end event. A graceful
                     # shutdown request can leave ipykernel hung in zmq's context teardown,
@@ -138,31 +147,40 @@ class Driver:
 
     # -- starting -------------------------------------------------------------------------
     def _run_in_kernel(self) -> None:
+        self.run.start()
+        while True:
+            state = self._attempt()
+            if not self._retry(state):
+                self._finish(state)
+                return
+
+    def _attempt(self) -> str:
+        """One run of the job in a kernel of its own; the state it ends in."""
         job, run = self.job, self.run
-        run.start()
         try:
             self.kernel = run.kernel = self.provider.kernel(job.detached)
             job.timings["kernel_ready"] = time.time()
         except BgJobError as exc:
             run.tell(reason=str(exc))
-            self._finish(FAILED)
-            return
+            return FAILED
         if run.cancel_asked.is_set():
             run.tell(reason="cancelled while starting")
-            self._finish(CANCELLED)
-            return
+            return CANCELLED
         self._limit_memory()
         if not self._send():
-            self._finish(FAILED)
-            return
-        run.running()
+            return FAILED
+        if run.state != RUNNING:
+            run.running()
         if settings.sample_usage or self.job.spec.memory_limit:
             self._start_sampling()
         finished = self._pump()
         # Gone before the job's end is told: whoever waits finds the folder as it stays.
         self._close_flow()
+        if self.incoming is not None:
+            self.incoming.drop()  # a checkpoint cut off by the kernel's end is none
         if finished:
-            self._conclude()
+            return self._conclude()
+        return self._on_death()
 
     def _send(self) -> bool:
         """The seed's chunks (if it travels over the protocol), then the run call; False
@@ -172,8 +190,11 @@ class Driver:
         if run.preimport and preimport is not None:
             preimport(run.preimport)
         if run.seed_blob is not None:
-            # Every chunk is in (and acknowledged) before the run call is sent.
-            blob, run.seed_blob = run.seed_blob, None
+            # Every chunk is in (and acknowledged) before the run call is sent. A job
+            # that may be retried keeps its seed for the next attempt.
+            blob = run.seed_blob
+            if not self.job.spec.retries:
+                run.seed_blob = None
             try:
                 # Hashed as it is sent, not in the notebook's thread that took it.
                 self.runner_spec["seed"]["sha256"] = send_seed(kernel, run.token, blob)
@@ -182,8 +203,10 @@ class Driver:
                 return False
             finally:
                 close = getattr(blob, "close", None)
-                if close is not None:
+                if close is not None and run.seed_blob is None:
                     close()  # a detached job's seed file, mapped
+        if not self._send_checkpoint():
+            return False
         if self.provider.shares_files:
             self.runner_spec["context"].update(
                 _context.environ_changes(run.environ, getattr(kernel, "launch_env", None))
@@ -227,7 +250,7 @@ class Driver:
     # -- running ----------------------------------------------------------------------------
     def _pump(self) -> bool:
         """Read the kernel's messages until the run call is idle (True), or the kernel
-        died and the job has been finished for it (False)."""
+        died (False)."""
         job, run, kernel = self.job, self.run, self.kernel
         deadline = (time.monotonic() + job.spec.timeout) if job.spec.timeout else None
         last_alive_check = time.monotonic()
@@ -242,7 +265,6 @@ class Driver:
             if msg is None or t - last_alive_check > 0.25:
                 last_alive_check = t
                 if not kernel.alive():
-                    self._on_death()
                     return False
                 if (job.folder / "cancel.json").exists() and not run.cancel_asked.is_set():
                     # Asked from the Jobs pane: the server writes the request in its folder.
@@ -314,7 +336,10 @@ class Driver:
             event = content["data"][EVENT_MIME]
             if event.get("type") == "end":
                 self.end = event
-            self._on_event(event)
+            if str(event.get("type", "")).startswith("checkpoint_"):
+                self._checkpoint_part(event, msg.get("buffers") or [])
+            else:
+                self._on_event(event)
         elif kind == "stream":
             out = {"output_type": "stream", "name": content["name"], "text": content["text"]}
             run.add_output(out, log)
@@ -361,7 +386,7 @@ class Driver:
             self.kernel.kill()
             self.kill_at = None
 
-    def _on_death(self) -> None:
+    def _on_death(self) -> str:
         run, kernel = self.run, self.kernel
         code = kernel.exit_code()
         self._drain()
@@ -370,8 +395,7 @@ class Driver:
             # We killed it (over its memory limit, or after the grace period): the
             # user's intent wins.
             run.tell(exit_code=code)
-            self._finish(_STOPPED[self.stop_reason])
-            return
+            return _STOPPED[self.stop_reason]
         if self.cage is not None and self.cage.oom_killed():
             limit = size_text(self.cage.limit)
             run.tell(
@@ -379,8 +403,7 @@ class Driver:
                 reason=f"used all of its {limit} limit and asked for more "
                 f"(its memory cgroup ended it; peak {size_text(self.cage.peak())})",
             )
-            self._finish(FAILED)
-            return
+            return FAILED
         remote_reason = getattr(kernel, "death_reason", None)
         reason = remote_reason() if remote_reason else death_reason(code)
         reason += self._killed_why(code)
@@ -392,7 +415,7 @@ class Driver:
             last = tail.strip().splitlines()[0]
             reason += f" ({last.strip()})" if "Fatal Python error" in last else ""
         run.tell(exit_code=code, reason=reason)
-        self._finish(DIED)
+        return DIED
 
     def _reported(self, usage: dict[str, Any]) -> None:
         """What a kernel this machine cannot sample (a gateway's) says it uses, at each
@@ -441,16 +464,21 @@ class Driver:
             self._reported(event["usage"])
         if kind == "plan":
             job.timings["seeded"] = event["t"]
-            if job.detached:
+            if job.detached and not job.spec.retries:
                 # The kernel has loaded the seed: its holder, the job's host, removes it now
-                # (a detached job's files are its seed, the results are kept apart).
+                # (a detached job's files are its seed, the results are kept apart; one
+                # that may be retried keeps it for the next attempt).
                 for path in run.files:
                     remove_snapshot(path)
                 run.files = []
             if "t_start" in event:
                 job.timings["runner_started"] = event["t_start"]
-            job.skipped.extend(dict(s, direction="in") for s in event.get("skipped", []))
-            run.advance(total=event["total"])
+            if job.attempt == 1:
+                job.skipped.extend(dict(s, direction="in") for s in event.get("skipped", []))
+            start = int(event.get("start") or 0)
+            run.advance(None if run.custom_progress else start, event["total"])
+        elif kind == "checkpoint":
+            self._checkpointed(event)
         elif kind == "progress":
             total = event.get("total")
             run.advance(
@@ -477,26 +505,29 @@ class Driver:
             run.advance(**changes)
 
     # -- ending -------------------------------------------------------------------------------
-    def _conclude(self) -> None:
+    def _conclude(self) -> str:
         job, run = self.job, self.run
+        if self.stop_reason:
+            state = _STOPPED[self.stop_reason]
+        elif self.end is None:
+            run.tell(reason="the job's kernel returned without reporting an outcome")
+            state = FAILED
+        elif self.end["status"] == "ok":
+            state = SUCCEEDED
+        elif self.end["status"] == "interrupted":
+            run.tell(reason="interrupted inside its kernel")
+            state = CANCELLED
+        else:
+            # Never a failure without a reason: the job's own error says it.
+            run.tell(reason=job.reason or error_reason(job.error))
+            state = FAILED
+        if state != SUCCEEDED and self._will_retry(state):
+            return state  # its next attempt makes the results: these are not loaded
         if job.detached:
             keep_results(run, self.end, self.kernel)
         else:
             load_results(run, self.end, self.kernel)
-        if self.stop_reason:
-            self._finish(_STOPPED[self.stop_reason])
-        elif self.end is None:
-            run.tell(reason="the job's kernel returned without reporting an outcome")
-            self._finish(FAILED)
-        elif self.end["status"] == "ok":
-            self._finish(FAILED if run.results_lost else SUCCEEDED)
-        elif self.end["status"] == "interrupted":
-            run.tell(reason="interrupted inside its kernel")
-            self._finish(CANCELLED)
-        else:
-            # Never a failure without a reason: the job's own error says it.
-            run.tell(reason=job.reason or error_reason(job.error))
-            self._finish(FAILED)
+        return FAILED if state == SUCCEEDED and run.results_lost else state
 
 
 def _tree(pid: int) -> list[int]:

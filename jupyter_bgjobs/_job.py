@@ -70,6 +70,8 @@ _FACTS = frozenset(
         "results_lost",
         "resources",
         "usage",
+        "checkpoint",
+        "resumed",
     }
 )
 
@@ -177,6 +179,17 @@ class Run(Tailed, RowClock):
             if value is not None:
                 changes[key] = value
         self._change(changes)
+
+    def attempt_ended(self, state: str, reason: str) -> None:
+        """An attempt of a job that is retried ended in ``state`` for ``reason``: told in
+        its history (which attempt, how it ended, when); the job goes on with the next."""
+        job = self.job
+        with self.cond:
+            entry = history_entry("retry", state, f"attempt {job.attempt}: {reason}")
+            job.history = [*job.history, entry][:MAX_HISTORY]
+            job.attempt += 1
+            self.cond.notify_all()
+        self._notify()
 
     def tell(self, **facts: Any) -> None:
         """Facts of the job that are no transition: its section, status, reason, error,
@@ -310,6 +323,12 @@ class Job(WholeJob):
         # for a plot, ``[seconds since start, rss, cpu]``, thinned as the job lives on.
         self.resources: dict[str, Any] = {}
         self.usage: list[list[float]] = []
+        # Which attempt runs (a job with retries has up to ``spec.retries + 1``); its
+        # newest checkpoint (section, statement, bytes, when); and, for a job that
+        # resumes another (or an attempt that goes on from a checkpoint), where from.
+        self.attempt = 1
+        self.checkpoint: dict[str, Any] = {}
+        self.resumed: str = str(spec.resume.get("note", "")) if spec.resume else ""
         self.report = ""
         if folder is None:
             folder = settings.job_root() / self.id
@@ -459,6 +478,20 @@ class Job(WholeJob):
             return False
         self._run.cancel_asked.set()
         return True
+
+    def resume(self) -> Job:
+        """Run the job again in a fresh kernel from where it stopped, and return the new
+        job: from the first statement of the section it did not complete, with its
+        namespace as its newest checkpoint (``--checkpoint``) kept it; from the start
+        when it has none. Its report says which. For a job that ended failed, died,
+        timed out or cancelled."""
+        from ._merge import target_namespace
+        from ._resume import check_resumable, resume_spec
+
+        check_resumable(self.name, self.state, self.done)
+        spec = resume_spec(self.spec, self.id, self.folder)
+        job: Job = self._manager.submit(spec, target_namespace())
+        return job
 
     def add_done_callback(self, fn: Callable[[Job], Any]) -> None:
         """Call ``fn(job)`` when the job ends (at once if it has), from a manager thread."""

@@ -69,6 +69,33 @@ def _shared_options(fn: Any) -> Any:
                 default=None,
                 help="KERNEL_*=VALUE passed to the gateway's kernel (repeatable)",
             ),
+            argument(
+                "--checkpoint",
+                action="store_true",
+                default=None,
+                help="save its namespace each time a section completes, to resume from",
+            ),
+            argument(
+                "--resume",
+                action="store_true",
+                help="go on from the newest checkpoint of the last job of this name whose "
+                "sections up to there are unchanged",
+            ),
+            argument(
+                "--retries", default=0, help="resume it automatically N times if it fails or dies"
+            ),
+            argument(
+                "--retry-delay",
+                dest="retry_delay",
+                default=1.0,
+                help="seconds before the first retry, doubling each time (default 1)",
+            ),
+            argument(
+                "--retry-on",
+                dest="retry_on",
+                default=None,
+                help="timeout: retry a job that ran past its timeout too",
+            ),
         ]
     ):
         fn = arg(fn)
@@ -146,6 +173,7 @@ class BgJobMagics(Magics):
                 kernel_env=parse_kernel_env(args.kernel_env),
                 memory_limit=args.memory_limit,
                 notify=targets,
+                **_resume_options(args),
             )
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
@@ -199,7 +227,26 @@ class BgJobMagics(Magics):
                 memory_limit=args.memory_limit,
                 notify=args.notify,
                 _results=args.results,
+                **_resume_options(args),
             )
+        except BgJobError as exc:
+            raise UsageError(str(exc)) from None
+        if not isinstance(job, Job):
+            _show_detached(job)
+            return
+        _show(job)
+
+    @magic_arguments()
+    @argument("name", help="the job's name or id")
+    @line_magic
+    def bgjob_resume(self, line: str) -> None:
+        """Run a job that failed, died, timed out or was cancelled again from where it
+        stopped: from its newest checkpoint (``--checkpoint``), else from the start."""
+        args = _parse(self.bgjob_resume, line)
+        from ._api import get_job
+
+        try:
+            job = get_job(args.name).resume()
         except BgJobError as exc:
             raise UsageError(str(exc)) from None
         if not isinstance(job, Job):
@@ -325,6 +372,17 @@ def jobs_table(rows: list[Job]) -> str:
         for j in rows
     ]
     return text_table(header, body)
+
+
+def _resume_options(args: Any) -> dict[str, Any]:
+    """The options of checkpoints, resuming and retries, checked as the API checks them."""
+    return {
+        "checkpoint": args.checkpoint,
+        "resume": args.resume,
+        "retries": args.retries,
+        "retry_delay": args.retry_delay,
+        "retry_on": args.retry_on,
+    }
 
 
 def _parse(magic: Any, line: str) -> Any:

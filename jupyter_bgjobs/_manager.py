@@ -22,9 +22,10 @@ from ._driver import Driver
 from ._errors import JobSpecError, JobStateError
 from ._job import Job, Run, run_of
 from ._results import remove_snapshot
+from ._resume import checkpoint_of
 from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, transformed
-from ._state_record import RecordWriter
+from ._state_record import RecordWriter, launched_record
 from ._states import FAILED, SUCCEEDED
 
 
@@ -210,6 +211,8 @@ class JobManager:
                 "path": seed.path,
                 "pieces": seed.pieces,
                 "nbytes": seed.nbytes,
+                # Kept for the next attempt of a job that may be retried.
+                "keep": spec.retries > 0,
             }
         if job.detached:
             # Shared memory first, for speed; the host moves them into the job's folder
@@ -241,6 +244,16 @@ class JobManager:
             },
             "env_vars": spec.env_vars,
         }
+        if spec.checkpoint:
+            # Into the job's own folder, which outlives this kernel and a reboot; a kernel
+            # that shares no files with us sends it here instead.
+            where = str(checkpoint_of(job.folder))
+            runner_spec["checkpoint"] = {"transport": "stream" if remote else "file", "path": where}
+        if spec.resume:
+            resume = {k: spec.resume.get(k) for k in ("path", "token", "start")}
+            if remote and resume["path"]:
+                resume.update(transport="stream", key=f"{run.token}-resume")
+            runner_spec["resume"] = resume
         # The code is stored once, in a file of its own: records stay small, and every
         # reader of the record (the IDE's list, the CLI) reads none of it.
         described = spec.to_json()
@@ -271,7 +284,7 @@ class JobManager:
                 preimport=heavy_imports(),
             )
         _store.write_json(job.folder / "spec.json", record)
-        run.writer = RecordWriter(job)
+        run.writer = RecordWriter(job, record=launched_record if job.detached else None)
         run.listeners.append(run.writer)
         run.writer.write()
         return runner_spec

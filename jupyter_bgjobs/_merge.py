@@ -40,6 +40,8 @@ class Outcome:
     mutated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # Where a resumed job (or a retried attempt) went on from, in words.
+    resumed: str = ""
 
     @classmethod
     def of_run(cls, run: Run, ended: str = "") -> Outcome:
@@ -59,6 +61,7 @@ class Outcome:
             mutated=job.mutated,
             deleted=job.deleted,
             skipped=job.skipped,
+            resumed=job.resumed,
         )
 
 
@@ -223,6 +226,8 @@ def report_line(
     spec = job.rules
     state = state or job.state
     parts = [outcome(job, state)]
+    if job.resumed:
+        parts.append(job.resumed)
     if merged:
         parts.append(f"merged {listed(merged)}{where}")
     elif spec.results != "none" and state == "succeeded" and not deleted:
@@ -240,7 +245,11 @@ def report_line(
             f"kept the notebook's {listed(conflicts)} (changed here since the job started; "
             f"the job's values are in {spec.results_name}; --on-conflict overwrite replaces them)"
         )
-    for direction, label in (("in", "not shipped"), ("out", "not returned")):
+    for direction, label in (
+        ("in", "not shipped"),
+        ("out", "not returned"),
+        ("checkpoint", "not in its checkpoints"),
+    ):
         skipped = [s for s in job.skipped if s.get("direction") == direction]
         if skipped:
             parts.append(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
-from ._display import job_mime, live_frontend, status_text
+from ._display import attempt_text, job_mime, live_frontend, status_text
 from ._handle import Handle
 from ._merge import listed
 from ._progress import ProgressJob
@@ -47,6 +47,20 @@ def row_text(job: Handle) -> str:
     line = status_text(job, look)
     # A partial row says what went wrong, as its widget's status does.
     return line + (f"  ·  {job.status}" if look == PARTIAL and job.status else "")
+
+
+def resumable(job: Handle) -> bool:
+    """Whether a row offers Resume: a job of code (a cell, a script) that ended on its way
+    (failed, died, timed out, cancelled), whose handle can resume it."""
+    from ._resume import RESUMABLE
+
+    kind = getattr(job, "kind", None) or getattr(getattr(job, "spec", None), "kind", "")
+    return (
+        job.done
+        and job.state in RESUMABLE
+        and kind in ("cell", "script")
+        and hasattr(job, "resume")
+    )
 
 
 def widgets_available() -> bool:
@@ -106,6 +120,8 @@ class JobRow(W.VBox):  # type: ignore[misc]
         self.clock = W.HTML(layout=W.Layout(width="4.5em", flex="0 0 auto"))
         self.stop = W.Button(description="Stop", button_style="danger", icon="stop", layout=_fit())
         self.drop = W.Button(description="Remove", icon="times", layout=_fit())
+        self.resume = W.Button(description="Resume", icon="repeat", layout=_fit())
+        self.resume.on_click(lambda _: self._resume())
         self.toggle = W.ToggleButton(description="Output", icon="list", layout=_fit())
         self.stop.on_click(lambda _: self.job.cancel())
         self.drop.on_click(lambda _: remove_row(self))
@@ -133,6 +149,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
                 self.clock,
                 self.stop,
                 self.drop,
+                self.resume,
                 self.toggle,
             ],
             layout=W.Layout(align_items="center", flex_flow="row wrap"),
@@ -160,6 +177,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
             job.section,
             job.status,
             job.report,
+            getattr(job, "attempt", 1),
             int(job.elapsed),
             self.toggle.value,
             _version(job),
@@ -175,7 +193,7 @@ class JobRow(W.VBox):  # type: ignore[misc]
         self.bar.value = min(done, max(total, 1)) if total else (1 if job.done else 0)
         self.bar.bar_style = LOOKS[state].bar if state in LOOKS else "info"
         self.count.value = count_text(done, total, job.state)
-        words = [w for w in (job.section, job.status) if w]
+        words = [w for w in (attempt_text(job), job.section, job.status) if w]
         if job.done:
             if job.report:
                 words = [job.report.split(": ", 1)[-1]]
@@ -193,12 +211,24 @@ class JobRow(W.VBox):  # type: ignore[misc]
         stoppable = not job.done and job.can_stop
         self.stop.layout.display = "" if stoppable else "none"
         self.drop.layout.display = "" if job.done else "none"
+        self.resume.layout.display = "" if resumable(job) else "none"
         self.detail.layout.display = "" if self.toggle.value else "none"
         if self.toggle.value:
             self._show_output()
         if job.done and self.notify and not self._notified:
             self._notified = True
             self._browser_notice()
+
+    def _resume(self) -> None:
+        """Resume the job from its newest checkpoint: the new job gets a row of its own;
+        a refusal is said in this row."""
+        from ._errors import BgJobError
+
+        try:
+            self.job.resume()  # type: ignore[attr-defined]
+        except BgJobError as exc:
+            self.report.value = html.escape(str(exc))
+            self.toggle.value = True
 
     def _show_output(self) -> None:
         # By version, not by count: new text is often appended to the last output.

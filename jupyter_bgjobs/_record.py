@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ._inside.procs import PID_MAX
-from ._states import DAMAGED, MAX_HISTORY, PENDING, STATES
+from ._states import DAMAGED, MAX_HISTORY, PENDING, STATES, ErrorInfo, error_reason
 
 _NONE = type(None)
 
@@ -76,6 +76,15 @@ class JobRecord:
     usage: list[list[float]] = field(default_factory=list, metadata=_holds(list))
     # Its memory limit in bytes (0: none).
     memory_limit: int = field(default=0, metadata=_holds(int))
+    # The attempt running or last run, of how many it may have (``--retries N``: N + 1).
+    attempt: int = field(default=1, metadata=_holds(int))
+    attempts: int = field(default=1, metadata=_holds(int))
+    # Its newest checkpoint (``--checkpoint``): the section it follows, statements,
+    # bytes, names kept and skipped, seconds to write, when; empty while it has none.
+    checkpoint: dict[str, Any] = field(default_factory=dict, metadata=_holds(dict))
+    # The job it resumed (its id; "" for none), and where it went on from, in words.
+    resumed_from: str = field(default="", metadata=_holds(str))
+    resumed: str = field(default="", metadata=_holds(str))
     # Wall-clock stamps of the job's milestones (benchmarks read them).
     timings: dict[str, float] = field(default_factory=dict, metadata=_holds(dict))
 
@@ -179,6 +188,11 @@ ROW = (
     "report",
     "can_stop",
     "resources",
+    "attempt",
+    "attempts",
+    "checkpoint",
+    "resumed_from",
+    "resumed",
 )
 
 # Seconds no time of a job is beyond (about 3,000 years either side of 1970).
@@ -202,6 +216,7 @@ _TS_SHAPES = {
     "history": "IHistoryEntry[]",
     "timings": "{ [milestone: string]: number }",
     "resources": "{ [figure: string]: number }",
+    "checkpoint": "{ [fact: string]: string | number }",
     "usage": "[number, number, number][]",
 }
 _TS_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", _NONE: "null"}
@@ -235,3 +250,32 @@ def typescript() -> str:
         "/** A row of the Jobs pane, as the server sends it. */\n"
         f"export interface IJob {{\n{row}\n}}\n"
     )
+
+
+def recorded_reason(record: dict[str, Any]) -> str:
+    """The reason a record gives; for a failure recorded without one (by an older
+    version), the error the job raised."""
+    reason = str(record.get("reason") or "")
+    if reason or record.get("state") != "failed":
+        return reason
+    err = record.get("error")
+    if isinstance(err, list) and len(err) == 3:
+        return error_reason(ErrorInfo(str(err[0]), str(err[1]), []))
+    return error_reason(None)
+
+
+def not_saved(info: dict[str, Any]) -> list[str]:
+    """What results.json says was not saved, as text; odd items are shown as they are."""
+    out = []
+    listed = info.get("not_saved")
+    for m in listed if isinstance(listed, list) else []:
+        if isinstance(m, dict):
+            out.append(f"{m.get('name')} ({m.get('type')}: {m.get('reason')})")
+        else:
+            out.append(repr(m)[:80])
+    return out
+
+
+def attempts_field(value: Any) -> int:
+    """A record's count of attempts, or 1 for a field of another type."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1

@@ -45,6 +45,19 @@ class JobSpec:
     # Where its end is told (Apprise URLs): secrets, so never in spec.json or a repr; a
     # detached job's host gets them in its environment.
     notify: list[str] = field(default_factory=list, repr=False)
+    # Save its namespace each time a section completes (``--checkpoint``): a job that
+    # fails later resumes from the newest one.
+    checkpoint: bool = False
+    # Resumed automatically this many times when it fails or dies, the first after
+    # ``retry_delay`` seconds, each next after twice as long; ``retry_on`` may add
+    # "timeout" (a job that ran past its timeout).
+    retries: int = 0
+    retry_delay: float = 1.0
+    retry_on: list[str] = field(default_factory=list)
+    # For a job that resumes another: which, from which checkpoint, the statement it goes
+    # on from, the words of its report, and the checkpoints further back. Made by
+    # ``_resume``, never by hand.
+    resume: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The spec as JSON values: what ``spec.json`` holds, read back by ``from_json``."""
@@ -69,10 +82,38 @@ class JobSpec:
         for name in ("code", "name"):
             if not isinstance(values.get(name), str):
                 raise JobSpecError(f"spec.json: {name!r} must be a string")
-        for name in ("env_vars", "kernel_env"):
+        for name in ("env_vars", "kernel_env", "resume"):
             if not isinstance(values.get(name, {}), dict):
                 raise JobSpecError(f"spec.json: {name!r} must be an object")
         return cls(**values)
+
+
+# The ends a job is retried after besides failing and dying, as ``retry_on`` names them.
+RETRY_ON = {"timeout": "timed_out"}
+
+
+def _check_retry_on(value: str | list[str] | None) -> list[str]:
+    """``"timeout"`` (or a list of such words): the ends retried besides failed and died."""
+    if value is None or value == "":
+        return []
+    words = value.split(",") if isinstance(value, str) else value
+    if not isinstance(words, list | tuple) or not all(isinstance(w, str) for w in words):
+        raise JobSpecError(f"retry_on must be 'timeout' or a list of such words, not {value!r}")
+    out = []
+    for word in (w.strip() for w in words):
+        if word in ("failed", "died", ""):
+            continue  # retried anyway
+        if word == "cancelled":
+            raise JobSpecError(
+                "retry_on cannot name cancelled: a job you stop stays stopped; "
+                "retry_on='timeout' retries a job that ran past its timeout"
+            )
+        if word not in RETRY_ON:
+            raise JobSpecError(
+                f"retry_on takes 'timeout' (failed and died are retried), not {word!r}"
+            )
+        out.append(RETRY_ON[word])
+    return sorted(set(out))
 
 
 def _check_gateway(gateway: str | None) -> str:
@@ -167,6 +208,10 @@ def build_spec(
     kernel_env: dict[str, str] | None = None,
     memory_limit: int | str | None = None,
     notify: list[str] | None = None,
+    checkpoint: bool | None = None,
+    retries: int | str = 0,
+    retry_delay: float | str = 1.0,
+    retry_on: str | list[str] | None = None,
 ) -> JobSpec:
     """Check every option and build a spec; raises JobSpecError naming the fix."""
     _checks.text("code", code, example="'x = 1'")
@@ -184,6 +229,10 @@ def build_spec(
         )
     workdir = _checks.path("workdir", workdir, optional=True)
     limit = _checks.memory("memory_limit", memory_limit) or settings.memory_limit
+    keep = settings.checkpoint if checkpoint is None else _checks.flag("checkpoint", checkpoint)
+    tries = int(_checks.number("retries", retries, integer=True, text=True))
+    delay = _checks.number("retry_delay", retry_delay, unit="seconds", text=True)
+    also = _check_retry_on(retry_on)
     from ._notify import check_targets
 
     targets = list(dict.fromkeys([*check_targets("notify", notify), *settings.notify_targets]))
@@ -225,6 +274,8 @@ def build_spec(
     spec.results_name = base + "_results"
     spec.cell_id = this_cell()
     spec.memory_limit = limit
+    spec.checkpoint = keep
+    spec.retries, spec.retry_delay, spec.retry_on = tries, delay, also
     spec.notify = targets
     return spec
 

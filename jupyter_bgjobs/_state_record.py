@@ -65,7 +65,20 @@ def record_of(job: Any) -> JobRecord:
         resources=dict(job.resources),
         usage=[list(s) for s in job.usage],
         memory_limit=spec.memory_limit,
+        attempt=job.attempt,
+        attempts=spec.retries + 1,
+        checkpoint=dict(job.checkpoint),
+        resumed_from=str(spec.resume.get("from", "")) if spec.resume else "",
+        resumed=job.resumed,
     )
+
+
+def launched_record(job: Any) -> JobRecord:
+    """The record of a detached job as the process that launches it writes it: its host
+    is not named, since it is not this process (``host.json`` names it once started)."""
+    record = record_of(job)
+    record.host_pid = record.host_id = None
+    return record
 
 
 # A record stays small whatever the job raised: the error's text and traceback are cut to

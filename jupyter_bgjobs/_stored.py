@@ -196,6 +196,7 @@ def attach(name_or_id: str, results: str | None = None, ns: dict[str, Any] | Non
             for s in _store.list_field(kept.get("not_saved"))
             if isinstance(s, dict)
         ],
+        resumed=_store.text_field(job.record().get("resumed")),
     )
     target = ns if ns is not None else target_namespace()
     report = merge_results(outcome, target)

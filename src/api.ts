@@ -201,6 +201,12 @@ export class JobStore {
     await request(`jobs/${id}/cancel`, { method: 'POST' });
   }
 
+  /** Resume an ended job from its newest checkpoint as a detached job of the server;
+   * the new job's row. */
+  async resume(id: string): Promise<IJob> {
+    return request<IJob>(`jobs/${id}/resume`, { method: 'POST' });
+  }
+
   async remove(id: string): Promise<void> {
     try {
       await request(`jobs/${id}`, { method: 'DELETE' });

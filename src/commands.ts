@@ -499,6 +499,35 @@ export async function rerun(parts: ICommandParts, job: IJob): Promise<void> {
   }
 }
 
+/** Resume an ended job from its newest checkpoint: from its notebook's kernel when that
+ * notebook is open (its results merge there, its row under the cell that started it),
+ * else as a detached job of the server. */
+export async function resume(parts: ICommandParts, job: IJob): Promise<void> {
+  const panel = notebookOf(parts, job.notebook_path);
+  if (panel) {
+    const cell = panel.content.widgets.find(
+      w => job.cell_id && w.model.sharedModel.getId() === job.cell_id
+    );
+    await runInNotebook(
+      panel,
+      `%bgjob_resume ${job.id}`,
+      cell instanceof CodeCell ? cell : null,
+      job.name,
+      true
+    );
+    return;
+  }
+  try {
+    const started = await parts.store.resume(job.id);
+    Notification.info(
+      `${job.name} resumed on the server as a detached job (${started.id})`,
+      { autoClose: 5000 }
+    );
+  } catch (reason) {
+    fail(`Cannot resume ${job.name}: ${(reason as Error).message}`);
+  }
+}
+
 export function addCommands(parts: ICommandParts): void {
   const { app } = parts;
   const hasCodeCell = () =>

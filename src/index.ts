@@ -24,7 +24,13 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { ITranslator } from '@jupyterlab/translation';
 
 import { IJob, JobStore } from './api';
-import { addCommands, CommandIDs, ICommandParts, rerun } from './commands';
+import {
+  addCommands,
+  CommandIDs,
+  ICommandParts,
+  rerun,
+  resume
+} from './commands';
 import { Choices } from './dialog';
 import { guard, GuardedSessionDialogs, notifyEnds } from './guard';
 import { rendererFactory } from './mime';
@@ -92,6 +98,7 @@ function actionsFor(
     stop: (job: IJob) => void store().cancel(job.id).catch(report('stop')),
     remove: (job: IJob) => removeWithUndo(store(), job),
     rerun: (job: IJob) => void rerun(parts(), job),
+    resume: (job: IJob) => void resume(parts(), job),
     open: (job: IJob) =>
       void app.commands.execute(CommandIDs.openPanel, { id: job.id }),
     tab: (job: IJob) => void app.commands.execute(OPEN_TAB, { id: job.id })

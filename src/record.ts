@@ -47,6 +47,11 @@ export interface IJobRecord {
   resources: { [figure: string]: number };
   usage: [number, number, number][];
   memory_limit: number;
+  attempt: number;
+  attempts: number;
+  checkpoint: { [fact: string]: string | number };
+  resumed_from: string;
+  resumed: string;
   timings: { [milestone: string]: number };
 }
 
@@ -72,4 +77,9 @@ export interface IJob {
   report: string;
   can_stop: boolean;
   resources: { [figure: string]: number };
+  attempt: number;
+  attempts: number;
+  checkpoint: { [fact: string]: string | number };
+  resumed_from: string;
+  resumed: string;
 }

@@ -114,6 +114,8 @@ export interface IRowActions {
   stop(job: IJob): void;
   remove(job: IJob): void;
   rerun(job: IJob): void;
+  /** Run it again from its newest checkpoint (an end on its way only). */
+  resume?(job: IJob): void;
   open?(job: IJob): void;
   /** Its detail as a tab of the main area. */
   tab?(job: IJob): void;
@@ -147,13 +149,21 @@ interface IRowParts {
   buttons: { [name: string]: HTMLButtonElement };
 }
 
-const BUTTONS = ['stop', 'open', 'remove', 'rerun'];
+const BUTTONS = ['stop', 'open', 'remove', 'resume', 'rerun'];
 const BUTTON_WORDS: { [name: string]: string } = {
   stop: 'Stop',
   open: 'Output',
   remove: 'Remove',
+  resume: 'Resume',
   rerun: 'Rerun'
 };
+
+/** Which attempt of a job that is retried runs (or ran last): ``attempt 2 of 3``. */
+export function attemptText(job: IJob): string {
+  return job.attempts > 1 && job.attempt > 1
+    ? `attempt ${job.attempt} of ${job.attempts}`
+    : '';
+}
 
 /** A row's current job and actions: its buttons act on what the row shows now. */
 const current = new WeakMap<HTMLElement, { job: IJob; actions: IRowActions }>();
@@ -315,7 +325,12 @@ export function renderRow(
     : '';
   setText(
     parts.said,
-    running ? job.section || job.status : job.reason || job.status
+    [
+      attemptText(job),
+      running ? job.section || job.status : job.reason || job.status
+    ]
+      .filter(Boolean)
+      .join(' · ')
   );
   parts.logNote.hidden = !job.log_note;
   parts.logNote.title = job.log_note || '';
@@ -347,6 +362,11 @@ export function renderRow(
     stop: running && job.can_stop,
     open: Boolean(actions.open),
     remove: !running,
+    resume:
+      !running &&
+      Boolean(actions.resume) &&
+      RERUNNABLE.includes(job.kind) &&
+      ENDED_ON_ITS_WAY.includes(job.state),
     rerun: !running && RERUNNABLE.includes(job.kind)
   };
   for (const name of BUTTONS) {

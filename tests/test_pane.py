@@ -417,3 +417,56 @@ def test_the_panes_keys_move_open_and_go_back(page: Any, owner: Path) -> None:
     assert page.evaluate("() => document.activeElement.dataset.jobId") == first
     page.keyboard.press("/")
     expect(panel.locator(".jp-bgjobs-filter")).to_be_focused()
+
+
+RESUMABLE = """
+import sys, textwrap
+import jupyter_bgjobs as bj
+ready, root = sys.argv[1], sys.argv[2]
+code = textwrap.dedent(f'''
+    import os
+    # Load ----
+    data = [1, 2, 3]
+    # Fit ----
+    if not os.path.exists({ready!r}):
+        raise RuntimeError("not ready yet")
+    total = sum(data)
+''')
+job = bj.run_cell(
+    code, "resumable", env="none", checkpoint=True, detach=True, workdir=root
+).wait(120)
+assert job.state == "failed", job.reason
+"""
+
+
+def test_resume_on_a_row_goes_on_from_its_checkpoint(page: Any, root: Path, jobs_dir: str) -> None:
+    ready = root / "ready"
+    subprocess.run(
+        # In the server's root: the server resumes only jobs whose folder is inside it.
+        [sys.executable, "-c", RESUMABLE, str(ready), str(root)],
+        env=dict(os.environ, JUPYTER_BGJOBS_DIR=jobs_dir),
+        check=True,
+        timeout=180,
+    )
+    panel = _panel(page)
+    failed = panel.locator(
+        ".jp-bgjobs-list .jp-bgjobs-row[data-state=failed]",
+        has=page.locator(".jp-bgjobs-name:text-is('resumable')"),
+    )
+    expect(failed).to_have_count(1)
+    # Only an end on its way offers Resume: the succeeded rows of the pane do not.
+    expect(
+        panel.locator(".jp-bgjobs-row[data-state=succeeded] .jp-bgjobs-resume:visible")
+    ).to_have_count(0)
+    ready.touch()
+    # Its notebook is not open: the server resumes it, as a detached job.
+    failed.get_by_role("button", name="Resume resumable").click()
+    resumed = panel.locator(
+        ".jp-bgjobs-list .jp-bgjobs-row[data-state=succeeded]",
+        has=page.locator(".jp-bgjobs-name:text-is('resumable')"),
+    )
+    expect(resumed).to_have_count(1, timeout=120_000)
+    resumed.get_by_role("button", name="Output resumable").click()
+    detail = panel.locator(".jp-bgjobs-detail")
+    expect(detail).to_contain_text("resumed from section Fit")
+    panel.get_by_role("button", name="← All jobs").click()

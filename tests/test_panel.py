@@ -371,3 +371,24 @@ def test_a_jobs_report_is_in_its_own_row_not_in_the_next_cell(kernel: Kernel) ->
     assert "merged value" in kernel.run("print(get_job('own_report').report)")
     ids = kernel.row_models("own_report")
     kernel.until(lambda: "merged value" in kernel.row_text(ids))
+
+
+def test_resume_on_a_failed_row_goes_on_from_its_checkpoint(kernel: Kernel, tmp_path: Any) -> None:
+    ready = tmp_path / "ready"
+    ran = tmp_path / "ran.txt"
+    kernel.run(
+        "%%bgjob wresume --checkpoint\nimport os\n# Load ----\n"
+        f"open({str(ran)!r}, 'a').write('Load ')\nvals = [1, 2]\n# Sum ----\n"
+        f"if not os.path.exists({str(ready)!r}):\n    raise ValueError('not ready')\n"
+        "summed = sum(vals)\n"
+    )
+    kernel.run("from jupyter_bgjobs import get_job\nget_job('wresume').wait(60)")
+    ids = kernel.row_models("wresume")
+    kernel.until(lambda: kernel.shown(ids["resume"]))
+    ready.touch()
+    kernel.click(ids["resume"])
+    # The click is handled before the next request: the newest job of the name resumed.
+    out = kernel.run("again = get_job('wresume').wait(60)\nprint(again.state, summed)")
+    assert out.splitlines()[-1].split() == ["succeeded", "3"]
+    assert "resumed from section Sum" in out
+    assert ran.read_text() == "Load "  # Load did not run again

@@ -113,6 +113,8 @@ def test_a_read_only_user_lists_but_starts_stops_and_removes_nothing(
         assert status == 403 and ended.folder.is_dir()
         status, _, _ = ro.request("POST", f"/bgjobs/api/jobs/{ended.id}/cancel")
         assert status == 403
+        status, _, _ = ro.request("POST", f"/bgjobs/api/jobs/{ended.id}/resume")
+        assert status == 403 and store_ids() == before
         asked_for = questions(asked)
         assert {"bgjobs read", "bgjobs write"} <= asked_for
     finally:
@@ -124,6 +126,9 @@ def test_starting_a_job_needs_execute_as_well_as_write(tmp_path: Path, ended: An
     try:
         before = store_ids()
         status, _, _ = srv.request("POST", "/bgjobs/api/jobs", {"code": "x = 1"})
+        assert status == 403 and store_ids() == before
+        # Resuming runs code too.
+        status, _, _ = srv.request("POST", f"/bgjobs/api/jobs/{ended.id}/resume")
         assert status == 403 and store_ids() == before
         assert "bgjobs execute" in questions(asked)
         copy = copy_of(ended)
@@ -524,3 +529,34 @@ def test_code_started_by_the_server_runs_in_its_root(server: Server) -> None:
     assert job.state == "succeeded" and job.results.where == str(server.root)
     status, _, data = server.request("POST", "/bgjobs/api/jobs", {"path": "fifo.py/"})
     assert status == 400 and "names a folder" in message(data)
+
+
+def test_resume_through_the_server_is_for_ended_jobs_inside_its_root(
+    server: Server, ended: Any, tmp_path: Path
+) -> None:
+    # A job that succeeded has nothing to resume.
+    status, _, data = server.request("POST", f"/bgjobs/api/jobs/{ended.id}/resume")
+    assert status == 409 and "nothing to resume" in message(data)
+    # A failed job whose working folder is outside the server's root is not run by it.
+    outside = bj.run_cell("raise ValueError('no')", "outside", env="none", detach=True)
+    outside.wait(120)
+    before = store_ids()
+    status, _, data = server.request("POST", f"/bgjobs/api/jobs/{outside.id}/resume")
+    assert status == 400 and "outside the server's root" in message(data)
+    assert store_ids() == before
+    # Inside it, the server resumes it as a detached job of its own.
+    inside = bj.run_cell(
+        "import os\n# A ----\nx = 1\n# B ----\nif not os.path.exists('go'):\n"
+        "    raise ValueError('no')\ny = x + 1\n",
+        "inside",
+        env="none",
+        detach=True,
+        checkpoint=True,
+        workdir=str(server.root),
+    ).wait(120)
+    assert inside.state == "failed"
+    (server.root / "go").touch()
+    row = server.json("POST", f"/bgjobs/api/jobs/{inside.id}/resume")
+    again = bj.get_job(row["id"]).wait(120)
+    assert again.state == "succeeded" and (again.results.x, again.results.y) == (1, 2)
+    assert "resumed from section B" in again.report

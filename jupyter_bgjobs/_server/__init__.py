@@ -14,7 +14,7 @@ def _load_jupyter_server_extension(server_app: Any) -> None:
     """Add the handlers under ``<base_url>/bgjobs/api/``."""
     from jupyter_server.utils import url_path_join
 
-    from .handlers import ROUTES
+    from .routes import ROUTES
 
     web_app = server_app.web_app
     base = url_path_join(web_app.settings["base_url"], "bgjobs", "api")

@@ -2,13 +2,14 @@
 work, off the event loop.
 
 ``GET jobs``, ``GET jobs/{id}`` (the record and the output tail as nbformat outputs),
-``GET jobs/{id}/log`` (ranged, streamed), ``POST jobs/{id}/cancel``, ``DELETE jobs/{id}``
+``GET jobs/{id}/log`` (ranged, streamed), ``POST jobs/{id}/cancel``, ``POST jobs/{id}/resume``
+(an ended job, from its newest checkpoint, as a detached job), ``DELETE jobs/{id}``
 (an ended job), ``POST jobs`` (a detached job: a script under the server's root, or code),
 ``GET events`` (server-sent events: every change of any job's row, pushed).
 
 Every method asks jupyter_server's Authorizer first, for the resource ``bgjobs``:
-``read`` to list, show and read logs; ``write`` to start, cancel and delete; ``execute``
-too where code runs (starting a job), as the kernels API does.
+``read`` to list, show and read logs; ``write`` to start, resume, cancel and delete;
+``execute`` too where code runs (starting or resuming a job), as the kernels API does.
 """
 
 from __future__ import annotations
@@ -570,12 +571,3 @@ class EventsHandler(_Handler):
             watcher.unsubscribe(page)
         if not self._finished:
             self.finish()
-
-
-ROUTES: list[tuple[str, type[APIHandler]]] = [
-    ("jobs", JobsHandler),
-    (f"jobs/{_ID}", JobHandler),
-    (f"jobs/{_ID}/log", LogHandler),
-    (f"jobs/{_ID}/cancel", CancelHandler),
-    ("events", EventsHandler),
-]

@@ -82,6 +82,31 @@ _NOT_CODE = frozenset(
 )
 
 
+def name_hint(spec: dict[str, Any], skipped_in: list[dict[str, str]], name: str) -> str:
+    """Why a name the job misses is missing, when the notebook has it, and the fix."""
+    failed = {s["name"]: s for s in skipped_in}.get(name)
+    if failed is not None:
+        module = (spec.get("imports") or {}).get(name, [name])[0]
+        origin = (spec.get("import_origins") or {}).get(name)
+        where = f" (the notebook has it from {origin})" if origin else ""
+        return (
+            f"the notebook's {name!r} is the module {module}{where}, which this job could "
+            f"not import: {failed['reason'].split(': ', 1)[-1]}. The job imports with the "
+            "notebook's sys.path as it was when the job started: put the module's folder on "
+            "sys.path in the notebook first, or install the module in the job's kernel"
+        )
+    why = {s["name"]: s for s in spec.get("not_shipped") or []}.get(name)
+    if why is not None:
+        return f"{name!r} was not shipped to this job ({why['type']}: {why['reason']})"
+    if name in set(spec.get("notebook_names") or ()):
+        return (
+            f"the notebook has {name!r}, but this job was not given it (--env auto ships "
+            "only the names it can see the code read; eval() and globals() hide them): "
+            f"start the job with --env {name} (or env={name!r}), or --env all"
+        )
+    return ""
+
+
 # The magics that list the notebook's names.
 _WHO_MAGICS = ("who", "whos", "who_ls")
 

@@ -1,5 +1,5 @@
-"""A job's console: no keyboard (stdin, input() and getpass() fail at once, saying why)
-and output streams that never make one huge message.
+"""A job's console: no keyboard (stdin, input() and getpass() fail at once, saying why),
+output streams that never make one huge message, and what the kernel says it uses.
 
 Runs inside the job's kernel (sent as source); standard library only.
 """
@@ -183,3 +183,31 @@ def _bound_stream(stream: Any, flow: Flow | None = None) -> Callable[[], None]:
             pass
 
     return undo
+
+
+_last_usage = [0.0]
+
+
+def own_usage(every: float = 0.0) -> dict[str, float]:
+    """What this kernel uses, as it says of itself (a gateway's kernel is not a process
+    the notebook's machine can see): resident memory now and at most (bytes), and CPU
+    seconds. Empty where the system does not say, and within ``every`` seconds of the last
+    time it was asked (the statement loop asks at most once a second)."""
+    now = time.monotonic()
+    if now - _last_usage[0] < every:
+        return {}
+    _last_usage[0] = now
+    try:
+        import resource
+
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        with open("/proc/self/statm", "rb") as f:
+            rss = int(f.read(64).split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError, IndexError):
+        return {}
+    return {
+        "rss": rss,
+        # ru_maxrss is in kilobytes on Linux.
+        "peak": max(rss, used.ru_maxrss * 1024),
+        "cpu_seconds": round(used.ru_utime + used.ru_stime, 2),
+    }

@@ -26,9 +26,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .arena import _Arena, _Fingerprints
-from .cell import ends_with_semicolon, missing_name, notebook_view, plan
+from .cell import ends_with_semicolon, missing_name, name_hint, notebook_view, plan
+from .checkpoint import Checkpoints, restore
 from .chunks import Inbox, Outbox
-from .console import Flow, _bound_stream, _no_keyboard, _restore_io
+from .console import Flow, _bound_stream, _no_keyboard, _restore_io, own_usage
 from .wire import (
     EVENT_MIME,
     SnapshotError,
@@ -49,34 +50,6 @@ _INBOX: dict[str, Inbox] = {}
 # Results waiting to be fetched over the kernel protocol, by key (the job's token, or
 # token/name for one sent again on its own).
 _OUTBOX: dict[str, Outbox] = {}
-
-
-_last_usage = [0.0]
-
-
-def own_usage(every: float = 0.0) -> dict[str, float]:
-    """What this kernel uses, as it says of itself (a gateway's kernel is not a process
-    the notebook's machine can see): resident memory now and at most (bytes), and CPU
-    seconds. Empty where the system does not say, and within ``every`` seconds of the last
-    time it was asked (the statement loop asks at most once a second)."""
-    now = time.monotonic()
-    if now - _last_usage[0] < every:
-        return {}
-    _last_usage[0] = now
-    try:
-        import resource
-
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        with open("/proc/self/statm", "rb") as f:
-            rss = int(f.read(64).split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (ImportError, OSError, ValueError, IndexError):
-        return {}
-    return {
-        "rss": rss,
-        # ru_maxrss is in kilobytes on Linux.
-        "peak": max(rss, used.ru_maxrss * 1024),
-        "cpu_seconds": round(used.ru_utime + used.ru_stime, 2),
-    }
 
 
 def receive(token: str) -> None:
@@ -143,11 +116,14 @@ class _Runner:
         self.done = 0
         self.total = 0
         self.before: dict[str, int] | None = None
+        self.kernel_ids: dict[str, int] = {}
         self.skipped_in: list[dict[str, str]] = []
         self._saved_io: tuple[Any, ...] | None = None
         self._bounded: list[Callable[[], None]] = []
         self._flow: Flow | None = None
         self._unview: Callable[[], None] | None = None
+        where = spec.get("checkpoint")
+        self.checkpoints = Checkpoints(where, spec["token"], self.emit, _publish) if where else None
 
     def emit(self, kind: str, **fields: Any) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -196,9 +172,13 @@ class _Runner:
         the parent first; a fault while setting up is reported as the job's error."""
         try:
             self._enter_context()
+            # What the kernel had of its own (ipykernel's ``open``, say): never the job's.
+            self.kernel_ids = {k: id(v) for k, v in self.ns.items()}
             skipped_in = self._seed()
             self.skipped_in = skipped_in
             self.before = {k: id(v) for k, v in self.ns.items()}
+            start = self._resume()
+            self.done = start
             self.arena = self._start_arena()
             source = self.spec["code"]
             if self.ip is not None:
@@ -213,11 +193,17 @@ class _Runner:
                 sections=[s for _, s in steps],
                 skipped=skipped_in,
                 t_start=self.t_start,
+                start=start,
             )
         except BaseException as exc:
             self._stopped_by(exc)
             return
         for i, (node, section) in enumerate(steps):
+            if i < start:
+                continue  # done by the job this one resumes: its checkpoint holds them
+            if self.checkpoints is not None and i > start and section != steps[i - 1][1]:
+                # The statements before this one ran, so the section before it is complete.
+                self.checkpoints.take(self, i, steps)
             self.emit(
                 "stmt",
                 index=i,
@@ -237,6 +223,39 @@ class _Runner:
                 self._stopped_by(exc)
                 return
             yield i, code
+
+    def _resume(self) -> int:
+        """Load the checkpoint a resumed job goes on from; the statement to start at."""
+        resume = self.spec.get("resume")
+        if not resume:
+            return 0
+        data = None
+        if resume.get("transport") == "stream":
+            box = _INBOX.pop(resume["key"], None)
+            if box is None:
+                raise SnapshotError("the checkpoint never arrived over the kernel protocol")
+            data = box.check(resume["sha256"])
+        return restore(self, resume, data)
+
+    def changes(self) -> tuple[list[str], list[str]]:
+        """The names the job has bound or rebound, or changed in place of those it was
+        given; and those it was given and has deleted."""
+        before = self.before or {}
+        changed = [
+            k
+            for k, v in list(self.ns.items())
+            if not is_internal_name(k) and before.get(k) != id(v)
+        ]
+        mutated = [
+            k
+            for k, v in list(self.ns.items())
+            if k in self.seeded_ids
+            and self.seeded_ids[k] == id(v)
+            and before.get(k) == id(v)
+            and self.prints.changed(self.fingerprints.get(k), v)
+        ]
+        deleted = sorted(k for k in self.seeded_ids if k not in self.ns)
+        return changed + mutated, deleted
 
     def _stopped_by(self, exc: BaseException) -> bool:
         """Record how ``exc`` ends the job; False for a ``SystemExit(0)``, which does not."""
@@ -328,7 +347,7 @@ class _Runner:
         # interpreter's names do, but its error carries the name only in its message.
         missing = (value.name or missing_name(value)) if isinstance(value, NameError) else None
         if missing and value is not None:
-            hint = self._name_hint(missing)
+            hint = name_hint(self.spec, self.skipped_in, missing)
             if hint:
                 value.args = (f"{value.args[0] if value.args else missing}: {hint}",)
         elif (
@@ -361,30 +380,6 @@ class _Runner:
             "evalue": str(value),
             "traceback": list(stb),
         }
-
-    def _name_hint(self, name: str) -> str:
-        """Why a name the job misses is missing, when the notebook has it, and the fix."""
-        failed = {s["name"]: s for s in self.skipped_in}.get(name)
-        if failed is not None:
-            module = (self.spec.get("imports") or {}).get(name, [name])[0]
-            origin = (self.spec.get("import_origins") or {}).get(name)
-            where = f" (the notebook has it from {origin})" if origin else ""
-            return (
-                f"the notebook's {name!r} is the module {module}{where}, which this job could "
-                f"not import: {failed['reason'].split(': ', 1)[-1]}. The job imports with the "
-                "notebook's sys.path as it was when the job started: put the module's folder on "
-                "sys.path in the notebook first, or install the module in the job's kernel"
-            )
-        why = {s["name"]: s for s in self.spec.get("not_shipped") or []}.get(name)
-        if why is not None:
-            return f"{name!r} was not shipped to this job ({why['type']}: {why['reason']})"
-        if name in set(self.spec.get("notebook_names") or ()):
-            return (
-                f"the notebook has {name!r}, but this job was not given it (--env auto ships "
-                "only the names it can see the code read; eval() and globals() hide them): "
-                f"start the job with --env {name} (or env={name!r}), or --env all"
-            )
-        return ""
 
     def _register_source(self, source: str) -> str:
         name = self.spec.get("filename") or f"<bgjob {self.spec.get('name', '')}>"
@@ -431,7 +426,9 @@ class _Runner:
                 try:
                     values = load_file(seed["path"], token, pieces)
                 finally:
-                    for path in piece_paths(seed["path"], pieces):
+                    # Kept for the next attempt of a job that may be retried; its driver
+                    # removes it at the job's end.
+                    for path in piece_paths(seed["path"], pieces) if not seed.get("keep") else ():
                         unlink_quietly(path)
             self.ns.update(values)
             for key, value in values.items():
@@ -459,26 +456,8 @@ class _Runner:
         out = self.spec.get("results")
         if not out:
             return {"names": [], "modules": {}, "skipped": []}
-        changed = [
-            k
-            for k, v in list(self.ns.items())
-            if not is_internal_name(k) and before.get(k) != id(v)
-        ]
-        mutated = (
-            [
-                k
-                for k, v in list(self.ns.items())
-                if k in self.seeded_ids
-                and self.seeded_ids[k] == id(v)
-                and before.get(k) == id(v)
-                and self.prints.changed(self.fingerprints.get(k), v)
-            ]
-            if self.seeded_ids
-            else []
-        )
-        names = changed + mutated
-        # What the job deleted of the names it was given: gone from the notebook too.
-        deleted = sorted(k for k in self.seeded_ids if k not in self.ns)
+        names, deleted = self.changes()
+        mutated = [k for k in names if k in self.seeded_ids and before.get(k) == id(self.ns[k])]
         modules = {
             k: self.ns[k].__name__ for k in names if isinstance(self.ns[k], types.ModuleType)
         }

@@ -51,12 +51,14 @@ def _pad(n: int) -> int:
 
 
 def encode(
-    values: dict[str, Any], token: str
+    values: dict[str, Any], token: str, note: dict[str, Any] | None = None
 ) -> tuple[list[Any], list[dict[str, str]], dict[str, Any]]:
     """Serialize ``values``: (parts to write in order, skipped, what travelled how).
 
     Everything pickles in one cloudpickle stream, so names that alias one object still do
     after loading. What cloudpickle cannot do goes to dill; what neither can is skipped.
+    ``note`` (a checkpoint's: where it was taken) goes into the header, with what was
+    skipped, so that it can be read without loading the values.
     """
     import pickle
 
@@ -101,14 +103,15 @@ def encode(
 
         extra = dill.dumps(fallback, protocol=5, recurse=True)
     raws = [b.raw() for b in buffers]
-    header = json.dumps(
-        {
-            "token": token,
-            "meta": len(meta),
-            "fallback": len(extra),
-            "buffers": [r.nbytes for r in raws],
-        }
-    ).encode()
+    fields: dict[str, Any] = {
+        "token": token,
+        "meta": len(meta),
+        "fallback": len(extra),
+        "buffers": [r.nbytes for r in raws],
+    }
+    if note is not None:
+        fields["note"] = {**note, "skipped": skipped}
+    header = json.dumps(fields).encode()
     parts: list[Any] = [MAGIC, struct.pack("<Q", len(header)), header, meta, extra]
     offset = len(MAGIC) + 8 + len(header) + len(meta) + len(extra)
     for raw in raws:
@@ -286,14 +289,9 @@ def decode(data: Any, token: str) -> dict[str, Any]:
     import pickle
 
     view = memoryview(data)
-    if view[: len(MAGIC)] != MAGIC:
-        raise SnapshotError("not a jupyter_bgjobs snapshot")
-    (hlen,) = struct.unpack("<Q", view[len(MAGIC) : len(MAGIC) + 8])
-    pos = len(MAGIC) + 8
-    header = json.loads(bytes(view[pos : pos + hlen]))
+    header, pos = header_of(view)
     if header.get("token") != token:
         raise SnapshotError("this snapshot was not written for this job")
-    pos += hlen
     meta = view[pos : pos + header["meta"]]
     pos += header["meta"]
     extra = view[pos : pos + header["fallback"]]
@@ -311,6 +309,28 @@ def decode(data: Any, token: str) -> dict[str, Any]:
 
         values.update(dill.loads(bytes(extra)))
     return values
+
+
+# A header is a few numbers and, for a checkpoint, its note: never near this.
+MAX_HEADER = 8 << 20
+
+
+def header_of(data: Any) -> tuple[dict[str, Any], int]:
+    """A snapshot's header, and where its pickles start: read without loading them."""
+    view = memoryview(data)
+    if view[: len(MAGIC)] != MAGIC:
+        raise SnapshotError("not a jupyter_bgjobs snapshot")
+    (hlen,) = struct.unpack("<Q", view[len(MAGIC) : len(MAGIC) + 8])
+    pos = len(MAGIC) + 8
+    if hlen > MAX_HEADER or pos + hlen > view.nbytes:
+        raise SnapshotError("the snapshot's header is damaged")
+    try:
+        header = json.loads(bytes(view[pos : pos + hlen]))
+    except ValueError:
+        raise SnapshotError("the snapshot's header is damaged") from None
+    if not isinstance(header, dict):
+        raise SnapshotError("the snapshot's header is damaged")
+    return header, pos + hlen
 
 
 def load_file(path: str, token: str, pieces: int = 1) -> dict[str, Any]:
