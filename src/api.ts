@@ -31,6 +31,8 @@ export interface IJobDetail extends IJob {
     workdir: string | null;
     script: string | null;
     memory_limit: number | null;
+    checkpoint: boolean | null;
+    retries: number | null;
   };
 }
 
@@ -44,6 +46,10 @@ export interface IRunOptions {
   timeout: string;
   /** ``8G``, ``300MB``: the job ends, failed, when its kernel holds more. */
   memory_limit: string;
+  /** Save its namespace where each section ends, to resume from there. */
+  checkpoint: boolean;
+  /** Resume it this many times when it fails or dies ("" or "0": never). */
+  retries: string;
   detach: boolean;
 }
 
@@ -56,6 +62,8 @@ export const DEFAULT_OPTIONS: IRunOptions = {
   kernel: '',
   timeout: '',
   memory_limit: '',
+  checkpoint: false,
+  retries: '',
   detach: false
 };
 

@@ -121,7 +121,10 @@ async function options(
       [key: string]: unknown;
     };
     for (const key of given) {
-      scripted[key] = key === 'detach' ? Boolean(args[key]) : String(args[key]);
+      scripted[key] =
+        key === 'detach' || key === 'checkpoint'
+          ? Boolean(args[key])
+          : String(args[key]);
     }
     return scripted as unknown as IRunOptions;
   }
@@ -288,7 +291,9 @@ function serverBody(o: IRunOptions): { [key: string]: unknown } | null {
     workdir: o.workdir || undefined,
     kernel: o.kernel || undefined,
     timeout: o.timeout ? Number(o.timeout) : undefined,
-    memory_limit: o.memory_limit || undefined
+    memory_limit: o.memory_limit || undefined,
+    checkpoint: o.checkpoint || undefined,
+    retries: o.retries ? Number(o.retries) : undefined
   };
 }
 
@@ -473,6 +478,8 @@ export async function rerun(parts: ICommandParts, job: IJob): Promise<void> {
     kernel: spec.kernel || '',
     timeout: spec.timeout ? String(spec.timeout) : '',
     memory_limit: spec.memory_limit ? String(spec.memory_limit) : '',
+    checkpoint: Boolean(spec.checkpoint),
+    retries: spec.retries ? String(spec.retries) : '',
     detach: job.detached
   };
   const panel = notebookOf(parts, job.notebook_path);

@@ -1,6 +1,7 @@
 /**
  * RStudio's "Start Background Job" dialog: name, environment, results, working
- * directory, kernel, timeout and detach; the last choices are remembered.
+ * directory, kernel, timeout, memory limit, checkpoints, retries and detach; the last
+ * choices are remembered.
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { IStateDB } from '@jupyterlab/statedb';
@@ -32,6 +33,8 @@ export const OPTION_KEYS: (keyof IRunOptions)[] = [
   'kernel',
   'timeout',
   'memory_limit',
+  'checkpoint',
+  'retries',
   'detach'
 ];
 
@@ -180,6 +183,11 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
       options.memory_limit || '',
       'none (8G, 300MB)'
     );
+    this._checkpoint = document.createElement('input');
+    this._checkpoint.type = 'checkbox';
+    this._checkpoint.name = 'checkpoint';
+    this._checkpoint.checked = Boolean(options.checkpoint);
+    this._retries = input('retries', options.retries || '', 'none (a count)');
     this._detach = document.createElement('input');
     this._detach.type = 'checkbox';
     this._detach.name = 'detach';
@@ -196,6 +204,16 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
         'Memory limit',
         this._memory,
         'ends the job, failed, when its kernel holds more'
+      ),
+      field(
+        'Checkpoints',
+        this._checkpoint,
+        'saves its variables where each section ends: Resume goes on from there'
+      ),
+      field(
+        'Retries',
+        this._retries,
+        'resumes it by itself this many times if it fails or dies'
       ),
       field(
         'Detach',
@@ -216,6 +234,8 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
       kernel: this._kernel.value,
       timeout: this._timeout.value.trim(),
       memory_limit: this._memory.value.trim(),
+      checkpoint: this._checkpoint.checked,
+      retries: this._retries.value.trim(),
       detach: this._detach.checked
     };
   }
@@ -227,6 +247,8 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
   private _kernel: HTMLSelectElement;
   private _timeout: HTMLInputElement;
   private _memory: HTMLInputElement;
+  private _checkpoint: HTMLInputElement;
+  private _retries: HTMLInputElement;
   private _detach: HTMLInputElement;
 }
 
@@ -271,6 +293,9 @@ export function refused(options: IRunOptions): string {
     !/^\s*\d+(\.\d+)?\s*([kmgt]i?b?|b)?\s*$/i.test(options.memory_limit)
   ) {
     return `A memory limit is a size such as 8G, 300MB or 1.5GiB, not "${options.memory_limit}"; leave it empty for none.`;
+  }
+  if (options.retries && !/^\s*\d+\s*$/.test(options.retries)) {
+    return `Retries is a whole number of times (0 or more), not "${options.retries}"; leave it empty for none.`;
   }
   if (options.name && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(options.name)) {
     return `A job's name is a Python identifier (letters, digits and _, for example fit_model), not "${options.name}".`;

@@ -606,6 +606,8 @@ export class JobsPanel extends Widget {
       this._report.className = 'jp-bgjobs-report';
       this._usage = document.createElement('div');
       this._usage.className = 'jp-bgjobs-usage-detail';
+      this._point = document.createElement('div');
+      this._point.className = 'jp-bgjobs-checkpoint';
       this._history = document.createElement('ol');
       this._history.className = 'jp-bgjobs-history';
       this._history.setAttribute('aria-label', 'History');
@@ -628,6 +630,7 @@ export class JobsPanel extends Widget {
         tab,
         this._row,
         this._report,
+        this._point,
         this._usage,
         this._history,
         this._ran,
@@ -666,6 +669,8 @@ export class JobsPanel extends Widget {
       }
       this._report.textContent = detail.report;
       this._report.hidden = !detail.report;
+      this._point.textContent = checkpointText(detail.record?.checkpoint);
+      this._point.hidden = !this._point.textContent;
       this._cut.textContent =
         detail.log_bytes > detail.shown_bytes
           ? `Showing the last ${size(detail.shown_bytes)} of ${size(detail.log_bytes)}; ` +
@@ -709,6 +714,8 @@ export class JobsPanel extends Widget {
       spec.kernel ? `kernel ${spec.kernel}` : '',
       spec.timeout ? `timeout ${spec.timeout} s` : '',
       spec.memory_limit ? `memory limit ${sizeText(spec.memory_limit)}` : '',
+      spec.checkpoint ? 'checkpoints' : '',
+      spec.retries ? `retries ${spec.retries}` : '',
       spec.workdir ? `workdir ${spec.workdir}` : ''
     ]
       .filter(Boolean)
@@ -745,6 +752,7 @@ export class JobsPanel extends Widget {
   private _report: HTMLElement = document.createElement('div');
   private _history: HTMLElement = document.createElement('ol');
   private _usage: HTMLElement = document.createElement('div');
+  private _point: HTMLElement = document.createElement('div');
   private _ran: HTMLElement = document.createElement('details');
   private _cut: HTMLElement = document.createElement('div');
   private _logNode: HTMLElement = document.createElement('pre');
@@ -754,4 +762,26 @@ export class JobsPanel extends Widget {
   private _seq = 0;
   private _log: string | null = null;
   private _listActions: IRowActions;
+}
+
+/** A job's newest checkpoint in words: where it was taken, what it holds, when. */
+export function checkpointText(
+  point: { [fact: string]: string | number } | undefined
+): string {
+  if (!point || point.statement === undefined) {
+    return '';
+  }
+  const left = Number(point.skipped || 0);
+  const at =
+    typeof point.at === 'number'
+      ? new Date(point.at * 1000).toLocaleTimeString()
+      : '';
+  return (
+    `Checkpoint after section ${point.section || '(unnamed)'}: ` +
+    `statement ${Number(point.statement) + 1}/${point.total} next, ` +
+    `${sizeText(Number(point.nbytes || 0))}, ${point.names} names` +
+    (left ? `, ${left} not kept (see the report)` : '') +
+    (at ? `, at ${at}` : '') +
+    '. Resume goes on from it.'
+  );
 }

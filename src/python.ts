@@ -30,6 +30,12 @@ function shared(o: IRunOptions): string[] {
   if (o.memory_limit) {
     words.push('--memory-limit', shellWord(o.memory_limit));
   }
+  if (o.checkpoint) {
+    words.push('--checkpoint');
+  }
+  if (o.retries && Number(o.retries) > 0) {
+    words.push('--retries', shellWord(String(Number(o.retries))));
+  }
   if (o.detach) {
     words.push('--detach');
   }

@@ -287,3 +287,23 @@ def test_the_dialog_takes_a_memory_limit_and_refuses_one_that_is_no_size(page: A
     panel = page.locator("#jupyter-bgjobs-panel")
     expect(panel.locator(".jp-bgjobs-options")).to_contain_text("memory limit 2.0 GB")
     panel.get_by_role("button", name="← All jobs").click()
+
+
+def test_the_dialog_takes_checkpoints_and_retries(page: Any) -> None:
+    dialog = _dialog_of_cell_5(page)
+    dialog.locator("input[name=name]").fill("kept")
+    dialog.locator("input[name=workdir]").fill("")
+    dialog.locator("input[name=checkpoint]").check()
+    dialog.locator("input[name=retries]").fill("two")
+    dialog.get_by_role("button", name="Start").click()
+    expect(dialog.locator(".jp-bgjobs-dialog-problem")).to_contain_text(
+        'Retries is a whole number of times (0 or more), not "two"'
+    )
+    dialog.locator("input[name=retries]").fill("2")
+    dialog.get_by_role("button", name="Start").click()
+    listed = pane_row(page, "kept")
+    expect(listed).to_have_attribute("data-state", "succeeded")
+    listed.get_by_role("button", name="Output kept").click()
+    panel = page.locator("#jupyter-bgjobs-panel")
+    expect(panel.locator(".jp-bgjobs-options")).to_contain_text("checkpoints · retries 2")
+    panel.get_by_role("button", name="← All jobs").click()

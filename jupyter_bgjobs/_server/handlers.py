@@ -50,7 +50,17 @@ _CHUNK = 256 * 1024
 # The largest body ``POST jobs`` reads (tornado's own limit): code, not a data set.
 _MAX_BODY = 100 << 20
 # The fields ``POST jobs`` takes.
-_FIELDS = ("path", "code", "name", "timeout", "kernel", "workdir", "memory_limit")
+_FIELDS = (
+    "path",
+    "code",
+    "name",
+    "timeout",
+    "kernel",
+    "workdir",
+    "memory_limit",
+    "checkpoint",
+    "retries",
+)
 # What the IDE needs of a job's spec to run it again.
 _RERUN_KEYS = (
     "code",
@@ -62,6 +72,8 @@ _RERUN_KEYS = (
     "workdir",
     "script",
     "memory_limit",
+    "checkpoint",
+    "retries",
 )
 
 T = TypeVar("T")
@@ -182,8 +194,8 @@ class JobsHandler(_Handler):
     async def post(self) -> None:
         """Start a detached job: a script, ``{"path": ...}`` (relative to the server's
         root, or absolute inside it), or code, ``{"code": ...}`` (an editor's selection, a
-        rerun); with ``name``, ``timeout``, ``kernel``, ``workdir`` (inside the root) and
-        ``memory_limit`` (``"8G"`` or bytes)."""
+        rerun); with ``name``, ``timeout``, ``kernel``, ``workdir`` (inside the root),
+        ``memory_limit`` (``"8G"`` or bytes), ``checkpoint`` and ``retries``."""
         body = await self.off_loop(_body, self.request.body)  # maybe megabytes of code
         root, hidden = self.root, self.allow_hidden
         options: dict[str, Any] = {
@@ -191,6 +203,9 @@ class JobsHandler(_Handler):
             "timeout": _timeout(body.get("timeout")),
             "kernel": _optional_text(body, "kernel"),
             "memory_limit": _memory(body.get("memory_limit")),
+            # Checked where every job's options are (a bad one is a 400 naming it).
+            "checkpoint": body.get("checkpoint"),
+            "retries": 0 if body.get("retries") is None else body["retries"],
             "detach": True,
         }
         workdir = _optional_text(body, "workdir")
