@@ -345,6 +345,8 @@ def test_code_is_started_by_the_server_and_read_back_with_its_rich_outputs(
         "workdir": str(server.root / "work"),
         "script": None,
         "memory_limit": 0,
+        "checkpoint": False,
+        "retries": 0,
     }
     outputs = detail["outputs"]
     assert [o["output_type"] for o in outputs] == ["stream", "display_data", "stream"]
