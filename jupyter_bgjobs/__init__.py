@@ -28,6 +28,7 @@ from ._errors import (
 from ._progress import add_job, set_progress, set_status
 from ._prune import prune
 from ._queue import Queue, Task, TaskList, WorkerPool
+from ._sweep import Sweep, sweep
 
 __version__ = "0.1.0"
 
@@ -94,6 +95,7 @@ __all__ = [
     "JobTimeoutError",
     "KernelDiedError",
     "Queue",
+    "Sweep",
     "Task",
     "TaskError",
     "TaskList",
@@ -116,6 +118,7 @@ __all__ = [
     "run_script",
     "set_progress",
     "set_status",
+    "sweep",
     "tqdm",
     "unload_ipython_extension",
 ]

@@ -61,6 +61,7 @@ def run_cell(
     retry_delay: float = 1.0,
     retry_on: str | list[str] | None = None,
     resume: bool = False,
+    after: str | list[str] | None = None,
 ) -> Job | DetachedJob:
     """Run ``code`` (IPython syntax allowed) as a background job and return the Job at once.
 
@@ -84,7 +85,9 @@ def run_cell(
     ``retry_delay`` seconds and each next after twice as long (``retry_on="timeout"``
     retries one that timed out too). ``resume=True`` (it needs ``name``): go on from the
     newest checkpoint of the last job of that name whose sections up to there are those
-    of ``code``, unchanged.
+    of ``code``, unchanged. ``after``: ``"fit,clean"`` (or a list) waits for those jobs
+    to end whatever the names; ``"none"``: no wait at all. Without it, the job waits for
+    the jobs of this notebook not ended that bind a name it reads, and takes their values.
     """
     from ._merge import target_namespace
 
@@ -108,6 +111,7 @@ def run_cell(
         retries=retries,
         retry_delay=retry_delay,
         retry_on=retry_on,
+        after=after,
     )
     if _checks.flag("resume", resume):
         _resume_earlier(spec, name)
@@ -171,6 +175,7 @@ def run_script(
     retry_delay: float = 1.0,
     retry_on: str | list[str] | None = None,
     resume: bool = False,
+    after: str | list[str] | None = None,
     _results: str | None = None,
 ) -> Job | DetachedJob:
     """Run a script as a background job (rstudioapi's jobRunScript) and return the Job.
@@ -179,7 +184,7 @@ def run_script(
     whole namespace. ``export_env``: ``""`` keeps results in ``job.results`` only,
     ``"globals"`` merges them into the notebook, any other name makes a namespace of that
     name. ``detach``, ``gateway``, ``kernel_env``, ``memory_limit``, ``notify``,
-    ``checkpoint``, ``retries``, ``retry_delay``, ``retry_on`` and ``resume`` as for
+    ``checkpoint``, ``retries``, ``retry_delay``, ``retry_on``, ``resume`` and ``after`` as for
     ``run_cell`` (a script's sections are its ``# Name ----`` and ``# %% Name`` lines).
     """
     from ._merge import target_namespace
@@ -221,6 +226,7 @@ def run_script(
         retries=retries,
         retry_delay=retry_delay,
         retry_on=retry_on,
+        after=after,
     )
     if results == "object" and export_env:
         spec.results_name = export_env
@@ -236,8 +242,14 @@ def run_script(
 def get_job(name_or_id: str) -> Job | DetachedJob:
     """The job with this id, or the latest job with this name: one of this process, else
     a detached one from the store (started here before a restart, or elsewhere), else one
-    an earlier kernel or another notebook ran, read from its record."""
+    an earlier kernel or another notebook ran, read from its record. A sweep of this
+    process with that name (``%%bgjob fit --over ...``) comes first: its ``Sweep``."""
     _checks.text("name_or_id", name_or_id, example="'train'")
+    from ._sweep import find as find_sweep
+
+    swept = find_sweep(name_or_id)
+    if swept is not None:
+        return swept  # type: ignore[return-value]
     try:
         return manager.get(name_or_id)
     except JobSpecError:

@@ -104,19 +104,21 @@ class Attempts:
         with us; False when it could not be sent (the job's reason says why)."""
         import mmap
 
-        resume = self.runner_spec.get("resume") or {}
-        if resume.get("transport") != "stream" or not resume.get("path"):
-            return True
-        try:
-            fd = open_own(Path(resume["path"]))
+        for key in ("after", "resume"):
+            loaded = self.runner_spec.get(key) or {}
+            if loaded.get("transport") != "stream" or not loaded.get("path"):
+                continue
             try:
-                with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as blob:
-                    resume["sha256"] = send_seed(self.kernel, resume["key"], blob)
-            finally:
-                os.close(fd)
-        except (OSError, NotOurs, BgJobError) as exc:
-            self.run.tell(reason=f"its checkpoint could not be sent to its kernel: {exc}")
-            return False
+                fd = open_own(Path(loaded["path"]))
+                try:
+                    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as blob:
+                        loaded["sha256"] = send_seed(self.kernel, loaded["key"], blob)
+                finally:
+                    os.close(fd)
+            except (OSError, NotOurs, BgJobError) as exc:
+                what = "checkpoint" if key == "resume" else "the values it waited for"
+                self.run.tell(reason=f"its {what} could not be sent to its kernel: {exc}")
+                return False
         return True
 
     def _checkpoint_part(self, event: dict[str, Any], buffers: list[Any]) -> None:

@@ -565,6 +565,10 @@ _RECORD_FIELDS = frozenset(
         "checkpoint",
         "resumed_from",
         "resumed",
+        "waits_for",
+        "waits_for_ids",
+        "sweep",
+        "params",
     }
 )
 

@@ -101,7 +101,7 @@ class Driver(Attempts):
         job, run = self.job, self.run
         with JobLog(job.log_path, self._log_fault) as self.log:
             try:
-                if self._take_slot():
+                if self._wait_for_producers() and self._take_slot():
                     try:
                         self._run_in_kernel()
                     finally:
@@ -137,6 +137,40 @@ class Driver(Attempts):
 
     def _finish(self, state: str) -> None:
         self.manager.finish(self.run, state)
+
+    def _wait_for_producers(self) -> bool:
+        """Wait, holding no slot, for the jobs whose results this one reads; then go on
+        with the names they made (False: one did not succeed, and this job is cancelled
+        saying why, never run on stale data)."""
+        from ._waits import values_of, wait_out
+
+        run = self.run
+        if not run.waits:
+            return True
+        run.waiting(f"waiting for {', '.join(w.words() for w in run.waits)}")
+        why = wait_out(run.waits, run.cancel_asked)
+        if why:
+            run.tell(reason=why, status="")
+            self._finish(CANCELLED)
+            return False
+        run.tell(status="")
+        values = values_of(run.waits)
+        if values:
+            self._overlay(values)
+        return True
+
+    def _overlay(self, values: dict[str, Any]) -> None:
+        """The values the jobs waited for made, for the job's kernel to load over its
+        seed: a file of the job's folder (sent from there to a kernel that shares none)."""
+        from ._waits import overlay_file
+
+        self.run.files.append(str(self.job.folder / "after.snap"))
+        path, skipped = overlay_file(values, self.run.token, self.job.folder)
+        after: dict[str, Any] = {"path": path, "token": self.run.token}
+        if not self.provider.shares_files:
+            after.update(transport="stream", key=f"{self.run.token}-after")
+        self.runner_spec["after"] = after
+        self.job.skipped.extend(dict(s, direction="in") for s in skipped)
 
     def _take_slot(self) -> bool:
         if self.manager.take_slot(self.run.cancel_asked):

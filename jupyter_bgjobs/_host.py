@@ -84,6 +84,11 @@ def main(folder: Path) -> int:
     run.provider = provider_for(spec, manager)
     job = run.job
     _restore(run, data, folder)
+    from ._waits import from_listed
+
+    run.waits = from_listed(data.get("waits"))
+    job.waits_for = [w.words() for w in run.waits]
+    job.waits_for_ids = [w.job.id for w in run.waits]
     writer = RecordWriter(job, log=open_log_for_notes(job.log_path))
     run.listeners.append(writer)
     run.writer = writer

@@ -46,6 +46,7 @@ from ._states import (
     RUNNING,
     STARTING,
     TIMED_OUT,
+    WAITING,
     ErrorInfo,
     RowClock,
     TransitionError,
@@ -139,12 +140,21 @@ class Run(Tailed, RowClock):
         # Where its kernel comes from (the warm pool, a gateway): chosen once, by whoever
         # makes the run (the manager, or a detached job's host).
         self.provider: Provider | None = None
+        # The jobs it waits for before it starts (``_waits.Wait``), and the names its
+        # code binds at its top level (what a later job reading them waits for).
+        self.waits: list[Any] = []
+        self.binds: set[str] = set()
         self.job = Job(self, spec, manager, folder=folder, detached=detached)
 
     # -- the named transitions ------------------------------------------------------------
     def start(self) -> None:
         """pending → starting: a slot is taken, the kernel is being acquired."""
         self._move(STARTING, started=now(), t_started=time.monotonic())
+
+    def waiting(self, status: str) -> None:
+        """pending → waiting: it waits for the jobs whose results it reads (``status``
+        says which: "waiting for fit (df)")."""
+        self._move(WAITING, status=status)
 
     def running(self) -> None:
         """starting → running: the code has been sent to the kernel."""
@@ -329,6 +339,9 @@ class Job(WholeJob):
         self.attempt = 1
         self.checkpoint: dict[str, Any] = {}
         self.resumed: str = str(spec.resume.get("note", "")) if spec.resume else ""
+        # The jobs it waits for, in words ("fit (df)") and by id: set where it is made.
+        self.waits_for: list[str] = []
+        self.waits_for_ids: list[str] = []
         self.report = ""
         if folder is None:
             folder = settings.job_root() / self.id

@@ -17,6 +17,9 @@ from ._text import clock, text_table
 from ._text import count as count_text
 from ._text import usage as usage_text
 
+# A sweep shows the rows of its first runs under its cell; the Jobs pane shows them all.
+_SWEEP_ROWS = 12
+
 # The jobs with a live row under their cell: their merge reports are shown there.
 _rowed: set[str] = set()
 
@@ -96,6 +99,12 @@ def _shared_options(fn: Any) -> Any:
                 default=None,
                 help="timeout: retry a job that ran past its timeout too",
             ),
+            argument(
+                "--after",
+                default=None,
+                help="wait for these jobs to end (fit,clean), whatever the names; none: no "
+                "wait, not even for the jobs that make the names it reads",
+            ),
         ]
     ):
         fn = arg(fn)
@@ -144,10 +153,21 @@ class BgJobMagics(Magics):
         action="store_true",
         help="run apart from this kernel: the job outlives it; %%bgjob_attach NAME merges",
     )
+    @argument(
+        "--over",
+        action="append",
+        default=None,
+        metavar="NAME=V1,V2",
+        help="a sweep: run the cell once per combination of these values (repeatable); "
+        "NAME_results is the table of their outcomes",
+    )
     @cell_magic
     def bgjob(self, line: str, cell: str) -> None:
         """Run the cell in a separate kernel; its results come back when it ends."""
         args = _parse(self.bgjob, line)
+        if args.over:
+            self._sweep(args, cell)
+            return
         browser = "" in (args.notify or [])
         targets = [url for url in args.notify or [] if url]
         if args.detach and browser:
@@ -181,6 +201,43 @@ class BgJobMagics(Magics):
             _show_detached(job)
             return
         _show(job, notify=browser)
+
+    def _sweep(self, args: Any, cell: str) -> None:
+        from ._sweep import parse_over, sweep
+
+        if args.detach or args.resume or args.results != "globals":
+            raise UsageError(
+                "--over makes a sweep, whose runs put their names into NAME_results: it "
+                "takes no --detach, --resume or --results"
+            )
+        options = _resume_options(args)
+        options.pop("resume")
+        try:
+            handle = sweep(
+                cell,
+                parse_over(args.over),
+                args.name,
+                kernel=args.kernel,
+                timeout=_checks.timeout("timeout", args.timeout, text=True),
+                env=args.env,
+                on_conflict=args.on_conflict,
+                on_failure=args.on_failure,
+                workdir=args.workdir,
+                gateway=args.gateway,
+                kernel_env=parse_kernel_env(args.kernel_env),
+                memory_limit=args.memory_limit,
+                notify=[url for url in args.notify or [] if url],
+                **options,
+            )
+        except BgJobError as exc:
+            raise UsageError(str(exc)) from None
+        first, last = handle.runs[0].name, handle.runs[-1].name
+        print(
+            f"{handle.name}: a sweep of {len(handle.runs)} runs ({first} ... {last}); "
+            f"{handle.results_name} holds their outcomes once they have all ended"
+        )
+        for job in handle.runs[:_SWEEP_ROWS]:
+            _show(job)
 
     @magic_arguments()
     @argument("path", help="the script to run")
@@ -358,7 +415,7 @@ def _show_detached(job: Any) -> None:
 
 
 def jobs_table(rows: list[Job]) -> str:
-    header = ("name", "id", "state", "progress", "section", "elapsed", "memory")
+    header = ("name", "id", "state", "progress", "section", "elapsed", "memory", "waits for")
     body = [
         (
             j.name,
@@ -368,6 +425,7 @@ def jobs_table(rows: list[Job]) -> str:
             j.section,
             clock(j.elapsed),
             usage_text(j.resources, not j.done),
+            ", ".join(j.waits_for) if j.state == "waiting" else "",
         )
         for j in rows
     ]
@@ -382,6 +440,7 @@ def _resume_options(args: Any) -> dict[str, Any]:
         "retries": args.retries,
         "retry_delay": args.retry_delay,
         "retry_on": args.retry_on,
+        "after": args.after,
     }
 
 
@@ -395,13 +454,40 @@ def _parse(magic: Any, line: str) -> Any:
     return magic.parser.parse_args(argv)
 
 
-def _pre_run_cell(*_: Any) -> None:
+def _pre_run_cell(info: Any = None) -> None:
     """Merge finished jobs' results at the cell boundary, never under a running cell. A
     job's report belongs to its own row (which shows it): only a job with no row (one
-    started from Python) has it said here, in the cell that runs next."""
+    started from Python) has it said here, in the cell that runs next. Then a plain cell
+    that reads a name a job not ended will bind is told so."""
     for job, report in manager.merge_ready():
         if job.id not in _rowed:
             print(report)
+    from ._sweep import merge_ready
+
+    for report in merge_ready():
+        print(report)
+    _tell_replaced(str(getattr(info, "raw_cell", "") or ""))
+
+
+def _tell_replaced(cell: str) -> None:
+    """One line for each name the cell reads that a job not ended will bind, before the
+    cell runs: "df will be replaced when job fit ends (running, 3/5)"."""
+    if not cell.strip() or cell.lstrip().startswith("%%bgjob"):
+        return
+    unfinished = manager.unfinished()
+    if not unfinished:
+        return
+    from ._spec import transformed
+    from ._waits import read_names
+
+    reads = read_names(transformed(cell))
+    for job, binds in unfinished:
+        done, total = job.progress
+        for name in sorted(reads & binds):
+            print(
+                f"{name} will be replaced when job {job.name} ends "
+                f"({job.state.replace('_', ' ')}, {done}/{total})"
+            )
 
 
 def _post_run_cell(*_: Any) -> None:

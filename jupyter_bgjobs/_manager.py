@@ -27,6 +27,7 @@ from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, transformed
 from ._state_record import RecordWriter, launched_record
 from ._states import FAILED, SUCCEEDED
+from ._waits import Wait, bound_names, listed, parse_after, waits_for
 
 
 class JobManager:
@@ -168,14 +169,47 @@ class JobManager:
         """Make the job's folder, its seed and its spec: everything but the driving, which
         is this process's (``start``) or, detached, a host process's (``run_here``)."""
         self._name_apart(spec)
+        source = transformed(spec.code)
+        # Before anything is made: an --after name no job has is a one-line error.
+        waits = self._waits_of(spec, source)
         folder = _store.new_entry("start a detached job") if detached else None
         run = Run(spec, self, folder=folder, detached=detached)
+        run.waits, run.binds = waits, bound_names(source)
+        run.job.waits_for = [w.words() for w in waits]
+        run.job.waits_for_ids = [w.job.id for w in waits]
         try:
             runner_spec = self._write_job(run, spec, ns)
         except BaseException:
             self.discard(run)
             raise
         return run, runner_spec
+
+    def _waits_of(self, spec: JobSpec, source: str) -> list[Wait]:
+        """The jobs a job of ``spec`` waits for: those ``--after`` names, and the jobs of
+        this process not ended that bind a name it reads (not its own sweep's runs)."""
+        explicit, implicit = parse_after(spec.after)
+        with self._lock:
+            unfinished = [
+                (r.job, r.binds)
+                for r in self._runs.values()
+                if not r.job.done and not (spec.sweep and r.job.spec.sweep == spec.sweep)
+            ]
+        return waits_for(source, explicit, implicit, unfinished, self._named)
+
+    def _named(self, name: str) -> Any:
+        """The job ``--after NAME`` means: the latest of this process with that name, else
+        a detached one of the store."""
+        try:
+            return self.get(name)
+        except JobSpecError:
+            from ._detached import find
+
+            return find(name)
+
+    def unfinished(self) -> list[tuple[Job, set[str]]]:
+        """The jobs of this process that have not ended, each with the names it binds."""
+        with self._lock:
+            return [(r.job, set(r.binds)) for r in self._runs.values() if not r.job.done]
 
     def discard(self, run: Run) -> None:
         """Remove what ``prepare`` made for a job that will not start: its seed, its
@@ -243,6 +277,7 @@ class JobManager:
                 "arena": settings.results_arena,
             },
             "env_vars": spec.env_vars,
+            "params": spec.params,
         }
         if spec.checkpoint:
             # Into the job's own folder, which outlives this kernel and a reboot; a kernel
@@ -267,6 +302,7 @@ class JobManager:
             "shipped": job.shipped,
             "not_shipped": [s for s in job.skipped if s.get("direction") == "in"],
             "awaits": run.awaits,
+            "waits": listed(run.waits),
             **described,
             "code_file": _store.CODE_FILE,
         }

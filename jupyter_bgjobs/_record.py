@@ -85,6 +85,12 @@ class JobRecord:
     # The job it resumed (its id; "" for none), and where it went on from, in words.
     resumed_from: str = field(default="", metadata=_holds(str))
     resumed: str = field(default="", metadata=_holds(str))
+    # The jobs it waits for (``_waits``): in words, "fit (df)", and their ids.
+    waits_for: list[str] = field(default_factory=list, metadata=_holds(list))
+    waits_for_ids: list[str] = field(default_factory=list, metadata=_holds(list))
+    # A run of a sweep: the sweep's id and the names this run set.
+    sweep: str = field(default="", metadata=_holds(str))
+    params: dict[str, Any] = field(default_factory=dict, metadata=_holds(dict))
     # Wall-clock stamps of the job's milestones (benchmarks read them).
     timings: dict[str, float] = field(default_factory=dict, metadata=_holds(dict))
 
@@ -193,6 +199,10 @@ ROW = (
     "checkpoint",
     "resumed_from",
     "resumed",
+    "waits_for",
+    "waits_for_ids",
+    "sweep",
+    "params",
 )
 
 # Seconds no time of a job is beyond (about 3,000 years either side of 1970).
@@ -217,6 +227,9 @@ _TS_SHAPES = {
     "timings": "{ [milestone: string]: number }",
     "resources": "{ [figure: string]: number }",
     "checkpoint": "{ [fact: string]: string | number }",
+    "waits_for": "string[]",
+    "waits_for_ids": "string[]",
+    "params": "{ [name: string]: unknown }",
     "usage": "[number, number, number][]",
 }
 _TS_TYPES = {str: "string", int: "number", float: "number", bool: "boolean", _NONE: "null"}

@@ -58,6 +58,12 @@ class JobSpec:
     # on from, the words of its report, and the checkpoints further back. Made by
     # ``_resume``, never by hand.
     resume: dict[str, Any] = field(default_factory=dict)
+    # The jobs it waits for whatever the names (``--after fit,clean``), "none" for no
+    # implicit wait either, "" for the implicit waits alone (``_waits``).
+    after: str = ""
+    # A run of a sweep: the sweep's id, and the names this run sets (``--over``).
+    sweep: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The spec as JSON values: what ``spec.json`` holds, read back by ``from_json``."""
@@ -82,7 +88,7 @@ class JobSpec:
         for name in ("code", "name"):
             if not isinstance(values.get(name), str):
                 raise JobSpecError(f"spec.json: {name!r} must be a string")
-        for name in ("env_vars", "kernel_env", "resume"):
+        for name in ("env_vars", "kernel_env", "resume", "params"):
             if not isinstance(values.get(name, {}), dict):
                 raise JobSpecError(f"spec.json: {name!r} must be an object")
         return cls(**values)
@@ -212,6 +218,7 @@ def build_spec(
     retries: int | str = 0,
     retry_delay: float | str = 1.0,
     retry_on: str | list[str] | None = None,
+    after: str | list[str] | None = None,
 ) -> JobSpec:
     """Check every option and build a spec; raises JobSpecError naming the fix."""
     _checks.text("code", code, example="'x = 1'")
@@ -233,6 +240,9 @@ def build_spec(
     tries = int(_checks.number("retries", retries, integer=True, text=True))
     delay = _checks.number("retry_delay", retry_delay, unit="seconds", text=True)
     also = _check_retry_on(retry_on)
+    from ._waits import parse_after
+
+    explicit, implicit = parse_after(after)
     from ._notify import check_targets
 
     targets = list(dict.fromkeys([*check_targets("notify", notify), *settings.notify_targets]))
@@ -276,6 +286,7 @@ def build_spec(
     spec.memory_limit = limit
     spec.checkpoint = keep
     spec.retries, spec.retry_delay, spec.retry_on = tries, delay, also
+    spec.after = ",".join(explicit) if explicit else ("" if implicit else "none")
     spec.notify = targets
     return spec
 

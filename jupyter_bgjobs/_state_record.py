@@ -70,6 +70,10 @@ def record_of(job: Any) -> JobRecord:
         checkpoint=dict(job.checkpoint),
         resumed_from=str(spec.resume.get("from", "")) if spec.resume else "",
         resumed=job.resumed,
+        waits_for=list(job.waits_for),
+        waits_for_ids=list(job.waits_for_ids),
+        sweep=spec.sweep,
+        params=dict(spec.params),
     )
 
 

@@ -7,6 +7,9 @@ import time
 from typing import NamedTuple
 
 PENDING, STARTING, RUNNING = "pending", "starting", "running"
+# A job that waits for the jobs whose results it reads (``_waits``); a queue task waits
+# for a worker (the same word).
+WAITING = "waiting"
 SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED = (
     "succeeded",
     "failed",
@@ -14,7 +17,7 @@ SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED = (
     "timed_out",
     "died",
 )
-STATES = (PENDING, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED)
+STATES = (PENDING, WAITING, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED)
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED})
 # The same, in the order rows and messages list them.
 ENDED_STATES = (SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, DIED)
@@ -44,6 +47,7 @@ class Look(NamedTuple):
 
 LOOKS: dict[str, Look] = {
     PENDING: Look("◌", "#1565c0", "--jp-brand-color1", "", "info"),
+    WAITING: Look("⧗", "#1565c0", "--jp-brand-color1", "", "info"),
     STARTING: Look("⏳", "#1565c0", "--jp-brand-color1", "", "info"),
     RUNNING: Look("▶", "#1565c0", "--jp-brand-color1", "", "info"),
     IDLE: Look("○", "#616161", "--jp-ui-font-color2", "", "info"),
@@ -149,14 +153,16 @@ class Machine:
 
 
 _STARTED = frozenset({STARTING, RUNNING})
-_UNENDED = frozenset({PENDING, STARTING, RUNNING})
+_UNENDED = frozenset({PENDING, WAITING, STARTING, RUNNING})
 
-# A job: pending until a slot is free, starting while its kernel is acquired, running
-# once its code is sent; an end from there (a start that fails is a failure).
+# A job: pending until a slot is free (waiting first for the jobs whose results it reads),
+# starting while its kernel is acquired, running once its code is sent; an end from there
+# (a start that fails is a failure; a job whose producer failed is cancelled waiting).
 JOB_MOVES = Machine(
     "job",
     {
-        "start": (frozenset({PENDING}), STARTING),
+        "wait": (frozenset({PENDING}), WAITING),
+        "start": (frozenset({PENDING, WAITING}), STARTING),
         "run": (frozenset({STARTING}), RUNNING),
         "succeed": (frozenset({RUNNING}), SUCCEEDED),
         "fail": (_UNENDED, FAILED),
@@ -183,7 +189,7 @@ PROGRESS_MOVES = Machine(
 
 # A queue task (R's queue): its words are the R package's, and its end is one state,
 # ``done``, whose code says how; a task whose worker was lost waits again.
-CREATED, WAITING, ASSIGNED, DONE = "created", "waiting", "assigned", "done"
+CREATED, ASSIGNED, DONE = "created", "assigned", "done"
 # In the order a task goes through them (the R package's, and its table's column).
 TASK_STATES = (CREATED, WAITING, ASSIGNED, RUNNING, DONE)
 TASK_MOVES = Machine(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._errors import JobSpecError
@@ -59,8 +60,20 @@ def _stores(node: ast.AST, out: set[str]) -> None:
 
 
 def read_names(source: str) -> set[str]:
-    """The names a cell reads that it may not bind itself first (``--env auto``'s)."""
-    return free_names(source)
+    """The names a cell reads before it binds them itself, statement by statement: a
+    cell that imports ``time`` and then calls ``time.sleep`` reads no ``time`` of the
+    notebook's; ``df = df.dropna()`` reads ``df``. A function's body counts where the
+    function is defined."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    reads: set[str] = set()
+    bound: set[str] = set()
+    for statement in tree.body:
+        reads |= free_names(ast.unparse(statement)) - bound
+        _stores(ast.Module([statement], []), bound)
+    return reads
 
 
 @dataclass
@@ -140,7 +153,7 @@ def wait_out(waits: list[Wait], cancelled: Any, poll: float = 0.2) -> str:
                 return f"cancelled while waiting for {wait.words()}"
             if cond is not None:
                 with cond:
-                    cond.wait_for(lambda: job.done or cancelled.is_set(), poll)
+                    cond.wait_for(lambda j=job: j.done or cancelled.is_set(), poll)
             else:
                 time.sleep(poll)  # a job of another process: its record is read again
         if job.state != SUCCEEDED:
@@ -161,3 +174,42 @@ def values_of(waits: list[Wait]) -> dict[str, Any]:
             if name in made:
                 values[name] = made[name]
     return values
+
+
+def listed(waits: list[Wait]) -> list[dict[str, Any]]:
+    """The waits as a detached job's spec keeps them, for its host."""
+    return [{"id": w.job.id, "name": w.job.name, "names": list(w.names)} for w in waits]
+
+
+def from_listed(items: Any) -> list[Wait]:
+    """The waits a detached job's spec lists, as its host waits them out: on the jobs of
+    the store (detached, or attached to a notebook) by their records."""
+    from ._detached import find
+    from ._stored import find_recorded
+
+    waits: list[Wait] = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        job = find(item["id"]) or find_recorded(item["id"])
+        if job is not None:
+            names = [n for n in item.get("names") or [] if isinstance(n, str)]
+            waits.append(Wait(job, names))
+    return waits
+
+
+def overlay_file(values: dict[str, Any], token: str, folder: Path) -> tuple[str, list[Any]]:
+    """Write ``values`` for the waiting job's kernel to load over its seed (modules by
+    name); the file, and what could not be written (to be listed as not shipped)."""
+    from types import ModuleType
+
+    from ._inside.kernel.checkpoint import write_whole
+    from ._inside.kernel.wire import encode
+
+    modules = {k: v.__name__ for k, v in values.items() if isinstance(v, ModuleType)}
+    note = {"changed": [], "deleted": [], "modules": modules}
+    rest = {k: v for k, v in values.items() if k not in modules}
+    parts, skipped, _ = encode(rest, token, note=note)
+    path = str(folder / "after.snap")
+    write_whole(path, parts)
+    return path, skipped

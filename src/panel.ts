@@ -326,12 +326,26 @@ export class JobsPanel extends Widget {
     return jobs;
   }
 
-  /** The groups of the list: running and ended, or one per notebook. */
+  /** The groups of the list: each sweep's runs under one row of its own, then the
+   * other jobs running and ended; or one group per notebook. */
   private _groups(jobs: IJob[]): [string, string, IJob[]][] {
     if (!this._view.group) {
+      const sweeps = new Map<string, IJob[]>();
+      for (const job of jobs.filter(j => j.sweep)) {
+        sweeps.set(job.sweep, [...(sweeps.get(job.sweep) || []), job]);
+      }
+      const rest = jobs.filter(j => !j.sweep);
       return [
-        ['running', 'Running', jobs.filter(isRunning)],
-        ['ended', 'Ended', jobs.filter(j => !isRunning(j))]
+        ...Array.from(sweeps.entries()).map(
+          ([id, runs]) =>
+            [`sweep:${id}`, sweepSummary(id, runs), runs] as [
+              string,
+              string,
+              IJob[]
+            ]
+        ),
+        ['running', 'Running', rest.filter(isRunning)],
+        ['ended', 'Ended', rest.filter(j => !isRunning(j))]
       ];
     }
     const by = new Map<string, IJob[]>();
@@ -408,7 +422,15 @@ export class JobsPanel extends Widget {
       }
       before = section.nextElementSibling;
       const heading = section.firstElementChild as HTMLElement;
-      heading.textContent = `${title} (${group.length})`;
+      const words = heading.querySelector('.jp-bgjobs-group-title');
+      if (words) {
+        // A sweep's row: its summary, and Stop while any of its runs has not ended.
+        words.textContent = title;
+        const stop = heading.querySelector('button') as HTMLButtonElement;
+        stop.hidden = !group.some(isRunning);
+      } else {
+        heading.textContent = `${title} (${group.length})`;
+      }
       const list = section.lastElementChild as HTMLElement;
       let at: Element | null = list.firstElementChild;
       for (const job of group) {
@@ -451,11 +473,15 @@ export class JobsPanel extends Widget {
     if (!section) {
       section = document.createElement('section');
       section.className = 'jp-bgjobs-group';
-      section.dataset.group = key.startsWith('notebook:')
-        ? key
-        : title.toLowerCase();
+      section.dataset.group =
+        key.startsWith('notebook:') || key.startsWith('sweep:')
+          ? key
+          : title.toLowerCase();
       const heading = document.createElement('h3');
       heading.id = `jp-bgjobs-group-${++groupIds}`;
+      if (key.startsWith('sweep:')) {
+        this._sweepHeading(heading, key.slice('sweep:'.length));
+      }
       // The group's rows: a list, named by its heading.
       const list = document.createElement('div');
       list.className = 'jp-bgjobs-group-rows';
@@ -465,6 +491,28 @@ export class JobsPanel extends Widget {
       this._sections.set(key, section);
     }
     return section;
+  }
+
+  /** A sweep's heading: its summary and a Stop that stops every run not ended. */
+  private _sweepHeading(heading: HTMLElement, id: string): void {
+    heading.classList.add('jp-bgjobs-sweep');
+    const words = document.createElement('span');
+    words.className = 'jp-bgjobs-group-title';
+    const stop = document.createElement('button');
+    stop.type = 'button';
+    stop.className = 'jp-bgjobs-button jp-bgjobs-stop jp-bgjobs-sweep-stop';
+    stop.textContent = 'Stop';
+    const name = sweepName(id);
+    stop.setAttribute('aria-label', `Stop sweep ${name}`);
+    stop.title = `Stop every run of ${name}`;
+    stop.addEventListener('click', () => {
+      for (const job of this._store.jobs) {
+        if (job.sweep === id && isRunning(job) && job.can_stop) {
+          this._actions.stop(job);
+        }
+      }
+    });
+    heading.append(words, ' ', stop);
   }
 
   private _rowFor(job: IJob): HTMLElement {
@@ -608,6 +656,8 @@ export class JobsPanel extends Widget {
       this._usage.className = 'jp-bgjobs-usage-detail';
       this._point = document.createElement('div');
       this._point.className = 'jp-bgjobs-checkpoint';
+      this._waits = document.createElement('div');
+      this._waits.className = 'jp-bgjobs-waits';
       this._history = document.createElement('ol');
       this._history.className = 'jp-bgjobs-history';
       this._history.setAttribute('aria-label', 'History');
@@ -630,6 +680,7 @@ export class JobsPanel extends Widget {
         tab,
         this._row,
         this._report,
+        this._waits,
         this._point,
         this._usage,
         this._history,
@@ -642,6 +693,8 @@ export class JobsPanel extends Widget {
       Widget.attach(this._outputs, outputs);
     }
     renderRow(this._row, job, this._store, this._actions);
+    this._waits.textContent = waitsText(job, this._store.jobs);
+    this._waits.hidden = !this._waits.textContent;
     this._logNode.hidden = this._log === null;
     this._logNode.textContent = this._log || '';
     // The output follows the job: fetched again when its record changed.
@@ -753,6 +806,7 @@ export class JobsPanel extends Widget {
   private _history: HTMLElement = document.createElement('ol');
   private _usage: HTMLElement = document.createElement('div');
   private _point: HTMLElement = document.createElement('div');
+  private _waits: HTMLElement = document.createElement('div');
   private _ran: HTMLElement = document.createElement('details');
   private _cut: HTMLElement = document.createElement('div');
   private _logNode: HTMLElement = document.createElement('pre');
@@ -784,4 +838,44 @@ export function checkpointText(
     (at ? `, at ${at}` : '') +
     '. Resume goes on from it.'
   );
+}
+
+/** A sweep's name, from its id (``fit-3fa2c1``). */
+function sweepName(id: string): string {
+  return id.replace(/-[0-9a-f]{6}$/, '');
+}
+
+/** A sweep's row: ``fit: 6 runs, 4 done, 1 failed, 1 running``. */
+export function sweepSummary(id: string, runs: IJob[]): string {
+  const count = (states: string[]) =>
+    runs.filter(j => states.includes(j.state)).length;
+  const words = [`${runs.length} runs`, `${count(['succeeded'])} done`];
+  const failed = count(['failed', 'died', 'timed_out']);
+  const stopped = count(['cancelled']);
+  const running = runs.filter(isRunning).length;
+  if (failed) {
+    words.push(`${failed} failed`);
+  }
+  if (stopped) {
+    words.push(`${stopped} cancelled`);
+  }
+  if (running) {
+    words.push(`${running} running`);
+  }
+  return `${sweepName(id)}: ${words.join(', ')}`;
+}
+
+/** What a job waits for, and which jobs wait for it (while they have not started). */
+export function waitsText(job: IJob, all: IJob[]): string {
+  const parts: string[] = [];
+  if (job.state === 'waiting' && job.waits_for.length) {
+    parts.push(`Waits for ${job.waits_for.join(', ')}.`);
+  }
+  const waiting = all.filter(
+    j => j.state === 'waiting' && (j.waits_for_ids || []).includes(job.id)
+  );
+  if (waiting.length) {
+    parts.push(`Waited on by ${waiting.map(j => j.name).join(', ')}.`);
+  }
+  return parts.join(' ');
 }

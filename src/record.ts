@@ -52,6 +52,10 @@ export interface IJobRecord {
   checkpoint: { [fact: string]: string | number };
   resumed_from: string;
   resumed: string;
+  waits_for: string[];
+  waits_for_ids: string[];
+  sweep: string;
+  params: { [name: string]: unknown };
   timings: { [milestone: string]: number };
 }
 
@@ -82,4 +86,8 @@ export interface IJob {
   checkpoint: { [fact: string]: string | number };
   resumed_from: string;
   resumed: string;
+  waits_for: string[];
+  waits_for_ids: string[];
+  sweep: string;
+  params: { [name: string]: unknown };
 }

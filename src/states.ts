@@ -5,6 +5,7 @@
 /** A job's states, in the order it goes through them. */
 export const STATES = [
   'pending',
+  'waiting',
   'starting',
   'running',
   'succeeded',
@@ -29,6 +30,7 @@ export const ENDED_ON_ITS_WAY = ['failed', 'cancelled', 'timed_out', 'died'];
 /** Each state's icon. */
 export const STATE_ICONS: { [state: string]: string } = {
   pending: '◌',
+  waiting: '⧗',
   starting: '⏳',
   running: '▶',
   idle: '○',
@@ -44,6 +46,7 @@ export const STATE_ICONS: { [state: string]: string } = {
 /** Each state's colour, a JupyterLab theme variable. */
 export const STATE_THEME: { [state: string]: string } = {
   pending: '--jp-brand-color1',
+  waiting: '--jp-brand-color1',
   starting: '--jp-brand-color1',
   running: '--jp-brand-color1',
   idle: '--jp-ui-font-color2',

@@ -16,6 +16,7 @@ def test_all_is_locked() -> None:
         "JobTimeoutError",
         "KernelDiedError",
         "Queue",
+        "Sweep",
         "Task",
         "TaskError",
         "TaskList",
@@ -38,6 +39,7 @@ def test_all_is_locked() -> None:
         "run_script",
         "set_progress",
         "set_status",
+        "sweep",
         "tqdm",
         "unload_ipython_extension",
     ]

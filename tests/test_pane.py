@@ -470,3 +470,45 @@ def test_resume_on_a_row_goes_on_from_its_checkpoint(page: Any, root: Path, jobs
     detail = panel.locator(".jp-bgjobs-detail")
     expect(detail).to_contain_text("resumed from section Fit")
     panel.get_by_role("button", name="← All jobs").click()
+
+
+WAITS_AND_SWEEP = """
+import os, time
+import jupyter_bgjobs as bj
+release, done = {release!r}, {done!r}
+gate = f"import os, time\\nwhile not os.path.exists({{release!r}}):\\n    time.sleep(0.02)\\n"
+bj.run_cell(gate + "df = [1, 2]", "prod", env="none")
+bj.run_cell("total = sum(df)", "cons")
+sweep = bj.sweep(
+    "if k == 2:\\n    raise ValueError('two')\\nsq = k * k", over={{"k": [1, 2, 3]}}, name="sw",
+    env="none",
+)
+sweep.wait(120)
+while not os.path.exists(done):
+    time.sleep(0.05)
+"""
+
+
+def test_a_waiting_row_and_a_sweeps_row(page: Any, root: Path, jobs_dir: str) -> None:
+    release, done = root / "release", root / "waits-done"
+    code = WAITS_AND_SWEEP.format(release=str(release), done=str(done))
+    with owning(code, jobs_dir, done):
+        panel = _panel(page)
+        waiting = _row(panel, "cons")
+        expect(waiting).to_have_attribute("data-state", "waiting", timeout=60_000)
+        expect(waiting.locator(".jp-bgjobs-status")).to_have_text("waiting for prod (df)")
+        waiting.get_by_role("button", name="Output cons").click()
+        expect(panel.locator(".jp-bgjobs-waits")).to_have_text("Waits for prod (df).")
+        panel.get_by_role("button", name="← All jobs").click()
+        _row(panel, "prod").get_by_role("button", name="Output prod").click()
+        expect(panel.locator(".jp-bgjobs-waits")).to_have_text("Waited on by cons.")
+        panel.get_by_role("button", name="← All jobs").click()
+        # The sweep: one row of its own, its runs under it.
+        sweep = panel.locator(".jp-bgjobs-group[data-group^='sweep:sw-']")
+        expect(sweep.locator(".jp-bgjobs-group-title")).to_have_text(
+            "sw: 3 runs, 2 done, 1 failed", timeout=120_000
+        )
+        expect(sweep.locator(".jp-bgjobs-row")).to_have_count(3)
+        expect(sweep.get_by_role("button", name="Stop sweep sw")).to_be_hidden()
+        release.touch()
+        expect(_row(panel, "cons")).to_have_attribute("data-state", "succeeded")

@@ -56,6 +56,13 @@ def section_runs(steps: list[tuple[ast.stmt, str]]) -> list[tuple[str, str, int,
     return runs
 
 
+def write_whole(path: str, parts: list[Any]) -> None:
+    """Write ``parts`` as one new file at ``path`` (a snapshot of one piece)."""
+    unlink_quietly(path)
+    views = [memoryview(p).cast("B") for p in parts]
+    _write_range(path, views, 0, sum(v.nbytes for v in views))
+
+
 def save_file(path: str, parts: list[Any]) -> None:
     """Write ``parts`` as the file ``path``, durably and whole or not at all: beside it
     first, flushed to the disk, then renamed over it."""

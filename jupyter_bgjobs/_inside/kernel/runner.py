@@ -177,7 +177,8 @@ class _Runner:
             skipped_in = self._seed()
             self.skipped_in = skipped_in
             self.before = {k: id(v) for k, v in self.ns.items()}
-            start = self._resume()
+            self._load_over("after")  # what the jobs it waited for made
+            start = self._load_over("resume")
             self.done = start
             self.arena = self._start_arena()
             source = self.spec["code"]
@@ -224,18 +225,20 @@ class _Runner:
                 return
             yield i, code
 
-    def _resume(self) -> int:
-        """Load the checkpoint a resumed job goes on from; the statement to start at."""
-        resume = self.spec.get("resume")
-        if not resume:
+    def _load_over(self, key: str) -> int:
+        """Load over the seed what ``key`` names: the values the jobs it waited for made
+        (``after``), or the checkpoint a resumed job goes on from (``resume``); the
+        statement to start at."""
+        given = self.spec.get(key)
+        if not given:
             return 0
         data = None
-        if resume.get("transport") == "stream":
-            box = _INBOX.pop(resume["key"], None)
+        if given.get("transport") == "stream":
+            box = _INBOX.pop(given["key"], None)
             if box is None:
-                raise SnapshotError("the checkpoint never arrived over the kernel protocol")
-            data = box.check(resume["sha256"])
-        return restore(self, resume, data)
+                raise SnapshotError(f"the {key} snapshot never arrived over the kernel protocol")
+            data = box.check(given["sha256"])
+        return restore(self, given, data)
 
     def changes(self) -> tuple[list[str], list[str]]:
         """The names the job has bound or rebound, or changed in place of those it was
@@ -436,6 +439,8 @@ class _Runner:
                 self.fingerprints[key] = self.prints.take(value)
         if self.spec.get("script_file"):
             self.ns["__file__"] = self.spec["script_file"]
+        # A sweep's run: the names it sets (``--over``), as the notebook's would be.
+        self.ns.update(self.spec.get("params") or {})
         return skipped
 
     def _start_arena(self) -> _Arena | None:
