@@ -339,10 +339,8 @@ class DetachedJob(WholeJob):
         found = self.record().get("checkpoint")
         return dict(found) if isinstance(found, dict) else {}
 
-    @property
-    def resumed(self) -> str:
-        """Where it went on from, for a job that resumed another ("" for none)."""
-        return _store.text_field(self.record().get("resumed"))
+    # Where it went on from, for a job that resumed another ("" for none).
+    resumed = property(lambda self: _store.text_field(self.record().get("resumed")))
 
     @property
     def usage(self) -> list[list[float]]:
