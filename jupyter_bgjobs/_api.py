@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _checks, _store
+from . import _checks, _launch, _store
 from ._config import settings
 from ._errors import BgJobError, JobSpecError, JobStateError, WaitTimeout
 from ._inside.procs import death_reason as _death_reason
@@ -116,9 +116,7 @@ def run_cell(
     if _checks.flag("resume", resume):
         _resume_earlier(spec, name)
     if detach:
-        from ._launch import start
-
-        return start(spec, target_namespace())
+        return _launch.start(spec, target_namespace())
     return manager.submit(spec, target_namespace())
 
 
@@ -233,9 +231,7 @@ def run_script(
     if _checks.flag("resume", resume):
         _resume_earlier(spec, spec.name)
     if detach:
-        from ._launch import start
-
-        return start(spec, target_namespace())
+        return _launch.start(spec, target_namespace())
     return manager.submit(spec, target_namespace())
 
 

@@ -326,7 +326,7 @@ class BgCall:
         """The parent's side of a call that is not detached: wait, time out (or stop when
         the IDE's Jobs pane asks, in the call's folder), record the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        sampler = sampler_for(proc.pid, needed=bool(self.memory_limit))
+        sampler = sampler_for(proc.pid, settings.sample_usage or bool(self.memory_limit))
         sampled_at = 0.0
         why = ""
         while True:

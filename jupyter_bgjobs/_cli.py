@@ -117,7 +117,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     folder, spec = _entry(args.name)
     if spec.get("kind") != "job":
         raise BgJobError(f"{args.name!r} is a call, not a job: a call has no sections to resume")
-    job = _detached.DetachedJob(folder).resume()
+    from ._launch import resume_stored
+
+    job = resume_stored(_detached.DetachedJob(folder), None)
     print(f"{job.name}: resumed as detached job {job.id}; {job.spec_record()['resume']['note']}")
     print(f"  `bgjobs logs {job.id} -f` follows it")
     return 0

@@ -18,7 +18,7 @@ from . import _store
 from ._errors import StoreError, WaitTimeout
 from ._handle import WholeJob
 from ._inside import procs as _procs
-from ._record import JobRecord, attempts_field, not_saved, recorded_reason
+from ._record import PLAN_FIELDS, JobRecord, attempts_field, not_saved, recorded_reason
 from ._states import DAMAGED, FINAL_STATES, ErrorInfo
 
 
@@ -512,9 +512,7 @@ class DetachedJob(WholeJob):
     def resume(self, ns: dict[str, Any] | None = None) -> Any:
         """Run it again from where it stopped (``Job.resume``); the new job, detached for
         a detached job. ``ns``: names its checkpoint lacks (default: the notebook's)."""
-        from ._resume import resume_stored
-
-        return resume_stored(self, ns)
+        return resumer[0](self, ns)
 
     def add_done_callback(self, fn: Callable[[DetachedJob], Any]) -> None:
         """Call ``fn(job)`` from a helper thread once the job has ended."""
@@ -558,19 +556,13 @@ _RECORD_FIELDS = frozenset(
         "resources",
         "usage",
         "memory_limit",
-        "attempt",
-        "attempts",
-        "checkpoint",
-        "resumed_from",
-        "resumed",
-        "waits_for",
-        "waits_for_ids",
-        "sweep",
-        "params",
+        *PLAN_FIELDS,
     }
 )
 
 started_here: dict[str, DetachedJob] = {}
+# How a stored job is resumed: set by the layer that starts jobs (``_launch``).
+resumer: list[Callable[[DetachedJob, dict[str, Any] | None], Any]] = []
 # The ids of the notebook's objects as each of them started: a later merge here tells the
 # notebook's own changes from the job's, as for an attached job.
 notebook_ids: dict[str, dict[str, int]] = {}

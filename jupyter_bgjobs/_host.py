@@ -84,9 +84,7 @@ def main(folder: Path) -> int:
     run.provider = provider_for(spec, manager)
     job = run.job
     _restore(run, data, folder)
-    from ._waits import from_listed
-
-    run.waits = from_listed(data.get("waits"))
+    run.waits = _waits_of(data.get("waits"))
     job.waits_for = [w.words() for w in run.waits]
     job.waits_for_ids = [w.job.id for w in run.waits]
     writer = RecordWriter(job, log=open_log_for_notes(job.log_path))
@@ -231,6 +229,24 @@ def _restore(run: Run, data: dict[str, Any], folder: Path) -> None:
             run.seed_blob = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         # Removed with the seed's other files once the kernel has loaded it.
         run.files.append(str(seed))
+
+
+def _waits_of(items: Any) -> list[Any]:
+    """The waits a detached job's spec lists, as its host waits them out: on the jobs of
+    the store (detached, or attached to a notebook) by their records."""
+    from ._detached import find
+    from ._stored import find_recorded
+    from ._waits import Wait
+
+    waits: list[Wait] = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        job = find(item["id"]) or find_recorded(item["id"])
+        if job is not None:
+            names = [n for n in item.get("names") or [] if isinstance(n, str)]
+            waits.append(Wait(job, names))
+    return waits
 
 
 if __name__ == "__main__":

@@ -498,12 +498,11 @@ class Job(WholeJob):
         namespace as its newest checkpoint (``--checkpoint``) kept it; from the start
         when it has none. Its report says which. For a job that ended failed, died,
         timed out or cancelled."""
-        from ._merge import target_namespace
         from ._resume import check_resumable, resume_spec
 
         check_resumable(self.name, self.state, self.done)
         spec = resume_spec(self.spec, self.id, self.folder)
-        job: Job = self._manager.submit(spec, target_namespace())
+        job: Job = self._manager.submit(spec, self._manager.namespace())
         return job
 
     def add_done_callback(self, fn: Callable[[Job], Any]) -> None:

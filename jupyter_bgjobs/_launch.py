@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
-from . import _store
+from . import _detached, _store
 from ._config import settings
 from ._detached import DetachedJob, notebook_ids, started_here
 from ._errors import StoreError
@@ -75,3 +75,37 @@ def _hand_over(run: Run, host_pid: int) -> None:
             pass  # gone already (the host has ended), or no room: the host takes it too
     run.files = []
     run.shm_dir = ""
+
+
+def resume_stored(job: Any, ns: dict[str, Any] | None) -> Any:
+    """Resume a job read from the store (a ``DetachedJob``): detached for a detached job,
+    else a job of this process; ``ns`` as ``DetachedJob.resume`` says."""
+    from . import _store
+    from ._resume import check_resumable, resume_spec, stored_spec
+
+    check_resumable(job.name, job.state, job.done)
+    record = job.spec_record()
+    spec = stored_spec(job.folder, record, _store.read_code(job.folder, record))
+    spec = resume_spec(spec, job.id, job.folder)
+    if ns is None and _in_kernel():
+        from ._merge import target_namespace
+
+        ns = target_namespace()
+    if job.detached:
+        return start(spec, ns)
+    from ._manager import manager
+
+    return manager.submit(spec, ns)
+
+
+def _in_kernel() -> bool:
+    """Whether this process is a notebook's kernel (not the command line)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
+
+
+# A stored job's handle resumes through here: starting a job is this layer's.
+_detached.resumer.append(resume_stored)

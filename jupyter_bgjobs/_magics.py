@@ -181,18 +181,10 @@ class BgJobMagics(Magics):
             job = run_cell(
                 cell,
                 args.name,
-                kernel=args.kernel,
-                timeout=_checks.timeout("timeout", args.timeout, text=True),
-                env=args.env,
                 results=args.results,
-                on_conflict=args.on_conflict,
-                on_failure=args.on_failure,
-                workdir=args.workdir,
                 detach=args.detach,
-                gateway=args.gateway,
-                kernel_env=parse_kernel_env(args.kernel_env),
-                memory_limit=args.memory_limit,
                 notify=targets,
+                **_cell_options(args),
                 **_resume_options(args),
             )
         except BgJobError as exc:
@@ -217,16 +209,8 @@ class BgJobMagics(Magics):
                 cell,
                 parse_over(args.over),
                 args.name,
-                kernel=args.kernel,
-                timeout=_checks.timeout("timeout", args.timeout, text=True),
-                env=args.env,
-                on_conflict=args.on_conflict,
-                on_failure=args.on_failure,
-                workdir=args.workdir,
-                gateway=args.gateway,
-                kernel_env=parse_kernel_env(args.kernel_env),
-                memory_limit=args.memory_limit,
                 notify=[url for url in args.notify or [] if url],
+                **_cell_options(args),
                 **options,
             )
         except BgJobError as exc:
@@ -430,6 +414,21 @@ def jobs_table(rows: list[Job]) -> str:
         for j in rows
     ]
     return text_table(header, body)
+
+
+def _cell_options(args: Any) -> dict[str, Any]:
+    """The options of ``%%bgjob`` a job and a sweep's runs take alike."""
+    return {
+        "kernel": args.kernel,
+        "timeout": _checks.timeout("timeout", args.timeout, text=True),
+        "env": args.env,
+        "on_conflict": args.on_conflict,
+        "on_failure": args.on_failure,
+        "workdir": args.workdir,
+        "gateway": args.gateway,
+        "kernel_env": parse_kernel_env(args.kernel_env),
+        "memory_limit": args.memory_limit,
+    }
 
 
 def _resume_options(args: Any) -> dict[str, Any]:

@@ -24,10 +24,10 @@ from ._job import Job, Run, run_of
 from ._results import remove_snapshot
 from ._resume import checkpoint_of
 from ._runtime import job_shm_dir, open_log
-from ._spec import JobSpec, transformed
+from ._spec import JobSpec, parse_after, transformed
 from ._state_record import RecordWriter, launched_record
 from ._states import FAILED, SUCCEEDED
-from ._waits import Wait, bound_names, listed, parse_after, waits_for
+from ._waits import Wait, bound_names, listed, waits_for
 
 
 class JobManager:
@@ -205,6 +205,12 @@ class JobManager:
             from ._detached import find
 
             return find(name)
+
+    def namespace(self) -> dict[str, Any]:
+        """The notebook's namespace, which jobs of this process are seeded from."""
+        from ._merge import target_namespace
+
+        return target_namespace()
 
     def unfinished(self) -> list[tuple[Job, set[str]]]:
         """The jobs of this process that have not ended, each with the names it binds."""

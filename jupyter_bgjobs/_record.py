@@ -172,6 +172,20 @@ class JobRecord:
         return ""
 
 
+# What a record says of a job's attempts, checkpoint, resume, waits and sweep: rows show
+# them, and a stored job's handle takes them as they are.
+PLAN_FIELDS = (
+    "attempt",
+    "attempts",
+    "checkpoint",
+    "resumed_from",
+    "resumed",
+    "waits_for",
+    "waits_for_ids",
+    "sweep",
+    "params",
+)
+
 # What a row of the IDE's pane shows of a record (and ``notebook_path``, the server's).
 ROW = (
     "id",
@@ -194,15 +208,7 @@ ROW = (
     "report",
     "can_stop",
     "resources",
-    "attempt",
-    "attempts",
-    "checkpoint",
-    "resumed_from",
-    "resumed",
-    "waits_for",
-    "waits_for_ids",
-    "sweep",
-    "params",
+    *PLAN_FIELDS,
 )
 
 # Seconds no time of a job is beyond (about 3,000 years either side of 1970).

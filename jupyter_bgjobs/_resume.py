@@ -249,34 +249,3 @@ class Incoming:
             os.unlink(self.partial)
         except OSError:
             pass
-
-
-def resume_stored(job: Any, ns: dict[str, Any] | None) -> Any:
-    """Resume a job read from the store (a ``DetachedJob``): detached for a detached job,
-    else a job of this process; ``ns`` as ``DetachedJob.resume`` says."""
-    from . import _store
-
-    check_resumable(job.name, job.state, job.done)
-    record = job.spec_record()
-    spec = stored_spec(job.folder, record, _store.read_code(job.folder, record))
-    spec = resume_spec(spec, job.id, job.folder)
-    if ns is None and _in_kernel():
-        from ._merge import target_namespace
-
-        ns = target_namespace()
-    if job.detached:
-        from ._launch import start
-
-        return start(spec, ns)
-    from ._manager import manager
-
-    return manager.submit(spec, ns)
-
-
-def _in_kernel() -> bool:
-    """Whether this process is a notebook's kernel (not the command line)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return get_ipython() is not None

@@ -122,6 +122,25 @@ def _check_retry_on(value: str | list[str] | None) -> list[str]:
     return sorted(set(out))
 
 
+def parse_after(after: str | list[str] | None) -> tuple[list[str], bool]:
+    """``--after``: the job names it lists, and whether implicit waits stay on (``none``
+    turns them off)."""
+    if after is None or after == "" or after == []:
+        return [], True
+    words = after.split(",") if isinstance(after, str) else list(after)
+    if not all(isinstance(w, str) for w in words):
+        raise JobSpecError(f"after must be job names, 'a,b' or a list, or 'none'; not {after!r}")
+    names = [w.strip() for w in words if w.strip()]
+    if names == ["none"]:
+        return [], False
+    bad = [n for n in names if not n.replace("-", "_").isidentifier()]
+    if bad or not names:
+        raise JobSpecError(
+            f"after takes the names of jobs that exist ('fit,clean'), or 'none'; not {after!r}"
+        )
+    return names, True
+
+
 def _check_gateway(gateway: str | None) -> str:
     from ._config import settings
 
@@ -240,8 +259,6 @@ def build_spec(
     tries = int(_checks.number("retries", retries, integer=True, text=True))
     delay = _checks.number("retry_delay", retry_delay, unit="seconds", text=True)
     also = _check_retry_on(retry_on)
-    from ._waits import parse_after
-
     explicit, implicit = parse_after(after)
     from ._notify import check_targets
 

@@ -204,9 +204,9 @@ def sweep(code: str, over: dict[str, list[Any]], name: str | None = None, **opti
     ``<name>_results`` at the first cell boundary after its last run ends (or in
     ``wait()``)."""
     from . import _checks
-    from ._api import make_spec, manager
+    from ._manager import manager
     from ._merge import target_namespace
-    from ._spec import _default_name
+    from ._spec import _default_name, build_spec
 
     checked = check_over(over)
     if name is not None:
@@ -230,7 +230,7 @@ def sweep(code: str, over: dict[str, list[Any]], name: str | None = None, **opti
     handle = Sweep(base, f"{base}-{uuid.uuid4().hex[:6]}", combos)
     # Every run's options are checked before the first starts.
     specs = [
-        make_spec(code, **{**defaults, **options, "name": f"{base}_{i}", "results": "none"})
+        build_spec(code, **{**defaults, **options, "name": f"{base}_{i}", "results": "none"})
         for i in range(1, len(combos) + 1)
     ]
     ns = target_namespace()

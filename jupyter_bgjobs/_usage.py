@@ -233,12 +233,10 @@ class Sampler:
             self._step *= 2
 
 
-def sampler_for(pid: int, needed: bool = False) -> Sampler | None:
-    """A sampler of ``pid``'s process tree; None when sampling is off (unless a memory
-    limit ``needed`` it) or when psutil cannot see the process."""
-    from ._config import settings
-
-    if not (settings.sample_usage or needed):
+def sampler_for(pid: int, wanted: bool) -> Sampler | None:
+    """A sampler of ``pid``'s process tree when one is ``wanted`` (sampling is on, or a
+    memory limit needs it); None otherwise, or when psutil cannot see the process."""
+    if not wanted:
         return None
     try:
         return Sampler(pid)

@@ -89,25 +89,6 @@ class Wait:
         return f"{self.job.name} ({', '.join(self.names)})" if self.names else self.job.name
 
 
-def parse_after(after: str | list[str] | None) -> tuple[list[str], bool]:
-    """``--after``: the job names it lists, and whether implicit waits stay on (``none``
-    turns them off)."""
-    if after is None or after == "" or after == []:
-        return [], True
-    words = after.split(",") if isinstance(after, str) else list(after)
-    if not all(isinstance(w, str) for w in words):
-        raise JobSpecError(f"after must be job names, 'a,b' or a list, or 'none'; not {after!r}")
-    names = [w.strip() for w in words if w.strip()]
-    if names == ["none"]:
-        return [], False
-    bad = [n for n in names if not n.replace("-", "_").isidentifier()]
-    if bad or not names:
-        raise JobSpecError(
-            f"after takes the names of jobs that exist ('fit,clean'), or 'none'; not {after!r}"
-        )
-    return names, True
-
-
 def waits_for(
     source: str,
     explicit: list[str],
@@ -179,23 +160,6 @@ def values_of(waits: list[Wait]) -> dict[str, Any]:
 def listed(waits: list[Wait]) -> list[dict[str, Any]]:
     """The waits as a detached job's spec keeps them, for its host."""
     return [{"id": w.job.id, "name": w.job.name, "names": list(w.names)} for w in waits]
-
-
-def from_listed(items: Any) -> list[Wait]:
-    """The waits a detached job's spec lists, as its host waits them out: on the jobs of
-    the store (detached, or attached to a notebook) by their records."""
-    from ._detached import find
-    from ._stored import find_recorded
-
-    waits: list[Wait] = []
-    for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-            continue
-        job = find(item["id"]) or find_recorded(item["id"])
-        if job is not None:
-            names = [n for n in item.get("names") or [] if isinstance(n, str)]
-            waits.append(Wait(job, names))
-    return waits
 
 
 def overlay_file(values: dict[str, Any], token: str, folder: Path) -> tuple[str, list[Any]]:

@@ -136,6 +136,8 @@ def test_jobs_listing(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
         "section",
         "elapsed",
         "memory",
+        "waits",
+        "for",
     ]
     assert "mfit" in table
     # What it held at most, as its sampler saw it.
