@@ -33,6 +33,7 @@ export interface IJobDetail extends IJob {
     memory_limit: number | null;
     checkpoint: boolean | null;
     retries: number | null;
+    after: string | null;
   };
 }
 
@@ -50,6 +51,8 @@ export interface IRunOptions {
   checkpoint: boolean;
   /** Resume it this many times when it fails or dies ("" or "0": never). */
   retries: string;
+  /** The jobs it waits for whatever the names (``fit,clean``), ``none``, or "". */
+  after: string;
   detach: boolean;
 }
 
@@ -64,6 +67,7 @@ export const DEFAULT_OPTIONS: IRunOptions = {
   memory_limit: '',
   checkpoint: false,
   retries: '',
+  after: '',
   detach: false
 };
 

@@ -293,7 +293,8 @@ function serverBody(o: IRunOptions): { [key: string]: unknown } | null {
     timeout: o.timeout ? Number(o.timeout) : undefined,
     memory_limit: o.memory_limit || undefined,
     checkpoint: o.checkpoint || undefined,
-    retries: o.retries ? Number(o.retries) : undefined
+    retries: o.retries ? Number(o.retries) : undefined,
+    after: o.after || undefined
   };
 }
 
@@ -480,6 +481,7 @@ export async function rerun(parts: ICommandParts, job: IJob): Promise<void> {
     memory_limit: spec.memory_limit ? String(spec.memory_limit) : '',
     checkpoint: Boolean(spec.checkpoint),
     retries: spec.retries ? String(spec.retries) : '',
+    after: spec.after || '',
     detach: job.detached
   };
   const panel = notebookOf(parts, job.notebook_path);

@@ -35,6 +35,7 @@ export const OPTION_KEYS: (keyof IRunOptions)[] = [
   'memory_limit',
   'checkpoint',
   'retries',
+  'after',
   'detach'
 ];
 
@@ -60,7 +61,7 @@ export class Choices {
       const all = ((await this._db?.fetch(STATE_KEY)) || {}) as {
         [kind: string]: Partial<IRunOptions>;
       };
-      return { ...base, ...(all[kind] || {}), name: '' };
+      return { ...base, ...(all[kind] || {}), name: '', after: '' };
     } catch {
       return base;
     }
@@ -80,9 +81,11 @@ export class Choices {
     const all = ((await this._db.fetch(STATE_KEY)) || {}) as {
       [kind: string]: ReadonlyJSONObject;
     };
-    // The name is the job's own; the rest is how this user likes to run jobs.
-    const { name: _name, ...rest } = options;
+    // The name and what it waits for are the job's own; the rest is how this user
+    // likes to run jobs.
+    const { name: _name, after: _after, ...rest } = options;
     void _name;
+    void _after;
     await this._db.save(STATE_KEY, { ...all, [kind]: rest });
   }
 }
@@ -188,6 +191,11 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
     this._checkpoint.name = 'checkpoint';
     this._checkpoint.checked = Boolean(options.checkpoint);
     this._retries = input('retries', options.retries || '', 'none (a count)');
+    this._after = input(
+      'after',
+      options.after || '',
+      'the jobs that make the names it reads'
+    );
     this._detach = document.createElement('input');
     this._detach.type = 'checkbox';
     this._detach.name = 'detach';
@@ -216,6 +224,11 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
         'resumes it by itself this many times if it fails or dies'
       ),
       field(
+        'Wait for',
+        this._after,
+        'jobs to wait for whatever the names (fit,clean); none: no wait at all'
+      ),
+      field(
         'Detach',
         this._detach,
         kind === 'server'
@@ -236,6 +249,7 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
       memory_limit: this._memory.value.trim(),
       checkpoint: this._checkpoint.checked,
       retries: this._retries.value.trim(),
+      after: this._after.value.trim(),
       detach: this._detach.checked
     };
   }
@@ -249,6 +263,7 @@ class OptionsBody extends Widget implements Dialog.IBodyWidget<IRunOptions> {
   private _memory: HTMLInputElement;
   private _checkpoint: HTMLInputElement;
   private _retries: HTMLInputElement;
+  private _after: HTMLInputElement;
   private _detach: HTMLInputElement;
 }
 
@@ -296,6 +311,12 @@ export function refused(options: IRunOptions): string {
   }
   if (options.retries && !/^\s*\d+\s*$/.test(options.retries)) {
     return `Retries is a whole number of times (0 or more), not "${options.retries}"; leave it empty for none.`;
+  }
+  if (
+    options.after &&
+    !/^\s*[A-Za-z_][\w-]*(\s*,\s*[A-Za-z_][\w-]*)*\s*$/.test(options.after)
+  ) {
+    return `Wait for takes the names of jobs (fit,clean) or none, not "${options.after}".`;
   }
   if (options.name && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(options.name)) {
     return `A job's name is a Python identifier (letters, digits and _, for example fit_model), not "${options.name}".`;

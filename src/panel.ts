@@ -769,6 +769,7 @@ export class JobsPanel extends Widget {
       spec.memory_limit ? `memory limit ${sizeText(spec.memory_limit)}` : '',
       spec.checkpoint ? 'checkpoints' : '',
       spec.retries ? `retries ${spec.retries}` : '',
+      spec.after ? `after ${spec.after}` : '',
       spec.workdir ? `workdir ${spec.workdir}` : ''
     ]
       .filter(Boolean)

@@ -36,6 +36,9 @@ function shared(o: IRunOptions): string[] {
   if (o.retries && Number(o.retries) > 0) {
     words.push('--retries', shellWord(String(Number(o.retries))));
   }
+  if (o.after) {
+    words.push('--after', shellWord(o.after.replace(/\s+/g, '')));
+  }
   if (o.detach) {
     words.push('--detach');
   }

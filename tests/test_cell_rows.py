@@ -289,7 +289,7 @@ def test_the_dialog_takes_a_memory_limit_and_refuses_one_that_is_no_size(page: A
     panel.get_by_role("button", name="← All jobs").click()
 
 
-def test_the_dialog_takes_checkpoints_and_retries(page: Any) -> None:
+def test_the_dialog_takes_checkpoints_retries_and_waits(page: Any) -> None:
     dialog = _dialog_of_cell_5(page)
     dialog.locator("input[name=name]").fill("kept")
     dialog.locator("input[name=workdir]").fill("")
@@ -300,10 +300,18 @@ def test_the_dialog_takes_checkpoints_and_retries(page: Any) -> None:
         'Retries is a whole number of times (0 or more), not "two"'
     )
     dialog.locator("input[name=retries]").fill("2")
+    dialog.locator("input[name=after]").fill("no such")
+    dialog.get_by_role("button", name="Start").click()
+    expect(dialog.locator(".jp-bgjobs-dialog-problem")).to_contain_text(
+        'Wait for takes the names of jobs (fit,clean) or none, not "no such"'
+    )
+    dialog.locator("input[name=after]").fill("none")
     dialog.get_by_role("button", name="Start").click()
     listed = pane_row(page, "kept")
     expect(listed).to_have_attribute("data-state", "succeeded")
     listed.get_by_role("button", name="Output kept").click()
     panel = page.locator("#jupyter-bgjobs-panel")
-    expect(panel.locator(".jp-bgjobs-options")).to_contain_text("checkpoints · retries 2")
+    expect(panel.locator(".jp-bgjobs-options")).to_contain_text(
+        "checkpoints · retries 2 · after none"
+    )
     panel.get_by_role("button", name="← All jobs").click()

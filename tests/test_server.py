@@ -347,6 +347,7 @@ def test_code_is_started_by_the_server_and_read_back_with_its_rich_outputs(
         "memory_limit": 0,
         "checkpoint": False,
         "retries": 0,
+        "after": "",
     }
     outputs = detail["outputs"]
     assert [o["output_type"] for o in outputs] == ["stream", "display_data", "stream"]

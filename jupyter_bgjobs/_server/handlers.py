@@ -60,6 +60,7 @@ _FIELDS = (
     "memory_limit",
     "checkpoint",
     "retries",
+    "after",
 )
 # What the IDE needs of a job's spec to run it again.
 _RERUN_KEYS = (
@@ -74,6 +75,7 @@ _RERUN_KEYS = (
     "memory_limit",
     "checkpoint",
     "retries",
+    "after",
 )
 
 T = TypeVar("T")
@@ -195,7 +197,7 @@ class JobsHandler(_Handler):
         """Start a detached job: a script, ``{"path": ...}`` (relative to the server's
         root, or absolute inside it), or code, ``{"code": ...}`` (an editor's selection, a
         rerun); with ``name``, ``timeout``, ``kernel``, ``workdir`` (inside the root),
-        ``memory_limit`` (``"8G"`` or bytes), ``checkpoint`` and ``retries``."""
+        ``memory_limit`` (``"8G"`` or bytes), ``checkpoint``, ``retries`` and ``after``."""
         body = await self.off_loop(_body, self.request.body)  # maybe megabytes of code
         root, hidden = self.root, self.allow_hidden
         options: dict[str, Any] = {
@@ -206,6 +208,7 @@ class JobsHandler(_Handler):
             # Checked where every job's options are (a bad one is a 400 naming it).
             "checkpoint": body.get("checkpoint"),
             "retries": 0 if body.get("retries") is None else body["retries"],
+            "after": body.get("after"),
             "detach": True,
         }
         workdir = _optional_text(body, "workdir")
