@@ -32,6 +32,7 @@ from ._states import (
     RUNNING,
     SUCCEEDED,
     TIMED_OUT,
+    WAITING,
     ErrorInfo,
     error_reason,
 )
@@ -147,7 +148,8 @@ class Driver(Attempts):
         run = self.run
         if not run.waits:
             return True
-        run.waiting(f"waiting for {', '.join(w.words() for w in run.waits)}")
+        if run.state != WAITING:  # a detached job's host: waiting from here
+            run.waiting(f"waiting for {', '.join(w.words() for w in run.waits)}")
         why = wait_out(run.waits, run.cancel_asked)
         if why:
             run.tell(reason=why, status="")

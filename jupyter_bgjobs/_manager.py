@@ -364,6 +364,9 @@ class JobManager:
         """Drive ``run`` from a thread of this process."""
         job = run.job
         run.listeners.extend(self._listeners)
+        if run.waits:
+            # Waiting from the moment it is made: its row says so before the cell ends.
+            run.waiting(f"waiting for {', '.join(w.words() for w in run.waits)}")
         with self._lock:
             self._runs[job.id] = run
             driver = Driver(run, self, runner_spec)

@@ -31,7 +31,7 @@ def test_a_job_that_reads_what_a_running_job_binds_waits_and_takes_its_value(
     ip.run_cell_magic("bgjob", "make_df", _gate(gate) + "df = [1, 2, 3]\n")
     ip.run_cell_magic("bgjob", "use_df", "total = sum(df)\n")
     use = bj.get_job("use_df")
-    until(lambda: use.state == "waiting", "the job to wait")
+    assert use.state == "waiting"  # from the moment it is made
     assert use.status == "waiting for make_df (df)"
     assert use.waits_for == ["make_df (df)"] and use.waits_for_ids == [bj.get_job("make_df").id]
     record = json.loads((use.folder / "state.json").read_text())
