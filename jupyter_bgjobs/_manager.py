@@ -27,7 +27,7 @@ from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, parse_after, transformed
 from ._state_record import RecordWriter, launched_record
 from ._states import FAILED, SUCCEEDED
-from ._waits import Wait, bound_names, listed, waits_for
+from ._waits import Wait, binds_of, listed, waits_for
 
 
 class JobManager:
@@ -174,7 +174,7 @@ class JobManager:
         waits = self._waits_of(spec, source)
         folder = _store.new_entry("start a detached job") if detached else None
         run = Run(spec, self, folder=folder, detached=detached)
-        run.waits, run.binds = waits, bound_names(source)
+        run.waits, run.binds = waits, binds_of(spec, source)
         run.job.waits_for = [w.words() for w in waits]
         run.job.waits_for_ids = [w.job.id for w in waits]
         try:

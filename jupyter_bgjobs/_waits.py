@@ -59,6 +59,14 @@ def _stores(node: ast.AST, out: set[str]) -> None:
             _stores(child, out)
 
 
+def binds_of(spec: Any, source: str) -> set[str]:
+    """The names of the notebook a job of ``spec`` will bind when its results merge: what
+    its code binds (``--results globals``), its ``NAME_results`` (``object``), or none."""
+    if spec.results == "globals":
+        return bound_names(source)
+    return {spec.results_name} if spec.results == "object" else set()
+
+
 def read_names(source: str) -> set[str]:
     """The names a cell reads before it binds them itself, statement by statement: a
     cell that imports ``time`` and then calls ``time.sleep`` reads no ``time`` of the
@@ -147,12 +155,17 @@ def values_of(waits: list[Wait]) -> dict[str, Any]:
     """The values the jobs waited for made of the names the waiting job reads, as they
     come into the notebook (a job of another process gives none: its results are
     attached from the store)."""
+    import types
+
     values: dict[str, Any] = {}
     for wait in waits:
         run = getattr(wait.job, "_run", None)
         made = getattr(run, "values", None) or {}
+        spec = getattr(wait.job, "spec", None)
         for name in wait.names:
-            if name in made:
+            if spec is not None and spec.results == "object" and name == spec.results_name:
+                values[name] = types.SimpleNamespace(**made)  # what merges as that name
+            elif name in made:
                 values[name] = made[name]
     return values
 

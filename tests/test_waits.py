@@ -223,3 +223,18 @@ def test_a_cell_that_binds_a_name_before_reading_it_does_not_wait_for_it() -> No
     from jupyter_bgjobs._spec import transformed
 
     assert read_names(transformed("%timeit f(x)")) >= {"f", "x"}
+
+
+def test_only_what_merges_into_the_notebook_is_waited_for(ip: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ip.run_cell_magic("bgjob", "kept_apart --results none", _gate(gate) + "apart = 1\n")
+    ip.run_cell_magic("bgjob", "as_object --results object", _gate(gate) + "inner = 2\n")
+    ip.run_cell_magic("bgjob", "reads_apart", "seen = apart if 'apart' in dir() else None\n")
+    ip.run_cell_magic("bgjob", "reads_object", "got = as_object_results.inner\n")
+    reader = bj.get_job("reads_object")
+    # ``apart`` never reaches the notebook: nothing waits for it; ``as_object_results`` does.
+    assert bj.get_job("reads_apart").waits_for == []
+    assert reader.waits_for == ["as_object (as_object_results)"]
+    gate.touch()
+    reader.wait(60)
+    assert reader.state == "succeeded" and ip.user_ns["got"] == 2
