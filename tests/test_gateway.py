@@ -169,3 +169,12 @@ def test_a_memory_limit_on_a_gateway_is_the_gateways_to_keep(gateway: Gateway) -
     assert job.state == "succeeded", job.reason
     assert job.results.asked == "2000000000"
     assert job.resources["peak"] >= 30_000_000
+
+
+def test_a_gateway_kernel_that_exits_on_its_own_makes_its_job_died(gateway: Gateway) -> None:
+    # The gateway restarts a kernel whose process ended: the job's state went with it.
+    job = bj.run_cell("import os\nx = 1\nos._exit(3)", name="exits", gateway=gateway.url)
+    job.wait(60)
+    assert job.state == "died"
+    assert "the gateway's kernel ended on its own" in job.reason
+    assert gateway.no_kernels_left()

@@ -342,3 +342,33 @@ def test_a_gateway_jobs_checkpoint_comes_back_and_resumes_there(
     assert vars(again.results)["total"] == float(sum(range(2_000_000)))
     assert "resumed from section Use" in again.report
     assert gateway.no_kernels_left()
+
+
+def test_a_gateway_job_that_dies_once_is_retried_from_its_checkpoint(
+    gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gatewayserver import TOKEN
+
+    monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", TOKEN)
+    died = tmp_path / "died"
+    code = textwrap.dedent(f"""\
+        import os
+        # Make ----
+        open({str(tmp_path / "ran.txt")!r}, "a").write("Make\\n")
+        made = [1, 2, 3]
+        # Use ----
+        if not os.path.exists({str(died)!r}):
+            open({str(died)!r}, "w").close()
+            os._exit(3)
+        used = sum(made)
+        """)
+    job = bj.run_cell(
+        code, "remote_retry", env="none", checkpoint=True, retries=1, retry_delay=0,
+        gateway=gateway.url,
+    )  # fmt: skip
+    job.wait(180)
+    assert job.state == "succeeded", (job.reason, job.output)
+    assert job.attempt == 2 and vars(job.results)["used"] == 6
+    assert ran(tmp_path) == ["Make"]
+    assert "attempt 2: resumed from section Use" in job.report
+    assert gateway.no_kernels_left()

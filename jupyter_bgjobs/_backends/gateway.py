@@ -294,6 +294,14 @@ class GatewayKernel:
                 continue  # not a kernel message: nothing of ours (and the reader lives on)
             channel = msg.get("channel")
             if channel == "iopub":
+                state = (msg.get("content") or {}).get("execution_state")
+                if msg.get("msg_type") == "status" and state in ("restarting", "dead"):
+                    # The gateway's restarter says the kernel's process ended: a restarted
+                    # kernel has none of the job's state, so the job's kernel is gone.
+                    self.lost = self.lost or (
+                        "the gateway's kernel ended on its own (the gateway said "
+                        f"{state!r}); what it held is gone"
+                    )
                 self._iopub.put(msg)
             elif channel == "shell":
                 self._shell.put(msg)
