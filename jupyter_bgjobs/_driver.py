@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from . import _context
 from ._attempts import Attempts
@@ -38,9 +38,6 @@ from ._states import (
 )
 from ._stream import RUNNER, send_seed
 from ._usage import Sampler, machine_memory, oom_kills, oom_logged, size_text
-
-if TYPE_CHECKING:
-    pass
 
 
 class Manager(Protocol):

@@ -512,3 +512,50 @@ def test_a_waiting_row_and_a_sweeps_row(page: Any, root: Path, jobs_dir: str) ->
         expect(sweep.get_by_role("button", name="Stop sweep sw")).to_be_hidden()
         release.touch()
         expect(_row(panel, "cons")).to_have_attribute("data-state", "succeeded")
+
+
+RETRIED = """
+import os, sys, time
+import jupyter_bgjobs as bj
+crashed, release, done = sys.argv[1], sys.argv[2], sys.argv[3]
+code = f'''
+import os, signal, time
+# Load ----
+x = 1
+# Work ----
+if not os.path.exists({crashed!r}):
+    open({crashed!r}, "w").close()
+    os.kill(os.getpid(), signal.SIGKILL)
+while not os.path.exists({release!r}):
+    time.sleep(0.02)
+'''
+job = bj.run_cell(code, "retried", env="none", checkpoint=True, retries=2, retry_delay=0)
+job.wait(120)
+while not os.path.exists(done):
+    time.sleep(0.05)
+"""
+
+
+def test_a_retried_jobs_row_says_which_attempt(page: Any, root: Path, jobs_dir: str) -> None:
+    crashed, release, done = root / "crashed", root / "release-retry", root / "retry-done"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RETRIED, str(crashed), str(release), str(done)],
+        env=dict(os.environ, JUPYTER_BGJOBS_DIR=jobs_dir),
+    )
+    try:
+        panel = _panel(page)
+        row = _row(panel, "retried")
+        expect(row.locator(".jp-bgjobs-status")).to_have_text(
+            "attempt 2 of 3 · Work", timeout=60_000
+        )
+        expect(row).to_have_attribute("data-state", "running")
+        release.touch()
+        expect(row).to_have_attribute("data-state", "succeeded", timeout=60_000)
+        row.get_by_role("button", name="Output retried").click()
+        history = panel.locator(".jp-bgjobs-history")
+        expect(history).to_contain_text("retry → died (attempt 1: its kernel was killed by SIGKILL")
+        panel.get_by_role("button", name="← All jobs").click()
+    finally:
+        release.touch()
+        done.touch()
+        assert proc.wait(120) == 0
