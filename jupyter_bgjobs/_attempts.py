@@ -80,7 +80,7 @@ class Attempts:
     def _again(self) -> None:
         """Ready for the next attempt: what the last left is gone, and it goes on from
         the newest checkpoint (its own, or one the job resumed from), else the start."""
-        from ._resume import chain_of, choose
+        from ._resume import chain_of, choose, for_runner
 
         job, run, spec = self.job, self.run, self.runner_spec
         for path in (spec.get("results") or {}).get("paths") or ():
@@ -88,15 +88,7 @@ class Attempts:
         self.end, self.stop_reason, self.kill_at, self.msg_id = None, "", None, ""
         run.tell(error=None, reason="", exit_code=None, status="")
         chosen = choose(job.name, job.spec.code, chain_of(job.spec, job.folder))
-        ck = chosen.checkpoint
-        resume = {
-            "start": chosen.start,
-            "path": ck.path if ck else "",
-            "token": ck.token if ck else "",
-        }
-        if ck is not None and not self.provider.shares_files:
-            resume.update(transport="stream", key=f"{run.token}-resume")
-        spec["resume"] = resume
+        spec["resume"] = for_runner(chosen.where(), run.token, not self.provider.shares_files)
         run.tell(resumed=f"attempt {job.attempt}: {chosen.note}")
 
     def _send_checkpoint(self) -> bool:

@@ -140,13 +140,13 @@ class Driver(Attempts):
         """Wait, holding no slot, for the jobs whose results this one reads; then go on
         with the names they made (False: one did not succeed, and this job is cancelled
         saying why, never run on stale data)."""
-        from ._waits import values_of, wait_out
+        from ._waits import values_of, wait_out, waiting_words
 
         run = self.run
         if not run.waits:
             return True
         if run.state != WAITING:  # a detached job's host: waiting from here
-            run.waiting(f"waiting for {', '.join(w.words() for w in run.waits)}")
+            run.waiting(waiting_words(run.waits))
         why = wait_out(run.waits, run.cancel_asked)
         if why:
             run.tell(reason=why, status="")

@@ -22,12 +22,12 @@ from ._driver import Driver
 from ._errors import JobSpecError, JobStateError
 from ._job import Job, Run, run_of
 from ._results import remove_snapshot
-from ._resume import checkpoint_of
+from ._resume import checkpoint_of, for_runner
 from ._runtime import job_shm_dir, open_log
 from ._spec import JobSpec, parse_after, transformed
 from ._state_record import RecordWriter, launched_record
 from ._states import FAILED, SUCCEEDED
-from ._waits import Wait, binds_of, listed, waits_for
+from ._waits import Wait, binds_of, listed, waiting_words, waits_for
 
 
 class JobManager:
@@ -291,10 +291,7 @@ class JobManager:
             where = str(checkpoint_of(job.folder))
             runner_spec["checkpoint"] = {"transport": "stream" if remote else "file", "path": where}
         if spec.resume:
-            resume = {k: spec.resume.get(k) for k in ("path", "token", "start")}
-            if remote and resume["path"]:
-                resume.update(transport="stream", key=f"{run.token}-resume")
-            runner_spec["resume"] = resume
+            runner_spec["resume"] = for_runner(spec.resume, run.token, remote)
         # The code is stored once, in a file of its own: records stay small, and every
         # reader of the record (the IDE's list, the CLI) reads none of it.
         described = spec.to_json()
@@ -366,7 +363,7 @@ class JobManager:
         run.listeners.extend(self._listeners)
         if run.waits:
             # Waiting from the moment it is made: its row says so before the cell ends.
-            run.waiting(f"waiting for {', '.join(w.words() for w in run.waits)}")
+            run.waiting(waiting_words(run.waits))
         with self._lock:
             self._runs[job.id] = run
             driver = Driver(run, self, runner_spec)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import JobSpecError, JobStateError
+from ._errors import BgJobError, JobSpecError, JobStateError
 from ._inside.kernel.cell import plan
 from ._inside.kernel.checkpoint import CHECKPOINT_FILE, section_runs
 from ._inside.kernel.wire import MAX_HEADER, SnapshotError, header_of
@@ -48,8 +48,11 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint | None:
-    """The checkpoint at ``path`` when there is one we wrote (a file of ours, opened
-    without following a link, its header read within a bound); None otherwise."""
+    """The checkpoint at ``path`` when there is one we wrote (a job folder's checkpoint
+    file in the store, a file of ours, opened without following a link, its header read
+    within a bound); None otherwise."""
+    if not _in_a_job_folder(Path(path)):
+        return None
     try:
         fd = open_own(Path(path))
     except (OSError, NotOurs):
@@ -69,6 +72,21 @@ def read_checkpoint(path: str | Path) -> Checkpoint | None:
     if not isinstance(note, dict) or not isinstance(token, str):
         return None
     return Checkpoint(str(path), token, note, size)
+
+
+def _in_a_job_folder(path: Path) -> bool:
+    """Whether ``path`` names a checkpoint in a job's folder of this store (a resumed
+    job's spec lists where it may go on from: nothing else is read through it)."""
+    from . import _store
+
+    folder = path.parent
+    if path.name != CHECKPOINT_FILE or not _store.ATTACHED_NAME.fullmatch(folder.name):
+        return False
+    try:
+        roots = {_store.job_root_path(), _store.store_path()}
+    except (OSError, BgJobError):  # a store not ours: nothing in it is read
+        return False
+    return folder.parent in roots and folder.is_dir() and not folder.is_symlink()
 
 
 def checkpoint_of(folder: Path) -> Path:
@@ -93,6 +111,11 @@ class Plan:
     start: int
     checkpoint: Checkpoint | None
     note: str
+
+    def where(self) -> dict[str, Any]:
+        """The checkpoint's file and token ("" for none) and the statement to start at."""
+        ck = self.checkpoint
+        return {"path": ck.path if ck else "", "token": ck.token if ck else "", "start": self.start}
 
 
 def _label(name: str) -> str:
@@ -150,15 +173,17 @@ def resume_of(spec: JobSpec, job_id: str, folder: Path | None, code: str) -> dic
     on from, the words its report says, and the checkpoints further back."""
     chain = chain_of(spec, folder)
     chosen = choose(spec.name, code, chain, old_code=spec.code)
-    ck = chosen.checkpoint
-    return {
-        "from": job_id,
-        "path": ck.path if ck else "",
-        "token": ck.token if ck else "",
-        "start": chosen.start,
-        "note": chosen.note,
-        "chain": chain,
-    }
+    return {"from": job_id, **chosen.where(), "note": chosen.note, "chain": chain}
+
+
+def for_runner(resume: dict[str, Any], token: str, remote: bool) -> dict[str, Any]:
+    """What the job's kernel needs to go on from a checkpoint: its file and token and the
+    statement to start at; to a kernel that shares no files with us, it is sent (under
+    the job's ``token``)."""
+    given = {k: resume.get(k) for k in ("path", "token", "start")}
+    if remote and given["path"]:
+        given.update(transport="stream", key=f"{token}-resume")
+    return given
 
 
 def resume_spec(spec: JobSpec, job_id: str, folder: Path | None) -> JobSpec:

@@ -131,6 +131,11 @@ def waits_for(
     return waits
 
 
+def waiting_words(waits: list[Wait]) -> str:
+    """A waiting job's status: "waiting for fit (df), clean"."""
+    return f"waiting for {', '.join(w.words() for w in waits)}"
+
+
 def wait_out(waits: list[Wait], cancelled: Any, poll: float = 0.2) -> str:
     """Wait until every job of ``waits`` has ended; "" when each succeeded, else why the
     waiting job does not run (``cancelled`` set meanwhile says so too)."""

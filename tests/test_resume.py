@@ -372,3 +372,19 @@ def test_a_gateway_job_that_dies_once_is_retried_from_its_checkpoint(
     assert ran(tmp_path) == ["Make"]
     assert "attempt 2: resumed from section Use" in job.report
     assert gateway.no_kernels_left()
+
+
+def test_only_a_job_folders_own_checkpoint_is_read(tmp_path: Path) -> None:
+    job = bj.run_cell(three_sections(tmp_path), "trusted", env="none", checkpoint=True)
+    job.wait(60)
+    point = job.folder / "checkpoint.snap"
+    assert read_checkpoint(point) is not None
+    # A copy elsewhere (a resumed job's spec could name any path) is not read.
+    elsewhere = tmp_path / "checkpoint.snap"
+    elsewhere.write_bytes(point.read_bytes())
+    assert read_checkpoint(elsewhere) is None
+    # Nor a link put in the checkpoint's place.
+    moved = job.folder / "moved.snap"
+    point.rename(moved)
+    point.symlink_to(moved)
+    assert read_checkpoint(point) is None

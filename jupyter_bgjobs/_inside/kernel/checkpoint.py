@@ -184,8 +184,9 @@ def restore(runner: Any, resume: dict[str, Any], data: Any = None) -> int:
         header, _ = header_of(data)
     else:
         values = load_file(resume["path"], token)
-        with open(resume["path"], "rb") as fh:
-            header, _ = header_of(fh.read(min(os.fstat(fh.fileno()).st_size, 8 << 20)))
+        fd = os.open(resume["path"], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
+            header, _ = header_of(fh.read(min(os.fstat(fd).st_size, 8 << 20)))
     note = header.get("note") or {}
     import importlib
 

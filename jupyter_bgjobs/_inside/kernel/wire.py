@@ -338,8 +338,12 @@ def load_file(path: str, token: str, pieces: int = 1) -> dict[str, Any]:
     if pieces > 1:
         view: Any = _map_pieces(piece_paths(path, pieces))
     else:
-        with open(path, "rb") as fh:
-            view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        # Ours, written by name: never a link put in its place.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            view = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
     start = _address(memoryview(view))
     if start is not None:
         _MAPPED.append((start, start + len(view)))
