@@ -1,26 +1,27 @@
 """What a notebook costs when every cell runs as a job, against the same notebook run as it
 is, in one run: a notebook of short cells (numpy, pandas) and a working notebook whose
 cells are as long as those of public notebooks (most take milliseconds, a few take
-seconds). Each is run as jobs twice: on warm kernels forked from a template that has
-imported what the notebook imports (the default), and on warm kernels started anew
-(``pool_fork=False``, how every pool kernel started before). Then how soon a job's first
+seconds). Each way of running a notebook runs in a Python process of its own, started
+for it, as a notebook opened anew runs: its cells go through the shell one by one (its
+hooks run), each ``%%bgjob`` cell waited for before the next; the trials alternate the
+ways, and the medians are compared. As jobs on warm kernels forked from a template (the
+default) and on warm kernels started anew (``pool_fork=False``, how every pool kernel
+started before). Then what one job costs that does nothing, how soon a job's first
 statement runs once the notebook has imported numpy and pandas, against an empty
 notebook's job; and what a warm kernel costs in memory, forked and started anew.
 
-Prints three tables. Run: python benchmarks/bench_notebook.py [--pool 2] [--trials 5]
+Prints four tables. Run: python benchmarks/bench_notebook.py [--pool 2] [--trials 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
-
-from IPython.core.interactiveshell import InteractiveShell
-
-import jupyter_bgjobs as bj
-from jupyter_bgjobs._api import manager
 
 IMPORTS = "import numpy as np\nimport pandas as pd"
 
@@ -72,32 +73,76 @@ def reset(ip: Any) -> None:
     ip.run_cell("get_ipython().run_line_magic('reset', '-f')")
 
 
-def run_plain(ip: Any, cells: list[str]) -> list[float]:
-    reset(ip)
+def notebook_child(which: str, how: str, pool: int) -> list[float]:
+    """Run notebook ``which`` in this process, a fresh one, the way ``how`` says: seconds
+    per cell, each from the cell's start to its names in the notebook."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    cells = {"short": SHORT, "working": WORKING}[which]
+    ip = InteractiveShell.instance()
     times = []
-    for cell in cells:
-        t0 = time.perf_counter()
-        ip.run_cell(cell)
-        times.append(time.perf_counter() - t0)
+    if how == "plain":
+        for cell in cells:
+            t0 = time.perf_counter()
+            ip.run_cell(cell)
+            times.append(time.perf_counter() - t0)
+        return times
+    import jupyter_bgjobs as bj
+    from jupyter_bgjobs._api import manager
+
+    ip.run_line_magic("load_ext", "jupyter_bgjobs")
+    try:
+        bj.configure(pool_size=pool, pool_fork=how == "forked")
+        assert manager.pool().wait_warm(120)
+        for i, cell in enumerate(cells):
+            name = f"cell_{i}"
+            t0 = time.perf_counter()
+            ip.run_cell(f"%%bgjob {name}\n{cell}")
+            job = bj.get_job(name).wait(300)
+            times.append(time.perf_counter() - t0)
+            assert job.state == "succeeded", job.report
+    finally:
+        ip.run_line_magic("unload_ext", "jupyter_bgjobs")
     return times
 
 
-def run_as_jobs(ip: Any, cells: list[str], tag: str) -> list[float]:
-    reset(ip)
-    assert manager.pool().wait_warm(120)
-    times = []
-    for i, cell in enumerate(cells):
-        name = f"nb_{tag}_{i}"
+def run_fresh(which: str, how: str, pool: int) -> list[float]:
+    """``notebook_child`` in a Python process started for it."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", which, how, "--pool", str(pool)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("CELLS "):
+            return [float(t) for t in json.loads(line[6:])]
+    raise RuntimeError(f"{which} {how} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+
+
+def nothing_job(ip: Any, trials: int) -> float:
+    """Median seconds of a cell that is a job doing nothing, from the cell's start to its
+    name in the notebook (a warm kernel ready): what every job costs."""
+    import jupyter_bgjobs as bj
+    from jupyter_bgjobs._api import manager
+
+    out = []
+    for i in range(trials):
+        assert manager.pool().wait_warm(120)
         t0 = time.perf_counter()
-        ip.run_cell_magic("bgjob", name, cell)
-        job = bj.get_job(name).wait(300)
-        times.append(time.perf_counter() - t0)
+        ip.run_cell(f"%%bgjob nothing_{i}\nx = 1")
+        job = bj.get_job(f"nothing_{i}").wait(300)
+        out.append(time.perf_counter() - t0)
         assert job.state == "succeeded", job.report
-    return times
+        manager.join_worker(job)
+    return statistics.median(out)
 
 
 def first_statement(ip: Any, code: str, tag: str, trials: int) -> float:
     """Median seconds from the magic to the job's first statement, a warm kernel ready."""
+    import jupyter_bgjobs as bj
+    from jupyter_bgjobs._api import manager
+
     out = []
     for i in range(trials):
         assert manager.pool().wait_warm(120)
@@ -114,15 +159,16 @@ def first_statement(ip: Any, code: str, tag: str, trials: int) -> float:
 def unaware_pool(size: int) -> Any:
     """Warm kernels that import nothing ahead: kernels warmed before the notebook
     imported its libraries, never told of them since. Returns what undoes it."""
-    from jupyter_bgjobs._backends import local
+    import jupyter_bgjobs as bj
+    from jupyter_bgjobs._backends import pool
 
-    saved = local.heavy_imports
-    local.heavy_imports = list  # nothing
+    saved = pool.heavy_imports
+    pool.heavy_imports = list  # nothing
     bj.configure(pool_size=0)
     bj.configure(pool_size=size)
 
     def undo() -> None:
-        local.heavy_imports = saved
+        pool.heavy_imports = saved
         bj.configure(pool_size=0)
         bj.configure(pool_size=size)
 
@@ -134,7 +180,7 @@ def warm_memory(size: int) -> dict[bool, float]:
     numpy and pandas imported in each."""
     import psutil
 
-    from jupyter_bgjobs._backends.local import KernelPool
+    from jupyter_bgjobs._backends.pool import KernelPool
 
     found = {}
     for fork in (True, False):
@@ -150,23 +196,39 @@ def warm_memory(size: int) -> dict[bool, float]:
     return found
 
 
+HOWS = (
+    ("plain", "run as it is"),
+    ("forked", "as jobs, forked warm kernels"),
+    ("anew", "as jobs, warm kernels started anew"),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pool", type=int, default=2)
-    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--child", nargs=2, metavar=("NOTEBOOK", "HOW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print("CELLS " + json.dumps(notebook_child(*args.child, args.pool)))
+        return
+    # Every process reads the libraries from the page cache, the first one too.
+    subprocess.run([sys.executable, "-c", "import numpy, pandas"], check=True)
+    runs: dict[tuple[str, str], list[list[float]]] = {}
+    for which in ("short", "working"):
+        for _ in range(args.trials):
+            for how, _label in HOWS:
+                runs.setdefault((which, how), []).append(run_fresh(which, how, args.pool))
+    # Here, after the notebooks' processes: this process imports what they measure.
+    from IPython.core.interactiveshell import InteractiveShell
+
+    import jupyter_bgjobs as bj
+
     ip = InteractiveShell.instance()
     ip.run_line_magic("load_ext", "jupyter_bgjobs")
     bj.configure(pool_size=args.pool)
-    rows: list[tuple[str, str, list[float]]] = []
     try:
-        for label, cells in (("short cells", SHORT), ("working notebook", WORKING)):
-            rows.append((label, "run as it is", run_plain(ip, cells)))
-            bj.configure(pool_fork=True)
-            rows.append((label, "as jobs, forked warm kernels", run_as_jobs(ip, cells, "f")))
-            bj.configure(pool_fork=False)
-            rows.append((label, "as jobs, warm kernels started anew", run_as_jobs(ip, cells, "n")))
-            bj.configure(pool_fork=True)
+        nothing = nothing_job(ip, args.trials * 3)
         reset(ip)
         empty = first_statement(ip, "x = 1", "empty", args.trials)
         ip.run_cell(IMPORTS + "\nframe = pd.DataFrame({'a': range(9)})")
@@ -177,20 +239,31 @@ def main() -> None:
         memory = warm_memory(args.pool)
     finally:
         ip.run_line_magic("unload_ext", "jupyter_bgjobs")
-    print(f"every cell of a notebook run as a job and waited for, pool_size={args.pool}")
     print(
-        f"{'':18} {'':36} {'cells':>5} {'total s':>8} {'mean ms':>8} {'median ms':>10} "
-        f"{'vs plain':>9}"
+        f"every cell of a notebook run as a job and waited for, each way in a fresh process, "
+        f"medians of {args.trials} trials, pool_size={args.pool}"
     )
-    plain = 0.0
-    for label, how, times in rows:
-        if how == "run as it is":
-            plain = sum(times)
-        print(
-            f"{label:18} {how:36} {len(times):5d} {sum(times):8.2f} "
-            f"{statistics.mean(times) * 1000:8.1f} {statistics.median(times) * 1000:10.1f} "
-            f"{sum(times) / plain:9.2f}"
-        )
+    print(
+        f"{'':17} {'':35} {'cells':>5} {'total s':>8} {'imports ms':>10} {'rest s':>7} "
+        f"{'median cell ms':>14} {'vs plain':>9}"
+    )
+    for which, label in (("short", "short cells"), ("working", "working notebook")):
+        plain = statistics.median(sum(t) for t in runs[(which, "plain")])
+        for how, words in HOWS:
+            trials = runs[(which, how)]
+            total = statistics.median(sum(t) for t in trials)
+            first = statistics.median(t[0] for t in trials)
+            rest = statistics.median(sum(t[1:]) for t in trials)
+            cell = statistics.median(statistics.median(t) for t in trials)
+            print(
+                f"{label:17} {words:35} {len(trials[0]):5d} {total:8.2f} {first * 1000:10.0f} "
+                f"{rest:7.2f} {cell * 1000:14.1f} {total / plain:9.2f}"
+            )
+    print()
+    print(
+        f"a cell that is a job doing nothing ('x = 1'), cell start -> name merged, median of "
+        f"{args.trials * 3}: {nothing * 1000:.1f} ms"
+    )
     print()
     print(f"magic -> first statement, median of {args.trials}, a warm kernel ready")
     print(f"{'':58} {'ms':>7} {'vs empty':>9}")

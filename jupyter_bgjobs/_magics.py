@@ -506,6 +506,11 @@ def load(ip: Any) -> None:
     ip.events.register("pre_run_cell", _pre_run_cell)
     ip.events.register("post_run_cell", _post_run_cell)
     manager.pool()
+    # What the first job imports on its way (its merge, its sampler's psutil), imported
+    # while the pool warms: the first job costs what the next ones do.
+    import psutil  # noqa: F401
+
+    from . import _merge, _stored  # noqa: F401
 
 
 def unload(ip: Any) -> None:

@@ -15,7 +15,7 @@ from . import _context, _snapshot, _store
 from ._backends.ahead import heavy_imports
 from ._backends.gateway import gateway_settings
 from ._backends.gateway_pool import GatewayPool, Reaper, start_kernel
-from ._backends.local import KernelPool
+from ._backends.pool import KernelPool
 from ._backends.providers import provider_for
 from ._config import on_change, settings
 from ._driver import Driver

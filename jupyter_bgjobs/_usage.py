@@ -4,6 +4,7 @@ thread that drives the job; and what a memory limit is, in bytes and in words.""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any
@@ -149,6 +150,34 @@ def _gpu_memory(handles: list[Any], pids: set[int]) -> int:
     return used
 
 
+def _descendants(pid: int) -> list[int] | None:
+    """The processes below ``pid``, as Linux lists each thread's children; None where it
+    does not (psutil then reads every process of the machine to find them, milliseconds
+    a sample on a busy one)."""
+    if not _LISTS_CHILDREN:
+        return None
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue  # ended since it was listed
+        for tid in threads:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    kids = [int(k) for k in f.read(1 << 16).split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
+
+
+_LISTS_CHILDREN = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+
+
 class Sampler:
     """Samples the process tree of one job's kernel (``pid``)."""
 
@@ -177,10 +206,19 @@ class Sampler:
     def sample(self) -> dict[str, Any]:
         """Take one sample; what ``job.resources`` says now."""
         psutil = self._psutil
-        try:
-            tree = [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            tree = []
+        below = _descendants(self.root.pid)
+        if below is not None:
+            tree = [self.root]
+            for pid in below:
+                try:
+                    tree.append(self._procs.get(pid) or psutil.Process(pid))
+                except psutil.Error:
+                    continue  # ended since it was listed
+        else:
+            try:
+                tree = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                tree = []
         rss, cpu, seconds = 0, 0.0, 0.0
         alive: dict[int, Any] = {}
         for proc in tree:

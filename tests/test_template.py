@@ -1,7 +1,10 @@
 """Warm kernels forked from a template: the same kernel a fresh start makes, with what the
-notebook imported already there, their own random numbers, signals and exit codes as
-ever, no process left behind (closed pool, dead owner), and a module that starts a thread
-kept out of the template. Real kernels, a real template process."""
+notebook imported already there, and what a job's code imports there before the job
+(imported once, in the template; the notebook imports the data libraries meanwhile),
+their own random numbers, signals and exit codes as ever, no process left behind (closed
+pool, dead owner), a job that finds the pool empty taking the kernel being started, and
+a module that starts a thread kept out of the template. Real kernels, a real template
+process."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import pytest
 
 import jupyter_bgjobs as bj
 from jupyter_bgjobs._api import manager
-from jupyter_bgjobs._backends.local import KernelPool
+from jupyter_bgjobs._backends.pool import KernelPool
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork on Linux")
 
@@ -136,7 +139,7 @@ def test_the_template_ends_with_its_last_kernel_and_with_its_owner(tmp_path: Pat
         textwrap.dedent(
             """
             import sys
-            from jupyter_bgjobs._backends.local import KernelPool
+            from jupyter_bgjobs._backends.pool import KernelPool
             pool = KernelPool(1)
             pool.refill()
             assert pool.wait_warm(120)
@@ -208,3 +211,102 @@ def test_pool_fork_off_starts_every_kernel_anew(ip: Any) -> None:
         assert ip.user_ns["parent"] == os.getpid()
     finally:
         bj.configure(pool_fork=True)
+
+
+def test_a_job_s_kernel_arrives_with_what_its_code_imports(ip: Any, monkeypatch: Any) -> None:
+    # The notebook has imported nothing heavy (as a notebook opened anew): its pool's
+    # kernels have no numpy. A job whose code imports numpy gets a kernel forked after the
+    # template imported it, and so does the job after it; neither imports it itself.
+    from jupyter_bgjobs._backends import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "heavy_imports", list)
+    bj.configure(pool_size=1, pool_fork=True)
+    try:
+        pool = manager.pool()
+        assert pool.wait_warm(120)
+        (before,) = pool._idle
+        assert "numpy" not in before.imported
+        before_pid = before.pid
+        probe = "import sys\nhad = ('numpy' in sys.modules, 'cloudpickle' in sys.modules)\n"
+        ip.run_cell_magic("bgjob", "imports_numpy --env none", probe + "import numpy as np")
+        first = bj.get_job("imports_numpy").wait(120)
+        assert first.state == "succeeded", first.report
+        assert ip.user_ns["had"] == (True, True)  # the runner's pickler came warm too
+        assert ip.user_ns["np"] is sys.modules["numpy"]
+        # The idle kernel that lacked it made way; none is left running.
+        _, alive = psutil.wait_procs([psutil.Process(before_pid)], timeout=30)
+        assert not alive
+        ip.run_cell_magic(
+            "bgjob", "after_it --env none", "import sys\nhad = 'numpy' in sys.modules"
+        )
+        assert bj.get_job("after_it").wait(120).state == "succeeded"
+        assert ip.user_ns["had"] is True
+    finally:
+        bj.configure(pool_size=0)
+        bj.configure(pool_size=2)
+
+
+def test_a_job_that_finds_the_pool_empty_takes_the_kernel_it_is_starting() -> None:
+    pool = KernelPool(1)
+    kernels = []
+    try:
+        pool.refill()
+        assert pool.wait_warm(120)
+        kernels.append(pool.acquire())  # the pool starts the next one
+        with pool._lock:
+            assert pool._starting == 1 and not pool._idle
+        kernels.append(pool.acquire())  # waits for that one, starts no other
+        with pool._lock:
+            assert pool._starting == 1  # the one started for the next job
+        assert len({k.pid for k in kernels}) == 2
+        assert all(k.alive() for k in kernels)
+        assert "1" == printed(kernels[1], "print(1)").strip()
+    finally:
+        for kernel in kernels:
+            kernel.shutdown()
+        pool.close()
+
+
+def test_a_job_s_imports_are_read_from_its_code_not_run() -> None:
+    from jupyter_bgjobs._backends.ahead import code_imports
+
+    code = textwrap.dedent(
+        """
+        import numpy as np, json
+        from pandas import DataFrame
+        from . import sibling
+        import notebook_helpers_that_do_not_exist
+        if True:
+            import pickle
+        def later():
+            import csv
+        class Later:
+            import sqlite3
+        """
+    )
+    assert code_imports(code) == ["numpy", "json", "pandas", "pickle"]
+    assert code_imports("import (") == []
+
+
+def test_the_notebook_imports_ahead_the_data_libraries_a_job_brings(tmp_path: Path) -> None:
+    # A process of its own: this one has numpy already. Only data libraries are imported
+    # ahead (pyplot hooks into the shell as it imports: it waits for the results), and a
+    # job without notification targets does not import Apprise.
+    script = textwrap.dedent(
+        """
+        import sys, threading
+        from jupyter_bgjobs._backends.ahead import import_ahead
+        from jupyter_bgjobs._notify import check_targets
+        assert check_targets("notify", []) == []
+        import_ahead(["numpy", "matplotlib.pyplot", "json"])
+        for t in threading.enumerate():
+            if t.name == "bgjobs-ahead":
+                t.join(60)
+        print("numpy" in sys.modules, "matplotlib.pyplot" in sys.modules,
+              "apprise" in sys.modules)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["True", "False", "False"], out.stderr

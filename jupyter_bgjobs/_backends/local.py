@@ -1,5 +1,5 @@
 """Local kernels: ipykernel processes started through jupyter_client on Unix sockets, each
-with the job runner loaded, and a pool of warm ones."""
+with the job runner loaded (a pool of warm ones is ``pool``)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,9 @@ from .. import _runtime
 from .._errors import BgJobError
 from .._inside import kernel as _kernel_code
 from .._inside.procs import signal_group, signal_process
-from .._inside.template import RUNNER
 from .._runtime import short_owner_tag, sweep_litter
-from .ahead import heavy_imports
-from .base import KernelBackend, KernelSource, take_idle
-from .template import ForkedProcess, ForkProvisioner, Template, TemplateUnavailable
+from .base import KernelBackend
+from .template import ForkedProcess, ForkProvisioner
 
 _PACKAGE = "_bgjobs_kernel"
 
@@ -46,6 +44,7 @@ if getattr(sys.modules.get(PACKAGE), "__bgjobs_key__", None) != KEY:
         setattr(package, name, module)
     sys.modules["_bgjobs_runner"] = sys.modules[PACKAGE + ".runner"]
     package.__bgjobs_key__ = KEY
+    sys.modules["_bgjobs_runner"].warm()
 """
 
 
@@ -270,7 +269,9 @@ class LocalKernel:
         return getattr(getattr(self.km, "provisioner", None), "process", None)
 
     def _boot(self, timeout: float, code: str) -> None:
-        msg_id = self.execute(code, silent=True)
+        # Not silent, as a job's request is not: what the kernel does once, lazily, for
+        # the first such request (its transcript logger, say) is done before a job comes.
+        msg_id = self.execute(code)
         deadline = time.monotonic() + timeout
         while True:
             reply = self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
@@ -414,158 +415,5 @@ class LocalKernel:
                     pass
 
 
-class KernelPool:
-    """Pre-started kernels of the default kernelspec, refilled in the background."""
-
-    def __init__(self, size: int = 1, kernel_name: str = "python3", fork: bool = True) -> None:
-        self.size = size
-        self.kernel_name = kernel_name
-        self._idle: list[LocalKernel] = []
-        self._starting = 0
-        self._lock = threading.Lock()
-        self._closed = False
-        self._threads: list[threading.Thread] = []
-        # What the notebook has imported: warm kernels import it too, ahead of the jobs.
-        self.wanted: list[str] = []
-        # The template new kernels are forked from, made on first need; modules whose
-        # import starts a thread stay out of it (a fork copies one thread only).
-        self.fork = fork
-        self._template: Template | None = None
-        self._template_lock = threading.Lock()
-        self._template_failed = False
-        self._unforkable: set[str] = set()
-
-    def acquire(self, kernel_name: str | None = None) -> LocalKernel:
-        """A ready kernel: a warm one when there is one for this kernelspec, else a new one."""
-        name = kernel_name or self.kernel_name
-        kernel = None
-        if name == self.kernel_name:
-            kernel = take_idle(self._lock, self._idle, LocalKernel.alive)
-        self.refill()
-        if kernel is not None:
-            with kernel.busy:  # an import under way finishes first: the job needs it too
-                return kernel
-        # A pool of none (a detached job's host) starts its one kernel without a template.
-        forking = self.fork and self.size > 0 and name == self.kernel_name
-        return LocalKernel(name).start(template_for=self._template_for if forking else None)
-
-    def follow(self, modules: list[str]) -> None:
-        """The notebook has imported ``modules``: kernels started from now on import them
-        ahead of a job, and idle ones import what they lack now, in the background."""
-        with self._lock:
-            if self._closed or modules == self.wanted:
-                return
-            self.wanted = list(modules)
-            template = self._template
-            idle = [k for k in self._idle if set(modules) - k.imported]
-            self._threads = [t for t in self._threads if t.is_alive()]
-            for kernel in idle:
-                t = threading.Thread(
-                    target=self._top_up, args=(kernel, modules), name="bgjobs-pool", daemon=True
-                )
-                self._threads.append(t)
-                t.start()
-        if template is not None:
-            try:  # queued: the next fork has them, the notebook does not wait
-                template.preimport([m for m in modules if m not in self._unforkable], wait=False)
-            except TemplateUnavailable:
-                pass
-
-    def _template_for(self, cmd: list[str], env: dict[str, str]) -> Template | None:
-        """The template to fork a kernel of ``cmd`` from: the pool's, made (or made anew
-        without the module that spoiled it) when needed; None to start the usual way."""
-        with self._template_lock:
-            template = self._template
-            if template is not None and template.alive() and not template.spoiled:
-                return template if template.python == cmd[0] else None
-            if template is not None:
-                if template.spoiled == RUNNER:
-                    self._template_failed = True
-                elif template.spoiled:
-                    self._unforkable.add(template.spoiled)
-                template.close()
-                self._template = None
-            if self._template_failed or self._closed:
-                return None
-            template = None
-            try:
-                template = Template(cmd[0], env, _kernel_log_dir())
-                template.boot(runner_boot_code())
-                wanted = [*heavy_imports(), *self.wanted]
-                template.preimport([m for m in dict.fromkeys(wanted) if m not in self._unforkable])
-            except (TemplateUnavailable, OSError):
-                # A Python that cannot run it (too old, no ipykernel): never again here.
-                self._template_failed = True
-                if template is not None:
-                    template.close()
-                return None
-            self._template = template
-            return template
-
-    def _top_up(self, kernel: LocalKernel, modules: list[str]) -> None:
-        with kernel.busy:
-            try:
-                kernel.preimport(modules)
-            except Exception:  # a kernel that cannot import is still a kernel
-                pass
-
-    def refill(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            missing = self.size - len(self._idle) - self._starting
-            if missing <= 0:
-                return
-            self._starting += missing
-            self._threads = [t for t in self._threads if t.is_alive()]
-            for _ in range(missing):
-                t = threading.Thread(target=self._start_one, name="bgjobs-pool", daemon=True)
-                self._threads.append(t)
-                t.start()
-
-    def _start_one(self) -> None:
-        kernel: LocalKernel | None = None
-        try:
-            kernel = LocalKernel(self.kernel_name).start(
-                template_for=self._template_for if self.fork else None
-            )
-            kernel.preimport(list(dict.fromkeys([*heavy_imports(), *self.wanted])))
-        except Exception:
-            kernel = None
-        with self._lock:
-            self._starting -= 1
-            if kernel is not None and not self._closed:
-                self._idle.append(kernel)
-                kernel = None
-        if kernel is not None:
-            kernel.shutdown(now=True)
-
-    def idle_count(self) -> int:
-        with self._lock:
-            return len(self._idle)
-
-    def wait_warm(self, timeout: float = 60.0) -> bool:
-        """Block until the pool holds ``size`` ready kernels (benchmarks and tests use it)."""
-        deadline = time.monotonic() + timeout
-        for t in list(self._threads):
-            t.join(max(0.0, deadline - time.monotonic()))
-        return self.idle_count() >= self.size
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            threads = list(self._threads)
-        for kernel in idle:
-            kernel.shutdown(now=True)
-        for t in threads:
-            t.join(30)
-        with self._template_lock:
-            template, self._template = self._template, None
-        if template is not None:
-            template.close()
-
-
-if TYPE_CHECKING:  # mypy holds both to the driver's interface
+if TYPE_CHECKING:  # mypy holds it to the driver's interface
     _kernel: type[KernelBackend] = LocalKernel
-    _source: type[KernelSource] = KernelPool

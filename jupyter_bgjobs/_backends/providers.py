@@ -49,7 +49,24 @@ class LocalProvider(Provider):
 
     def kernel(self, detached: bool) -> KernelBackend:
         source = self.kernels if self.kernels is not None else self.manager.pool()
+        if not detached:
+            self._ahead(source)
         return source.acquire(self.spec.kernel)
+
+    def _ahead(self, source: Any) -> None:
+        """What the job's code imports, its results bring to the notebook: the pool's
+        template imports it once for this job's kernel and the next ones (a warm kernel
+        without a slow library it imports makes way for one forked after), and the
+        notebook imports it while the job runs."""
+        from .._spec import transformed
+        from .ahead import code_imports, import_ahead
+
+        modules = code_imports(transformed(self.spec.code))
+        expect = getattr(source, "expect", None)
+        if modules and expect is not None:
+            expect(modules)
+        if modules and self.spec.results != "none":
+            import_ahead(modules)
 
 
 class GatewayProvider(Provider):

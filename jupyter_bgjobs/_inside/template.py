@@ -31,6 +31,23 @@ from typing import IO, Any
 
 RUNNER = "the job runner"  # what spoiled the template, when loading the runner did
 
+# What a kernel's initialisation and its first cell import on their own (its shell's
+# debugger, inspector, completer and logger, the history's database, the event loop's
+# bridge), imported here once rather than in each kernel.
+_KERNEL_INIT_MODULES = (
+    "IPython.core.completerlib",
+    "IPython.core.debugger",
+    "IPython.core.logger",
+    "IPython.core.oinspect",
+    "IPython.extensions.storemagic",
+    "IPython.utils.wildcard",
+    "faulthandler",
+    "importlib.resources.readers",
+    "pdb",
+    "sqlite3",
+    "tornado.platform.asyncio",
+)
+
 
 def _serve() -> None:
     # The protocol keeps the original stdout; what imported modules print goes to stderr,
@@ -55,6 +72,11 @@ def _serve() -> None:
         from ipykernel import debugger  # noqa: F401
     except Exception:  # an ipykernel without a debugger, or debugpy broken: still a kernel
         pass
+    for name in _KERNEL_INIT_MODULES:
+        try:
+            __import__(name)
+        except Exception:  # another IPython's kernel imports other things: it still starts
+            pass
 
     children: dict[int, int] = {}
     spoiled = ""
@@ -199,8 +221,11 @@ def _kernel(
             sys.argv[0] = spec.origin  # as `python -m ipykernel_launcher` has it
         from ipykernel import kernelapp
 
-        # Its parent is this template: the kernel ends when the template does.
-        kernelapp.IPKernelApp.launch_instance(argv=request["args"], parent_handle=os.getppid())
+        # Its parent is this template: the kernel ends when the template does. A job runs
+        # its code outside the shell's history, so the kernel keeps none: no database to
+        # open at its start, no thread to save it.
+        argv = [*request["args"], "--HistoryManager.enabled=False"]
+        kernelapp.IPKernelApp.launch_instance(argv=argv, parent_handle=os.getppid())
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

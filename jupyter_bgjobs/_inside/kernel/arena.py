@@ -36,7 +36,7 @@ class _Fingerprints:
 
     def __init__(self) -> None:
         self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self.pagemap = os.access("/proc/self/pagemap", os.R_OK)
+        self.pagemap = _pagemap_readable()
 
     def take(self, value: Any) -> tuple[Any, ...] | None:
 
@@ -97,6 +97,17 @@ class _Fingerprints:
         return False
 
 
+_PAGEMAP: list[bool] = []
+
+
+def _pagemap_readable() -> bool:
+    """Whether this process may read its page map: asked once (a template's kernels know
+    it from the template)."""
+    if not _PAGEMAP:
+        _PAGEMAP.append(os.access("/proc/self/pagemap", os.R_OK))
+    return _PAGEMAP[0]
+
+
 def _fingerprint_pickler() -> Any:
     """A pickler for fingerprints only: code (classes, functions, modules) counts by
     identity, so a fingerprint follows the data. Pickling a class by value is not stable
@@ -114,6 +125,10 @@ def _fingerprint_pickler() -> Any:
 
         _PICKLERS["fingerprint"] = FingerprintPickler
     return _PICKLERS["fingerprint"]
+
+
+# How many looks, 50 ms apart, memory must have stayed grown for the arena to follow it.
+_STEADY = 4
 
 
 class _Arena:
@@ -143,9 +158,13 @@ class _Arena:
         fds: list[int] = []
         zeros = bytes(1 << 22)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        # Memory the job holds for a while, not what a step of it holds for a moment (a
+        # loop that makes and drops an array each turn): the least of the last few looks.
+        recent: list[int] = []
         try:
             while not self._stop.wait(0.05):
-                want = _anon_bytes() - self._base
+                recent = [*recent[-(_STEADY - 1) :], _anon_bytes() - self._base]
+                want = min(recent)
                 while want > sum(self.sizes) + self.STEP and not self._stop.is_set():
                     if not _room_for(self.STEP, self.paths[0]):
                         break

@@ -25,7 +25,7 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .arena import _Arena, _Fingerprints
+from .arena import _Arena, _fingerprint_pickler, _Fingerprints, _pagemap_readable
 from .cell import ends_with_semicolon, missing_name, name_hint, notebook_view, plan
 from .checkpoint import Checkpoints, restore
 from .chunks import Inbox, Outbox
@@ -127,6 +127,11 @@ class _Runner:
 
     def emit(self, kind: str, **fields: Any) -> None:
         for stream in (sys.stdout, sys.stderr):
+            # What the job printed goes before the event. A kernel's stream says whether
+            # it holds any: an empty flush still waits for the kernel's output thread, a
+            # millisecond per event that a job of short statements pays many times over.
+            if not getattr(stream, "_flush_pending", True):
+                continue
             try:
                 stream.flush()
             except Exception:
@@ -564,6 +569,19 @@ def _main_ns() -> dict[str, Any]:
 
     ns: dict[str, Any] = __main__.__dict__
     return ns
+
+
+def warm() -> None:
+    """Pay, when the runner is loaded (ahead of any job, and in a template once for all its
+    kernels), what a job would pay on its first snapshot and its first statement:
+    cloudpickle's import and the picklers made on it, the module that reads the kernel's
+    usage. A kernel without cloudpickle finds that out at the job."""
+    _pagemap_readable()
+    try:
+        _fingerprint_pickler()
+    except ImportError:
+        pass
+    own_usage()  # its first call imports the module that says it
 
 
 def run(spec_json: str) -> None:
