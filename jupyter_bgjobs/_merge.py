@@ -87,11 +87,21 @@ def listed(names: list[str], limit: int = 12) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _imported(name: str) -> Any:
+    """The module ``name`` once it is imported whole: not while a thread imports it (the
+    notebook imports a job's data libraries ahead, in a thread), when none of its objects
+    can be in the notebook yet."""
+    module = sys.modules.get(name)
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module
+
+
 def update_in_place(old: Any, new: Any) -> bool:
     """Make ``old`` hold what ``new`` holds, where its type allows that exactly (numpy
     arrays of the same shape and dtype, pandas frames and series, lists, dicts, sets,
     bytearrays); False elsewhere."""
-    np = sys.modules.get("numpy")
+    np = _imported("numpy")
     if np is not None and type(old) is np.ndarray and type(new) is np.ndarray:
         if old.shape != new.shape or old.dtype != new.dtype or not old.flags.writeable:
             return False
@@ -99,7 +109,7 @@ def update_in_place(old: Any, new: Any) -> bool:
         return True
     if type(old) is not type(new):
         return False
-    pd = sys.modules.get("pandas")
+    pd = _imported("pandas")
     if pd is not None and type(old) in (pd.DataFrame, pd.Series):
         # pandas' own way for its in-place operations (``inplace=True``, ``df[c] = ...``):
         # the object keeps its identity and takes the other's data, index and columns.
@@ -129,7 +139,7 @@ def _seen_elsewhere(ns: dict[str, Any], key: str) -> bool:
     """Whether anything but ``ns[key]`` refers to that object (another name, a view of an
     array, a list holding it): only then is copying the job's changes into it worth its
     cost; otherwise the name simply takes the job's object, which costs nothing."""
-    np = sys.modules.get("numpy")
+    np = _imported("numpy")
     if np is not None and isinstance(ns[key], np.ndarray) and ns[key].base is not None:
         return True  # a view: its memory is another array's too
     alone = {key: object()}  # the same path, for an object nothing else refers to

@@ -226,7 +226,7 @@ def test_a_job_s_kernel_arrives_with_what_its_code_imports(ip: Any, monkeypatch:
         assert pool.wait_warm(120)
         (before,) = pool._idle
         assert "numpy" not in before.imported
-        before_pid = before.pid
+        before_process = psutil.Process(before.pid)
         probe = "import sys\nhad = ('numpy' in sys.modules, 'cloudpickle' in sys.modules)\n"
         ip.run_cell_magic("bgjob", "imports_numpy --env none", probe + "import numpy as np")
         first = bj.get_job("imports_numpy").wait(120)
@@ -234,7 +234,7 @@ def test_a_job_s_kernel_arrives_with_what_its_code_imports(ip: Any, monkeypatch:
         assert ip.user_ns["had"] == (True, True)  # the runner's pickler came warm too
         assert ip.user_ns["np"] is sys.modules["numpy"]
         # The idle kernel that lacked it made way; none is left running.
-        _, alive = psutil.wait_procs([psutil.Process(before_pid)], timeout=30)
+        _, alive = psutil.wait_procs([before_process], timeout=30)
         assert not alive
         ip.run_cell_magic(
             "bgjob", "after_it --env none", "import sys\nhad = 'numpy' in sys.modules"
