@@ -254,10 +254,10 @@ def test_a_job_that_finds_the_pool_empty_takes_the_kernel_it_is_starting() -> No
         assert pool.wait_warm(120)
         kernels.append(pool.acquire())  # the pool starts the next one
         with pool._lock:
-            assert pool._starting == 1 and not pool._idle
+            assert pool._fillers and not pool._idle
         kernels.append(pool.acquire())  # waits for that one, starts no other
         with pool._lock:
-            assert pool._starting == 1  # the one started for the next job
+            assert pool._fillers  # starting the one for the next job
         assert len({k.pid for k in kernels}) == 2
         assert all(k.alive() for k in kernels)
         assert "1" == printed(kernels[1], "print(1)").strip()

@@ -17,6 +17,8 @@ from .template import Template, TemplateUnavailable
 
 # How long a job waits for a kernel the pool is starting before it checks again.
 _START_TIMEOUT = 60.0
+# Threads starting kernels at once when jobs come faster than one thread starts them.
+_HURRIED = 2
 
 
 class KernelPool:
@@ -26,7 +28,8 @@ class KernelPool:
         self.size = size
         self.kernel_name = kernel_name
         self._idle: list[LocalKernel] = []
-        self._starting = 0
+        # Threads starting kernels for the pool, each one at a time, until it is full.
+        self._fillers = 0
         self._lock = threading.Lock()
         # Told when a kernel started for the pool is ready (or failed to start).
         self._ready = threading.Condition(self._lock)
@@ -48,7 +51,10 @@ class KernelPool:
         name = kernel_name or self.kernel_name
         kernel = None
         if name == self.kernel_name:
-            kernel = self._take_or_wait()
+            kernel = take_idle(self._lock, self._idle, LocalKernel.alive)
+            if kernel is None:
+                self.refill(hurry=True)
+                kernel = self._take_or_wait()
         self.refill()
         if kernel is not None:
             with kernel.busy:  # an import under way finishes first: the job needs it too
@@ -58,14 +64,14 @@ class KernelPool:
         return LocalKernel(name).start(template_for=self._template_for if forking else None)
 
     def _take_or_wait(self) -> LocalKernel | None:
-        """An idle kernel; when there is none but some are starting, the first of them to
-        be ready (started before this job came, it is ready before one started now)."""
+        """An idle kernel; when there is none but one is starting, that one (started before
+        this job came, it is ready before one started now)."""
         while True:
             kernel = take_idle(self._lock, self._idle, LocalKernel.alive)
             if kernel is not None:
                 return kernel
             with self._lock:
-                if self._closed or not self._starting:
+                if self._closed or not self._fillers:
                     return None
                 if not self._idle:
                     self._ready.wait(_START_TIMEOUT)
@@ -173,35 +179,50 @@ class KernelPool:
             except Exception:  # a kernel that cannot import is still a kernel
                 pass
 
-    def refill(self) -> None:
+    def refill(self, hurry: bool = False) -> None:
+        """Start kernels until the pool is full: one after another in one thread, or in
+        two at once when a job found the pool empty (``hurry``)."""
         with self._lock:
-            if self._closed:
+            if self._closed or len(self._idle) >= self.size:
                 return
-            missing = self.size - len(self._idle) - self._starting
-            if missing <= 0:
+            if self._fillers >= (_HURRIED if hurry else 1):
                 return
-            self._starting += missing
+            self._fillers += 1
             self._threads = [t for t in self._threads if t.is_alive()]
-            for _ in range(missing):
-                self._background(self._start_one)
+            self._background(self._fill)
 
-    def _start_one(self) -> None:
-        kernel: LocalKernel | None = None
-        try:
-            kernel = LocalKernel(self.kernel_name).start(
-                template_for=self._template_for if self.fork else None
-            )
-            kernel.preimport(list(dict.fromkeys([*heavy_imports(), *self.wanted])))
-        except Exception:
-            kernel = None
-        with self._lock:
-            self._starting -= 1
-            if kernel is not None and not self._closed:
-                self._idle.append(kernel)
+    def _fill(self) -> None:
+        # One kernel's start at a time while a kernel is ready for the next job: it leaves
+        # the other cores to the jobs running (two starting at once on a machine of two
+        # cores slowed a job's own code by a tenth). Two when jobs come faster than that.
+        while True:
+            with self._lock:
+                if self._closed or len(self._idle) + self._fillers - 1 >= self.size:
+                    self._fillers -= 1
+                    self._ready.notify_all()
+                    return
+            kernel: LocalKernel | None = None
+            try:
+                kernel = LocalKernel(self.kernel_name).start(
+                    template_for=self._template_for if self.fork else None
+                )
+                kernel.preimport(list(dict.fromkeys([*heavy_imports(), *self.wanted])))
+            except Exception:
                 kernel = None
-            self._ready.notify_all()
-        if kernel is not None:
-            kernel.shutdown(now=True)
+            with self._lock:
+                failed = kernel is None
+                if kernel is not None and not self._closed:
+                    self._idle.append(kernel)
+                    kernel = None
+                if failed:
+                    # A kernel that cannot start now: the next job starts its own, and says
+                    # why if it cannot either; the pool tries again when a job takes one.
+                    self._fillers -= 1
+                self._ready.notify_all()
+            if kernel is not None:
+                kernel.shutdown(now=True)
+            if failed:
+                return
 
     def idle_count(self) -> int:
         with self._lock:
