@@ -1,5 +1,6 @@
 """A job's console: no keyboard (stdin, input() and getpass() fail at once, saying why),
-output streams that never make one huge message, and what the kernel says it uses.
+output streams that never make one huge message, what the kernel says it uses, and what
+a kernel pays once, when the runner is loaded.
 
 Runs inside the job's kernel (sent as source); standard library only.
 """
@@ -11,6 +12,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from .arena import _fingerprint_pickler, _pagemap_readable
 
 
 class NoStdinError(EOFError):
@@ -211,3 +214,16 @@ def own_usage(every: float = 0.0) -> dict[str, float]:
         "peak": max(rss, used.ru_maxrss * 1024),
         "cpu_seconds": round(used.ru_utime + used.ru_stime, 2),
     }
+
+
+def warm() -> None:
+    """Pay, when the runner is loaded (ahead of any job, and in a template once for all its
+    kernels), what a job would pay on its first snapshot and its first statement:
+    cloudpickle's import and the picklers made on it, the module that reads the kernel's
+    usage. A kernel without cloudpickle finds that out at the job."""
+    _pagemap_readable()
+    try:
+        _fingerprint_pickler()
+    except ImportError:
+        pass
+    own_usage()  # its first call imports the module that says it

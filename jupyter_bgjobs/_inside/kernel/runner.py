@@ -25,11 +25,13 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .arena import _Arena, _fingerprint_pickler, _Fingerprints, _pagemap_readable
+from .arena import _Arena, _Fingerprints
 from .cell import ends_with_semicolon, missing_name, name_hint, notebook_view, plan
 from .checkpoint import Checkpoints, restore
 from .chunks import Inbox, Outbox
-from .console import Flow, _bound_stream, _no_keyboard, _restore_io, own_usage
+
+# ``warm`` too: the code that loads the runner calls it there, ahead of any job.
+from .console import Flow, _bound_stream, _no_keyboard, _restore_io, own_usage, warm  # noqa: F401
 from .wire import (
     EVENT_MIME,
     SnapshotError,
@@ -569,19 +571,6 @@ def _main_ns() -> dict[str, Any]:
 
     ns: dict[str, Any] = __main__.__dict__
     return ns
-
-
-def warm() -> None:
-    """Pay, when the runner is loaded (ahead of any job, and in a template once for all its
-    kernels), what a job would pay on its first snapshot and its first statement:
-    cloudpickle's import and the picklers made on it, the module that reads the kernel's
-    usage. A kernel without cloudpickle finds that out at the job."""
-    _pagemap_readable()
-    try:
-        _fingerprint_pickler()
-    except ImportError:
-        pass
-    own_usage()  # its first call imports the module that says it
 
 
 def run(spec_json: str) -> None:
