@@ -442,3 +442,15 @@ def test_output_waits_for_the_notebook_to_take_it(tmp_path: Path) -> None:
     assert stalled.off
     flow.close()
     stalled.close()
+
+
+def test_a_name_bound_to_the_very_object_it_held_is_a_result(ip: Any) -> None:
+    # 45 is one shared object in a process: the job's `total` is the object it was given,
+    # and still the job bound it, as the cell would have.
+    ip.user_ns["total"] = 45
+    ip.run_cell_magic("bgjob", "same_object", "total = sum(range(10))\nseen = total")
+    job = bj.get_job("same_object").wait(60)
+    assert job.state == "succeeded", job.report
+    assert job.results is not None and job.results.total == 45
+    assert "total" in job.report.split("merged", 1)[1], job.report
+    assert ip.user_ns["total"] == 45 and ip.user_ns["seen"] == 45

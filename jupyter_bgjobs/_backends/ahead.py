@@ -1,5 +1,6 @@
-"""What warm kernels import ahead of a job: the slow libraries the notebook has imported,
-and the installed modules its names come from."""
+"""What is imported ahead of a job: in warm kernels, the slow libraries the notebook has
+imported, the installed modules its names come from, and those a submitted job's code
+imports; in the notebook, the data libraries that job's results will bring."""
 
 from __future__ import annotations
 

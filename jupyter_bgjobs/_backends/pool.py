@@ -206,9 +206,10 @@ class KernelPool:
                 kernel = LocalKernel(self.kernel_name).start(
                     template_for=self._template_for if self.fork else None
                 )
-                kernel.preimport(list(dict.fromkeys([*heavy_imports(), *self.wanted])))
             except Exception:
                 kernel = None
+            if kernel is not None:
+                self._top_up(kernel, list(dict.fromkeys([*heavy_imports(), *self.wanted])))
             with self._lock:
                 failed = kernel is None
                 if kernel is not None and not self._closed:

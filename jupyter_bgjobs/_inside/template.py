@@ -129,11 +129,14 @@ def _serve() -> None:
         if not data:
             if not closing:
                 # Our owner is gone without closing us: so are the jobs its kernels ran.
+                # The kernel itself too: one forked a moment ago may not lead its own group
+                # yet, and it would wait for us as we wait for it.
                 for pid in list(children):
-                    try:
-                        os.killpg(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
+                    for kill in (os.killpg, os.kill):
+                        try:
+                            kill(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
             closing = True
             continue
         pending += data

@@ -48,6 +48,33 @@ def ends_with_semicolon(source: str) -> bool:
     return last is not None and last.type == tokenize.OP and last.string == ";"
 
 
+def bound_names(nodes: list[ast.stmt]) -> set[str]:
+    """The names statements bind where they run (assignments, imports, definitions, loop,
+    ``with`` and walrus targets), not those bound inside the functions, classes, lambdas
+    and comprehensions they make."""
+    found: set[str] = set()
+    todo: list[ast.AST] = list(nodes)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found.add(node.name)
+            continue
+        if isinstance(node, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp)):
+            continue
+        if isinstance(node, ast.GeneratorExp):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            found.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update(
+                (alias.asname or alias.name.split(".")[0])
+                for alias in node.names
+                if alias.name != "*"
+            )
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def plan(source: str) -> list[tuple[ast.stmt, str]]:
     """Split transformed source into top-level statements, each with its section."""
     tree = ast.parse(source)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .arena import _Arena, _Fingerprints
-from .cell import ends_with_semicolon, missing_name, name_hint, notebook_view, plan
+from .cell import bound_names, ends_with_semicolon, missing_name, name_hint, notebook_view, plan
 from .checkpoint import Checkpoints, restore
 from .chunks import Inbox, Outbox
 
@@ -118,6 +118,7 @@ class _Runner:
         self.done = 0
         self.total = 0
         self.before: dict[str, int] | None = None
+        self.nodes: list[ast.stmt] = []
         self.kernel_ids: dict[str, int] = {}
         self.skipped_in: list[dict[str, str]] = []
         self._saved_io: tuple[Any, ...] | None = None
@@ -192,6 +193,7 @@ class _Runner:
             if self.ip is not None:
                 source = self.ip.transform_cell(source)
             steps = plan(source)
+            self.nodes = [node for node, _ in steps]
             quiet = ends_with_semicolon(source)
             self.total = len(steps)
             filename = self._register_source(source)
@@ -251,15 +253,19 @@ class _Runner:
         """The names the job has bound or rebound, or changed in place of those it was
         given; and those it was given and has deleted."""
         before = self.before or {}
+        # A name its statements bound counts even when it holds the very object it was
+        # given: `total = 45` where the notebook had 45 (one shared small int) was bound.
+        bound = bound_names(self.nodes[: self.done])
         changed = [
             k
             for k, v in list(self.ns.items())
-            if not is_internal_name(k) and before.get(k) != id(v)
+            if not is_internal_name(k) and (before.get(k) != id(v) or k in bound)
         ]
         mutated = [
             k
             for k, v in list(self.ns.items())
             if k in self.seeded_ids
+            and k not in bound
             and self.seeded_ids[k] == id(v)
             and before.get(k) == id(v)
             and self.prints.changed(self.fingerprints.get(k), v)
