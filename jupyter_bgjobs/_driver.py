@@ -161,14 +161,16 @@ class Driver(Attempts):
     def _overlay(self, values: dict[str, Any]) -> None:
         """The values the jobs waited for made, for the job's kernel to load over its
         seed: a file of the job's folder (sent from there to a kernel that shares none)."""
+        from ._resume import for_runner
         from ._waits import overlay_file
 
-        self.run.files.append(str(self.job.folder / "after.snap"))
-        path, skipped = overlay_file(values, self.run.token, self.job.folder)
-        after: dict[str, Any] = {"path": path, "token": self.run.token}
-        if not self.provider.shares_files:
-            after.update(transport="stream", key=f"{self.run.token}-after")
-        self.runner_spec["after"] = after
+        run = self.run
+        path = str(self.job.folder / "after.snap")
+        run.files.append(path)  # before it is written: an interrupted write is removed too
+        skipped = overlay_file(values, run.token, path)
+        where = {"path": path, "token": run.token}
+        remote = not self.provider.shares_files
+        self.runner_spec["after"] = for_runner(where, run.token, remote, "after")
         self.job.skipped.extend(dict(s, direction="in") for s in skipped)
 
     def _take_slot(self) -> bool:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._errors import BgJobError
 from ._notify import TARGETS_ENV, finish_sending
 
 if TYPE_CHECKING:
@@ -242,7 +243,10 @@ def _waits_of(items: Any) -> list[Any]:
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
-        job = find(item["id"]) or find_recorded(item["id"])
+        try:
+            job = find(item["id"]) or find_recorded(item["id"])
+        except BgJobError:  # a store that cannot be read: that job cannot be waited for
+            job = None
         if job is not None:
             names = [n for n in item.get("names") or [] if isinstance(n, str)]
             waits.append(Wait(job, names))

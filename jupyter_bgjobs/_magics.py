@@ -473,7 +473,7 @@ def _tell_replaced(cell: str) -> None:
     cell runs: "df will be replaced when job fit ends (running, 3/5)"."""
     if not cell.strip() or cell.lstrip().startswith("%%bgjob"):
         return
-    unfinished = manager.unfinished()
+    unfinished = [(job, binds) for job, binds in manager.unfinished() if binds]
     if not unfinished:
         return
     from ._spec import transformed

@@ -178,7 +178,7 @@ class JobManager:
         run.job.waits_for = [w.words() for w in waits]
         run.job.waits_for_ids = [w.job.id for w in waits]
         try:
-            runner_spec = self._write_job(run, spec, ns)
+            runner_spec = self._write_job(run, spec, ns, source)
         except BaseException:
             self.discard(run)
             raise
@@ -186,14 +186,11 @@ class JobManager:
 
     def _waits_of(self, spec: JobSpec, source: str) -> list[Wait]:
         """The jobs a job of ``spec`` waits for: those ``--after`` names, and the jobs of
-        this process not ended that bind a name it reads (not its own sweep's runs)."""
+        this process whose results are not in the notebook yet (running, or ended and
+        waiting for a cell's end to merge) that bind a name it reads."""
         explicit, implicit = parse_after(spec.after)
         with self._lock:
-            unfinished = [
-                (r.job, r.binds)
-                for r in self._runs.values()
-                if not r.job.done and not (spec.sweep and r.job.spec.sweep == spec.sweep)
-            ]
+            unfinished = [(r.job, r.binds) for r in self._runs.values() if not r.merged]
         return waits_for(source, explicit, implicit, unfinished, self._named)
 
     def _named(self, name: str) -> Any:
@@ -229,7 +226,9 @@ class JobManager:
         for path in run.files:
             remove_snapshot(path)
 
-    def _write_job(self, run: Run, spec: JobSpec, ns: dict[str, Any] | None) -> dict[str, Any]:
+    def _write_job(
+        self, run: Run, spec: JobSpec, ns: dict[str, Any] | None, source: str
+    ) -> dict[str, Any]:
         job = run.job
         if ns is not None:
             run.ns_ids = {k: id(v) for k, v in ns.items()}
@@ -238,7 +237,6 @@ class JobManager:
         run.provider = provider_for(spec, self)
         remote = not run.provider.shares_files
         transport = "stream" if settings.transport == "stream" or remote else "file"
-        source = transformed(spec.code)
         # What the notebook's environment is now, not when a warm kernel was started.
         run.environ = dict(os.environ)
         run.awaits = _context.awaits(source)

@@ -176,13 +176,16 @@ def resume_of(spec: JobSpec, job_id: str, folder: Path | None, code: str) -> dic
     return {"from": job_id, **chosen.where(), "note": chosen.note, "chain": chain}
 
 
-def for_runner(resume: dict[str, Any], token: str, remote: bool) -> dict[str, Any]:
-    """What the job's kernel needs to go on from a checkpoint: its file and token and the
-    statement to start at; to a kernel that shares no files with us, it is sent (under
-    the job's ``token``)."""
+def for_runner(
+    resume: dict[str, Any], token: str, remote: bool, kind: str = "resume"
+) -> dict[str, Any]:
+    """What the job's kernel needs to load a snapshot over its seed (``kind``: the
+    checkpoint it goes on from, or ``after``, what the jobs it waited for made): its file
+    and token and the statement to start at; to a kernel that shares no files with us, it
+    is sent (under the job's ``token``)."""
     given = {k: resume.get(k) for k in ("path", "token", "start")}
     if remote and given["path"]:
-        given.update(transport="stream", key=f"{token}-resume")
+        given.update(transport="stream", key=f"{token}-{kind}")
     return given
 
 

@@ -59,6 +59,12 @@ def free_names(source: str, depth: int = 0) -> set[str]:
     return names
 
 
+def magic_names(call: ast.Call) -> set[str]:
+    """The names the Python of a code-running magic reads, when ``call`` is the call
+    IPython's transformation made of one (else none)."""
+    return _magic_names(call, 0)
+
+
 # Magics whose argument (after its options) is Python the magic runs in the namespace.
 _CODE_MAGICS = frozenset(("time", "timeit", "prun", "debug", "capture"))
 # Magics nest (``%%time`` around ``%timeit``) only so deep.

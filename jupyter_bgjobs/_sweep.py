@@ -19,7 +19,17 @@ import uuid
 from typing import Any
 
 from ._errors import JobSpecError, WaitTimeout
-from ._states import CANCELLED, DIED, FAILED, SUCCEEDED, TIMED_OUT
+from ._states import (
+    CANCELLED,
+    DIED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    STARTING,
+    SUCCEEDED,
+    TIMED_OUT,
+    WAITING,
+)
 
 # The most runs one sweep makes: more is a mistake in its values, not a sweep.
 MAX_RUNS = 1000
@@ -110,7 +120,7 @@ class Sweep:
         """``running`` until every run has ended; then ``succeeded`` when all did, else
         ``failed`` (``cancelled`` when it was stopped)."""
         if not self.done:
-            return "running"
+            return RUNNING
         states = {job.state for job in self.runs}
         if states == {SUCCEEDED}:
             return SUCCEEDED
@@ -125,7 +135,7 @@ class Sweep:
         failed = sum(counts.get(s, 0) for s in (FAILED, DIED, TIMED_OUT))
         if failed:
             words.append(f"{failed} failed")
-        for state in (CANCELLED, "running", "waiting", "pending", "starting"):
+        for state in (CANCELLED, RUNNING, WAITING, PENDING, STARTING):
             if counts.get(state):
                 words.append(f"{counts[state]} {state}")
         return f"{self.name}: {', '.join(words)}"
@@ -253,5 +263,5 @@ def merge_ready(ns: dict[str, Any] | None = None) -> list[str]:
     """Put the table of every sweep whose runs have all ended into the notebook; their
     reports."""
     with _lock:
-        ready = [s for s in _SWEEPS if s.done and not s.merged]
+        ready = [s for s in _SWEEPS if not s.merged and s.done]
     return [r for r in (s.merge(ns) for s in ready) if r]

@@ -18,45 +18,24 @@ from __future__ import annotations
 import ast
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ._errors import JobSpecError
-from ._snapshot import free_names
+from ._inside.kernel.cell import bound_names as kernel_bound_names
+from ._snapshot import magic_names
 from ._states import SUCCEEDED, label
 
 
 def bound_names(source: str) -> set[str]:
     """The names a cell binds in the notebook's namespace, statically: its top-level
     assignments (in loops, ``with`` and ``try`` too), imports, function and class names;
-    never the names inside a function, a class or a comprehension."""
+    never the names inside a function, a class or a comprehension (the job's kernel reads
+    its statements the same way: ``cell.bound_names``)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return set()
-    out: set[str] = set()
-    _stores(tree, out)
-    return out
-
-
-_OWN_SCOPE = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
-
-
-def _stores(node: ast.AST, out: set[str]) -> None:
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            out.add(child.name)
-        elif isinstance(child, _OWN_SCOPE):
-            continue
-        elif isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
-            out.add(child.id)
-        elif isinstance(child, ast.alias) and child.name != "*":
-            out.add(child.asname or child.name.split(".")[0])
-        elif isinstance(child, ast.ExceptHandler) and child.name:
-            out.add(child.name)
-            _stores(child, out)
-        else:
-            _stores(child, out)
+    return kernel_bound_names(tree.body)
 
 
 def binds_of(spec: Any, source: str) -> set[str]:
@@ -68,10 +47,11 @@ def binds_of(spec: Any, source: str) -> set[str]:
 
 
 def read_names(source: str) -> set[str]:
-    """The names a cell reads before it binds them itself, statement by statement: a
-    cell that imports ``time`` and then calls ``time.sleep`` reads no ``time`` of the
-    notebook's; ``df = df.dropna()`` reads ``df``. A function's body counts where the
-    function is defined."""
+    """The names of the notebook a cell reads before it binds them itself, statement by
+    statement: a cell that imports ``time`` and then calls ``time.sleep`` reads no
+    ``time`` of the notebook's; ``df = df.dropna()`` reads ``df``. A function's body counts
+    where the function is defined, less its parameters and its own names; a
+    comprehension's, less its loop variables."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -79,9 +59,61 @@ def read_names(source: str) -> set[str]:
     reads: set[str] = set()
     bound: set[str] = set()
     for statement in tree.body:
-        reads |= free_names(ast.unparse(statement)) - bound
-        _stores(ast.Module([statement], []), bound)
+        reads |= _reads(statement, frozenset()) - bound
+        bound |= kernel_bound_names([statement])
     return reads
+
+
+def _reads(node: ast.AST, local: frozenset[str]) -> set[str]:
+    """What ``node`` reads of the namespace outside the scopes it makes (``local``: the
+    names of the scopes it is inside of)."""
+    out: set[str] = set()
+    if isinstance(node, ast.Name):
+        if isinstance(node.ctx, (ast.Load, ast.Del)) and node.id not in local:
+            out.add(node.id)
+        return out
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return set(node.names)
+    if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+        if node.target.id not in local:
+            out.add(node.target.id)
+    if isinstance(node, ast.Call):
+        out |= magic_names(node)
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        # Defaults, annotations and decorators are read where the function is made; its
+        # body where it runs, with its parameters and its own names its own.
+        args = node.args
+        outer: list[ast.AST] = [*args.defaults, *(d for d in args.kw_defaults if d)]
+        if not isinstance(node, ast.Lambda):
+            outer += [*node.decorator_list, *(a.annotation for a in _params(args) if a.annotation)]
+        for child in outer:
+            out |= _reads(child, local)
+        body = node.body if isinstance(node.body, list) else [node.body]
+        own = {a.arg for a in _params(args)} | kernel_bound_names(
+            [b for b in body if isinstance(b, ast.stmt)]
+        )
+        for child in body:
+            out |= _reads(child, local | own)
+        return out
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+        gens = node.generators
+        out |= _reads(gens[0].iter, local)  # read where the comprehension is
+        own = {n.id for g in gens for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+        parts: list[ast.AST] = [*(g.iter for g in gens[1:]), *(i for g in gens for i in g.ifs)]
+        parts += [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+        for child in parts:
+            out |= _reads(child, local | own)
+        return out
+    if isinstance(node, ast.ExceptHandler) and node.name:
+        local = local | {node.name}  # bound by the handler for its body
+    for child in ast.iter_child_nodes(node):
+        out |= _reads(child, local)
+    return out
+
+
+def _params(args: ast.arguments) -> list[ast.arg]:
+    extra = [a for a in (args.vararg, args.kwarg) if a is not None]
+    return [*args.posonlyargs, *args.args, *args.kwonlyargs, *extra]
 
 
 @dataclass
@@ -180,18 +212,16 @@ def listed(waits: list[Wait]) -> list[dict[str, Any]]:
     return [{"id": w.job.id, "name": w.job.name, "names": list(w.names)} for w in waits]
 
 
-def overlay_file(values: dict[str, Any], token: str, folder: Path) -> tuple[str, list[Any]]:
-    """Write ``values`` for the waiting job's kernel to load over its seed (modules by
-    name); the file, and what could not be written (to be listed as not shipped)."""
+def overlay_file(values: dict[str, Any], token: str, path: str) -> list[Any]:
+    """Write ``values`` at ``path`` for the waiting job's kernel to load over its seed
+    (modules by name); what could not be written (to be listed as not shipped)."""
     from types import ModuleType
 
-    from ._inside.kernel.checkpoint import write_whole
-    from ._inside.kernel.wire import encode
+    from ._inside.kernel.wire import encode, write_whole
 
     modules = {k: v.__name__ for k, v in values.items() if isinstance(v, ModuleType)}
     note = {"changed": [], "deleted": [], "modules": modules}
     rest = {k: v for k, v in values.items() if k not in modules}
     parts, skipped, _ = encode(rest, token, note=note)
-    path = str(folder / "after.snap")
     write_whole(path, parts)
-    return path, skipped
+    return skipped

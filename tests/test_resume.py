@@ -302,7 +302,7 @@ def test_a_detached_job_resumes_from_the_command_line(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def gateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     pytest.importorskip("kernel_gateway")
     from gatewayserver import Gateway
 
@@ -311,12 +311,18 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     gw.stop()
 
 
-def test_a_gateway_jobs_checkpoint_comes_back_and_resumes_there(
-    gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def gateway(gateway_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The gateway, with its token where jobs find it."""
     from gatewayserver import TOKEN
 
     monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", TOKEN)
+    return gateway_server
+
+
+def test_a_gateway_jobs_checkpoint_comes_back_and_resumes_there(
+    gateway: Any, tmp_path: Path
+) -> None:
     ready = tmp_path / "ready"
     code = textwrap.dedent(f"""\
         import os
@@ -345,11 +351,8 @@ def test_a_gateway_jobs_checkpoint_comes_back_and_resumes_there(
 
 
 def test_a_gateway_job_that_dies_once_is_retried_from_its_checkpoint(
-    gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gateway: Any, tmp_path: Path
 ) -> None:
-    from gatewayserver import TOKEN
-
-    monkeypatch.setenv("JUPYTER_GATEWAY_AUTH_TOKEN", TOKEN)
     died = tmp_path / "died"
     code = textwrap.dedent(f"""\
         import os

@@ -1,5 +1,6 @@
 """Jobs that wait for the jobs whose results they read, and sweeps, against real kernels:
-an implicit wait that takes the new value, a failed producer that cancels its waiter with
+an implicit wait that takes the new value, none for a name only a function's parameter or
+a comprehension's variable has, a failed producer that cancels its waiter with
 the reason, ``--after`` by name (a detached job's too), ``--after none``, the line a plain
 cell gets before it reads a name a job will replace, and a sweep of 6 runs with one
 failing, its table and its runs."""
@@ -41,6 +42,22 @@ def test_a_job_that_reads_what_a_running_job_binds_waits_and_takes_its_value(
     assert use.state == "succeeded", use.reason
     assert ip.user_ns["total"] == 6  # the value the job it waited for made
     assert [h["event"] for h in use.history][:3] == ["submit", "wait", "start"]
+
+
+def test_a_name_only_a_function_or_comprehension_has_is_no_wait(ip: Any, tmp_path: Path) -> None:
+    # The running job binds `i` and `x` at its top level; the new job's `i` is its
+    # comprehension's and its `x` a parameter: it reads neither of the notebook's.
+    gate = tmp_path / "gate"
+    ip.run_cell_magic("bgjob", "binds_i", _gate(gate) + "for i in range(3):\n    x = i\n")
+    ip.run_cell_magic(
+        "bgjob", "own_i", "doubled = [i * 2 for i in range(3)]\ndef half(x):\n    return x / 2\n"
+    )
+    own = bj.get_job("own_i")
+    assert own.waits_for == []
+    assert own.wait(60).state == "succeeded", own.reason
+    assert ip.user_ns["doubled"] == [0, 2, 4]
+    gate.touch()
+    assert bj.get_job("binds_i").wait(60).state == "succeeded"
 
 
 def test_a_failed_producer_cancels_its_waiter_with_the_reason(ip: Any, tmp_path: Path) -> None:

@@ -50,8 +50,8 @@ def ends_with_semicolon(source: str) -> bool:
 
 def bound_names(nodes: list[ast.stmt]) -> set[str]:
     """The names statements bind where they run (assignments, imports, definitions, loop,
-    ``with`` and walrus targets), not those bound inside the functions, classes, lambdas
-    and comprehensions they make."""
+    ``with``, ``except`` and walrus targets), not those bound inside the functions,
+    classes, lambdas and comprehensions they make."""
     found: set[str] = set()
     todo: list[ast.AST] = list(nodes)
     while todo:
@@ -65,6 +65,8 @@ def bound_names(nodes: list[ast.stmt]) -> set[str]:
             continue
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             found.add(node.id)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            found.add(node.name)  # bound for the handler's body (and unbound after it)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             found.update(
                 (alias.asname or alias.name.split(".")[0])

@@ -26,13 +26,13 @@ from typing import Any
 
 from .chunks import Outbox
 from .wire import (
-    _write_range,
     decode,
     encode,
     header_of,
     is_internal_name,
     load_file,
     unlink_quietly,
+    write_whole,
 )
 
 CHECKPOINT_FILE = "checkpoint.snap"
@@ -56,21 +56,12 @@ def section_runs(steps: list[tuple[ast.stmt, str]]) -> list[tuple[str, str, int,
     return runs
 
 
-def write_whole(path: str, parts: list[Any]) -> None:
-    """Write ``parts`` as one new file at ``path`` (a snapshot of one piece)."""
-    unlink_quietly(path)
-    views = [memoryview(p).cast("B") for p in parts]
-    _write_range(path, views, 0, sum(v.nbytes for v in views))
-
-
 def save_file(path: str, parts: list[Any]) -> None:
     """Write ``parts`` as the file ``path``, durably and whole or not at all: beside it
     first, flushed to the disk, then renamed over it."""
     partial = path + ".partial"
-    unlink_quietly(partial)
-    views = [memoryview(p).cast("B") for p in parts]
     try:
-        _write_range(partial, views, 0, sum(v.nbytes for v in views))
+        write_whole(partial, parts)
         fd = os.open(partial, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
             os.fsync(fd)

@@ -227,6 +227,13 @@ def write_parts(path: str, parts: list[Any], prepared: int = 0) -> int:
     return len(bounds)
 
 
+def write_whole(path: str, parts: list[Any]) -> None:
+    """Write ``parts`` as one new file at ``path`` (a snapshot of one piece)."""
+    unlink_quietly(path)
+    views = [memoryview(p).cast("B") for p in parts]
+    _write_range(path, views, 0, sum(v.nbytes for v in views))
+
+
 def write_somewhere(
     candidates: list[str], path: str, parts: list[Any], prepared: int = 0
 ) -> tuple[str, int]:
